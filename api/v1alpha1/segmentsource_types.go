@@ -1,0 +1,240 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+// Condition types of a SegmentSource. Ready summarises; Reconciling and Stalled follow kstatus and are
+// present only while true; Receiving turns true once the first message reached the stream.
+const (
+	ConditionReady       = "Ready"
+	ConditionReconciling = "Reconciling"
+	ConditionStalled     = "Stalled"
+	ConditionReceiving   = "Receiving"
+)
+
+// DefaultWriteKeyKey is the Secret key read when writeKeySecretRef.key is empty.
+const DefaultWriteKeyKey = "writeKey"
+
+// SecretKeyRef names one key of a Secret in the SegmentSource's namespace.
+type SecretKeyRef struct {
+	// Name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// Key in the Secret's data. The value may hold several write keys, one per line, so that a key
+	// can be rotated without refusing traffic.
+	// +kubebuilder:default=writeKey
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Key string `json:"key,omitempty"`
+}
+
+// Autoscaling bounds for the receiver. When set, an HPA owns the receiver's replica count.
+// +kubebuilder:validation:XValidation:rule="self.minReplicas <= self.maxReplicas",message="minReplicas must not exceed maxReplicas"
+type Autoscaling struct {
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:default=1
+	MinReplicas int32 `json:"minReplicas,omitempty"`
+
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	MaxReplicas int32 `json:"maxReplicas"`
+
+	// Average CPU utilisation, in percent of requests, the HPA aims for.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +kubebuilder:default=70
+	TargetCPUUtilizationPercentage int32 `json:"targetCPUUtilizationPercentage,omitempty"`
+}
+
+// ReceiverSpec shapes the HTTP receiver Deployment and its Service.
+type ReceiverSpec struct {
+	// Replicas when autoscaling is not set.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:default=1
+	// +optional
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// +optional
+	Autoscaling *Autoscaling `json:"autoscaling,omitempty"`
+
+	// ServiceType of the receiver's Service.
+	// +kubebuilder:validation:Enum=ClusterIP;NodePort;LoadBalancer
+	// +kubebuilder:default=ClusterIP
+	// +optional
+	ServiceType corev1.ServiceType `json:"serviceType,omitempty"`
+
+	// Port the Service listens on.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +kubebuilder:default=8080
+	// +optional
+	Port int32 `json:"port,omitempty"`
+}
+
+// WorkerSpec shapes the worker Deployment that maps messages into Postgres.
+type WorkerSpec struct {
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:default=1
+	// +optional
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// BatchSize is the number of messages a worker fetches and commits in one transaction.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	// +kubebuilder:default=500
+	// +optional
+	BatchSize int32 `json:"batchSize,omitempty"`
+
+	// DatabaseSecretRef names a Secret in this namespace whose key holds the Postgres URL. When
+	// empty, the operator copies the manager's database Secret into this namespace.
+	// +optional
+	DatabaseSecretRef *SecretKeyRef `json:"databaseSecretRef,omitempty"`
+}
+
+// StreamSpec shapes the JetStream stream that holds accepted messages until workers commit them.
+type StreamSpec struct {
+	// MaxAge is how long messages are kept in the stream.
+	// +kubebuilder:default="168h"
+	// +optional
+	MaxAge metav1.Duration `json:"maxAge,omitempty"`
+
+	// Replicas of the stream in a clustered NATS.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=5
+	// +kubebuilder:default=1
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+
+	// DeletionPolicy says what happens to the stream when the SegmentSource is deleted.
+	// +kubebuilder:validation:Enum=Delete;Retain
+	// +kubebuilder:default=Delete
+	// +optional
+	DeletionPolicy string `json:"deletionPolicy,omitempty"`
+}
+
+// SegmentSourceSpec is one Segment integration of one tenant.
+type SegmentSourceSpec struct {
+	// Tenant is the Postgres tenant key every row of this source is written under. Immutable.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([a-z0-9_-]*[a-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="tenant is immutable"
+	Tenant string `json:"tenant"`
+
+	// WriteKeySecretRef names the Secret key that holds this source's write key(s).
+	WriteKeySecretRef SecretKeyRef `json:"writeKeySecretRef"`
+
+	// AccountProperty is the track property that names the account when context.groupId is absent.
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_$][A-Za-z0-9_$.-]*$`
+	// +optional
+	AccountProperty string `json:"accountProperty,omitempty"`
+
+	// IgnoredEvents are track event names dropped at the receiver and never stored.
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=1000
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=200
+	// +optional
+	IgnoredEvents []string `json:"ignoredEvents,omitempty"`
+
+	// +kubebuilder:default={}
+	// +optional
+	Receiver ReceiverSpec `json:"receiver,omitempty"`
+
+	// +kubebuilder:default={}
+	// +optional
+	Worker WorkerSpec `json:"worker,omitempty"`
+
+	// +kubebuilder:default={}
+	// +optional
+	Stream StreamSpec `json:"stream,omitempty"`
+
+	// Suspend scales the receiver and workers to zero; stream and rows are kept.
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+}
+
+// SegmentSourceStatus is what the operator observed.
+type SegmentSourceStatus struct {
+	// ObservedGeneration is the generation the status describes; -1 until the first reconcile.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// Endpoint is the in-cluster URL Segment clients send to.
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// Stream is the JetStream stream holding this source's messages.
+	// +optional
+	Stream string `json:"stream,omitempty"`
+
+	// +optional
+	FirstMessageAt *metav1.Time `json:"firstMessageAt,omitempty"`
+
+	// +optional
+	LastMessageAt *metav1.Time `json:"lastMessageAt,omitempty"`
+
+	// Backlog is the number of messages accepted but not yet committed by a worker.
+	// +optional
+	Backlog int64 `json:"backlog,omitempty"`
+
+	// WriteKeySecretVersion is the resourceVersion of the write key Secret last rolled out.
+	// +optional
+	WriteKeySecretVersion string `json:"writeKeySecretVersion,omitempty"`
+}
+
+// SegmentSource turns one Segment integration into a receiver, workers and a JetStream stream.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=segsrc,categories=all;tally
+// +kubebuilder:printcolumn:name="Tenant",type=string,JSONPath=`.spec.tenant`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Receiving",type=string,JSONPath=`.status.conditions[?(@.type=="Receiving")].status`
+// +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.status.endpoint`
+// +kubebuilder:printcolumn:name="Status",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="Ready")].message`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 54",message="name must be at most 54 characters (it prefixes the receiver's Service name)"
+type SegmentSource struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec SegmentSourceSpec `json:"spec"`
+
+	// +kubebuilder:default={"observedGeneration":-1}
+	Status SegmentSourceStatus `json:"status,omitempty"`
+}
+
+// SegmentSourceList is a list of SegmentSources.
+// +kubebuilder:object:root=true
+type SegmentSourceList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []SegmentSource `json:"items"`
+}
+
+// WriteKeyKey is the Secret key holding the write keys, with its default applied.
+func (s *SegmentSource) WriteKeyKey() string {
+	if s.Spec.WriteKeySecretRef.Key == "" {
+		return DefaultWriteKeyKey
+	}
+	return s.Spec.WriteKeySecretRef.Key
+}
+
+func metav1AddToGroupVersion(scheme *runtime.Scheme) { metav1.AddToGroupVersion(scheme, GroupVersion) }

@@ -1,0 +1,48 @@
+// Command tally is Tally's one binary: the operator, the receiver, the workers and the local mode.
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// version is stamped by the build (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	root := &cobra.Command{
+		Use:           "tally",
+		Short:         "Segment-compatible ingestion of accounts, users and product events into Postgres",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		// Every flag may also come from TALLY_<FLAG> (dashes as underscores), for pods and containers.
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return flagsFromEnv(cmd.Flags()) },
+	}
+	root.AddCommand()
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "tally:", err)
+		os.Exit(1)
+	}
+}
+
+// flagsFromEnv sets every flag not given on the command line from its TALLY_* variable.
+func flagsFromEnv(flags *pflag.FlagSet) error {
+	var err error
+	flags.VisitAll(func(f *pflag.Flag) {
+		if f.Changed || err != nil {
+			return
+		}
+		name := "TALLY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok {
+			if e := flags.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s: %w", name, e)
+			}
+		}
+	})
+	return err
+}

@@ -1,0 +1,48 @@
+package source
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+)
+
+// ConfigFileName is the key of the operator's ConfigMap and the file it is mounted as.
+const ConfigFileName = "source.json"
+
+// LoadFiles reads a source's settings from the JSON file the operator's ConfigMap is mounted as and
+// its write keys from the mounted Secret key file. Both are re-read on every call, so a caller that
+// polls them sees a rotation as soon as the kubelet has updated the mount.
+func LoadFiles(configFile, writeKeysFile string) (*Config, error) {
+	data, err := os.ReadFile(configFile)
+	if err != nil {
+		return nil, err
+	}
+	c, err := DecodeConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", configFile, err)
+	}
+	keys, err := os.ReadFile(writeKeysFile)
+	if err != nil {
+		return nil, fmt.Errorf("write keys: %w", err)
+	}
+	c.WriteKeys = ParseWriteKeys(string(keys))
+	return c, c.Validate()
+}
+
+// EncodeConfig is the ConfigMap payload of a source; it never contains write keys.
+func EncodeConfig(c *Config) ([]byte, error) { return json.MarshalIndent(c, "", "  ") }
+
+// DecodeConfig reads what EncodeConfig wrote; unknown fields are an error so a typo is noticed.
+func DecodeConfig(data []byte) (*Config, error) {
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func bufioReader(data []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(data)) }

@@ -1,0 +1,84 @@
+// Package source holds the runtime settings of a SegmentSource as the receiver and the workers see
+// them, and loads them from the two places they come from: a directory of manifests (tally local)
+// or the ConfigMap and Secret files the operator mounts into pods.
+package source
+
+import (
+	"crypto/subtle"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+// Config is one SegmentSource's runtime settings.
+type Config struct {
+	Namespace       string        `json:"namespace"`
+	Name            string        `json:"name"`
+	Tenant          string        `json:"tenant"`
+	AccountProperty string        `json:"accountProperty,omitempty"`
+	IgnoredEvents   []string      `json:"ignoredEvents,omitempty"`
+	StreamMaxAge    time.Duration `json:"streamMaxAge,omitempty"`
+	StreamReplicas  int           `json:"streamReplicas,omitempty"`
+	// WriteKeys are secrets: they never appear in the ConfigMap (json:"-") and are never logged.
+	WriteKeys []string `json:"-"`
+}
+
+// Stream identifies the source's JetStream objects.
+func (c *Config) Stream() stream.Source {
+	return stream.Source{Namespace: c.Namespace, Name: c.Name}
+}
+
+// StreamSettings shapes the source's streams.
+func (c *Config) StreamSettings() stream.Settings {
+	return stream.Settings{MaxAge: c.StreamMaxAge, Replicas: c.StreamReplicas}
+}
+
+// String names the source without revealing its keys.
+func (c *Config) String() string { return c.Namespace + "/" + c.Name }
+
+// Ignores reports whether track events with this name are dropped at the receiver.
+func (c *Config) Ignores(event string) bool {
+	for _, e := range c.IgnoredEvents {
+		if e == event {
+			return true
+		}
+	}
+	return false
+}
+
+// MatchesKey compares key against every write key of the source in constant time, so neither the
+// position of a match nor the length of a common prefix shows in the timing.
+func (c *Config) MatchesKey(key string) bool {
+	match := 0
+	for _, k := range c.WriteKeys {
+		match |= subtle.ConstantTimeCompare([]byte(k), []byte(key))
+	}
+	return match == 1
+}
+
+// ParseWriteKeys splits a Secret value into write keys: one per line, blanks and surrounding
+// whitespace ignored, so "old\nnew\n" accepts both during a rotation.
+func ParseWriteKeys(value string) []string {
+	var keys []string
+	for _, line := range strings.Split(value, "\n") {
+		if k := strings.TrimSpace(line); k != "" {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// Validate checks what the receiver and the workers rely on.
+func (c *Config) Validate() error {
+	switch {
+	case c.Namespace == "" || c.Name == "":
+		return fmt.Errorf("source needs a namespace and a name")
+	case c.Tenant == "":
+		return fmt.Errorf("source %s: tenant is required", c)
+	case len(c.WriteKeys) == 0:
+		return fmt.Errorf("source %s: no write key", c)
+	}
+	return nil
+}
