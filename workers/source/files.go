@@ -12,9 +12,24 @@ import (
 const ConfigFileName = "source.json"
 
 // LoadFiles reads a source's settings from the JSON file the operator's ConfigMap is mounted as and
-// its write keys from the mounted Secret key file. Both are re-read on every call, so a caller that
-// polls them sees a rotation as soon as the kubelet has updated the mount.
+// its write keys from the mounted Secret key file (the receiver's view). Both are re-read on every
+// call, so a caller that polls them sees a rotation as soon as the kubelet has updated the mount.
 func LoadFiles(configFile, writeKeysFile string) (*Config, error) {
+	c, err := LoadConfigFile(configFile)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := os.ReadFile(writeKeysFile)
+	if err != nil {
+		return nil, fmt.Errorf("write keys: %w", err)
+	}
+	c.WriteKeys = ParseWriteKeys(string(keys))
+	return c, c.Validate()
+}
+
+// LoadConfigFile reads a source's settings without write keys (the workers' view: they never need
+// the keys).
+func LoadConfigFile(configFile string) (*Config, error) {
 	data, err := os.ReadFile(configFile)
 	if err != nil {
 		return nil, err
@@ -23,12 +38,10 @@ func LoadFiles(configFile, writeKeysFile string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", configFile, err)
 	}
-	keys, err := os.ReadFile(writeKeysFile)
-	if err != nil {
-		return nil, fmt.Errorf("write keys: %w", err)
+	if c.Namespace == "" || c.Name == "" || c.Tenant == "" {
+		return nil, fmt.Errorf("%s: namespace, name and tenant are required", configFile)
 	}
-	c.WriteKeys = ParseWriteKeys(string(keys))
-	return c, c.Validate()
+	return c, nil
 }
 
 // EncodeConfig is the ConfigMap payload of a source; it never contains write keys.

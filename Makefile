@@ -1,0 +1,67 @@
+# Tally's build. `make local` runs the whole pipeline on this machine; `make test` runs every test.
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+
+BIN ?= $(CURDIR)/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+IMG ?= ghcr.io/tallyhq/tally:$(VERSION)
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
+CONTROLLER_GEN ?= $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+GINKGO_FLAGS ?=
+
+.PHONY: all
+all: build
+
+##@ Development
+
+.PHONY: fmt
+fmt: ## Format the Go code.
+	go fmt ./...
+
+.PHONY: vet
+vet: ## Vet the Go code.
+	go vet ./...
+
+.PHONY: manifests
+manifests: $(CONTROLLER_GEN) ## Generate the CRD and RBAC manifests from the Go markers.
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/...;./controllers/..." \
+		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+
+.PHONY: generate
+generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
+	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths="./api/..."
+
+.PHONY: envtest
+envtest: ## Build kube-apiserver, etcd and kubectl from Go modules once; prints KUBEBUILDER_ASSETS.
+	@./hack/envtest.sh
+
+.PHONY: test
+test: ## Run every test against real Postgres, embedded NATS and an envtest API server.
+	@assets="$$(./hack/envtest.sh | tail -n 1)"; \
+	KUBEBUILDER_ASSETS="$$assets" CONTROLLER_GEN="$(CONTROLLER_GEN)" go test -count=1 -timeout 45m ./... $(GINKGO_FLAGS)
+
+.PHONY: test-generated
+test-generated: manifests generate ## Fail when generated files are stale.
+	git diff --exit-code -- api config
+
+##@ Build
+
+.PHONY: build
+build: ## Build bin/tally.
+	go build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/tally .
+
+.PHONY: local
+local: build ## Run Tally locally: embedded NATS, the local Postgres, manifests from config/samples/.
+	$(BIN)/tally local --manifests config/samples
+
+.PHONY: docker-build
+docker-build: ## Build the container image (needs a container engine).
+	docker build --build-arg VERSION=$(VERSION) -t $(IMG) .
+
+$(CONTROLLER_GEN):
+	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
+	mv $(BIN)/controller-gen $(CONTROLLER_GEN)
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*?##/ { printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
