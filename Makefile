@@ -8,6 +8,10 @@ IMG ?= ghcr.io/tallyhq/tally:$(VERSION)
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 CONTROLLER_GEN ?= $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GINKGO_FLAGS ?=
+HELM_VERSION ?= v3.22.0
+# Helm from the Go module proxy (the Go build cache keeps the binary); HELM=/path/to/helm overrides.
+HELM ?= go run helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+CHART ?= charts/tally
 
 .PHONY: all
 all: build
@@ -26,6 +30,7 @@ vet: ## Vet the Go code.
 manifests: $(CONTROLLER_GEN) ## Generate the CRD and RBAC manifests from the Go markers.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/...;./controllers/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	$(MAKE) --no-print-directory chart-crds
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
@@ -54,9 +59,34 @@ build: ## Build bin/tally.
 local: build ## Run Tally locally: embedded NATS, the local Postgres, manifests from config/samples/.
 	$(BIN)/tally local --manifests config/samples
 
+.PHONY: bench
+bench: ## Measure ingest, end-to-end and freshness against the JetStream and Postgres ceilings.
+	go run ./hack/bench $(BENCH_FLAGS)
+
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a container engine).
 	docker build --build-arg VERSION=$(VERSION) -t $(IMG) .
+
+##@ Deploy
+
+.PHONY: chart-crds
+chart-crds: ## Copy the generated CRDs and manager ClusterRole from config/ into the Helm chart.
+	rm -f $(CHART)/files/crds/*.yaml
+	cp config/crd/bases/*.yaml $(CHART)/files/crds/
+	cp config/rbac/role.yaml $(CHART)/files/rbac/role.yaml
+
+.PHONY: helm-lint
+helm-lint: ## Lint the Helm chart (strict).
+	$(HELM) lint --strict $(CHART)
+
+.PHONY: helm-template
+helm-template: ## Render the Helm chart; HELM_TEMPLATE_ARGS adds flags (e.g. --values my-values.yaml).
+	$(HELM) template tally $(CHART) --namespace tally-system $(HELM_TEMPLATE_ARGS)
+
+.PHONY: test-deploy
+test-deploy: ## Test the Helm chart and config/default: lint, render, server-side dry-run on envtest.
+	@assets="$$(./hack/envtest.sh | tail -n 1)"; \
+	KUBEBUILDER_ASSETS="$$assets" go test -count=1 ./test/deploy/ $(GINKGO_FLAGS)
 
 $(CONTROLLER_GEN):
 	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)

@@ -24,16 +24,21 @@ func AdminURL() string {
 
 // Fresh creates an empty database named after prefix and returns its URL and a func that drops it.
 func Fresh(ctx context.Context, prefix string) (string, func(), error) {
-	admin, err := pgx.Connect(ctx, AdminURL())
+	return FreshOn(ctx, AdminURL(), prefix)
+}
+
+// FreshOn is Fresh on the server at adminURL.
+func FreshOn(ctx context.Context, adminURL, prefix string) (string, func(), error) {
+	admin, err := pgx.Connect(ctx, adminURL)
 	if err != nil {
-		return "", nil, fmt.Errorf("local Postgres not reachable at %s (start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %w", AdminURL(), err)
+		return "", nil, fmt.Errorf("local Postgres not reachable at %s (start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %w", adminURL, err)
 	}
 	defer admin.Close(ctx)
-	name := fmt.Sprintf("tally_test_%s_%d_%d", sanitize(prefix), os.Getpid(), time.Now().UnixNano()%1e9)
+	name := fmt.Sprintf("tally_%s_%d_%d", sanitize(prefix), os.Getpid(), time.Now().UnixNano()%1e9)
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
 		return "", nil, err
 	}
-	u, err := url.Parse(AdminURL())
+	u, err := url.Parse(adminURL)
 	if err != nil {
 		return "", nil, err
 	}
@@ -41,7 +46,7 @@ func Fresh(ctx context.Context, prefix string) (string, func(), error) {
 	drop := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if c, err := pgx.Connect(ctx, AdminURL()); err == nil {
+		if c, err := pgx.Connect(ctx, adminURL); err == nil {
 			_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
 			_ = c.Close(ctx)
 		}

@@ -1,0 +1,81 @@
+// Command bench measures Tally on this machine against its physical ceilings in one run: HTTP
+// ingest with durable JetStream acks, end-to-end throughput into Postgres rows, freshness at a
+// steady rate, and beside them the raw JetStream publish and Postgres COPY rates. `make bench`.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"time"
+)
+
+func main() {
+	var s Settings
+	var out, adminURL, modes string
+	var duration, freshDuration time.Duration
+	flag.DurationVar(&duration, "duration", 15*time.Second, "length of each closed-loop ingest phase")
+	flag.IntVar(&s.Concurrency, "concurrency", 32, "concurrent HTTP clients in the closed-loop phases")
+	flag.IntVar(&s.BatchSize, "batch-size", 100, "messages per /v1/batch request")
+	flag.IntVar(&s.FreshnessRate, "rate", 5000, "open-loop events/s of the freshness phase")
+	flag.DurationVar(&freshDuration, "freshness-duration", 30*time.Second, "length of the freshness phase")
+	flag.IntVar(&s.WorkerBatchSize, "worker-batch-size", 500, "messages a worker commits per transaction")
+	flag.StringVar(&modes, "durability", "default,always", "JetStream sync modes to run: default, always, or both")
+	flag.BoolVar(&s.Quick, "quick", false, "short phases for a smoke run (under two minutes)")
+	flag.StringVar(&out, "out", "bench-results.json", "where to write the JSON report")
+	flag.StringVar(&adminURL, "database-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
+		"Postgres server to create the bench's fresh database on")
+	flag.Parse()
+	if s.Quick {
+		duration, freshDuration = 5*time.Second, 10*time.Second
+	}
+	s.Duration = duration.String()
+	s.FreshnessSeconds = int(freshDuration / time.Second)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	report := Report{Machine: currentMachine(), Settings: s, StartedAt: time.Now().UTC()}
+	for _, mode := range splitModes(modes) {
+		fmt.Fprintf(os.Stderr, "== durability %s\n", mode)
+		res, err := runMode(ctx, modeConfig{
+			durability: mode, adminURL: adminURL, duration: duration, freshDuration: freshDuration,
+			settings: s, log: log,
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		if mode == "always" && report.Durability != "" {
+			report.SyncAlways = res
+		} else {
+			report.Result = *res
+		}
+	}
+	report.WriteTable(os.Stdout)
+	if err := report.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: incomplete report:", err)
+	}
+	if err := report.WriteJSON(out); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	fmt.Println("wrote", out)
+}
+
+// splitModes keeps the known modes of a comma-separated list, default first.
+func splitModes(s string) []string {
+	var modes []string
+	for _, m := range []string{"default", "always"} {
+		if slices.Contains(strings.Split(s, ","), m) {
+			modes = append(modes, m)
+		}
+	}
+	return modes
+}

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Result is one durability mode's figures. The JSON names are the bench's public interface.
+type Result struct {
+	Durability string `json:"durability"` // "default" (JetStream's periodic sync) or "always" (fsync before ack)
+
+	IngestBatch100EventsPerS float64 `json:"ingest_batch100_events_per_s"`
+	IngestBatch100P50Ms      float64 `json:"ingest_batch100_p50_ms"`
+	IngestBatch100P99Ms      float64 `json:"ingest_batch100_p99_ms"`
+	IngestSingleEventsPerS   float64 `json:"ingest_single_events_per_s"`
+	IngestSingleP50Ms        float64 `json:"ingest_single_p50_ms"`
+	IngestSingleP99Ms        float64 `json:"ingest_single_p99_ms"`
+	E2EEventsPerS            float64 `json:"e2e_events_per_s"`
+	FreshnessP50Ms           float64 `json:"freshness_p50_ms"`
+	FreshnessP99Ms           float64 `json:"freshness_p99_ms"`
+	FreshnessRatePerS        float64 `json:"freshness_rate_per_s"`
+
+	CeilingJetStreamPublishPerS float64 `json:"ceiling_jetstream_publish_per_s"`
+	CeilingPostgresCopyRowsPerS float64 `json:"ceiling_postgres_copy_rows_per_s"`
+
+	Rejected int64 `json:"rejected_requests"` // non-200 answers during the ingest phases
+}
+
+// Report is what `make bench` writes: the default-mode figures at the top level, the fsync-always
+// run beside them, and the machine and settings that produced them.
+type Report struct {
+	Result
+	SyncAlways *Result   `json:"sync_always,omitempty"`
+	Machine    Machine   `json:"machine"`
+	Settings   Settings  `json:"settings"`
+	StartedAt  time.Time `json:"started_at"`
+}
+
+// Machine describes where the figures were measured.
+type Machine struct {
+	CPU        string `json:"cpu"`
+	Cores      int    `json:"cores"`
+	GoMaxProcs int    `json:"gomaxprocs"`
+	GoVersion  string `json:"go_version"`
+	OS         string `json:"os"`
+}
+
+// Settings are the flags the run used.
+type Settings struct {
+	Duration         string `json:"duration"`
+	Concurrency      int    `json:"concurrency"`
+	BatchSize        int    `json:"batch_size"`
+	FreshnessRate    int    `json:"freshness_rate"`
+	FreshnessSeconds int    `json:"freshness_seconds"`
+	WorkerBatchSize  int    `json:"worker_batch_size"`
+	Quick            bool   `json:"quick"`
+}
+
+func currentMachine() Machine {
+	return Machine{CPU: cpuModel(), Cores: runtime.NumCPU(), GoMaxProcs: runtime.GOMAXPROCS(0),
+		GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH}
+}
+
+func cpuModel() string {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+// Validate checks a report is complete and plausible; the unit test and the bench itself use it.
+func (r *Report) Validate() error {
+	results := []*Result{&r.Result}
+	if r.SyncAlways != nil {
+		results = append(results, r.SyncAlways)
+	}
+	for _, res := range results {
+		if res.Durability != "default" && res.Durability != "always" {
+			return fmt.Errorf("durability %q is neither default nor always", res.Durability)
+		}
+		for name, v := range res.figures() {
+			if !(v > 0) {
+				return fmt.Errorf("%s (%s): %v is not a positive figure", name, res.Durability, v)
+			}
+		}
+		if res.IngestBatch100P50Ms > res.IngestBatch100P99Ms || res.IngestSingleP50Ms > res.IngestSingleP99Ms ||
+			res.FreshnessP50Ms > res.FreshnessP99Ms {
+			return fmt.Errorf("%s: a p50 exceeds its p99", res.Durability)
+		}
+	}
+	if r.Machine.Cores <= 0 {
+		return fmt.Errorf("machine not described")
+	}
+	return nil
+}
+
+func (res *Result) figures() map[string]float64 {
+	return map[string]float64{
+		"ingest_batch100_events_per_s":     res.IngestBatch100EventsPerS,
+		"ingest_batch100_p50_ms":           res.IngestBatch100P50Ms,
+		"ingest_batch100_p99_ms":           res.IngestBatch100P99Ms,
+		"ingest_single_events_per_s":       res.IngestSingleEventsPerS,
+		"ingest_single_p99_ms":             res.IngestSingleP99Ms,
+		"e2e_events_per_s":                 res.E2EEventsPerS,
+		"freshness_p50_ms":                 res.FreshnessP50Ms,
+		"freshness_p99_ms":                 res.FreshnessP99Ms,
+		"ceiling_jetstream_publish_per_s":  res.CeilingJetStreamPublishPerS,
+		"ceiling_postgres_copy_rows_per_s": res.CeilingPostgresCopyRowsPerS,
+	}
+}
+
+// WriteJSON writes the report to path.
+func (r *Report) WriteJSON(path string) error {
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(data, '\n'), 0o644)
+}
+
+// WriteTable prints the figures side by side, with the ratio of each rate to its ceiling.
+func (r *Report) WriteTable(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	cols := []*Result{&r.Result}
+	header := "metric\tdefault\t"
+	if r.SyncAlways != nil {
+		cols = append(cols, r.SyncAlways)
+		header += "sync always\t"
+	}
+	fmt.Fprintln(tw, header)
+	row := func(name string, get func(*Result) float64, format string) {
+		line := name + "\t"
+		for _, c := range cols {
+			line += fmt.Sprintf(format, get(c)) + "\t"
+		}
+		fmt.Fprintln(tw, line)
+	}
+	row("ingest batch100 events/s", func(x *Result) float64 { return x.IngestBatch100EventsPerS }, "%.0f")
+	row("ingest batch100 p50 ms", func(x *Result) float64 { return x.IngestBatch100P50Ms }, "%.1f")
+	row("ingest batch100 p99 ms", func(x *Result) float64 { return x.IngestBatch100P99Ms }, "%.1f")
+	row("ingest single req/s", func(x *Result) float64 { return x.IngestSingleEventsPerS }, "%.0f")
+	row("ingest single p50 ms", func(x *Result) float64 { return x.IngestSingleP50Ms }, "%.1f")
+	row("ingest single p99 ms", func(x *Result) float64 { return x.IngestSingleP99Ms }, "%.1f")
+	row("end to end events/s", func(x *Result) float64 { return x.E2EEventsPerS }, "%.0f")
+	row("freshness p50 ms", func(x *Result) float64 { return x.FreshnessP50Ms }, "%.0f")
+	row("freshness p99 ms", func(x *Result) float64 { return x.FreshnessP99Ms }, "%.0f")
+	row("ceiling JetStream publish/s", func(x *Result) float64 { return x.CeilingJetStreamPublishPerS }, "%.0f")
+	row("ceiling Postgres COPY rows/s", func(x *Result) float64 { return x.CeilingPostgresCopyRowsPerS }, "%.0f")
+	row("ingest / publish ceiling", func(x *Result) float64 { return ratio(x.IngestBatch100EventsPerS, x.CeilingJetStreamPublishPerS) }, "%.2f")
+	row("e2e / COPY ceiling", func(x *Result) float64 { return ratio(x.E2EEventsPerS, x.CeilingPostgresCopyRowsPerS) }, "%.2f")
+	tw.Flush()
+	fmt.Fprintf(w, "machine: %s, %d cores, %s\n", r.Machine.CPU, r.Machine.Cores, r.Machine.GoVersion)
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// percentileMs is the p-th percentile (0-100) of durations, in milliseconds.
+func percentileMs(d []time.Duration, p float64) float64 {
+	if len(d) == 0 {
+		return 0
+	}
+	sorted := append([]time.Duration(nil), d...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	idx := int(float64(len(sorted)-1) * p / 100)
+	return float64(sorted[idx]) / float64(time.Millisecond)
+}

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/tallyhq/tally/workers/source"
+)
+
+// visibilityWatch records when each sent track call's row became visible in tally.events, by
+// looking up the oldest still-missing messageIds every few milliseconds (an index lookup on the
+// table's unique key, so the watch itself stays cheap).
+type visibilityWatch struct {
+	e       *env
+	tenant  string
+	mu      sync.Mutex
+	pending []pendingRow // in send order
+	found   []time.Duration
+	done    chan struct{}
+}
+
+type pendingRow struct {
+	id     string
+	sentAt time.Time
+}
+
+func newVisibilityWatch(e *env, src *source.Config) *visibilityWatch {
+	return &visibilityWatch{e: e, tenant: src.Tenant, done: make(chan struct{})}
+}
+
+func (w *visibilityWatch) sent(ids []string, at time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, id := range ids {
+		w.pending = append(w.pending, pendingRow{id: id, sentAt: at})
+	}
+}
+
+// poll runs until ctx ends, or until finish was called and nothing is pending.
+func (w *visibilityWatch) poll(ctx context.Context) error {
+	const window = 5000
+	for ctx.Err() == nil {
+		w.mu.Lock()
+		batch := append([]pendingRow(nil), w.pending[:min(window, len(w.pending))]...)
+		w.mu.Unlock()
+		if len(batch) == 0 {
+			select {
+			case <-w.done:
+				return nil
+			case <-time.After(5 * time.Millisecond):
+				continue
+			}
+		}
+		ids := make([]string, len(batch))
+		for i, p := range batch {
+			ids[i] = p.id
+		}
+		rows, err := w.e.pool.Query(ctx, `SELECT message_id FROM tally.events WHERE tenant = $1 AND message_id = ANY($2)`, w.tenant, ids)
+		if err != nil {
+			return err
+		}
+		seenAt := time.Now()
+		visible := map[string]bool{}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			visible[id] = true
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		w.mu.Lock()
+		kept := w.pending[:0]
+		for i, p := range w.pending {
+			if i < len(batch) && visible[p.id] {
+				w.found = append(w.found, seenAt.Sub(p.sentAt))
+				continue
+			}
+			kept = append(kept, p)
+		}
+		w.pending = kept
+		w.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+	}
+	return ctx.Err()
+}
+
+// finish tells poll to return once nothing is pending.
+func (w *visibilityWatch) finish() { close(w.done) }
+
+func (w *visibilityWatch) latencies() []time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]time.Duration(nil), w.found...)
+}

@@ -1,0 +1,45 @@
+package local
+
+import (
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// DefaultDatabaseURL is the machine's local Postgres; the database is created on first run.
+const DefaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/tally?sslmode=disable"
+
+// NewCommand is `tally local`.
+func NewCommand() *cobra.Command {
+	o := Options{}
+	cmd := &cobra.Command{
+		Use:   "local",
+		Short: "Run receiver, workers and an embedded NATS server in one process against the local Postgres",
+		Long: `Runs the whole pipeline on this machine: an embedded NATS server with JetStream (files under
+--data-dir), one receiver on --listen serving every SegmentSource found under --manifests (routed by
+write key), and one worker per source writing into --database-url. Reads the same SegmentSource and
+Secret manifests you would kubectl apply.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			o.Out = cmd.OutOrStdout()
+			return Run(ctx, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Manifests, "manifests", "config/samples", "directory of SegmentSource and Secret manifests")
+	f.StringVar(&o.Listen, "listen", "127.0.0.1:8080", "address the receiver listens on")
+	f.StringVar(&o.DataDir, "data-dir", ".tally/nats", "directory for JetStream's files")
+	f.IntVar(&o.NATSPort, "nats-port", -1, "port of the embedded NATS server (-1 picks a free one)")
+	f.BoolVar(&o.SyncAlways, "sync-always", false, "fsync every JetStream write before acknowledging (survives an OS crash)")
+	f.StringVar(&o.DatabaseURL, "database-url", DefaultDatabaseURL, "Postgres URL; the database is created if missing")
+	f.IntVar(&o.BatchSize, "batch-size", 500, "messages a worker commits in one transaction")
+	f.DurationVar(&o.MaxWait, "max-wait", 200*time.Millisecond, "how long a worker waits to fill a batch")
+	return cmd
+}

@@ -1,0 +1,203 @@
+// Package local runs the whole pipeline in one process for a first-time user: an embedded NATS
+// server with JetStream, the receiver for every SegmentSource found in a directory of manifests,
+// and one worker per source writing into Postgres.
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tallyhq/tally/workers/mapper"
+	"github.com/tallyhq/tally/workers/natsserver"
+	"github.com/tallyhq/tally/workers/receiver"
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+// Options shape a local run.
+type Options struct {
+	Manifests   string // directory of SegmentSource and Secret manifests
+	Listen      string // receiver address
+	DataDir     string // JetStream files
+	NATSPort    int    // -1 picks a free port
+	SyncAlways  bool   // fsync every JetStream write before acknowledging
+	DatabaseURL string
+	BatchSize   int
+	MaxWait     time.Duration
+	Logger      *slog.Logger
+	// Out receives the start-up banner (endpoint and write keys), meant for the person at the
+	// terminal, never for the logs.
+	Out io.Writer
+}
+
+// Run starts everything and blocks until ctx is cancelled, then shuts down in order: stop taking
+// requests and drain those in flight, let workers finish their batch, drain NATS.
+func Run(ctx context.Context, o Options) error {
+	log := o.Logger
+	sources, err := source.LoadManifests(o.Manifests)
+	if err != nil {
+		return err
+	}
+
+	ns, err := natsserver.Start(natsserver.Options{Port: o.NATSPort, StoreDir: o.DataDir, SyncAlways: o.SyncAlways})
+	if err != nil {
+		return err
+	}
+	defer ns.Shutdown()
+	nc, err := nats.Connect(ns.ClientURL(), nats.Name("tally-local"), nats.MaxReconnects(-1))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	for _, src := range sources {
+		if err := stream.Ensure(ctx, js, src.Stream(), src.StreamSettings()); err != nil {
+			return err
+		}
+	}
+
+	if err := EnsureDatabase(ctx, o.DatabaseURL); err != nil {
+		return err
+	}
+	if err := mapper.Migrate(ctx, o.DatabaseURL); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	pool, err := pgxpool.New(ctx, o.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	recv, err := receiver.New(receiver.Options{JetStream: js, Conn: nc, Logger: log}, sources)
+	if err != nil {
+		return err
+	}
+	listener, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.Handler())
+	mux.Handle("/", recv.Handler())
+	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	printBanner(o.Out, listener.Addr().String(), ns.ClientURL(), o.DatabaseURL, sources)
+
+	workCtx, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWorkers()
+	var workers sync.WaitGroup
+	errs := make(chan error, len(sources)+1)
+	for _, src := range sources {
+		w, err := mapper.NewWorker(mapper.WorkerOptions{
+			Pool: pool, JetStream: js, Source: src,
+			BatchSize: o.BatchSize, MaxWait: o.MaxWait, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			if err := w.Run(workCtx); err != nil && !errors.Is(err, context.Canceled) {
+				errs <- fmt.Errorf("worker %s: %w", src, err)
+			}
+		}()
+	}
+	go func() {
+		if err := server.Serve(listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs <- err
+		}
+	}()
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-errs:
+		log.Error("stopping after a failure", "err", err)
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if e := server.Shutdown(shutdownCtx); e != nil {
+		log.Warn("http shutdown", "err", e)
+	}
+	stopWorkers()
+	workers.Wait()
+	if e := nc.Drain(); e != nil {
+		log.Warn("nats drain", "err", e)
+	}
+	return err
+}
+
+// EnsureDatabase creates the database named in url when it does not exist yet, so a first run on
+// a fresh machine needs nothing but a running Postgres server.
+func EnsureDatabase(ctx context.Context, url string) error {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return fmt.Errorf("database url: %w", err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err == nil {
+		return conn.Close(ctx)
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "3D000" { // invalid_catalog_name: no such database
+		return fmt.Errorf("connect to Postgres: %w", err)
+	}
+	name := cfg.Database
+	cfg.Database = "postgres"
+	admin, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("connect to Postgres to create database %q: %w", name, err)
+	}
+	defer admin.Close(ctx)
+	_, err = admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	return err
+}
+
+func printBanner(out io.Writer, addr, natsURL, dbURL string, sources []*source.Config) {
+	fmt.Fprintf(out, "Tally is running.\n  receiver:  http://%s\n  nats:      %s\n  postgres:  %s\n", addr, natsURL, redactURL(dbURL))
+	for _, s := range sources {
+		fmt.Fprintf(out, "  source %s (tenant %s)\n", s, s.Tenant)
+		for _, k := range s.WriteKeys {
+			fmt.Fprintf(out, "    write key: %s\n", k)
+		}
+	}
+	fmt.Fprintf(out, "Send a first event:\n  curl -u '%s:' -H 'Content-Type: application/json' http://%s/v1/track -d '{\"userId\":\"u1\",\"event\":\"Signed In\"}'\n",
+		firstKey(sources), addr)
+}
+
+// redactURL hides a password in a database URL before it is printed.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable database url)"
+	}
+	return u.Redacted()
+}
+
+func firstKey(sources []*source.Config) string {
+	for _, s := range sources {
+		if len(s.WriteKeys) > 0 {
+			return s.WriteKeys[0]
+		}
+	}
+	return ""
+}
