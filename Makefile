@@ -45,6 +45,11 @@ test: ## Run every test against real Postgres, embedded NATS and an envtest API 
 	@assets="$$(./hack/envtest.sh | tail -n 1)"; \
 	KUBEBUILDER_ASSETS="$$assets" CONTROLLER_GEN="$(CONTROLLER_GEN)" go test -count=1 -timeout 45m ./... $(GINKGO_FLAGS)
 
+.PHONY: test-e2e
+test-e2e: build ## Run only the end-to-end test (part of `make test` too).
+	@assets="$$(./hack/envtest.sh | tail -n 1)"; \
+	KUBEBUILDER_ASSETS="$$assets" go test -count=1 -timeout 20m ./test/e2e/ -v -args -ginkgo.v
+
 .PHONY: test-generated
 test-generated: manifests generate ## Fail when generated files are stale.
 	git diff --exit-code -- api config
@@ -81,7 +86,7 @@ helm-lint: ## Lint the Helm chart (strict).
 
 .PHONY: helm-template
 helm-template: ## Render the Helm chart; HELM_TEMPLATE_ARGS adds flags (e.g. --values my-values.yaml).
-	$(HELM) template tally $(CHART) --namespace tally-system $(HELM_TEMPLATE_ARGS)
+	@$(HELM) template tally $(CHART) --namespace tally-system $(HELM_TEMPLATE_ARGS)
 
 .PHONY: test-deploy
 test-deploy: ## Test the Helm chart and config/default: lint, render, server-side dry-run on envtest.

@@ -8,6 +8,11 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/tallyhq/tally/controllers/manager"
+	"github.com/tallyhq/tally/workers/local"
+	"github.com/tallyhq/tally/workers/mapper"
+	"github.com/tallyhq/tally/workers/receiver"
 )
 
 // version is stamped by the build (-ldflags "-X main.version=...").
@@ -23,7 +28,10 @@ func main() {
 		// Every flag may also come from TALLY_<FLAG> (dashes as underscores), for pods and containers.
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return flagsFromEnv(cmd.Flags()) },
 	}
-	root.AddCommand()
+	root.AddCommand(mapper.Commands()...)
+	root.AddCommand(receiver.NewCommand())
+	root.AddCommand(local.NewCommand())
+	root.AddCommand(manager.NewCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "tally:", err)
 		os.Exit(1)

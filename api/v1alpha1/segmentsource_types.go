@@ -13,10 +13,24 @@ const (
 	ConditionReconciling = "Reconciling"
 	ConditionStalled     = "Stalled"
 	ConditionReceiving   = "Receiving"
+
+	// Detail conditions Ready summarises; each is positive polarity (True is good).
+	ConditionStreamReady       = "StreamReady"
+	ConditionReceiverAvailable = "ReceiverAvailable"
+	ConditionWorkerAvailable   = "WorkerAvailable"
+)
+
+// Stream deletion policies.
+const (
+	DeletionPolicyDelete = "Delete"
+	DeletionPolicyRetain = "Retain"
 )
 
 // DefaultWriteKeyKey is the Secret key read when writeKeySecretRef.key is empty.
 const DefaultWriteKeyKey = "writeKey"
+
+// DefaultDatabaseURLKey is the Secret key read when worker.databaseSecretRef.key is empty.
+const DefaultDatabaseURLKey = "url"
 
 // SecretKeyRef names one key of a Secret in the SegmentSource's namespace.
 type SecretKeyRef struct {
@@ -99,13 +113,30 @@ type WorkerSpec struct {
 	// DatabaseSecretRef names a Secret in this namespace whose key holds the Postgres URL. When
 	// empty, the operator copies the manager's database Secret into this namespace.
 	// +optional
-	DatabaseSecretRef *SecretKeyRef `json:"databaseSecretRef,omitempty"`
+	DatabaseSecretRef *DatabaseSecretRef `json:"databaseSecretRef,omitempty"`
+}
+
+// DatabaseSecretRef names the Secret key holding a Postgres URL. It is its own type, not a
+// SecretKeyRef, because the key defaults differently ("url", not "writeKey").
+type DatabaseSecretRef struct {
+	// Name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// Key in the Secret's data holding the URL.
+	// +kubebuilder:default=url
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Key string `json:"key,omitempty"`
 }
 
 // StreamSpec shapes the JetStream stream that holds accepted messages until workers commit them.
 type StreamSpec struct {
-	// MaxAge is how long messages are kept in the stream.
+	// MaxAge is how long messages are kept in the stream: at least a minute, or 0 for the default
+	// (Go clients send "0s" for an unset value).
 	// +kubebuilder:default="168h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) == duration('0s') || duration(self) >= duration('1m')",message="maxAge must be at least 1m (or 0 for the default, 168h)"
 	// +optional
 	MaxAge metav1.Duration `json:"maxAge,omitempty"`
 
@@ -211,6 +242,7 @@ type SegmentSourceStatus struct {
 // +kubebuilder:printcolumn:name="Status",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="Ready")].message`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 54",message="name must be at most 54 characters (it prefixes the receiver's Service name)"
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter): it names the receiver's Service"
 type SegmentSource struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -235,6 +267,22 @@ func (s *SegmentSource) WriteKeyKey() string {
 		return DefaultWriteKeyKey
 	}
 	return s.Spec.WriteKeySecretRef.Key
+}
+
+// DatabaseURLKey is the Secret key holding the Postgres URL, with its default applied.
+func (r *DatabaseSecretRef) DatabaseURLKey() string {
+	if r.Key == "" {
+		return DefaultDatabaseURLKey
+	}
+	return r.Key
+}
+
+// DeletionPolicy is what happens to the stream on deletion, with its default applied.
+func (s *SegmentSource) DeletionPolicy() string {
+	if s.Spec.Stream.DeletionPolicy == "" {
+		return DeletionPolicyDelete
+	}
+	return s.Spec.Stream.DeletionPolicy
 }
 
 func metav1AddToGroupVersion(scheme *runtime.Scheme) { metav1.AddToGroupVersion(scheme, GroupVersion) }

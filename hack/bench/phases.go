@@ -97,7 +97,9 @@ func (e *env) ingestBatches(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	e.serve(src)
+	if err := e.serve(src); err != nil {
+		return err
+	}
 	run := e.closedLoop(ctx, src, batchTemplates(3, 64, e.cfg.settings.BatchSize), e.cfg.settings.BatchSize)
 	res.IngestBatch100EventsPerS = run.eventsPerSecond()
 	res.IngestBatch100P50Ms = percentileMs(run.latencies, 50)
@@ -112,7 +114,9 @@ func (e *env) ingestSingles(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	e.serve(src)
+	if err := e.serve(src); err != nil {
+		return err
+	}
 	run := e.closedLoop(ctx, src, singleTemplates(4, 512), 1)
 	res.IngestSingleEventsPerS = run.eventsPerSecond()
 	res.IngestSingleP50Ms = percentileMs(run.latencies, 50)
@@ -128,7 +132,9 @@ func (e *env) endToEnd(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	e.serve(src)
+	if err := e.serve(src); err != nil {
+		return err
+	}
 	stop, err := e.startWorkers(ctx, src, 1)
 	if err != nil {
 		return err
@@ -151,7 +157,9 @@ func (e *env) freshness(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	e.serve(src)
+	if err := e.serve(src); err != nil {
+		return err
+	}
 	stop, err := e.startWorkers(ctx, src, 1)
 	if err != nil {
 		return err

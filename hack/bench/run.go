@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"time"
 
@@ -57,7 +56,7 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 		return nil, err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(receiver.DefaultPublishTimeout))
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +84,7 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	server := &http.Server{Handler: e.recv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	server := receiver.NewServer("", e.recv.Handler(), receiver.DefaultPublishTimeout)
 	go server.Serve(listener) //nolint:errcheck // closed below
 	defer server.Close()
 	e.baseURL = "http://" + listener.Addr().String()
@@ -122,7 +121,7 @@ func (e *env) newSource(ctx context.Context, name string) (*source.Config, error
 }
 
 // serve points the receiver at exactly one source.
-func (e *env) serve(src *source.Config) { e.recv.SetSources([]*source.Config{src}) }
+func (e *env) serve(src *source.Config) error { return e.recv.SetSources([]*source.Config{src}) }
 
 // startWorkers runs n workers on src until the returned stop is called.
 func (e *env) startWorkers(ctx context.Context, src *source.Config, n int) (stop func(), err error) {

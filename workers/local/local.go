@@ -20,7 +20,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tallyhq/tally/workers/mapper"
 	"github.com/tallyhq/tally/workers/natsserver"
@@ -64,7 +63,8 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	// Acks a timed-out request stopped waiting for must not stay pending forever.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(receiver.DefaultPublishTimeout))
 	if err != nil {
 		return err
 	}
@@ -94,10 +94,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.Handler())
-	mux.Handle("/", recv.Handler())
-	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	server := receiver.NewServer(o.Listen, recv.Handler(), receiver.DefaultPublishTimeout)
 
 	printBanner(o.Out, listener.Addr().String(), ns.ClientURL(), o.DatabaseURL, sources)
 

@@ -157,6 +157,8 @@ type State struct {
 	Backlog        uint64
 	DeadLetters    uint64
 	ConsumerExists bool
+	// DeadLetterStreamExists tells the operator whether the dead-letter stream needs re-creating.
+	DeadLetterStreamExists bool
 }
 
 // Inspect reads the source's stream and consumer state. A missing stream is ErrStreamNotFound.
@@ -194,6 +196,7 @@ func Inspect(ctx context.Context, js jetstream.JetStream, src Source) (State, er
 		return state, err
 	}
 	if dlq, err := js.Stream(ctx, src.DeadLetterStreamName()); err == nil {
+		state.DeadLetterStreamExists = true
 		if di, err := dlq.Info(ctx); err == nil {
 			state.DeadLetters = di.State.Msgs
 		}

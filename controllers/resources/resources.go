@@ -1,0 +1,373 @@
+package resources
+
+import (
+	"fmt"
+
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	autoscalingv2ac "k8s.io/client-go/applyconfigurations/autoscaling/v2"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
+
+	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/workers/source"
+)
+
+// SecretKey is a resolved Secret key in the source's namespace plus the hash of its value.
+type SecretKey struct {
+	Name string
+	Key  string
+	Hash string
+}
+
+// Inputs are everything the builders need beyond the SegmentSource: values the manager was started
+// with and values the reconciler read from the cluster.
+type Inputs struct {
+	Source *tallyv1.SegmentSource
+	// Image runs both the receiver and the workers (`tally receiver`, `tally worker`).
+	Image   string
+	NATSURL string
+	// ConfigHash is Hash of the ConfigMap data.
+	ConfigHash string
+	// WriteKeyHash is the hash of the write key Secret value.
+	WriteKeyHash string
+	// Database is the Secret key the workers read the Postgres URL from.
+	Database SecretKey
+	// NATSCreds, when set, is a Secret in the source's namespace holding the NATS credentials file.
+	NATSCreds *SecretKey
+}
+
+// ConfigData is the ConfigMap payload of a source: its settings as the receiver and workers read
+// them, never its write keys.
+func ConfigData(s *tallyv1.SegmentSource) (map[string]string, error) {
+	data, err := source.EncodeConfig(source.FromSpec(s))
+	if err != nil {
+		return nil, fmt.Errorf("encoding source settings: %w", err)
+	}
+	return map[string]string{source.ConfigFileName: string(data)}, nil
+}
+
+// ConfigMap holds the source settings under the key source.json.
+func ConfigMap(s *tallyv1.SegmentSource, data map[string]string) *corev1ac.ConfigMapApplyConfiguration {
+	return corev1ac.ConfigMap(ConfigMapName(s), s.Namespace).
+		WithLabels(Labels(s, ComponentConfig)).
+		WithOwnerReferences(OwnerReference(s)).
+		WithData(data)
+}
+
+// SecretCopy is a Secret the operator copies into the source's namespace (the manager's database
+// URL or NATS credentials). It is owned by the source, so it goes away with it.
+func SecretCopy(s *tallyv1.SegmentSource, name, component string, data map[string][]byte) *corev1ac.SecretApplyConfiguration {
+	return corev1ac.Secret(name, s.Namespace).
+		WithLabels(Labels(s, component)).
+		WithOwnerReferences(OwnerReference(s)).
+		WithType(corev1.SecretTypeOpaque).
+		WithData(data)
+}
+
+// OwnerReference makes the source the controller of an object, so garbage collection removes it
+// with the source and the manager's watches map its events back to the source.
+func OwnerReference(s *tallyv1.SegmentSource) *metav1ac.OwnerReferenceApplyConfiguration {
+	return metav1ac.OwnerReference().
+		WithAPIVersion(tallyv1.GroupVersion.String()).
+		WithKind("SegmentSource").
+		WithName(s.Name).
+		WithUID(s.UID).
+		WithController(true).
+		WithBlockOwnerDeletion(true)
+}
+
+// ReceiverReplicas is the replica count the operator sets on the receiver Deployment, or nil when
+// an HPA owns it (applying a value would fight the HPA).
+func ReceiverReplicas(s *tallyv1.SegmentSource) *int32 {
+	switch {
+	case s.Spec.Suspend:
+		return ptr(int32(0))
+	case s.Spec.Receiver.Autoscaling != nil:
+		return nil
+	case s.Spec.Receiver.Replicas == nil:
+		return ptr(int32(1))
+	default:
+		return ptr(*s.Spec.Receiver.Replicas)
+	}
+}
+
+// WorkerReplicas is the replica count of the worker Deployment.
+func WorkerReplicas(s *tallyv1.SegmentSource) int32 {
+	switch {
+	case s.Spec.Suspend:
+		return 0
+	case s.Spec.Worker.Replicas == nil:
+		return 1
+	default:
+		return *s.Spec.Worker.Replicas
+	}
+}
+
+// ReceiverDeployment runs `tally receiver`. The rolling update never takes a ready pod away before
+// its replacement is ready (maxUnavailable 0), so a settings change or key rotation never refuses
+// traffic.
+func ReceiverDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
+	s := in.Source
+	args := []string{
+		"receiver",
+		"--listen=:" + fmt.Sprint(ReceiverPort),
+		"--nats-url=" + in.NATSURL,
+		"--source-config=" + ConfigMountPath + "/" + source.ConfigFileName,
+		"--write-keys-file=" + WriteKeysMountPath + "/" + s.WriteKeyKey(),
+	}
+	volumes := []*corev1ac.VolumeApplyConfiguration{
+		tmpVolume(),
+		configVolume(s),
+		corev1ac.Volume().WithName("write-keys").WithSecret(corev1ac.SecretVolumeSource().
+			WithSecretName(s.Spec.WriteKeySecretRef.Name).
+			WithItems(corev1ac.KeyToPath().WithKey(s.WriteKeyKey()).WithPath(s.WriteKeyKey())).
+			WithDefaultMode(0o440)),
+	}
+	mounts := []*corev1ac.VolumeMountApplyConfiguration{
+		corev1ac.VolumeMount().WithName("tmp").WithMountPath(TmpMountPath),
+		corev1ac.VolumeMount().WithName("config").WithMountPath(ConfigMountPath).WithReadOnly(true),
+		corev1ac.VolumeMount().WithName("write-keys").WithMountPath(WriteKeysMountPath).WithReadOnly(true),
+	}
+	annotations := map[string]string{
+		AnnotationConfigHash:   in.ConfigHash,
+		AnnotationWriteKeyHash: in.WriteKeyHash,
+	}
+	args, volumes, mounts = withNATSCreds(in, args, volumes, mounts, annotations)
+
+	container := corev1ac.Container().
+		WithName(ComponentReceiver).
+		WithImage(in.Image).
+		WithCommand("/tally").
+		WithArgs(args...).
+		WithPorts(corev1ac.ContainerPort().WithName("http").WithContainerPort(ReceiverPort).WithProtocol(corev1.ProtocolTCP)).
+		WithLivenessProbe(httpProbe("/healthz", "http", 3)).
+		WithReadinessProbe(httpProbe("/readyz", "http", 1)).
+		WithResources(resources(s.Spec.Receiver.Resources)).
+		WithSecurityContext(containerSecurityContext()).
+		WithVolumeMounts(mounts...)
+
+	spec := appsv1ac.DeploymentSpec().
+		WithSelector(metav1ac.LabelSelector().WithMatchLabels(SelectorLabels(s, ComponentReceiver))).
+		WithStrategy(rollingUpdate()).
+		WithTemplate(podTemplate(s, ComponentReceiver, annotations, container, volumes))
+	if r := ReceiverReplicas(s); r != nil {
+		spec.WithReplicas(*r)
+	}
+	return appsv1ac.Deployment(ReceiverName(s), s.Namespace).
+		WithLabels(Labels(s, ComponentReceiver)).
+		WithOwnerReferences(OwnerReference(s)).
+		WithSpec(spec)
+}
+
+// WorkerDeployment runs `tally worker`, which reads the stream through the source's durable
+// consumer and writes Postgres. Its health endpoints share the metrics port.
+func WorkerDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
+	s := in.Source
+	batch := s.Spec.Worker.BatchSize
+	if batch == 0 {
+		batch = 500
+	}
+	args := []string{
+		"worker",
+		"--nats-url=" + in.NATSURL,
+		"--source-config=" + ConfigMountPath + "/" + source.ConfigFileName,
+		"--batch-size=" + fmt.Sprint(batch),
+		"--metrics-listen=:" + fmt.Sprint(WorkerMetricsPort),
+	}
+	volumes := []*corev1ac.VolumeApplyConfiguration{tmpVolume(), configVolume(s)}
+	mounts := []*corev1ac.VolumeMountApplyConfiguration{
+		corev1ac.VolumeMount().WithName("tmp").WithMountPath(TmpMountPath),
+		corev1ac.VolumeMount().WithName("config").WithMountPath(ConfigMountPath).WithReadOnly(true),
+	}
+	annotations := map[string]string{
+		AnnotationConfigHash:   in.ConfigHash,
+		AnnotationDatabaseHash: in.Database.Hash,
+	}
+	args, volumes, mounts = withNATSCreds(in, args, volumes, mounts, annotations)
+
+	container := corev1ac.Container().
+		WithName(ComponentWorker).
+		WithImage(in.Image).
+		WithCommand("/tally").
+		WithArgs(args...).
+		WithEnv(corev1ac.EnvVar().WithName("TALLY_DATABASE_URL").WithValueFrom(corev1ac.EnvVarSource().
+			WithSecretKeyRef(corev1ac.SecretKeySelector().WithName(in.Database.Name).WithKey(in.Database.Key)))).
+		WithPorts(corev1ac.ContainerPort().WithName("metrics").WithContainerPort(WorkerMetricsPort).WithProtocol(corev1.ProtocolTCP)).
+		WithLivenessProbe(httpProbe("/healthz", "metrics", 3)).
+		WithReadinessProbe(httpProbe("/readyz", "metrics", 1)).
+		WithResources(resources(s.Spec.Worker.Resources)).
+		WithSecurityContext(containerSecurityContext()).
+		WithVolumeMounts(mounts...)
+
+	return appsv1ac.Deployment(WorkerName(s), s.Namespace).
+		WithLabels(Labels(s, ComponentWorker)).
+		WithOwnerReferences(OwnerReference(s)).
+		WithSpec(appsv1ac.DeploymentSpec().
+			WithReplicas(WorkerReplicas(s)).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(SelectorLabels(s, ComponentWorker))).
+			WithStrategy(rollingUpdate()).
+			WithTemplate(podTemplate(s, ComponentWorker, annotations, container, volumes)))
+}
+
+// ReceiverService fronts the receiver pods at the endpoint reported in status.
+func ReceiverService(s *tallyv1.SegmentSource) *corev1ac.ServiceApplyConfiguration {
+	serviceType := s.Spec.Receiver.ServiceType
+	if serviceType == "" {
+		serviceType = corev1.ServiceTypeClusterIP
+	}
+	return corev1ac.Service(ReceiverName(s), s.Namespace).
+		WithLabels(Labels(s, ComponentReceiver)).
+		WithOwnerReferences(OwnerReference(s)).
+		WithSpec(corev1ac.ServiceSpec().
+			WithType(serviceType).
+			WithSelector(SelectorLabels(s, ComponentReceiver)).
+			WithPorts(corev1ac.ServicePort().
+				WithName("http").
+				WithProtocol(corev1.ProtocolTCP).
+				WithPort(servicePort(s)).
+				WithTargetPort(intstr.FromString("http"))))
+}
+
+// WantsReceiverPDB reports whether the receiver gets a PodDisruptionBudget: only when more than one
+// receiver may run, since a budget over a single pod would block node drains.
+func WantsReceiverPDB(s *tallyv1.SegmentSource) bool {
+	if s.Spec.Suspend {
+		return false
+	}
+	if a := s.Spec.Receiver.Autoscaling; a != nil {
+		return a.MaxReplicas > 1
+	}
+	r := ReceiverReplicas(s)
+	return r != nil && *r > 1
+}
+
+// ReceiverPDB lets voluntary disruptions take one receiver at a time.
+func ReceiverPDB(s *tallyv1.SegmentSource) *policyv1ac.PodDisruptionBudgetApplyConfiguration {
+	return policyv1ac.PodDisruptionBudget(ReceiverName(s), s.Namespace).
+		WithLabels(Labels(s, ComponentReceiver)).
+		WithOwnerReferences(OwnerReference(s)).
+		WithSpec(policyv1ac.PodDisruptionBudgetSpec().
+			WithMaxUnavailable(intstr.FromInt32(1)).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(SelectorLabels(s, ComponentReceiver))))
+}
+
+// WantsReceiverHPA reports whether the receiver is autoscaled. A suspended source has none, since
+// the HPA would scale the receiver back up.
+func WantsReceiverHPA(s *tallyv1.SegmentSource) bool {
+	return !s.Spec.Suspend && s.Spec.Receiver.Autoscaling != nil
+}
+
+// ReceiverHPA scales the receiver on CPU within the source's bounds.
+func ReceiverHPA(s *tallyv1.SegmentSource) *autoscalingv2ac.HorizontalPodAutoscalerApplyConfiguration {
+	a := s.Spec.Receiver.Autoscaling
+	minReplicas, target := a.MinReplicas, a.TargetCPUUtilizationPercentage
+	if minReplicas == 0 {
+		minReplicas = 1
+	}
+	if target == 0 {
+		target = 70
+	}
+	return autoscalingv2ac.HorizontalPodAutoscaler(ReceiverName(s), s.Namespace).
+		WithLabels(Labels(s, ComponentReceiver)).
+		WithOwnerReferences(OwnerReference(s)).
+		WithSpec(autoscalingv2ac.HorizontalPodAutoscalerSpec().
+			WithScaleTargetRef(autoscalingv2ac.CrossVersionObjectReference().
+				WithAPIVersion("apps/v1").WithKind("Deployment").WithName(ReceiverName(s))).
+			WithMinReplicas(minReplicas).
+			WithMaxReplicas(a.MaxReplicas).
+			WithMetrics(autoscalingv2ac.MetricSpec().
+				WithType(autoscalingv2.ResourceMetricSourceType).
+				WithResource(autoscalingv2ac.ResourceMetricSource().
+					WithName(corev1.ResourceCPU).
+					WithTarget(autoscalingv2ac.MetricTarget().
+						WithType(autoscalingv2.UtilizationMetricType).
+						WithAverageUtilization(target)))))
+}
+
+func podTemplate(s *tallyv1.SegmentSource, component string, annotations map[string]string,
+	container *corev1ac.ContainerApplyConfiguration, volumes []*corev1ac.VolumeApplyConfiguration,
+) *corev1ac.PodTemplateSpecApplyConfiguration {
+	return corev1ac.PodTemplateSpec().
+		WithLabels(Labels(s, component)).
+		WithAnnotations(annotations).
+		WithSpec(corev1ac.PodSpec().
+			// Neither the receiver nor the workers talk to the Kubernetes API.
+			WithAutomountServiceAccountToken(false).
+			WithEnableServiceLinks(false).
+			WithSecurityContext(corev1ac.PodSecurityContext().
+				WithRunAsNonRoot(true).
+				WithRunAsUser(NonRootUID).
+				WithRunAsGroup(NonRootUID).
+				WithFSGroup(NonRootUID).
+				WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
+			WithContainers(container).
+			WithVolumes(volumes...))
+}
+
+func containerSecurityContext() *corev1ac.SecurityContextApplyConfiguration {
+	return corev1ac.SecurityContext().
+		WithRunAsNonRoot(true).
+		WithAllowPrivilegeEscalation(false).
+		WithReadOnlyRootFilesystem(true).
+		WithCapabilities(corev1ac.Capabilities().WithDrop("ALL")).
+		WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))
+}
+
+func rollingUpdate() *appsv1ac.DeploymentStrategyApplyConfiguration {
+	return appsv1ac.DeploymentStrategy().
+		WithType("RollingUpdate").
+		WithRollingUpdate(appsv1ac.RollingUpdateDeployment().
+			WithMaxUnavailable(intstr.FromInt32(0)).
+			WithMaxSurge(intstr.FromInt32(1)))
+}
+
+func httpProbe(path, port string, failureThreshold int32) *corev1ac.ProbeApplyConfiguration {
+	return corev1ac.Probe().
+		WithHTTPGet(corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromString(port))).
+		WithPeriodSeconds(10).
+		WithTimeoutSeconds(2).
+		WithFailureThreshold(failureThreshold)
+}
+
+func tmpVolume() *corev1ac.VolumeApplyConfiguration {
+	return corev1ac.Volume().WithName("tmp").WithEmptyDir(corev1ac.EmptyDirVolumeSource())
+}
+
+func configVolume(s *tallyv1.SegmentSource) *corev1ac.VolumeApplyConfiguration {
+	return corev1ac.Volume().WithName("config").
+		WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(ConfigMapName(s)))
+}
+
+// withNATSCreds mounts the NATS credentials, when the manager has any, and points the command at them.
+func withNATSCreds(in Inputs, args []string, volumes []*corev1ac.VolumeApplyConfiguration,
+	mounts []*corev1ac.VolumeMountApplyConfiguration, annotations map[string]string,
+) ([]string, []*corev1ac.VolumeApplyConfiguration, []*corev1ac.VolumeMountApplyConfiguration) {
+	if in.NATSCreds == nil {
+		return args, volumes, mounts
+	}
+	args = append(args, "--nats-creds="+NATSCredsMountPath+"/"+in.NATSCreds.Key)
+	volumes = append(volumes, corev1ac.Volume().WithName("nats-creds").WithSecret(corev1ac.SecretVolumeSource().
+		WithSecretName(in.NATSCreds.Name).
+		WithItems(corev1ac.KeyToPath().WithKey(in.NATSCreds.Key).WithPath(in.NATSCreds.Key)).
+		WithDefaultMode(0o440)))
+	mounts = append(mounts, corev1ac.VolumeMount().WithName("nats-creds").WithMountPath(NATSCredsMountPath).WithReadOnly(true))
+	annotations[AnnotationNATSCredsHash] = in.NATSCreds.Hash
+	return args, volumes, mounts
+}
+
+func resources(r corev1.ResourceRequirements) *corev1ac.ResourceRequirementsApplyConfiguration {
+	ac := corev1ac.ResourceRequirements()
+	if len(r.Requests) > 0 {
+		ac.WithRequests(r.Requests)
+	}
+	if len(r.Limits) > 0 {
+		ac.WithLimits(r.Limits)
+	}
+	return ac
+}
+
+func ptr[T any](v T) *T { return &v }

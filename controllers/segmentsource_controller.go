@@ -1,0 +1,213 @@
+// Package controllers is Tally's operator: it reconciles each SegmentSource into a ConfigMap, a
+// receiver Deployment and Service, a worker Deployment, a JetStream stream and consumer, and a
+// status that tells the truth about all of them. It knows Kubernetes and the stream package; it
+// never speaks SQL or handles Segment HTTP traffic.
+package controllers
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	appsv1 "k8s.io/api/apps/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+// Finalizer keeps a SegmentSource until its stream and consumer are cleaned up.
+const Finalizer = "tally.dev/stream-cleanup"
+
+// FieldOwner is the server-side apply field manager of everything the operator writes.
+const FieldOwner = "tally-operator"
+
+// NATS is the reconciler's view of the manager's NATS connection.
+type NATS interface {
+	// JetStream is the JetStream API on the manager's connection.
+	JetStream() jetstream.JetStream
+	// Connected reports whether the connection is up right now; while it is not, requests would
+	// only wait for their timeout, so the reconciler reports NATS as unavailable at once.
+	Connected() bool
+	// URL names the server for status messages.
+	URL() string
+}
+
+// Config is what the manager was started with.
+type Config struct {
+	// Image runs the receiver and worker pods.
+	Image string
+	// NATSURL is passed to the pods (the manager's own connection is NATS).
+	NATSURL string
+	// ManagerNamespace holds DatabaseSecret and NATSCredsSecret.
+	ManagerNamespace string
+	// DatabaseSecret and DatabaseSecretKey name the manager's Postgres URL, copied into a source's
+	// namespace when the source does not name its own Secret.
+	DatabaseSecret    string
+	DatabaseSecretKey string
+	// NATSCredsSecret, when set, holds a NATS credentials file under NATSCredsSecretKey; it is copied
+	// into each source's namespace and mounted into the pods.
+	NATSCredsSecret    string
+	NATSCredsSecretKey string
+	// Interval is how often a healthy source is re-checked: stream and consumer drift (a deleted
+	// stream comes back, a NATS restart is noticed) and message times and backlog in status.
+	Interval time.Duration
+	// NATSTimeout bounds each JetStream request.
+	NATSTimeout time.Duration
+}
+
+// SegmentSourceReconciler reconciles SegmentSources.
+type SegmentSourceReconciler struct {
+	client.Client
+	// APIReader reads from the API server directly: Secrets (never cached, see SetupWithManager) and
+	// same-named objects the label-filtered cache cannot see.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	NATS      NATS
+	Config    Config
+	Metrics   *Metrics
+
+	applied appliedVersions
+}
+
+// reconcileState is what one reconcile learns, passed along the sub-reconcilers.
+type reconcileState struct {
+	source *tallyv1.SegmentSource
+	// original is the object as read, to detect status changes and emit events on transitions.
+	original *tallyv1.SegmentSource
+	// finalized is set once the finalizer is gone and the object may disappear: no status write.
+	finalized bool
+
+	configHash   string
+	writeKeyHash string
+	database     resourcesSecretKey
+	natsCreds    *resourcesSecretKey
+	streamState  stream.State
+	receiver     *appsv1.Deployment
+	worker       *appsv1.Deployment
+}
+
+type subReconciler func(ctx context.Context, st *reconcileState) error
+
+// RBAC, least privilege: children are written with server-side apply (create+patch) and removed
+// by garbage collection, so only the PDB and HPA, which the spec can take away, need delete. Secrets
+// are read one at a time (get) and watched as metadata (list+watch); the operator writes only its
+// own copies. Finalizers are patched, and blockOwnerDeletion needs update on .../finalizers.
+// +kubebuilder:rbac:groups=tally.dev,resources=segmentsources,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=tally.dev,resources=segmentsources/status,verbs=get;patch
+// +kubebuilder:rbac:groups=tally.dev,resources=segmentsources/finalizers,verbs=update
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=services;configmaps;secrets,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=autoscaling,resources=horizontalpodautoscalers,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile has the shape of Flux's and CloudNativePG's controllers: read the object, arrange for
+// status to be summarised and written on every exit, handle deletion, make sure the finalizer is
+// there, then run a fixed list of small steps. Each step either completes or returns an error
+// that says what is missing; the deferred summary turns it into conditions.
+func (r *SegmentSourceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	start := time.Now()
+	obj := &tallyv1.SegmentSource{}
+	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.Metrics.Forget(req.Namespace, req.Name)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	st := &reconcileState{source: obj, original: obj.DeepCopy()}
+	defer func() { result, retErr = r.finish(ctx, st, result, retErr, start) }()
+
+	if !obj.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.reconcileDelete(ctx, st)
+	}
+	if err := r.ensureFinalizer(ctx, st); err != nil {
+		return ctrl.Result{}, err
+	}
+	steps := []subReconciler{
+		r.reconcileWriteKey,
+		r.reconcileDatabaseSecret,
+		r.reconcileNATSCredsSecret,
+		r.reconcileConfig,
+		r.reconcileStream,
+		r.reconcileReceiver,
+		r.reconcileWorker,
+		r.observe,
+	}
+	for _, step := range steps {
+		if err := step(ctx, st); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	return ctrl.Result{RequeueAfter: jitter(r.Config.Interval)}, nil
+}
+
+// ensureFinalizer adds the finalizer with a metadata patch before anything is created in NATS,
+// so a stream is never left behind by a deletion that raced the first reconcile.
+func (r *SegmentSourceReconciler) ensureFinalizer(ctx context.Context, st *reconcileState) error {
+	if controllerutil.ContainsFinalizer(st.source, Finalizer) {
+		return nil
+	}
+	// The finalizer list is replaced as a whole: lock on resourceVersion, so a finalizer another
+	// controller adds at the same time is not lost (a conflict is retried with backoff).
+	patch := client.MergeFromWithOptions(st.source.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	controllerutil.AddFinalizer(st.source, Finalizer)
+	if err := r.Patch(ctx, st.source, patch); err != nil {
+		return transient(ReasonReconcileError, err, "adding finalizer")
+	}
+	return nil
+}
+
+// reconcileDelete removes the stream and its consumer (unless the deletion policy retains them),
+// then the finalizer. Owned Kubernetes objects go through garbage collection. Postgres rows stay:
+// they are the customer's data.
+func (r *SegmentSourceReconciler) reconcileDelete(ctx context.Context, st *reconcileState) error {
+	obj := st.source
+	if !controllerutil.ContainsFinalizer(obj, Finalizer) {
+		st.finalized = true
+		return nil
+	}
+	src := streamSource(obj)
+	if obj.DeletionPolicy() == tallyv1.DeletionPolicyDelete {
+		if !r.NATS.Connected() {
+			return transient(ReasonNATSUnavailable, nil, "cannot delete stream %s: NATS at %s is not reachable", src.StreamName(), r.NATS.URL())
+		}
+		nctx, cancel := context.WithTimeout(ctx, r.Config.NATSTimeout)
+		defer cancel()
+		if err := stream.Delete(nctx, r.NATS.JetStream(), src); err != nil {
+			return transient(ReasonDeletionBlocked, err, "deleting stream %s", src.StreamName())
+		}
+		r.Recorder.Eventf(obj, nil, "Normal", eventReasonStreamDeleted, "Delete",
+			"deleted stream %s and its consumer; Postgres rows are kept", src.StreamName())
+	} else {
+		r.Recorder.Eventf(obj, nil, "Normal", eventReasonStreamRetained, "Delete",
+			"kept stream %s (deletionPolicy Retain)", src.StreamName())
+	}
+	patch := client.MergeFromWithOptions(obj.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	controllerutil.RemoveFinalizer(obj, Finalizer)
+	if err := r.Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {
+		return transient(ReasonReconcileError, err, "removing finalizer")
+	}
+	st.finalized = true
+	log.FromContext(ctx).Info("finalized", "stream", src.StreamName(), "deletionPolicy", obj.DeletionPolicy())
+	return nil
+}
+
+func streamSource(obj *tallyv1.SegmentSource) stream.Source {
+	return stream.Source{Namespace: obj.Namespace, Name: obj.Name}
+}
+
+// jitter spreads periodic requeues of many sources by ±10% so they do not reconcile in lockstep.
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
+}

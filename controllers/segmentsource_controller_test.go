@@ -1,0 +1,511 @@
+package controllers_test
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/controllers"
+	"github.com/tallyhq/tally/controllers/resources"
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+var _ = Describe("SegmentSource", func() {
+	var ns string
+	BeforeEach(func() { ns = newNamespace() })
+
+	It("turns into owned objects, a stream and a consumer, and turns Ready only once both Deployments are available", func() {
+		s := newSource(ns, "acme-web")
+		created := createSource(s, true)
+		key := client.ObjectKeyFromObject(s)
+
+		By("reading InProgress before the operator has looked at it (observedGeneration defaults to -1)")
+		Expect(created.Status.ObservedGeneration).To(Equal(int64(-1)))
+		Expect(kstatusOf(created)).To(Equal(status.InProgressStatus))
+
+		By("creating the ConfigMap, receiver Deployment and Service, worker Deployment")
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		got := getSource(key)
+		Expect(got.Status.ObservedGeneration).To(Equal(got.Generation))
+		Expect(got.Finalizers).To(ContainElement(controllers.Finalizer))
+		Expect(got.Status.Endpoint).To(Equal("http://acme-web-receiver." + ns + ".svc:8080"))
+		Expect(got.Status.Stream).To(Equal("TALLY_" + ns + "_acme-web"))
+		Expect(condition(got, tallyv1.ConditionStreamReady).Status).To(Equal(metav1.ConditionTrue))
+		Expect(condition(got, tallyv1.ConditionReceiving).Status).To(Equal(metav1.ConditionFalse))
+		Expect(condition(got, tallyv1.ConditionReconciling)).To(BeNil())
+		Expect(condition(got, tallyv1.ConditionStalled)).To(BeNil())
+		Expect(kstatusOf(got)).To(Equal(status.InProgressStatus))
+		expectStatusCompliant(got)
+
+		owner := metav1.OwnerReference{APIVersion: "tally.dev/v1alpha1", Kind: "SegmentSource", Name: "acme-web",
+			UID: got.UID, Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}
+
+		cm := &corev1.ConfigMap{}
+		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-config"}, cm)).To(Succeed())
+		Expect(cm.OwnerReferences).To(ConsistOf(owner))
+		Expect(cm.Labels).To(HaveKeyWithValue("app.kubernetes.io/managed-by", "tally-operator"))
+		cfg, err := source.DecodeConfig([]byte(cm.Data[source.ConfigFileName]))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(cfg.Tenant).To(Equal("acme"))
+		Expect(cfg.IgnoredEvents).To(Equal([]string{"Heartbeat"}))
+		Expect(cm.Data[source.ConfigFileName]).NotTo(ContainSubstring("key-one"), "write keys never go in the ConfigMap")
+
+		recv := deployment(ns, "acme-web-receiver")
+		Expect(recv.OwnerReferences).To(ConsistOf(owner))
+		Expect(recv.Labels).To(Equal(map[string]string{
+			"app.kubernetes.io/name": "tally", "app.kubernetes.io/instance": "acme-web",
+			"app.kubernetes.io/component": "receiver", "app.kubernetes.io/managed-by": "tally-operator",
+			"app.kubernetes.io/part-of": "tally",
+		}))
+		Expect(*recv.Spec.Replicas).To(Equal(int32(1)))
+		Expect(recv.Spec.Strategy.RollingUpdate.MaxUnavailable.IntValue()).To(Equal(0))
+		pod := recv.Spec.Template.Spec
+		Expect(*pod.AutomountServiceAccountToken).To(BeFalse())
+		Expect(*pod.SecurityContext.RunAsNonRoot).To(BeTrue())
+		Expect(pod.SecurityContext.SeccompProfile.Type).To(Equal(corev1.SeccompProfileTypeRuntimeDefault))
+		c := pod.Containers[0]
+		Expect(c.Image).To(Equal(workloadImage))
+		Expect(c.Command).To(Equal([]string{"/tally"}))
+		Expect(c.Args).To(Equal([]string{"receiver", "--listen=:8080", "--nats-url=" + natsURL,
+			"--source-config=/etc/tally/source/source.json", "--write-keys-file=/etc/tally/write-keys/writeKey"}))
+		Expect(*c.SecurityContext.ReadOnlyRootFilesystem).To(BeTrue())
+		Expect(*c.SecurityContext.AllowPrivilegeEscalation).To(BeFalse())
+		Expect(c.SecurityContext.Capabilities.Drop).To(ConsistOf(corev1.Capability("ALL")))
+		Expect(c.LivenessProbe.HTTPGet.Path).To(Equal("/healthz"))
+		Expect(c.ReadinessProbe.HTTPGet.Path).To(Equal("/readyz"))
+		Expect(c.VolumeMounts).To(ContainElements(
+			corev1.VolumeMount{Name: "config", MountPath: "/etc/tally/source", ReadOnly: true},
+			corev1.VolumeMount{Name: "write-keys", MountPath: "/etc/tally/write-keys", ReadOnly: true},
+			corev1.VolumeMount{Name: "tmp", MountPath: "/tmp"}))
+		Expect(recv.Spec.Template.Annotations).To(HaveKey(resources.AnnotationConfigHash))
+		Expect(recv.Spec.Template.Annotations).To(HaveKey(resources.AnnotationWriteKeyHash))
+
+		svc := &corev1.Service{}
+		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-receiver"}, svc)).To(Succeed())
+		Expect(svc.OwnerReferences).To(ConsistOf(owner))
+		Expect(svc.Spec.Ports[0].Port).To(Equal(int32(8080)))
+		Expect(svc.Spec.Selector).To(Equal(recv.Spec.Selector.MatchLabels))
+
+		worker := deployment(ns, "acme-web-worker")
+		Expect(worker.OwnerReferences).To(ConsistOf(owner))
+		wc := worker.Spec.Template.Spec.Containers[0]
+		Expect(wc.Args).To(Equal([]string{"worker", "--nats-url=" + natsURL,
+			"--source-config=/etc/tally/source/source.json", "--batch-size=500", "--metrics-listen=:9090"}))
+		Expect(wc.Env).To(ConsistOf(corev1.EnvVar{Name: "TALLY_DATABASE_URL", ValueFrom: &corev1.EnvVarSource{
+			SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "acme-web-database"}, Key: "url"}}}))
+		Expect(wc.LivenessProbe.HTTPGet.Port.String()).To(Equal("metrics"))
+		dbCopy := &corev1.Secret{}
+		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-database"}, dbCopy)).To(Succeed())
+		Expect(dbCopy.OwnerReferences).To(ConsistOf(owner))
+		Expect(string(dbCopy.Data["url"])).To(HavePrefix("postgres://"))
+
+		By("creating no PDB and no HPA for a single, fixed receiver")
+		Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-receiver"}, &policyv1.PodDisruptionBudget{}))).To(BeTrue())
+		Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-receiver"}, &autoscalingv2.HorizontalPodAutoscaler{}))).To(BeTrue())
+
+		By("creating the stream and the workers' consumer in NATS")
+		streamOK, consumerOK := streamExists(ns, "acme-web")
+		Expect(streamOK).To(BeTrue())
+		Expect(consumerOK).To(BeTrue())
+
+		By("turning Ready once the Deployments are available, which `kubectl wait` sees")
+		wait := exec.Command(kubectlBin, "--kubeconfig", kubeconfig, "-n", ns, "wait",
+			"--for=condition=Ready", "segmentsource/acme-web", "--timeout=60s")
+		var out strings.Builder
+		wait.Stdout, wait.Stderr = &out, &out
+		Expect(wait.Start()).To(Succeed())
+		makeAllAvailable(s)
+		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Expect(wait.Wait()).To(Succeed(), out.String())
+		Expect(out.String()).To(ContainSubstring("condition met"))
+		got = getSource(key)
+		Expect(kstatusOf(got)).To(Equal(status.CurrentStatus))
+		expectStatusCompliant(got)
+		Expect(eventReasons(ns, "acme-web")).To(ContainElement(controllers.ReasonSucceeded))
+
+		get := exec.Command(kubectlBin, "--kubeconfig", kubeconfig, "-n", ns, "get", "segmentsources", "-o", "wide")
+		table, err := get.CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), string(table))
+		AddReportEntry("kubectl get segmentsources -o wide", string(table))
+		Expect(string(table)).To(ContainSubstring("acme-web"))
+	})
+
+	It("rolls receivers and workers out when settings change, and reports the new generation", func() {
+		s := createSource(newSource(ns, "settings"), true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		makeAllAvailable(s)
+		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		recvHash := deployment(ns, "settings-receiver").Spec.Template.Annotations[resources.AnnotationConfigHash]
+		workerHash := deployment(ns, "settings-worker").Spec.Template.Annotations[resources.AnnotationConfigHash]
+
+		got := updateSource(key, func(s *tallyv1.SegmentSource) {
+			s.Spec.IgnoredEvents = []string{"Heartbeat", "Ping"}
+			s.Spec.AccountProperty = "orgId"
+		})
+		Expect(kstatusOf(got)).To(Equal(status.InProgressStatus), "a new generation is InProgress until observed")
+
+		Eventually(func() string {
+			return deployment(ns, "settings-receiver").Spec.Template.Annotations[resources.AnnotationConfigHash]
+		}, "20s").ShouldNot(Equal(recvHash))
+		Eventually(func() string {
+			return deployment(ns, "settings-worker").Spec.Template.Annotations[resources.AnnotationConfigHash]
+		}, "20s").ShouldNot(Equal(workerHash))
+		cm := &corev1.ConfigMap{}
+		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "settings-config"}, cm)).To(Succeed())
+		cfg, err := source.DecodeConfig([]byte(cm.Data[source.ConfigFileName]))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(cfg.IgnoredEvents).To(Equal([]string{"Heartbeat", "Ping"}))
+		Expect(cfg.AccountProperty).To(Equal("orgId"))
+
+		By("reporting the rollout as not Ready until the new pods are available")
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		got = getSource(key)
+		Expect(got.Status.ObservedGeneration).To(Equal(int64(2)))
+		expectStatusCompliant(got)
+		makeAllAvailable(s)
+		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		got = getSource(key)
+		Expect(kstatusOf(got)).To(Equal(status.CurrentStatus))
+		expectStatusCompliant(got)
+	})
+
+	It("adds a PDB for several receivers and leaves replicas to the HPA when autoscaling", func() {
+		s := newSource(ns, "scaled")
+		s.Spec.Receiver.Replicas = ptr.To(int32(3))
+		createSource(s, true)
+		key := client.ObjectKeyFromObject(s)
+		pdbKey := types.NamespacedName{Namespace: ns, Name: "scaled-receiver"}
+		pdb := &policyv1.PodDisruptionBudget{}
+		Eventually(func() error { return k8s.Get(ctx, pdbKey, pdb) }, "20s").Should(Succeed())
+		Expect(pdb.Spec.MaxUnavailable.IntValue()).To(Equal(1))
+		Expect(*deployment(ns, "scaled-receiver").Spec.Replicas).To(Equal(int32(3)))
+
+		updateSource(key, func(s *tallyv1.SegmentSource) {
+			s.Spec.Receiver.Autoscaling = &tallyv1.Autoscaling{MinReplicas: 2, MaxReplicas: 6, TargetCPUUtilizationPercentage: 60}
+		})
+		hpa := &autoscalingv2.HorizontalPodAutoscaler{}
+		Eventually(func() error { return k8s.Get(ctx, pdbKey, hpa) }, "20s").Should(Succeed())
+		Expect(*hpa.Spec.MinReplicas).To(Equal(int32(2)))
+		Expect(hpa.Spec.MaxReplicas).To(Equal(int32(6)))
+		Expect(hpa.Spec.ScaleTargetRef.Name).To(Equal("scaled-receiver"))
+		Eventually(func() bool { return ownsReplicas(deployment(ns, "scaled-receiver")) }, "20s").Should(BeFalse(),
+			"the operator must not own spec.replicas while an HPA does")
+
+		By("removing the HPA again when autoscaling is unset")
+		updateSource(key, func(s *tallyv1.SegmentSource) {
+			s.Spec.Receiver.Autoscaling = nil
+			s.Spec.Receiver.Replicas = ptr.To(int32(1))
+		})
+		Eventually(func() bool { return notFound(k8s.Get(ctx, pdbKey, &autoscalingv2.HorizontalPodAutoscaler{})) }, "20s").Should(BeTrue())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, pdbKey, &policyv1.PodDisruptionBudget{})) }, "20s").Should(BeTrue())
+		Expect(*deployment(ns, "scaled-receiver").Spec.Replicas).To(Equal(int32(1)))
+	})
+
+	It("scales both Deployments to zero when suspended and keeps the stream", func() {
+		s := createSource(newSource(ns, "paused"), true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Suspend = true })
+		Eventually(func() int32 { return *deployment(ns, "paused-receiver").Spec.Replicas }, "20s").Should(BeZero())
+		Eventually(func() int32 { return *deployment(ns, "paused-worker").Spec.Replicas }, "20s").Should(BeZero())
+		makeAllAvailable(s)
+		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSuspended))
+		streamOK, consumerOK := streamExists(ns, "paused")
+		Expect(streamOK && consumerOK).To(BeTrue())
+		got := getSource(key)
+		Expect(kstatusOf(got)).To(Equal(status.CurrentStatus))
+		expectStatusCompliant(got)
+	})
+
+	It("removes the stream and consumer on deletion, or keeps them with deletionPolicy Retain", func() {
+		s := createSource(newSource(ns, "gone"), true)
+		r := newSource(ns, "kept")
+		r.Spec.Stream.DeletionPolicy = tallyv1.DeletionPolicyRetain
+		createSource(r, true)
+		Eventually(func() bool { ok, c := streamExists(ns, "gone"); return ok && c }, "20s").Should(BeTrue())
+		Eventually(func() bool { ok, c := streamExists(ns, "kept"); return ok && c }, "20s").Should(BeTrue())
+
+		Expect(k8s.Delete(ctx, s)).To(Succeed())
+		Expect(k8s.Delete(ctx, r)).To(Succeed())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(s), &tallyv1.SegmentSource{})) }, "20s").Should(BeTrue())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(r), &tallyv1.SegmentSource{})) }, "20s").Should(BeTrue())
+		ok, _ := streamExists(ns, "gone")
+		Expect(ok).To(BeFalse(), "stream of a deleted source")
+		_, err := testJS.Stream(ctx, stream.Source{Namespace: ns, Name: "gone"}.DeadLetterStreamName())
+		Expect(err).To(HaveOccurred(), "dead-letter stream of a deleted source")
+		ok, c := streamExists(ns, "kept")
+		Expect(ok && c).To(BeTrue(), "stream of a deleted source with deletionPolicy Retain")
+		Expect(testJS.DeleteStream(ctx, "TALLY_"+ns+"_kept")).To(Succeed())
+	})
+
+	It("reports a missing Secret or key as Ready=False with an Event, and recovers when it appears", func() {
+		s := createSource(newSource(ns, "nokey"), false)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonSecretNotFound))
+		got := getSource(key)
+		Expect(condition(got, tallyv1.ConditionReady).Message).To(ContainSubstring(`"nokey-segment" not found`))
+		Expect(condition(got, tallyv1.ConditionReconciling).Status).To(Equal(metav1.ConditionTrue))
+		Expect(got.Status.ObservedGeneration).To(Equal(int64(-1)), "a generation not yet applied is not observed")
+		Expect(kstatusOf(got)).To(Equal(status.InProgressStatus))
+		expectStatusCompliant(got)
+		Eventually(func() []string { return eventReasons(ns, "nokey") }, "10s").Should(ContainElement(controllers.ReasonSecretNotFound))
+
+		By("naming the missing key when the Secret exists without it")
+		wrong := writeKeySecret(ns, "nokey-segment", "k")
+		wrong.Data = map[string][]byte{"other": []byte("k")}
+		Expect(k8s.Create(ctx, wrong)).To(Succeed())
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonSecretKeyNotFound))
+
+		By("recovering through the Secret watch once the key is there")
+		wrong.Data = map[string][]byte{"writeKey": []byte("key-one")}
+		Expect(k8s.Update(ctx, wrong)).To(Succeed())
+		Eventually(readyReason(key), "10s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		makeAllAvailable(s)
+		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		got = getSource(key)
+		Expect(condition(got, tallyv1.ConditionReconciling)).To(BeNil())
+		expectStatusCompliant(got)
+		Expect(kstatusOf(got)).To(Equal(status.CurrentStatus))
+	})
+
+	It("gives workers the source's own database Secret when it names one, watching it like the write key", func() {
+		s := newSource(ns, "owndb")
+		s.Spec.Worker.DatabaseSecretRef = &tallyv1.DatabaseSecretRef{Name: "owndb-postgres"}
+		createSource(s, true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonSecretNotFound))
+		Expect(condition(getSource(key), tallyv1.ConditionReady).Message).To(ContainSubstring(`database Secret "owndb-postgres" not found`))
+
+		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "owndb-postgres", Namespace: ns},
+			StringData: map[string]string{"url": "postgres://own@db/tally"}})).To(Succeed())
+		Eventually(readyReason(key), "10s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		env := deployment(ns, "owndb-worker").Spec.Template.Spec.Containers[0].Env
+		Expect(env[0].ValueFrom.SecretKeyRef.Name).To(Equal("owndb-postgres"))
+		Expect(env[0].ValueFrom.SecretKeyRef.Key).To(Equal("url"))
+		Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "owndb-database"}, &corev1.Secret{}))).To(BeTrue(),
+			"no copy of the manager's database Secret")
+	})
+
+	It("rolls the receivers out when the write key is rotated in the Secret", func() {
+		s := createSource(newSource(ns, "rotate"), true)
+		Eventually(func() error {
+			return k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "rotate-worker"}, &appsv1.Deployment{})
+		}, "20s").Should(Succeed())
+		before := deployment(ns, "rotate-receiver").Spec.Template.Annotations[resources.AnnotationWriteKeyHash]
+		workerBefore := deployment(ns, "rotate-worker").Spec.Template.Annotations
+		secret := &corev1.Secret{}
+		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "rotate-segment"}, secret)).To(Succeed())
+		secret.Data["writeKey"] = []byte("key-one\nkey-two\n")
+		Expect(k8s.Update(ctx, secret)).To(Succeed())
+		Eventually(func() string {
+			return deployment(ns, "rotate-receiver").Spec.Template.Annotations[resources.AnnotationWriteKeyHash]
+		}, "10s").ShouldNot(Equal(before))
+		Expect(deployment(ns, "rotate-worker").Spec.Template.Annotations).To(Equal(workerBefore), "workers never see write keys")
+		Eventually(func() string { return getSource(client.ObjectKeyFromObject(s)).Status.WriteKeySecretVersion }, "10s").Should(Equal(secret.ResourceVersion))
+	})
+
+	It("reverts edits to the fields it owns and keeps fields others add", func() {
+		s := createSource(newSource(ns, "drifted"), true)
+		depKey := types.NamespacedName{Namespace: ns, Name: "drifted-receiver"}
+		Eventually(func() error { return k8s.Get(ctx, depKey, &appsv1.Deployment{}) }, "20s").Should(Succeed())
+		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			d := deployment(ns, "drifted-receiver")
+			d.Spec.Template.Spec.Containers[0].Image = "someone/else:latest"
+			d.Annotations["team.example/owner"] = "platform"
+			return k8s.Update(ctx, d)
+		})).To(Succeed())
+		Eventually(func() string { return deployment(ns, "drifted-receiver").Spec.Template.Spec.Containers[0].Image }, "20s").
+			Should(Equal(workloadImage))
+		Expect(deployment(ns, "drifted-receiver").Annotations).To(HaveKeyWithValue("team.example/owner", "platform"))
+		_ = s
+	})
+
+	It("is Stalled when JetStream refuses the stream configuration, until the spec is fixed", func() {
+		s := newSource(ns, "tripled")
+		s.Spec.Stream.Replicas = 3 // the embedded server is not clustered
+		createSource(s, true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonStreamRejected))
+		got := getSource(key)
+		Expect(condition(got, tallyv1.ConditionStalled).Status).To(Equal(metav1.ConditionTrue))
+		Expect(condition(got, tallyv1.ConditionStalled).Message).To(ContainSubstring("replicas > 1 not supported"))
+		Expect(condition(got, tallyv1.ConditionReconciling)).To(BeNil())
+		Expect(got.Status.ObservedGeneration).To(Equal(got.Generation))
+		Expect(kstatusOf(got)).To(Equal(status.FailedStatus))
+		expectStatusCompliant(got)
+
+		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Stream.Replicas = 1 })
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		got = getSource(key)
+		Expect(condition(got, tallyv1.ConditionStalled)).To(BeNil())
+		Expect(kstatusOf(got)).To(Equal(status.InProgressStatus))
+		expectStatusCompliant(got)
+	})
+
+	It("refuses to adopt a same-named object it does not control", func() {
+		foreign := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "clash-config", Namespace: ns}, Data: map[string]string{"mine": "yes"}}
+		Expect(k8s.Create(ctx, foreign)).To(Succeed())
+		s := createSource(newSource(ns, "clash"), true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonResourceConflict))
+		Expect(condition(getSource(key), tallyv1.ConditionReady).Message).To(ContainSubstring(`ConfigMap "clash-config" already exists`))
+		Eventually(func() []string { return eventReasons(ns, "clash") }, "10s").Should(ContainElement(controllers.ReasonResourceConflict))
+		Expect(k8s.Get(ctx, client.ObjectKeyFromObject(foreign), foreign)).To(Succeed())
+		Expect(foreign.Data).To(Equal(map[string]string{"mine": "yes"}))
+		Expect(foreign.OwnerReferences).To(BeEmpty())
+	})
+
+	It("sets Receiving once a message reaches the stream, with message times and backlog", func() {
+		s := createSource(newSource(ns, "live"), true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(func() bool { ok, c := streamExists(ns, "live"); return ok && c }, "20s").Should(BeTrue())
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		// Let the reconciles triggered by creating the owned objects drain, so the message is
+		// picked up by the periodic re-check, the path a real cluster relies on.
+		Consistently(readyReason(key), "2s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		_, err := testJS.Publish(ctx, stream.Source{Namespace: ns, Name: "live"}.Subject("track"), []byte(`{"type":"track"}`))
+		Expect(err).NotTo(HaveOccurred())
+		published := time.Now()
+		Eventually(func() metav1.ConditionStatus {
+			c := condition(getSource(key), tallyv1.ConditionReceiving)
+			if c == nil {
+				return ""
+			}
+			return c.Status
+		}, "30s", "250ms").Should(Equal(metav1.ConditionTrue))
+		AddReportEntry("Receiving turned true after", time.Since(published).Round(time.Millisecond).String())
+		got := getSource(key)
+		Expect(got.Status.FirstMessageAt).NotTo(BeNil())
+		Expect(got.Status.LastMessageAt).NotTo(BeNil())
+		Expect(got.Status.Backlog).To(Equal(int64(1)))
+	})
+
+	It("re-creates a stream deleted behind its back on the periodic re-check", func() {
+		s := createSource(newSource(ns, "drift"), true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(func() bool { ok, c := streamExists(ns, "drift"); return ok && c }, "20s").Should(BeTrue())
+		makeAllAvailable(s)
+		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		// Let event-triggered reconciles drain: only the periodic re-check may find the drift.
+		Consistently(readyReason(key), "2s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Expect(testJS.DeleteStream(ctx, "TALLY_"+ns+"_drift")).To(Succeed())
+		deleted := time.Now()
+		Eventually(func() bool { ok, c := streamExists(ns, "drift"); return ok && c }, "40s", "250ms").Should(BeTrue())
+		AddReportEntry("deleted stream re-created after", time.Since(deleted).Round(time.Millisecond).String())
+		Eventually(func() []string { return eventReasons(ns, "drift") }, "10s").Should(ContainElement("StreamRecreated"))
+		Expect(readyReason(key)()).To(Equal("True/" + controllers.ReasonSucceeded))
+	})
+
+	It("writes nothing to the API server when a periodic re-check finds nothing changed", func() {
+		s := createSource(newSource(ns, "steady"), true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		makeAllAvailable(s)
+		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Consistently(readyReason(key), "2s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		rv := getSource(key).ResourceVersion
+		applies, statusWrites := counterSum("tally_operator_applies_total"), counterSum("tally_operator_status_writes_total")
+		reconciles := counterSum("controller_runtime_reconcile_total")
+		// At least one periodic reconcile of every live source (interval 15 s ± 10%).
+		Eventually(func() float64 { return counterSum("controller_runtime_reconcile_total") }, "40s", "500ms").
+			Should(BeNumerically(">=", reconciles+1))
+		Expect(counterSum("tally_operator_applies_total")).To(Equal(applies), "server-side applies during periodic reconciles")
+		Expect(counterSum("tally_operator_status_writes_total")).To(Equal(statusWrites), "status writes during periodic reconciles")
+		Expect(getSource(key).ResourceVersion).To(Equal(rv))
+	})
+
+	It("reports NATS down as Ready=False and recovers when NATS is back", Serial, func() {
+		s := createSource(newSource(ns, "outage"), true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(func() bool { ok, c := streamExists(ns, "outage"); return ok && c }, "20s").Should(BeTrue())
+		makeAllAvailable(s)
+		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+
+		natsSrv.Shutdown()
+		natsSrv.WaitForShutdown()
+		Eventually(readyReason(key), "40s").Should(Equal("False/" + controllers.ReasonNATSUnavailable))
+		got := getSource(key)
+		Expect(condition(got, tallyv1.ConditionReady).Message).To(ContainSubstring("not reachable"))
+		Expect(condition(got, tallyv1.ConditionStreamReady).Status).To(Equal(metav1.ConditionFalse))
+		Expect(condition(got, tallyv1.ConditionReconciling)).To(BeNil(), "the generation was observed already")
+		expectStatusCompliant(got)
+		Expect(kstatusOf(got)).To(Equal(status.InProgressStatus))
+		Eventually(func() []string { return eventReasons(ns, "outage") }, "10s").Should(ContainElement(controllers.ReasonNATSUnavailable))
+
+		startNATS(natsPort)
+		restarted := time.Now()
+		Eventually(readyReason(key), "60s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		AddReportEntry("Ready again after NATS restart", time.Since(restarted).Round(time.Millisecond).String())
+		expectStatusCompliant(getSource(key))
+	})
+})
+
+var _ = Describe("SegmentSource validation by the API server", func() {
+	var ns string
+	BeforeEach(func() { ns = newNamespace() })
+
+	DescribeTable("refuses invalid sources with a message a person understands",
+		func(mutate func(*tallyv1.SegmentSource), want string) {
+			s := newSource(ns, "valid")
+			mutate(s)
+			err := k8s.Create(ctx, s)
+			Expect(err).To(HaveOccurred())
+			Expect(err.Error()).To(ContainSubstring(want))
+		},
+		Entry("missing tenant", func(s *tallyv1.SegmentSource) { s.Spec.Tenant = "" }, "spec.tenant"),
+		Entry("tenant with upper case", func(s *tallyv1.SegmentSource) { s.Spec.Tenant = "Acme" }, "spec.tenant"),
+		Entry("bad accountProperty", func(s *tallyv1.SegmentSource) { s.Spec.AccountProperty = "account id" }, "spec.accountProperty"),
+		Entry("duplicate ignoredEvents", func(s *tallyv1.SegmentSource) { s.Spec.IgnoredEvents = []string{"A", "A"} }, "Duplicate value"),
+		Entry("empty ignored event", func(s *tallyv1.SegmentSource) { s.Spec.IgnoredEvents = []string{""} }, "spec.ignoredEvents"),
+		Entry("name that is no DNS-1035 label", func(s *tallyv1.SegmentSource) { s.Name = "1st-source" }, "DNS-1035"),
+		Entry("name too long for the receiver's Service", func(s *tallyv1.SegmentSource) { s.Name = strings.Repeat("a", 55) }, "at most 54 characters"),
+		Entry("autoscaling bounds reversed", func(s *tallyv1.SegmentSource) {
+			s.Spec.Receiver.Autoscaling = &tallyv1.Autoscaling{MinReplicas: 5, MaxReplicas: 2}
+		}, "minReplicas must not exceed maxReplicas"),
+		Entry("stream maxAge below a minute", func(s *tallyv1.SegmentSource) {
+			s.Spec.Stream.MaxAge = metav1.Duration{Duration: -time.Hour}
+		}, "maxAge must be at least 1m"),
+		Entry("stream maxAge of seconds", func(s *tallyv1.SegmentSource) {
+			s.Spec.Stream.MaxAge = metav1.Duration{Duration: 30 * time.Second}
+		}, "maxAge must be at least 1m"),
+		Entry("unknown deletion policy", func(s *tallyv1.SegmentSource) { s.Spec.Stream.DeletionPolicy = "Maybe" }, "spec.stream.deletionPolicy"),
+	)
+
+	It("refuses a tenant change", func() {
+		s := newSource(ns, "fixed")
+		Expect(k8s.Create(ctx, s)).To(Succeed())
+		DeferCleanup(func() { _ = k8s.Delete(context.Background(), s) })
+		// A merge patch without resourceVersion: the refusal must come from the tenant rule, not
+		// from a conflict with the operator's finalizer.
+		err := k8s.Patch(ctx, s, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"tenant":"other"}}`)))
+		Expect(err).To(HaveOccurred())
+		Expect(err.Error()).To(ContainSubstring("tenant is immutable"))
+	})
+})
+
+// ownsReplicas reports whether the operator's field manager owns spec.replicas of a Deployment.
+func ownsReplicas(d *appsv1.Deployment) bool {
+	for _, mf := range d.ManagedFields {
+		if mf.Manager == controllers.FieldOwner && mf.FieldsV1 != nil && strings.Contains(string(mf.FieldsV1.Raw), `"f:replicas"`) {
+			return true
+		}
+	}
+	return false
+}

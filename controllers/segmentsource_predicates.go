@@ -1,0 +1,125 @@
+package controllers
+
+import (
+	"context"
+	"reflect"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
+)
+
+// secretRefIndex indexes SegmentSources by the names of the Secrets they reference in their own
+// namespace (write keys and, when set, the database URL), so a Secret event finds its sources
+// without listing every source.
+const secretRefIndex = ".spec.secretRefs"
+
+func secretRefs(obj client.Object) []string {
+	s, ok := obj.(*tallyv1.SegmentSource)
+	if !ok {
+		return nil
+	}
+	names := []string{s.Spec.WriteKeySecretRef.Name}
+	if ref := s.Spec.Worker.DatabaseSecretRef; ref != nil && ref.Name != s.Spec.WriteKeySecretRef.Name {
+		names = append(names, ref.Name)
+	}
+	return names
+}
+
+// SetupWithManager registers the controller and its watches.
+//
+// Caching: owned kinds are watched through caches restricted (by the manager, see
+// CacheOptions) to objects labelled app.kubernetes.io/managed-by=tally-operator. Secrets are
+// watched as metadata only: a Secret event says "look again", the data is then read from the API
+// server by the one reconcile that needs it, so the manager never holds every Secret's data of
+// the cluster in memory (the reason not to use a full Secret informer), and needs no label on the
+// user's own Secrets (the reason not to restrict the Secret cache by label).
+func (r *SegmentSourceReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &tallyv1.SegmentSource{}, secretRefIndex, secretRefs); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("segmentsource").
+		For(&tallyv1.SegmentSource{}, builder.WithPredicates(sourceChanged())).
+		Owns(&appsv1.Deployment{}).
+		Owns(&corev1.Service{}).
+		Owns(&corev1.ConfigMap{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
+		Owns(&autoscalingv2.HorizontalPodAutoscaler{}).
+		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.sourcesForSecret)).
+		WithOptions(controller.Options{
+			// Backoff for transient failures (NATS unreachable, API conflicts): fast at first, capped
+			// at 30 s so a recovered NATS is noticed quickly.
+			RateLimiter: workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](500*time.Millisecond, 30*time.Second),
+		}).
+		Complete(r)
+}
+
+// sourceChanged lets through what needs a reconcile of a SegmentSource: creation, a spec change
+// (generation), the start of deletion, and annotation changes (a way to ask for a reconcile).
+// Status writes, including the operator's own, do not trigger one: that would be a loop.
+func sourceChanged() predicate.Predicate {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, n := e.ObjectOld, e.ObjectNew
+			return o.GetGeneration() != n.GetGeneration() ||
+				o.GetDeletionTimestamp().IsZero() != n.GetDeletionTimestamp().IsZero() ||
+				!reflect.DeepEqual(o.GetAnnotations(), n.GetAnnotations()) ||
+				!reflect.DeepEqual(o.GetFinalizers(), n.GetFinalizers())
+		},
+	}
+}
+
+// sourcesForSecret maps a Secret event to the sources that depend on it: those referencing it in
+// its namespace (through the index), the owner of a copy the operator made, and, for the
+// manager's own database or NATS credentials Secret, every source using a copy of it.
+func (r *SegmentSourceReconciler) sourcesForSecret(ctx context.Context, secret client.Object) []reconcile.Request {
+	var reqs []reconcile.Request
+	seen := map[types.NamespacedName]bool{}
+	add := func(ns, name string) {
+		key := types.NamespacedName{Namespace: ns, Name: name}
+		if !seen[key] {
+			seen[key] = true
+			reqs = append(reqs, reconcile.Request{NamespacedName: key})
+		}
+	}
+	if owner := metav1.GetControllerOf(secret); owner != nil && owner.Kind == "SegmentSource" && owner.APIVersion == tallyv1.GroupVersion.String() {
+		add(secret.GetNamespace(), owner.Name)
+	}
+	var list tallyv1.SegmentSourceList
+	if err := r.List(ctx, &list, client.InNamespace(secret.GetNamespace()), client.MatchingFields{secretRefIndex: secret.GetName()}); err != nil {
+		log.FromContext(ctx).Error(err, "listing SegmentSources for Secret", "secret", secret.GetName())
+	}
+	for _, s := range list.Items {
+		add(s.Namespace, s.Name)
+	}
+	if secret.GetNamespace() == r.Config.ManagerNamespace &&
+		(secret.GetName() == r.Config.DatabaseSecret || secret.GetName() == r.Config.NATSCredsSecret) {
+		var all tallyv1.SegmentSourceList
+		if err := r.List(ctx, &all); err != nil {
+			log.FromContext(ctx).Error(err, "listing SegmentSources for the manager's Secret", "secret", secret.GetName())
+		}
+		for _, s := range all.Items {
+			if secret.GetName() == r.Config.NATSCredsSecret || s.Spec.Worker.DatabaseSecretRef == nil {
+				add(s.Namespace, s.Name)
+			}
+		}
+	}
+	return reqs
+}

@@ -1,0 +1,217 @@
+package controllers_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/yaml"
+
+	"github.com/tallyhq/tally/controllers/manager"
+	"github.com/tallyhq/tally/workers/natsserver"
+)
+
+// The suite runs the real manager (caches, watches, field index, the reconciler) against a real
+// API server from envtest and a real embedded NATS server with JetStream. envtest runs no
+// kubelet and no controllers: Deployments never become available by themselves (tests patch
+// their status) and garbage collection does not run (tests assert owner references).
+
+const (
+	managerNamespace = "tally-system"
+	databaseSecret   = "tally-database"
+	workloadImage    = "registry.example/tally:test"
+)
+
+var (
+	ctx        context.Context
+	restCfg    *rest.Config
+	managerCfg *rest.Config
+	k8s        client.Client
+	testEnv    *envtest.Environment
+	natsSrv    *server.Server
+	natsPort   int
+	natsDir    string
+	natsURL    string
+	testNC     *nats.Conn
+	testJS     jetstream.JetStream
+	kubeconfig string
+	kubectlBin string
+)
+
+func TestControllers(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "SegmentSource controller suite")
+}
+
+var _ = BeforeSuite(func() {
+	ctx = context.Background()
+	ctrl.SetLogger(GinkgoLogr)
+	assets := envtestAssets()
+	kubectlBin = filepath.Join(assets, "kubectl")
+
+	testEnv = &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		BinaryAssetsDirectory: assets,
+	}
+	// Stop even when Start fails half-way: it can leave etcd and kube-apiserver running.
+	DeferCleanup(func() { _ = testEnv.Stop() })
+	var err error
+	restCfg, err = testEnv.Start()
+	Expect(err).NotTo(HaveOccurred())
+
+	k8s, err = client.New(restCfg, client.Options{Scheme: manager.Scheme()})
+	Expect(err).NotTo(HaveOccurred())
+
+	admin, err := testEnv.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
+	Expect(err).NotTo(HaveOccurred())
+	kc, err := admin.KubeConfig()
+	Expect(err).NotTo(HaveOccurred())
+	kubeconfig = filepath.Join(GinkgoT().TempDir(), "kubeconfig")
+	Expect(os.WriteFile(kubeconfig, kc, 0o600)).To(Succeed())
+
+	natsDir = GinkgoT().TempDir()
+	startNATS(-1)
+	natsPort = natsSrv.Addr().(*net.TCPAddr).Port
+	natsURL = natsSrv.ClientURL()
+	DeferCleanup(func() { natsSrv.Shutdown() })
+
+	testNC, err = nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(testNC.Close)
+	testJS, err = jetstream.New(testNC)
+	Expect(err).NotTo(HaveOccurred())
+
+	Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: managerNamespace}})).To(Succeed())
+	Expect(k8s.Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: databaseSecret, Namespace: managerNamespace},
+		StringData: map[string]string{"url": "postgres://tally@db.example:5432/tally"},
+	})).To(Succeed())
+
+	managerCfg = managerIdentity()
+	startManager()
+})
+
+// managerIdentity is a user bound to nothing but the ClusterRole that `make manifests` generates
+// from the RBAC markers (config/rbac/role.yaml), so the suite fails if the markers miss a
+// permission the operator needs.
+func managerIdentity() *rest.Config {
+	GinkgoHelper()
+	raw, err := os.ReadFile(filepath.Join("..", "config", "rbac", "role.yaml"))
+	Expect(err).NotTo(HaveOccurred())
+	role := &rbacv1.ClusterRole{}
+	Expect(yaml.UnmarshalStrict(raw, role)).To(Succeed())
+	role.Name = "tally-manager-test"
+	Expect(k8s.Create(ctx, role)).To(Succeed())
+	Expect(k8s.Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "tally-manager-test"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: "tally-manager"}},
+	})).To(Succeed())
+	user, err := testEnv.AddUser(envtest.User{Name: "tally-manager"}, nil)
+	Expect(err).NotTo(HaveOccurred())
+	return user.Config()
+}
+
+// The operator's write and reconcile counters, printed with the suite's report: they show
+// whether periodic reconciles stay free of API writes.
+var _ = AfterSuite(func() {
+	families, err := metrics.Registry.Gather()
+	Expect(err).NotTo(HaveOccurred())
+	var b strings.Builder
+	for _, f := range families {
+		switch f.GetName() {
+		case "controller_runtime_reconcile_total", "tally_operator_applies_total", "tally_operator_status_writes_total":
+			for _, m := range f.GetMetric() {
+				var labels []string
+				for _, l := range m.GetLabel() {
+					labels = append(labels, l.GetName()+"="+l.GetValue())
+				}
+				fmt.Fprintf(&b, "%s{%s} %v\n", f.GetName(), strings.Join(labels, ","), m.GetCounter().GetValue())
+			}
+		case "tally_segmentsource_reconcile_duration_seconds", "controller_runtime_reconcile_time_seconds":
+			for _, m := range f.GetMetric() {
+				h := m.GetHistogram()
+				if h.GetSampleCount() > 0 {
+					fmt.Fprintf(&b, "%s count=%d mean=%.1fms\n", f.GetName(), h.GetSampleCount(), 1000*h.GetSampleSum()/float64(h.GetSampleCount()))
+				}
+			}
+		}
+	}
+	AddReportEntry("operator metrics", b.String())
+	GinkgoWriter.Print(b.String())
+})
+
+// startManager runs `tally manager`'s wiring (NewManager + Setup) with test settings: no leader
+// election, no metrics or probe listeners, and a NATS connection that reconnects quickly.
+func startManager() {
+	opts := &manager.Options{
+		NATSURL:            natsURL,
+		NATSCredsSecretKey: "nats.creds",
+		WorkloadImage:      workloadImage,
+		DatabaseSecret:     databaseSecret,
+		DatabaseSecretKey:  "url",
+		ManagerNamespace:   managerNamespace,
+		RequeueInterval:    15 * time.Second,
+		NATSTimeout:        2 * time.Second,
+		MetricsAddr:        "0",
+		ProbeAddr:          "0",
+		GracefulShutdown:   5 * time.Second,
+		EventRecorderName:  "tally-operator",
+	}
+	mgr, err := manager.NewManager(managerCfg, opts)
+	Expect(err).NotTo(HaveOccurred())
+	nc, err := nats.Connect(natsURL, nats.Name("tally-manager-test"), nats.MaxReconnects(-1),
+		nats.ReconnectWait(200*time.Millisecond), nats.RetryOnFailedConnect(true))
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(nc.Close)
+	Expect(manager.Setup(mgr, opts, manager.NewNATS(nc, natsURL))).To(Succeed())
+
+	mctx, cancel := context.WithCancel(ctrl.LoggerInto(context.Background(), GinkgoLogr))
+	done := make(chan struct{})
+	go func() {
+		defer GinkgoRecover()
+		defer close(done)
+		Expect(mgr.Start(mctx)).To(Succeed())
+	}()
+	DeferCleanup(func() {
+		cancel()
+		Eventually(done, 30*time.Second).Should(BeClosed())
+	})
+}
+
+func startNATS(port int) {
+	var err error
+	natsSrv, err = natsserver.Start(natsserver.Options{Port: port, StoreDir: natsDir})
+	Expect(err).NotTo(HaveOccurred())
+}
+
+// envtestAssets is KUBEBUILDER_ASSETS, or what hack/envtest.sh builds (its last line).
+func envtestAssets() string {
+	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
+		return dir
+	}
+	out, err := exec.Command(filepath.Join("..", "hack", "envtest.sh")).Output()
+	Expect(err).NotTo(HaveOccurred(), "hack/envtest.sh")
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return lines[len(lines)-1]
+}

@@ -1,0 +1,113 @@
+package mapper
+
+import (
+	"context"
+	"hash/fnv"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// applyResult is what a committed batch did, for metrics.
+type applyResult struct {
+	EventsInserted int
+}
+
+// apply writes a folded batch in one transaction with one set-based statement per table.
+//
+// Transactions of one tenant take a transaction-scoped advisory lock first, so they run one after
+// the other: each then sees every row committed before it, which the cross-row parts of the
+// mapping need (a track's fallback account reads associations; re-resolving fallback events and
+// recomputing last_seen_at read events). Sources of different tenants never wait for each other.
+func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *folded) (applyResult, error) {
+	var res applyResult
+	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", tenantLockKey(tenant)); err != nil {
+			return err
+		}
+		a := applier{tx: tx, tenant: tenant, source: source,
+			touchedAccounts: map[string]bool{}, touchedUsers: map[string]bool{}}
+		steps := []func(context.Context, *folded) error{
+			a.links, a.memberships, a.accounts, a.users, a.aliases, a.reresolve, a.events,
+		}
+		names := []string{"links", "memberships", "accounts", "users", "aliases", "reresolve", "events"}
+		for i, step := range steps {
+			t0 := time.Now()
+			if err := step(ctx, f); err != nil {
+				return err
+			}
+			profStep(names[i], t0)
+		}
+		t0 := time.Now()
+		if err := a.catalog(ctx); err != nil {
+			return err
+		}
+		profStep("catalog", t0)
+		t0 = time.Now()
+		if err := a.lastSeen(ctx); err != nil {
+			return err
+		}
+		profStep("lastSeen", t0)
+		res.EventsInserted = a.inserted
+		return nil
+	})
+	return res, err
+}
+
+// tenantLockKey is the advisory lock key of a tenant's transactions.
+func tenantLockKey(tenant string) int64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("tally/tenant/" + tenant))
+	return int64(h.Sum64())
+}
+
+type applier struct {
+	tx             pgx.Tx
+	tenant, source string
+
+	// usersWithNewLinks maps a user to the oldest link or unlink this batch added for them: their
+	// stored fallback events from then on may have a different account now.
+	usersWithNewLinks map[string]time.Time
+	touchedAccounts   map[string]bool
+	touchedUsers      map[string]bool
+	catalogRows       map[string]*catalogRow
+	inserted          int
+}
+
+type catalogRow struct {
+	first, last time.Time
+	count       int64
+}
+
+// markIgnored keeps event_catalog.ignored equal to the source's ignoredEvents: the receiver drops
+// those events, so this is the only place they show up.
+func markIgnored(ctx context.Context, pool *pgxpool.Pool, tenant string, ignored []string) error {
+	names := append([]string{}, ignored...)
+	sort.Strings(names)
+	return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", tenantLockKey(tenant)); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO tally.event_catalog AS c (tenant, event, ignored)
+			SELECT $1, t.event, true FROM unnest($2::text[]) AS t(event) ORDER BY t.event
+			ON CONFLICT (tenant, event) DO UPDATE SET ignored = true WHERE NOT c.ignored`, tenant, names); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `
+			UPDATE tally.event_catalog SET ignored = false
+			WHERE tenant = $1 AND ignored AND NOT (event = ANY($2::text[]))`, tenant, names)
+		return err
+	})
+}
+
+func sortedKeys(m map[string]bool) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

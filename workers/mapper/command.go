@@ -1,0 +1,240 @@
+package mapper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+// Flags left out on the command line come from TALLY_* variables (bound by main after parsing), so
+// required flags are checked in RunE rather than with cobra's MarkFlagRequired.
+
+// Commands are the worker's subcommands of the tally binary: worker, migrate and dlq.
+func Commands() []*cobra.Command {
+	return []*cobra.Command{workerCommand(), migrateCommand(), dlqCommand()}
+}
+
+// configReloadInterval is how often the worker re-reads its mounted source settings, so a change
+// of accountProperty or ignoredEvents applies without a restart.
+const configReloadInterval = 15 * time.Second
+
+func workerCommand() *cobra.Command {
+	var natsURL, natsCreds, databaseURL, sourceConfig, metricsListen string
+	var batchSize int
+	var maxWait time.Duration
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Map one source's messages from JetStream into Postgres",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			log := slog.Default()
+			if databaseURL == "" {
+				return errors.New("--database-url (or TALLY_DATABASE_URL) is required")
+			}
+			src, err := source.LoadConfigFile(sourceConfig)
+			if err != nil {
+				return err
+			}
+			if err := Migrate(ctx, databaseURL); err != nil {
+				return err
+			}
+			pool, err := pgxpool.New(ctx, databaseURL)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			nc, err := connectNATS(natsURL, natsCreds)
+			if err != nil {
+				return err
+			}
+			defer nc.Drain()
+			js, err := jetstream.New(nc)
+			if err != nil {
+				return err
+			}
+			w, err := NewWorker(WorkerOptions{Pool: pool, JetStream: js, Source: src,
+				BatchSize: batchSize, MaxWait: maxWait, Logger: log})
+			if err != nil {
+				return err
+			}
+			srv := serveMetrics(metricsListen, w, log)
+			defer srv.Close()
+			go reloadSource(ctx, w, sourceConfig, log)
+			log.Info("worker started", "source", src.String(), "tenant", src.Tenant)
+			return w.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&natsURL, "nats-url", nats.DefaultURL, "NATS server URL")
+	f.StringVar(&natsCreds, "nats-creds", "", "NATS credentials file (optional)")
+	f.StringVar(&databaseURL, "database-url", "", "Postgres URL (or TALLY_DATABASE_URL)")
+	f.StringVar(&sourceConfig, "source-config", "/etc/tally/source/"+source.ConfigFileName, "the source's settings file, re-read periodically")
+	f.IntVar(&batchSize, "batch-size", DefaultBatchSize, "messages per batch transaction")
+	f.DurationVar(&maxWait, "max-wait", DefaultMaxWait, "how long to wait for a full batch")
+	f.StringVar(&metricsListen, "metrics-listen", ":9090", "address serving /metrics, /healthz and /readyz")
+	return cmd
+}
+
+func reloadSource(ctx context.Context, w *Worker, file string, log *slog.Logger) {
+	t := time.NewTicker(configReloadInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c, err := source.LoadConfigFile(file)
+		if err == nil {
+			err = w.UpdateSource(ctx, c)
+		}
+		if err != nil {
+			log.Warn("source settings not reloaded", "file", file, "err", err)
+		}
+	}
+}
+
+func serveMetrics(addr string, w *Worker, log *slog.Logger) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.Handler())
+	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { _, _ = rw.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
+		if !w.Ready() {
+			http.Error(rw, "not ready: consumer not bound or Postgres unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = rw.Write([]byte("ok\n"))
+	})
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "addr", addr, "err", err)
+		}
+	}()
+	return srv
+}
+
+func migrateCommand() *cobra.Command {
+	var databaseURL string
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Create or upgrade the tally schema in Postgres",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if databaseURL == "" {
+				return errors.New("--database-url (or TALLY_DATABASE_URL) is required")
+			}
+			return Migrate(cmd.Context(), databaseURL)
+		},
+	}
+	cmd.Flags().StringVar(&databaseURL, "database-url", "", "Postgres URL (or TALLY_DATABASE_URL)")
+	return cmd
+}
+
+func dlqCommand() *cobra.Command {
+	var natsURL, natsCreds, sourceName string
+	cmd := &cobra.Command{Use: "dlq", Short: "Look at and re-drive a source's dead letters"}
+	cmd.PersistentFlags().StringVar(&natsURL, "nats-url", nats.DefaultURL, "NATS server URL")
+	cmd.PersistentFlags().StringVar(&natsCreds, "nats-creds", "", "NATS credentials file (optional)")
+	cmd.PersistentFlags().StringVar(&sourceName, "source", "", "the SegmentSource, namespace/name")
+	open := func() (*nats.Conn, jetstream.JetStream, stream.Source, error) {
+		ns, name, ok := strings.Cut(sourceName, "/")
+		if !ok || ns == "" || name == "" {
+			return nil, nil, stream.Source{}, fmt.Errorf("--source must be namespace/name, not %q", sourceName)
+		}
+		nc, err := connectNATS(natsURL, natsCreds)
+		if err != nil {
+			return nil, nil, stream.Source{}, err
+		}
+		js, err := jetstream.New(nc)
+		return nc, js, stream.Source{Namespace: ns, Name: name}, err
+	}
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List dead letters with their reasons",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			nc, js, src, err := open()
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			letters, err := ListDeadLetters(cmd.Context(), js, src)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "%d dead letter(s) of %s\n", len(letters), src)
+			for _, l := range letters {
+				fmt.Fprintf(out, "seq=%d time=%s subject=%s original_seq=%s reason=%q\n  %s\n",
+					l.Sequence, l.Time.UTC().Format(time.RFC3339), l.OriginalSubject, l.OriginalSequence, l.Reason, l.Data)
+			}
+			return nil
+		},
+	}
+	var all bool
+	var seqs []uint
+	redrive := &cobra.Command{
+		Use:   "redrive",
+		Short: "Publish dead letters back to their original subject and remove them from the dead-letter stream",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if all == (len(seqs) > 0) {
+				return errors.New("give either --all or --seq")
+			}
+			nc, js, src, err := open()
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			var targets []uint64
+			if all {
+				letters, err := ListDeadLetters(cmd.Context(), js, src)
+				if err != nil {
+					return err
+				}
+				for _, l := range letters {
+					targets = append(targets, l.Sequence)
+				}
+			} else {
+				for _, s := range seqs {
+					targets = append(targets, uint64(s))
+				}
+			}
+			for _, seq := range targets {
+				if err := Redrive(cmd.Context(), js, src, seq); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), "re-driven", strconv.FormatUint(seq, 10))
+			}
+			return nil
+		},
+	}
+	redrive.Flags().BoolVar(&all, "all", false, "re-drive every dead letter")
+	redrive.Flags().UintSliceVar(&seqs, "seq", nil, "dead-letter sequence(s) to re-drive")
+	cmd.AddCommand(list, redrive)
+	return cmd
+}
+
+func connectNATS(url, creds string) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name("tally"), nats.MaxReconnects(-1)}
+	if creds != "" {
+		opts = append(opts, nats.UserCredentials(creds))
+	}
+	return nats.Connect(url, opts...)
+}

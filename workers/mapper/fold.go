@@ -1,0 +1,341 @@
+package mapper
+
+import (
+	"encoding/json"
+	"sort"
+	"time"
+
+	"github.com/tallyhq/tally/workers/segment"
+)
+
+// A batch is folded in Go before it touches Postgres: every entity the batch mentions becomes one
+// row of changes carrying, per trait key, the value and version of the newest message that set it.
+// Postgres then merges each row with what is stored using the same "newest version wins" rule, so
+// the result is the same whichever way the messages were split into batches or ordered.
+
+// traitSet is a versioned partial object: for each key, the newest value and its version.
+type traitSet struct {
+	values   map[string]json.RawMessage
+	versions map[string]string
+}
+
+func (t *traitSet) merge(traits map[string]json.RawMessage, version string) {
+	for k, v := range traits {
+		if t.values == nil {
+			t.values, t.versions = map[string]json.RawMessage{}, map[string]string{}
+		}
+		if old, ok := t.versions[k]; ok && old >= version {
+			continue
+		}
+		t.values[k], t.versions[k] = v, version
+	}
+}
+
+// entityChange is what a batch does to one account or user.
+type entityChange struct {
+	ID     string
+	Traits traitSet
+	// Name and NameVersion: the newest non-empty name trait of a named call (accounts only).
+	Name        string
+	NameVersion string
+	FirstAt     time.Time // oldest message about the entity: created_at is the minimum over all
+	LastAt      time.Time // newest message about the entity: updated_at is the maximum over all
+	SeenAt      time.Time // newest message that counts as activity (zero when none)
+}
+
+func (e *entityChange) touch(m *segment.Message, active bool) {
+	e.FirstAt = minTime(e.FirstAt, m.Timestamp)
+	e.LastAt = maxTime(e.LastAt, m.Timestamp)
+	if active {
+		e.SeenAt = maxTime(e.SeenAt, m.Timestamp)
+	}
+}
+
+// linkOp is one link (group with userId, identify with company) or unlink (company.remove).
+type linkOp struct {
+	UserID    string
+	AccountID string
+	Version   string
+	Linked    bool
+	At        time.Time
+}
+
+// membershipChange is the batch's effect on one account_users row.
+type membershipChange struct {
+	AccountID, UserID string
+	Newest            linkOp    // decides linked and changed_at
+	LastAssociatedAt  time.Time // newest link; zero when the batch only unlinks
+}
+
+// eventRow is a track, page or screen as stored in tally.events.
+type eventRow struct {
+	MessageID   string
+	Type        string
+	Event       *string
+	UserID      *string
+	AnonymousID *string
+	AccountID   *string // resolved from context.groupId or the account property; nil: from the user
+	AccountFrom *string // "context", "property", or nil (resolved in Postgres from the user's associations)
+	Properties  string
+	Context     string
+	Timestamp   time.Time
+	ReceivedAt  time.Time
+}
+
+type aliasChange struct {
+	PreviousID, UserID string
+	FirstAt, LastAt    time.Time
+}
+
+// folded is one batch, folded: each slice sorted by key so that concurrent transactions lock rows
+// in the same order.
+type folded struct {
+	Accounts    []*entityChange
+	Users       []*entityChange
+	Links       []linkOp
+	Memberships []*membershipChange
+	Events      []eventRow
+	Aliases     []*aliasChange
+}
+
+// fold maps a batch of messages onto the changes it makes. accountProperty is the source's track
+// property naming the account ("" for none).
+func fold(msgs []*segment.Message, accountProperty string) *folded {
+	f := folder{
+		accounts:    map[string]*entityChange{},
+		users:       map[string]*entityChange{},
+		links:       map[[3]string]linkOp{},
+		memberships: map[[2]string]*membershipChange{},
+		events:      map[string]eventRow{},
+		aliases:     map[[2]string]*aliasChange{},
+	}
+	for _, m := range msgs {
+		f.add(m, accountProperty)
+	}
+	return f.result()
+}
+
+type folder struct {
+	accounts    map[string]*entityChange
+	users       map[string]*entityChange
+	links       map[[3]string]linkOp // user, account, version
+	memberships map[[2]string]*membershipChange
+	events      map[string]eventRow
+	aliases     map[[2]string]*aliasChange
+}
+
+func (f *folder) add(m *segment.Message, accountProperty string) {
+	ctx := object(m.Context)
+	// context.active false marks a call that must not bump "last seen" (Segment's spec).
+	active := !isFalse(ctx["active"])
+	switch m.Type {
+	case segment.TypeGroup:
+		f.group(m, active)
+	case segment.TypeIdentify:
+		f.identify(m, active)
+	case segment.TypeTrack, segment.TypePage, segment.TypeScreen:
+		f.event(m, ctx, accountProperty)
+	case segment.TypeAlias:
+		f.alias(m)
+	}
+}
+
+func (f *folder) group(m *segment.Message, active bool) {
+	if m.GroupID == "" {
+		return
+	}
+	traits := object(m.Traits)
+	a := f.account(m.GroupID)
+	a.touch(m, active)
+	a.Traits.merge(traits, versionOf(m))
+	if name, ok := nonEmptyString(traits["name"]); ok {
+		a.setName(name, versionOf(m))
+	}
+	if m.UserID != "" {
+		f.user(m.UserID).touch(m, active)
+		f.link(m, m.GroupID, true)
+	}
+}
+
+func (f *folder) identify(m *segment.Message, active bool) {
+	if m.UserID == "" {
+		return // users are keyed on userId; an anonymous identify has nothing to attach to
+	}
+	traits := object(m.Traits)
+	u := f.user(m.UserID)
+	u.touch(m, active)
+	u.Traits.merge(traits, versionOf(m))
+
+	company := object(traits["company"])
+	accountID, ok := idFromJSON(company["id"])
+	if !ok {
+		return
+	}
+	if isTrue(company["remove"]) {
+		f.link(m, accountID, false)
+		return
+	}
+	f.link(m, accountID, true)
+	// A named company creates or updates the account: its fields, name included, become account
+	// traits, like a group call would; without a name the account is only linked, never created.
+	if name, ok := nonEmptyString(company["name"]); ok {
+		fields := make(map[string]json.RawMessage, len(company))
+		for k, v := range company {
+			if k != "id" && k != "remove" {
+				fields[k] = v
+			}
+		}
+		a := f.account(accountID)
+		a.touch(m, active)
+		a.Traits.merge(fields, versionOf(m))
+		a.setName(name, versionOf(m))
+	}
+}
+
+func (f *folder) event(m *segment.Message, ctx map[string]json.RawMessage, accountProperty string) {
+	if _, dup := f.events[m.MessageID]; dup {
+		return
+	}
+	row := eventRow{
+		MessageID:   m.MessageID,
+		Type:        m.Type,
+		UserID:      optional(m.UserID),
+		AnonymousID: optional(m.AnonymousID),
+		Properties:  jsonObjectText(m.Properties),
+		Context:     jsonObjectText(m.Context),
+		Timestamp:   m.Timestamp,
+		ReceivedAt:  m.ReceivedAt,
+	}
+	if m.Type == segment.TypeTrack {
+		row.Event = optional(m.Event)
+	} else {
+		row.Event = optional(m.Name) // page and screen: the event is the page or screen name
+	}
+	if id, ok := idFromJSON(ctx["groupId"]); ok {
+		row.AccountID, row.AccountFrom = &id, optional("context")
+	} else if accountProperty != "" {
+		if id, ok := idFromJSON(object(m.Properties)[accountProperty]); ok {
+			row.AccountID, row.AccountFrom = &id, optional("property")
+		}
+	}
+	f.events[m.MessageID] = row
+}
+
+func (f *folder) alias(m *segment.Message) {
+	if m.UserID == "" || m.PreviousID == "" || m.UserID == m.PreviousID {
+		return
+	}
+	key := [2]string{m.PreviousID, m.UserID}
+	a, ok := f.aliases[key]
+	if !ok {
+		a = &aliasChange{PreviousID: m.PreviousID, UserID: m.UserID}
+		f.aliases[key] = a
+	}
+	a.FirstAt = minTime(a.FirstAt, m.Timestamp)
+	a.LastAt = maxTime(a.LastAt, m.Timestamp)
+}
+
+func (f *folder) account(id string) *entityChange {
+	a, ok := f.accounts[id]
+	if !ok {
+		a = &entityChange{ID: id}
+		f.accounts[id] = a
+	}
+	return a
+}
+
+func (f *folder) user(id string) *entityChange {
+	u, ok := f.users[id]
+	if !ok {
+		u = &entityChange{ID: id}
+		f.users[id] = u
+	}
+	return u
+}
+
+func (e *entityChange) setName(name, version string) {
+	if version > e.NameVersion {
+		e.Name, e.NameVersion = name, version
+	}
+}
+
+func (f *folder) link(m *segment.Message, accountID string, linked bool) {
+	op := linkOp{UserID: m.UserID, AccountID: accountID, Version: versionOf(m), Linked: linked, At: m.Timestamp}
+	f.links[[3]string{op.UserID, op.AccountID, op.Version}] = op
+	key := [2]string{accountID, m.UserID}
+	mc, ok := f.memberships[key]
+	if !ok {
+		mc = &membershipChange{AccountID: accountID, UserID: m.UserID, Newest: op}
+		f.memberships[key] = mc
+	} else if op.Version > mc.Newest.Version {
+		mc.Newest = op
+	}
+	if linked {
+		mc.LastAssociatedAt = maxTime(mc.LastAssociatedAt, op.At)
+	}
+}
+
+func (f *folder) result() *folded {
+	out := &folded{}
+	for _, a := range f.accounts {
+		out.Accounts = append(out.Accounts, a)
+	}
+	sort.Slice(out.Accounts, func(i, j int) bool { return out.Accounts[i].ID < out.Accounts[j].ID })
+	for _, u := range f.users {
+		out.Users = append(out.Users, u)
+	}
+	sort.Slice(out.Users, func(i, j int) bool { return out.Users[i].ID < out.Users[j].ID })
+	for _, l := range f.links {
+		out.Links = append(out.Links, l)
+	}
+	sort.Slice(out.Links, func(i, j int) bool {
+		a, b := out.Links[i], out.Links[j]
+		if a.UserID != b.UserID {
+			return a.UserID < b.UserID
+		}
+		if a.Version != b.Version {
+			return a.Version < b.Version
+		}
+		return a.AccountID < b.AccountID
+	})
+	for _, mc := range f.memberships {
+		out.Memberships = append(out.Memberships, mc)
+	}
+	sort.Slice(out.Memberships, func(i, j int) bool {
+		a, b := out.Memberships[i], out.Memberships[j]
+		if a.AccountID != b.AccountID {
+			return a.AccountID < b.AccountID
+		}
+		return a.UserID < b.UserID
+	})
+	for _, e := range f.events {
+		out.Events = append(out.Events, e)
+	}
+	sort.Slice(out.Events, func(i, j int) bool { return out.Events[i].MessageID < out.Events[j].MessageID })
+	for _, a := range f.aliases {
+		out.Aliases = append(out.Aliases, a)
+	}
+	sort.Slice(out.Aliases, func(i, j int) bool {
+		a, b := out.Aliases[i], out.Aliases[j]
+		if a.PreviousID != b.PreviousID {
+			return a.PreviousID < b.PreviousID
+		}
+		return a.UserID < b.UserID
+	})
+	return out
+}
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// jsonObjectText is raw when it is a JSON object and "{}" otherwise (absent or null).
+func jsonObjectText(raw json.RawMessage) string {
+	if object(raw) == nil {
+		return "{}"
+	}
+	return string(raw)
+}

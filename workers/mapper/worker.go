@@ -1,0 +1,349 @@
+package mapper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tallyhq/tally/workers/segment"
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+// Defaults of WorkerOptions.
+const (
+	DefaultBatchSize = 500
+	DefaultMaxWait   = 200 * time.Millisecond
+	maxBackoff       = 30 * time.Second // below the consumer's AckWait, so InProgress keeps held messages
+)
+
+// WorkerOptions configure a Worker.
+type WorkerOptions struct {
+	Pool      *pgxpool.Pool
+	JetStream jetstream.JetStream
+	Source    *source.Config
+	BatchSize int           // messages per fetch; DefaultBatchSize when 0
+	MaxWait   time.Duration // how long a fetch waits for a full batch; DefaultMaxWait when 0
+	Logger    *slog.Logger  // slog.Default() when nil
+}
+
+// Worker consumes one source. Several workers, in one process or many, may consume the same
+// source: they share its durable consumer, and their transactions are safe together.
+type Worker struct {
+	pool      *pgxpool.Pool
+	js        jetstream.JetStream
+	stream    stream.Source
+	tenant    string
+	batchSize int
+	maxWait   time.Duration
+	log       *slog.Logger
+
+	source atomic.Pointer[source.Config]
+	ready  atomic.Bool
+
+	// afterCommit, when set (tests only), runs between commit and ack; an error makes Run return
+	// at once without acknowledging, as a crash would.
+	afterCommit func() error
+}
+
+// NewWorker checks the options and builds a worker; Run starts it.
+func NewWorker(o WorkerOptions) (*Worker, error) {
+	switch {
+	case o.Pool == nil:
+		return nil, errors.New("worker: no Postgres pool")
+	case o.JetStream == nil:
+		return nil, errors.New("worker: no JetStream")
+	case o.Source == nil || o.Source.Namespace == "" || o.Source.Name == "" || o.Source.Tenant == "":
+		return nil, errors.New("worker: source needs namespace, name and tenant")
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = DefaultBatchSize
+	}
+	if o.MaxWait <= 0 {
+		o.MaxWait = DefaultMaxWait
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	w := &Worker{
+		pool: o.Pool, js: o.JetStream, stream: o.Source.Stream(), tenant: o.Source.Tenant,
+		batchSize: o.BatchSize, maxWait: o.MaxWait,
+		log: o.Logger.With("source", o.Source.String()),
+	}
+	w.source.Store(o.Source)
+	return w, nil
+}
+
+// UpdateSource applies new settings of the same source (accountProperty, ignoredEvents) from the
+// next batch on. A different source or tenant is refused: that needs a new worker.
+func (w *Worker) UpdateSource(ctx context.Context, c *source.Config) error {
+	old := w.source.Load()
+	if c.Namespace != old.Namespace || c.Name != old.Name || c.Tenant != old.Tenant {
+		return fmt.Errorf("worker of %s (tenant %s) cannot switch to %s (tenant %s)", old, old.Tenant, c, c.Tenant)
+	}
+	w.source.Store(c)
+	if !equalStrings(old.IgnoredEvents, c.IgnoredEvents) {
+		return markIgnored(ctx, w.pool, w.tenant, c.IgnoredEvents)
+	}
+	return nil
+}
+
+// Ready reports whether the worker is bound to its consumer and Postgres answered its last batch.
+func (w *Worker) Ready() bool { return w.ready.Load() }
+
+// Run consumes until ctx is cancelled, then finishes the batch in hand and returns nil. Lost
+// connections, a deleted consumer or a missing stream are waited out, never fatal.
+func (w *Worker) Run(ctx context.Context) error {
+	w.retry(ctx, "mark ignored events", func() error {
+		return markIgnored(ctx, w.pool, w.tenant, w.source.Load().IgnoredEvents)
+	})
+	for ctx.Err() == nil {
+		consumer := w.bind(ctx)
+		if consumer == nil {
+			break
+		}
+		err := w.consume(ctx, consumer)
+		var crash *crashError
+		if errors.As(err, &crash) {
+			return crash.err
+		}
+		w.ready.Store(false)
+		if err != nil && ctx.Err() == nil {
+			w.log.Warn("consumer lost, binding again", "err", err)
+			sleep(ctx, time.Second)
+		}
+	}
+	return nil
+}
+
+// bind finds the source's durable consumer, waiting (with backoff) while it or the stream is
+// missing: the operator or tally local creates them.
+func (w *Worker) bind(ctx context.Context) jetstream.Consumer {
+	var consumer jetstream.Consumer
+	w.retry(ctx, "bind consumer", func() error {
+		c, err := w.js.Consumer(ctx, w.stream.StreamName(), stream.WorkerConsumer)
+		consumer = c
+		return err
+	})
+	if consumer != nil {
+		w.ready.Store(true)
+	}
+	return consumer
+}
+
+// consume fetches and maps batches until the consumer fails or ctx is cancelled.
+func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer) error {
+	for ctx.Err() == nil {
+		tfe := time.Now()
+		batch, err := consumer.Fetch(w.batchSize, jetstream.FetchMaxWait(w.maxWait))
+		if err != nil {
+			return err
+		}
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		profStep("GO fetch", tfe)
+		if len(msgs) == 0 {
+			lagGauge.WithLabelValues(w.stream.String()).Set(0)
+		} else if err := w.handle(ctx, msgs); err != nil {
+			return err
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+	}
+	return nil
+}
+
+// item is one fetched message and its decoded form.
+type item struct {
+	msg jetstream.Msg
+	m   *segment.Message
+}
+
+// handle maps one fetched batch and acknowledges every message in it: the mapped ones after their
+// transaction committed, the unmappable ones after they reached the dead-letter stream. It returns
+// an error only when the worker must stop (shutdown while Postgres is down, or a test crash).
+func (w *Worker) handle(ctx context.Context, msgs []jetstream.Msg) error {
+	start := time.Now()
+	src := w.stream.String()
+	if meta, err := msgs[len(msgs)-1].Metadata(); err == nil {
+		lagGauge.WithLabelValues(src).Set(float64(meta.NumPending))
+	}
+	items := make([]item, 0, len(msgs))
+	for _, msg := range msgs {
+		m, err := segment.ParseNormalized(msg.Data())
+		if err != nil {
+			if err := w.deadLetter(ctx, msg, err); err != nil {
+				return err
+			}
+			continue
+		}
+		items = append(items, item{msg: msg, m: &m})
+	}
+	if len(items) > 0 {
+		if err := w.mapIsolating(ctx, items); err != nil {
+			return err
+		}
+	}
+	batchSeconds.WithLabelValues(src).Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// mapIsolating commits items in one transaction; when Postgres refuses a value it splits the
+// batch in halves until the refused messages stand alone, dead-letters them and commits the rest.
+func (w *Worker) mapIsolating(ctx context.Context, items []item) error {
+	err := w.commit(ctx, items)
+	if err == nil || classify(err) != badData {
+		return err
+	}
+	if len(items) == 1 {
+		return w.deadLetter(ctx, items[0].msg, err)
+	}
+	half := len(items) / 2
+	if err := w.mapIsolating(ctx, items[:half]); err != nil {
+		return err
+	}
+	return w.mapIsolating(ctx, items[half:])
+}
+
+// commit applies items in one transaction and acknowledges them. Contention is retried at once;
+// infrastructure errors are retried with a capped exponential backoff, the messages held with
+// InProgress meanwhile, until Postgres is back or ctx is cancelled. A bad-data error is returned.
+func (w *Worker) commit(ctx context.Context, items []item) error {
+	src := w.source.Load()
+	msgs := make([]*segment.Message, len(items))
+	for i := range items {
+		msgs[i] = items[i].m
+	}
+	tf := time.Now()
+	folded := fold(msgs, src.AccountProperty)
+	profStep("GO fold", tf)
+	// The transaction runs to its end even during shutdown; only waiting between tries stops.
+	txCtx := context.WithoutCancel(ctx)
+	backoff := 100 * time.Millisecond
+	for {
+		ta := time.Now()
+		res, err := apply(txCtx, w.pool, w.tenant, src.String(), folded)
+		profStep("TOTAL apply", ta)
+		if err == nil {
+			eventsInsertedTotal.WithLabelValues(w.stream.String()).Add(float64(res.EventsInserted))
+			break
+		}
+		switch classify(err) {
+		case badData:
+			return err
+		case contention:
+			retriesTotal.WithLabelValues(w.stream.String(), "contention").Inc()
+			sleep(ctx, time.Duration(10+rand.IntN(40))*time.Millisecond) // jitter: let the other side finish
+			continue
+		}
+		retriesTotal.WithLabelValues(w.stream.String(), "infrastructure").Inc()
+		w.ready.Store(false)
+		w.log.Warn("Postgres unavailable, holding the batch", "messages", len(items), "retry_in", backoff, "err", err)
+		for _, it := range items {
+			_ = it.msg.InProgress()
+		}
+		if !sleep(ctx, backoff) {
+			return ctx.Err() // not acknowledged: JetStream redelivers after AckWait
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+	w.ready.Store(true)
+	if w.afterCommit != nil {
+		if err := w.afterCommit(); err != nil {
+			return &crashError{err}
+		}
+	}
+	tk := time.Now()
+	w.ackAll(ctx, items)
+	profStep("GO ackAll", tk)
+	batchesTotal.WithLabelValues(w.stream.String()).Inc()
+	for _, it := range items {
+		messagesTotal.WithLabelValues(w.stream.String(), it.m.Type).Inc()
+	}
+	return nil
+}
+
+// ackAll double-acks every message, several at a time. A lost ack is harmless: the redelivered
+// message changes nothing in Postgres.
+func (w *Worker) ackAll(ctx context.Context, items []item) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	work := make(chan jetstream.Msg)
+	var failed atomic.Int64
+	for range min(16, len(items)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for msg := range work {
+				if err := msg.DoubleAck(ctx); err != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	for _, it := range items {
+		work <- it.msg
+	}
+	close(work)
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		w.log.Warn("acknowledgements failed; those messages will be redelivered and change nothing", "count", n)
+	}
+}
+
+// crashError stops Run without acknowledging (the test hook's simulated crash).
+type crashError struct{ err error }
+
+func (e *crashError) Error() string { return "worker crashed: " + e.err.Error() }
+
+// retry calls fn until it succeeds or ctx is cancelled, backing off exponentially.
+func (w *Worker) retry(ctx context.Context, what string, fn func() error) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := fn()
+		if err == nil {
+			return
+		}
+		w.log.Warn(what+" failed, retrying", "retry_in", backoff, "err", err)
+		if !sleep(ctx, backoff) {
+			return
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// sleep waits d or until ctx is cancelled; it reports whether the full time passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

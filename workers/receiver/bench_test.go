@@ -1,0 +1,157 @@
+package receiver_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tallyhq/tally/workers/natsserver"
+	"github.com/tallyhq/tally/workers/receiver"
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+// benchBatch is an analytics-go-shaped batch of n mixed messages without messageIds, so the
+// receiver assigns fresh ones and JetStream stores every message (no deduplication shortcut).
+func benchBatch(n int) []byte {
+	var b strings.Builder
+	b.WriteString(`{"sentAt":"2024-05-01T12:00:10.123456789+02:00","batch":[`)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		switch i % 3 {
+		case 0:
+			fmt.Fprintf(&b, `{"type":"track","userId":"user-%d","event":"Report Exported","timestamp":"2024-05-01T12:00:09.5+02:00","context":{"groupId":"acct-%d"},"properties":{"format":"csv","rows":%d,"plan":"enterprise"}}`, i%50, i%7, i*10)
+		case 1:
+			fmt.Fprintf(&b, `{"type":"identify","userId":"user-%d","timestamp":"2024-05-01T12:00:09.5+02:00","traits":{"email":"user%d@example.com","name":"User %d","company":{"id":%d,"name":"Acme"}}}`, i%50, i, i, i%7)
+		default:
+			fmt.Fprintf(&b, `{"type":"group","userId":"user-%d","groupId":"acct-%d","timestamp":"2024-05-01T12:00:09.5+02:00","traits":{"name":"Account %d","plan":"enterprise","employees":250}}`, i%50, i%7, i%7)
+		}
+	}
+	b.WriteString(`],"context":{"library":{"name":"analytics-go","version":"3.0.0"}}}`)
+	return []byte(b.String())
+}
+
+// BenchmarkHandler100 posts 100-message batches over HTTP to a receiver backed by a real
+// embedded JetStream server (file storage, same process), from 16 concurrent clients. Each
+// request returns only after all 100 PubAcks.
+func BenchmarkHandler100(b *testing.B) {
+	js, src := benchJetStream(b)
+	rcv, err := receiver.New(receiver.Options{JetStream: js, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, []*source.Config{src})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(rcv.Handler())
+	defer srv.Close()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	body := benchBatch(100)
+
+	var mu sync.Mutex
+	var latencies []time.Duration
+	b.SetBytes(int64(len(body)))
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		var mine []time.Duration
+		for pb.Next() {
+			start := time.Now()
+			req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/batch", bytes.NewReader(body))
+			req.SetBasicAuth("bench-key", "")
+			resp, err := client.Do(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b.Errorf("status %d", resp.StatusCode)
+				return
+			}
+			mine = append(mine, time.Since(start))
+		}
+		mu.Lock()
+		latencies = append(latencies, mine...)
+		mu.Unlock()
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "msgs/s")
+	if len(latencies) > 0 {
+		slices.Sort(latencies)
+		b.ReportMetric(float64(latencies[len(latencies)/2].Microseconds())/1000, "p50-ms")
+		b.ReportMetric(float64(latencies[len(latencies)*99/100].Microseconds())/1000, "p99-ms")
+	}
+}
+
+// benchJetStream starts an embedded JetStream server with one source's streams.
+func benchJetStream(b *testing.B) (jetstream.JetStream, *source.Config) {
+	ns, err := natsserver.Start(natsserver.Options{StoreDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(ns.Shutdown)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	src := &source.Config{Namespace: "bench", Name: "web", Tenant: "bench", WriteKeys: []string{"bench-key"}}
+	if err := stream.Ensure(context.Background(), js, src.Stream(), src.StreamSettings()); err != nil {
+		b.Fatal(err)
+	}
+	return js, src
+}
+
+// BenchmarkJetStreamOnly100 is the ceiling BenchmarkHandler100 compares against: the same
+// 100-message requests' worth of async publishes and PubAcks, without HTTP, decoding or
+// normalising.
+func BenchmarkJetStreamOnly100(b *testing.B) {
+	js, src := benchJetStream(b)
+	data := benchBatch(1) // one ~300-byte message body
+	b.SetParallelism(8)
+	b.ResetTimer()
+	var seq atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		futures := make([]jetstream.PubAckFuture, 100)
+		for pb.Next() {
+			for i := range futures {
+				msg := &nats.Msg{Subject: src.Stream().Subject("track"), Data: data,
+					Header: nats.Header{jetstream.MsgIDHeader: []string{strconv.FormatInt(seq.Add(1), 10)}}}
+				f, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(5*time.Second))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				futures[i] = f
+			}
+			for _, f := range futures {
+				select {
+				case <-f.Ok():
+				case err := <-f.Err():
+					b.Error(err)
+					return
+				}
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "msgs/s")
+}

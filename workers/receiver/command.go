@@ -1,0 +1,162 @@
+package receiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/tallyhq/tally/workers/source"
+)
+
+// commandConfig holds the flags of `tally receiver`.
+type commandConfig struct {
+	listen         string
+	natsURL        string
+	natsCreds      string
+	sourceConfig   string
+	writeKeysFile  string
+	publishTimeout time.Duration
+	reloadInterval time.Duration
+	maxPending     int
+	shutdownGrace  time.Duration
+}
+
+// NewCommand is `tally receiver`: the receiver of one SegmentSource as the operator deploys it,
+// reading the source from the mounted ConfigMap and Secret and publishing to the stream the
+// operator created.
+func NewCommand() *cobra.Command {
+	cfg := commandConfig{}
+	cmd := &cobra.Command{
+		Use:   "receiver",
+		Short: "Serve Segment's Tracking API for one SegmentSource and publish to its JetStream stream",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runCommand(ctx, cfg, slog.New(slog.NewJSONHandler(os.Stderr, nil)), nil)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.listen, "listen", ":8080", "address to serve HTTP on")
+	f.StringVar(&cfg.natsURL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
+	f.StringVar(&cfg.natsCreds, "nats-creds", "", "NATS credentials file (optional)")
+	f.StringVar(&cfg.sourceConfig, "source-config", "/etc/tally/source/"+source.ConfigFileName, "the source's settings, as the operator's ConfigMap mounts them")
+	f.StringVar(&cfg.writeKeysFile, "write-keys-file", "/etc/tally/write-keys/writeKey", "the source's write keys, one per line, as its Secret mounts them")
+	f.DurationVar(&cfg.publishTimeout, "publish-timeout", DefaultPublishTimeout, "how long a request waits for JetStream's acknowledgements before answering 503")
+	f.DurationVar(&cfg.reloadInterval, "reload-interval", 10*time.Second, "how often the source files are re-read (key rotation)")
+	f.IntVar(&cfg.maxPending, "max-pending", DefaultMaxPending, "unacknowledged publishes one request may have in flight")
+	f.DurationVar(&cfg.shutdownGrace, "shutdown-timeout", 30*time.Second, "how long shutdown waits for requests in flight")
+	return cmd
+}
+
+// runCommand runs the receiver until ctx ends, then shuts down gracefully: stop accepting, let the
+// requests in flight finish (and their PubAcks arrive), then drain the NATS connection. ready,
+// when set, learns the address it listens on.
+func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready func(addr string)) error {
+	files := &sourceFiles{configFile: cfg.sourceConfig, writeKeysFile: cfg.writeKeysFile}
+	src, err := files.load()
+	if err != nil {
+		return err
+	}
+	nc, err := connectNATS(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(max(4*cfg.maxPending, 4096)),
+		// Acks a timed-out request stopped waiting for must not stay pending forever.
+		jetstream.WithPublishAsyncTimeout(cfg.publishTimeout))
+	if err != nil {
+		return err
+	}
+	rcv, err := New(Options{JetStream: js, Conn: nc, PublishTimeout: cfg.publishTimeout, MaxPending: cfg.maxPending, Logger: log},
+		[]*source.Config{src})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return err
+	}
+	srv := NewServer(cfg.listen, rcv.Handler(), cfg.publishTimeout)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("receiver listening", "addr", ln.Addr().String(), "source", src.String(), "writeKeys", len(src.WriteKeys))
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go files.watch(watchCtx, cfg.reloadInterval, log, func(c *source.Config) error {
+		return rcv.SetSources([]*source.Config{c})
+	})
+
+	select {
+	case err := <-serveErr:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: draining requests in flight")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		log.Warn("requests still in flight at shutdown", "error", err)
+	}
+	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn("server stopped with an error", "error", err)
+	}
+	return drainNATS(shutdownCtx, nc)
+}
+
+func connectNATS(cfg commandConfig, log *slog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name("tally-receiver"),
+		// Start even while NATS is down; /readyz stays false until the connection is up.
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		// Publishing while disconnected fails at once (a quick 503) instead of queueing
+		// messages that the request has already given up on.
+		nats.ReconnectBufSize(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("nats disconnected", "error", err)
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "server", c.ConnectedUrlRedacted()) }),
+	}
+	if cfg.natsCreds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.natsCreds))
+	}
+	nc, err := nats.Connect(cfg.natsURL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	return nc, nil
+}
+
+// drainNATS flushes what is still buffered and waits for the connection to close.
+func drainNATS(ctx context.Context, nc *nats.Conn) error {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close() // not connected (e.g. NATS is down): nothing left to flush
+		return nil
+	}
+	select {
+	case <-closed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

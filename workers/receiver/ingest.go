@@ -1,0 +1,204 @@
+package receiver
+
+import (
+	"errors"
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/tallyhq/tally/workers/segment"
+	"github.com/tallyhq/tally/workers/source"
+)
+
+// retryAfterSeconds is what a 503 asks clients to wait; analytics-node and browsers honour it.
+const retryAfterSeconds = "5"
+
+func (r *Receiver) ingestHandler(route string, ep segment.Endpoint) http.Handler {
+	limit := segment.MaxRequestBytes
+	if !ep.Batch {
+		limit = segment.MaxMessageBytes
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		start := time.Now()
+		allowAnyOrigin(w.Header())
+		status := r.ingest(w, req, ep, limit)
+		requestsTotal.WithLabelValues(route, strconv.Itoa(status)).Inc()
+		requestDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+// ingest serves one Tracking API request and returns the status it answered with.
+func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.Endpoint, limit int) int {
+	fail := func(status int, code, msg string) int {
+		writeError(w, status, code, msg)
+		return status
+	}
+	body, berr := readBody(req, limit)
+	if berr != nil {
+		return fail(berr.status, berr.code, berr.msg)
+	}
+	parsed, err := segment.ParseRequest(body.Bytes(), ep)
+	if err != nil {
+		releaseBody(body)
+		var rerr *segment.RequestError
+		if errors.As(err, &rerr) {
+			return fail(http.StatusBadRequest, rerr.Code, rerr.Message)
+		}
+		return fail(http.StatusBadRequest, segment.CodeInvalidJSON, err.Error())
+	}
+
+	auth := r.authenticate(req, parsed)
+	if auth.none() {
+		releaseBody(body)
+		r.log.Debug("request without a valid write key", "path", req.URL.Path, "remote", req.RemoteAddr)
+		return fail(http.StatusUnauthorized, segment.CodeInvalidWriteKey, "no valid write key: send it as the Basic auth username or as writeKey in the body")
+	}
+	res := parsed.Normalize(time.Now())
+	releaseBody(body) // the accepted messages live in their own buffer
+
+	sorted := r.sortMessages(auth, &res)
+	if !ep.Batch && len(res.Rejected) > 0 {
+		// A single call that is invalid has nothing else to accept; say why. (Client libraries
+		// validate before sending, so this reaches people trying the API by hand.)
+		sorted.countDecisions()
+		rej := res.Rejected[0]
+		return fail(http.StatusBadRequest, rej.Code, rej.Message)
+	}
+	if len(sorted.outgoing) > 0 {
+		if err := r.publish(req.Context(), sorted.outgoing); err != nil {
+			r.log.Warn("publish failed; answering 503", "error", err, "messages", len(sorted.outgoing))
+			w.Header().Set("Retry-After", retryAfterSeconds)
+			return fail(http.StatusServiceUnavailable, "unavailable", "the event stream is unavailable; retry later")
+		}
+	}
+	sorted.countDecisions()
+	sorted.countAccepted()
+	writeSuccess(w, len(sorted.outgoing), sorted.ignored, res.Rejected)
+	return http.StatusOK
+}
+
+// authentication is the outcome of checking a request's write keys: either one source for the
+// whole request, or (when the only keys are on the messages) one per message.
+type authentication struct {
+	sources *sourceSet // the snapshot the request was authenticated against
+	source  *source.Config
+	perItem []*source.Config
+}
+
+func (a authentication) none() bool {
+	if a.source != nil {
+		return false
+	}
+	for _, s := range a.perItem {
+		if s != nil {
+			return false
+		}
+	}
+	return true
+}
+
+func (a authentication) of(index int) *source.Config {
+	if a.source != nil {
+		return a.source
+	}
+	return a.perItem[index]
+}
+
+// authenticate picks the write key the way Segment documents it: the Basic auth username first,
+// then writeKey at the top of the body, then each message's own writeKey. A Bearer token is not
+// a write key; such requests carry writeKey in the body.
+func (r *Receiver) authenticate(req *http.Request, parsed *segment.Request) authentication {
+	sources := r.sources.Load()
+	if key, ok := headerWriteKey(req.Header.Get("Authorization")); ok {
+		return authentication{sources: sources, source: sources.match(key)}
+	}
+	if parsed.WriteKey != "" {
+		return authentication{sources: sources, source: sources.match(parsed.WriteKey)}
+	}
+	a := authentication{sources: sources, perItem: make([]*source.Config, parsed.Len())}
+	seen := map[string]*source.Config{}
+	for i := range a.perItem {
+		key := parsed.ItemWriteKey(i)
+		src, ok := seen[key]
+		if !ok {
+			src = sources.match(key)
+			seen[key] = src
+		}
+		a.perItem[i] = src
+	}
+	return a
+}
+
+// sortedMessages are a request's messages after authentication and the ignore list.
+type sortedMessages struct {
+	outgoing  []outgoing
+	ignored   int
+	perSource map[*source.Config]*sourceCounts
+}
+
+type sourceCounts struct{ accepted, invalid, ignored int }
+
+// sortMessages routes each accepted message to its source's subject, drops the source's ignored
+// track events, and turns messages whose own write key did not authenticate into rejections.
+func (r *Receiver) sortMessages(auth authentication, res *segment.Result) sortedMessages {
+	s := sortedMessages{
+		outgoing:  make([]outgoing, 0, len(res.Accepted)),
+		perSource: make(map[*source.Config]*sourceCounts, 1),
+	}
+	counts := func(src *source.Config) *sourceCounts {
+		c := s.perSource[src]
+		if c == nil {
+			c = &sourceCounts{}
+			s.perSource[src] = c
+		}
+		return c
+	}
+	unauthenticated := false
+	for _, rej := range res.Rejected {
+		if src := auth.of(rej.Index); src != nil {
+			counts(src).invalid++
+		}
+	}
+	for _, m := range res.Accepted {
+		src := auth.of(m.Index)
+		switch {
+		case src == nil:
+			res.Rejected = append(res.Rejected, segment.Rejection{Index: m.Index, Code: segment.CodeInvalidWriteKey, Message: "the message's writeKey is missing or not valid"})
+			unauthenticated = true
+		case m.Type == segment.TypeTrack && src.Ignores(m.Event):
+			counts(src).ignored++
+			s.ignored++
+		default:
+			counts(src).accepted++
+			s.outgoing = append(s.outgoing, outgoing{subject: auth.sources.subject(src, m.Type), messageID: m.MessageID, data: m.JSON})
+		}
+	}
+	if unauthenticated {
+		sort.Slice(res.Rejected, func(i, j int) bool { return res.Rejected[i].Index < res.Rejected[j].Index })
+	}
+	return s
+}
+
+// countAccepted records the accepted messages once JetStream has stored them.
+func (s sortedMessages) countAccepted() {
+	for src, c := range s.perSource {
+		if c.accepted > 0 {
+			messagesTotal.WithLabelValues(src.String(), outcomeAccepted).Add(float64(c.accepted))
+		}
+	}
+}
+
+// countDecisions records invalid and ignored messages when the answer is final (not a 503 the
+// client will retry, which would count them twice).
+func (s sortedMessages) countDecisions() {
+	for src, c := range s.perSource {
+		name := src.String()
+		if c.invalid > 0 {
+			messagesTotal.WithLabelValues(name, outcomeInvalid).Add(float64(c.invalid))
+		}
+		if c.ignored > 0 {
+			messagesTotal.WithLabelValues(name, outcomeIgnored).Add(float64(c.ignored))
+		}
+	}
+}

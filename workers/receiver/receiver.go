@@ -1,0 +1,148 @@
+// Package receiver is Tally's front door: an HTTP server speaking Segment's Tracking API that
+// authenticates each request by write key, validates and normalises its messages, and answers
+// 200 only once JetStream has acknowledged every accepted message.
+package receiver
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+// Defaults of Options.
+const (
+	DefaultPublishTimeout = 5 * time.Second
+	DefaultMaxPending     = 512
+)
+
+// Options configure a Receiver.
+type Options struct {
+	// JetStream publishes the messages. Required.
+	JetStream jetstream.JetStream
+	// Conn is the connection /readyz watches and publishing checks first; defaults to
+	// JetStream.Conn().
+	Conn *nats.Conn
+	// PublishTimeout bounds how long a request waits for its PubAcks before answering 503.
+	PublishTimeout time.Duration
+	// MaxPending is how many messages of one request may await their PubAck at once.
+	MaxPending int
+	Logger     *slog.Logger
+}
+
+// Receiver serves the Tracking API for one or more sources, routing each request to the source
+// whose write key it carries.
+type Receiver struct {
+	opts    Options
+	log     *slog.Logger
+	sources atomic.Pointer[sourceSet]
+	handler http.Handler
+}
+
+// New builds a Receiver. It does not create streams: the operator (or tally local) does.
+func New(opts Options, sources []*source.Config) (*Receiver, error) {
+	if opts.JetStream == nil {
+		return nil, errors.New("receiver: a JetStream context is required")
+	}
+	if opts.Conn == nil {
+		opts.Conn = opts.JetStream.Conn()
+	}
+	if opts.PublishTimeout <= 0 {
+		opts.PublishTimeout = DefaultPublishTimeout
+	}
+	if opts.MaxPending <= 0 {
+		opts.MaxPending = DefaultMaxPending
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	r := &Receiver{opts: opts, log: opts.Logger}
+	if err := r.SetSources(sources); err != nil {
+		return nil, err
+	}
+	r.handler = r.routes()
+	return r, nil
+}
+
+// Handler serves the Tracking API, CORS preflight, /healthz, /readyz and /metrics.
+func (r *Receiver) Handler() http.Handler { return r.handler }
+
+// SetSources atomically replaces the sources and their write keys (a key rotation or a settings
+// change); requests in flight finish with the set they started with. An invalid set is refused
+// and the current one kept.
+func (r *Receiver) SetSources(sources []*source.Config) error {
+	set, err := newSourceSet(sources)
+	if err != nil {
+		return err
+	}
+	r.sources.Store(set)
+	return nil
+}
+
+// sourceSet is an immutable snapshot of the served sources.
+type sourceSet struct {
+	list     []*source.Config
+	subjects map[*source.Config]map[string]string // message type -> subject, built once
+}
+
+func newSourceSet(sources []*source.Config) (*sourceSet, error) {
+	set := &sourceSet{
+		list:     append([]*source.Config(nil), sources...),
+		subjects: make(map[*source.Config]map[string]string, len(sources)),
+	}
+	seen := map[string]bool{}
+	for i, c := range set.list {
+		if c == nil {
+			return nil, fmt.Errorf("receiver: source %d is nil", i)
+		}
+		if err := c.Validate(); err != nil {
+			return nil, fmt.Errorf("receiver: %w", err)
+		}
+		if seen[c.String()] {
+			return nil, fmt.Errorf("receiver: source %s is listed twice", c)
+		}
+		seen[c.String()] = true
+		set.subjects[c] = make(map[string]string, len(stream.MessageTypes))
+		for _, typ := range stream.MessageTypes {
+			set.subjects[c][typ] = c.Stream().Subject(typ)
+		}
+		for _, other := range set.list[:i] {
+			for _, k := range c.WriteKeys {
+				if other.MatchesKey(k) {
+					// Never name the key itself.
+					return nil, fmt.Errorf("receiver: sources %s and %s share a write key", other, c)
+				}
+			}
+		}
+	}
+	return set, nil
+}
+
+// subject is where messages of the given type from src are published.
+func (s *sourceSet) subject(src *source.Config, messageType string) string {
+	return s.subjects[src][messageType]
+}
+
+// match finds the source a write key belongs to. It compares the key with every key of every
+// source, whatever matched, so the timing does not tell which source (or whether an earlier one)
+// holds it.
+func (s *sourceSet) match(key string) *source.Config {
+	if key == "" {
+		return nil
+	}
+	var found *source.Config
+	for _, c := range s.list {
+		if c.MatchesKey(key) && found == nil {
+			found = c
+		}
+	}
+	return found
+}

@@ -1,0 +1,58 @@
+package segment
+
+// Segment's Tracking API limits. Sizes are of the JSON after any gzip decoding.
+const (
+	MaxMessageBytes  = 32 << 10
+	MaxRequestBytes  = 500 << 10
+	MaxBatchMessages = 2500
+)
+
+// Codes of request-level errors (the whole request is refused with 400).
+const (
+	CodeInvalidJSON      = "invalid_json"
+	CodeInvalidBatch     = "invalid_batch"
+	CodeMessageTooLarge  = "message_too_large"
+	CodeRequestTooLarge  = "request_too_large"
+	CodeTooManyMessages  = "too_many_messages"
+	CodeInvalidWriteKey  = "invalid_write_key"
+	CodeMessageNotObject = "message_not_object"
+)
+
+// Codes of per-message rejections. Where Segment's "failed on ingest" discard table has a code
+// for the problem, it is that code.
+const (
+	CodeTypeRequired          = "type_required"
+	CodeTypeInvalid           = "type_invalid"
+	CodeTypeMismatch          = "type_mismatch"
+	CodeIDRequired            = "id_required"
+	CodeIDNotString           = "id_not_string"
+	CodeEventNotDefined       = "event_not_defined"
+	CodeEventNotString        = "event_not_string"
+	CodeGroupIDRequired       = "group_id_required"
+	CodeUserIDRequired        = "user_id_required"
+	CodePreviousIDRequired    = "previous_id_required"
+	CodeTraitsNotObject       = "traits_not_object"
+	CodePropertiesNotObject   = "properties_not_object"
+	CodeContextNotObject      = "context_not_object"
+	CodeIntegrationsNotObject = "integrations_not_object"
+	CodeNameNotString         = "name_not_string"
+	CodeCategoryNotString     = "category_not_string"
+	CodeMessageIDNotString    = "message_id_not_string"
+	CodeMessageIDTooLong      = "message_id_too_long"
+	CodeMessageIDInvalid      = "message_id_invalid"
+)
+
+// RequestError refuses a whole request.
+type RequestError struct {
+	Code    string
+	Message string
+}
+
+func (e *RequestError) Error() string { return e.Code + ": " + e.Message }
+
+// Rejection is one message of a request that failed validation; the others are still accepted.
+type Rejection struct {
+	Index   int    `json:"index"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}

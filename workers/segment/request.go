@@ -1,0 +1,141 @@
+package segment
+
+import (
+	"bytes"
+	"strconv"
+	"time"
+)
+
+// Endpoint is what a Tracking API path expects: a batch ({"batch":[...]}) or one message whose
+// type the path implies (Type, which the body may then omit).
+type Endpoint struct {
+	Type  string
+	Batch bool
+}
+
+// Request is a request body split into its raw messages and batch-level fields, ready for
+// authentication (WriteKey, ItemWriteKey) and then Normalize.
+type Request struct {
+	// WriteKey is the body's top-level writeKey, empty when absent.
+	WriteKey string
+
+	items            [][]byte
+	endpoint         Endpoint
+	bodySize         int
+	rootContext      []byte
+	rootIntegrations []byte
+	rootSentAt       time.Time
+	hasRootSentAt    bool
+}
+
+// Len is the number of messages in the request.
+func (r *Request) Len() int { return len(r.items) }
+
+// ParseRequest checks a body against the Tracking API's request-level rules (well-formed JSON,
+// size limits, batch shape) and splits it into messages without decoding them.
+func ParseRequest(body []byte, ep Endpoint) (*Request, error) {
+	// Some HTTP stacks (.NET among them) prefix UTF-8 bodies with a byte-order mark.
+	body = bytes.TrimPrefix(body, []byte("\xEF\xBB\xBF"))
+	if len(body) > MaxRequestBytes {
+		return nil, &RequestError{CodeRequestTooLarge, "the request is larger than " + strconv.Itoa(MaxRequestBytes) + " bytes"}
+	}
+	if !validJSON(body) {
+		return nil, &RequestError{CodeInvalidJSON, "the body is not valid JSON"}
+	}
+	root, ok := newObjectIter(body)
+	if !ok {
+		return nil, &RequestError{CodeInvalidJSON, "the body must be a JSON object"}
+	}
+	r := &Request{endpoint: ep, bodySize: len(body)}
+	if !ep.Batch {
+		if len(body) > MaxMessageBytes {
+			return nil, messageTooLarge(0)
+		}
+		r.items = [][]byte{trimValue(body)}
+		r.WriteKey = writeKeyOf(body)
+		return r, nil
+	}
+	var batch []byte
+	for {
+		key, value, _, ok := root.next()
+		if !ok {
+			break
+		}
+		switch string(key) {
+		case `"batch"`:
+			batch = value
+		case `"context"`:
+			r.rootContext = objectOrNil(value)
+		case `"integrations"`:
+			r.rootIntegrations = objectOrNil(value)
+		case `"sentAt"`:
+			r.rootSentAt, r.hasRootSentAt = parseTimestampValue(value)
+		case `"writeKey"`:
+			r.WriteKey, _ = stringToken(value)
+		}
+	}
+	items, ok := newArrayIter(batch)
+	if !ok {
+		return nil, &RequestError{CodeInvalidBatch, `a batch request needs a "batch" array`}
+	}
+	for {
+		item, ok := items.next()
+		if !ok {
+			break
+		}
+		if len(r.items) == MaxBatchMessages {
+			return nil, &RequestError{CodeTooManyMessages, "a batch holds at most " + strconv.Itoa(MaxBatchMessages) + " messages"}
+		}
+		if len(item) > MaxMessageBytes {
+			return nil, messageTooLarge(len(r.items))
+		}
+		r.items = append(r.items, item)
+	}
+	return r, nil
+}
+
+func messageTooLarge(index int) error {
+	return &RequestError{CodeMessageTooLarge, "message " + strconv.Itoa(index) + " is larger than " + strconv.Itoa(MaxMessageBytes) + " bytes"}
+}
+
+// ItemWriteKey is the writeKey a batch message carries itself, for senders that put the key on
+// each message instead of the request.
+func (r *Request) ItemWriteKey(i int) string { return writeKeyOf(r.items[i]) }
+
+// writeKeyOf reads the top-level writeKey string of a message ("" when absent).
+func writeKeyOf(message []byte) string {
+	it, ok := newObjectIter(message)
+	if !ok {
+		return ""
+	}
+	key := ""
+	for {
+		k, v, _, ok := it.next()
+		if !ok {
+			return key
+		}
+		if fieldOf(k) == fWriteKey {
+			if s, ok := stringToken(v); ok {
+				key = s
+			}
+		}
+	}
+}
+
+func objectOrNil(v []byte) []byte {
+	if isObject(v) {
+		return v
+	}
+	return nil
+}
+
+// parseTimestampValue reads a JSON string timestamp. Go's zero time (0001-01-01T00:00:00Z) is
+// what a Go client serialises for "unset", so it counts as absent.
+func parseTimestampValue(v []byte) (time.Time, bool) {
+	s, ok := stringToken(v)
+	if !ok {
+		return time.Time{}, false
+	}
+	t, ok := ParseTimestamp(s)
+	return t, ok && !t.IsZero()
+}

@@ -1,0 +1,52 @@
+package segment
+
+import "time"
+
+// appendTimestamps writes timestamp, originalTimestamp, sentAt and receivedAt. The client's time
+// of the call (originalTimestamp, or the timestamp it set) is shifted by the client's clock skew,
+// measured as sentAt against our receivedAt: timestamp = receivedAt − (sentAt − originalTimestamp).
+func (n *normalizer) appendTimestamps(b []byte, f *[numFields][]byte) []byte {
+	given, hasGiven := parseTimestampValue(f[fTimestamp])
+	original, hasOriginal := parseTimestampValue(f[fOriginalTimestamp])
+	if !hasOriginal {
+		original, hasOriginal = given, hasGiven
+	}
+	sentAt, hasSentAt := parseTimestampValue(f[fSentAt])
+	if !hasSentAt {
+		sentAt, hasSentAt = n.req.rootSentAt, n.req.hasRootSentAt
+	}
+	timestamp := n.receivedAt
+	switch {
+	case hasOriginal && hasSentAt:
+		timestamp = correct(n.receivedAt, sentAt, original)
+	case hasGiven:
+		timestamp = given
+	case hasOriginal:
+		timestamp = original
+	}
+	b = append(b, `,"timestamp":`...)
+	b = appendTimestamp(b, timestamp)
+	if hasOriginal {
+		b = append(b, `,"originalTimestamp":`...)
+		b = appendTimestamp(b, original)
+	}
+	if hasSentAt {
+		b = append(b, `,"sentAt":`...)
+		b = appendTimestamp(b, sentAt)
+	}
+	b = append(b, `,"receivedAt":`...)
+	return append(b, n.receivedAtJSON...)
+}
+
+// correct computes receivedAt − (sentAt − original) in whole seconds and nanoseconds, because a
+// time.Duration saturates at ±292 years. A result outside the years RFC 3339 can write falls
+// back to the client's time.
+func correct(receivedAt, sentAt, original time.Time) time.Time {
+	sec := receivedAt.Unix() - sentAt.Unix() + original.Unix()
+	nsec := int64(receivedAt.Nanosecond()) - int64(sentAt.Nanosecond()) + int64(original.Nanosecond())
+	t := time.Unix(sec, nsec).UTC()
+	if !representable(t) || t.IsZero() {
+		return original
+	}
+	return t
+}
