@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/controllers/resources"
 	"github.com/tallyhq/tally/workers/stream"
 )
 
@@ -86,8 +87,8 @@ type reconcileState struct {
 
 	configHash   string
 	writeKeyHash string
-	database     resourcesSecretKey
-	natsCreds    *resourcesSecretKey
+	database     resources.SecretKey
+	natsCreds    *resources.SecretKey
 	streamState  stream.State
 	receiver     *appsv1.Deployment
 	worker       *appsv1.Deployment
@@ -96,14 +97,15 @@ type reconcileState struct {
 type subReconciler func(ctx context.Context, st *reconcileState) error
 
 // RBAC, least privilege: children are written with server-side apply (create+patch) and removed
-// by garbage collection, so only the PDB and HPA, which the spec can take away, need delete. Secrets
+// by garbage collection, so only what the spec can take away (PDB, HPA, the database Secret copy) needs delete. Secrets
 // are read one at a time (get) and watched as metadata (list+watch); the operator writes only its
 // own copies. Finalizers are patched, and blockOwnerDeletion needs update on .../finalizers.
 // +kubebuilder:rbac:groups=tally.dev,resources=segmentsources,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=tally.dev,resources=segmentsources/status,verbs=get;patch
 // +kubebuilder:rbac:groups=tally.dev,resources=segmentsources/finalizers,verbs=update
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
-// +kubebuilder:rbac:groups="",resources=services;configmaps;secrets,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=services;configmaps,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=autoscaling,resources=horizontalpodautoscalers,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch

@@ -286,10 +286,15 @@ var _ = Describe("SegmentSource", func() {
 	})
 
 	It("gives workers the source's own database Secret when it names one, watching it like the write key", func() {
-		s := newSource(ns, "owndb")
-		s.Spec.Worker.DatabaseSecretRef = &tallyv1.DatabaseSecretRef{Name: "owndb-postgres"}
-		createSource(s, true)
+		s := createSource(newSource(ns, "owndb"), true)
 		key := client.ObjectKeyFromObject(s)
+		copyKey := types.NamespacedName{Namespace: ns, Name: "owndb-database"}
+		Eventually(func() error { return k8s.Get(ctx, copyKey, &corev1.Secret{}) }, "20s").Should(Succeed(),
+			"a copy of the manager's database Secret while the source names none")
+
+		updateSource(key, func(s *tallyv1.SegmentSource) {
+			s.Spec.Worker.DatabaseSecretRef = &tallyv1.DatabaseSecretRef{Name: "owndb-postgres"}
+		})
 		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonSecretNotFound))
 		Expect(condition(getSource(key), tallyv1.ConditionReady).Message).To(ContainSubstring(`database Secret "owndb-postgres" not found`))
 
@@ -299,8 +304,8 @@ var _ = Describe("SegmentSource", func() {
 		env := deployment(ns, "owndb-worker").Spec.Template.Spec.Containers[0].Env
 		Expect(env[0].ValueFrom.SecretKeyRef.Name).To(Equal("owndb-postgres"))
 		Expect(env[0].ValueFrom.SecretKeyRef.Key).To(Equal("url"))
-		Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "owndb-database"}, &corev1.Secret{}))).To(BeTrue(),
-			"no copy of the manager's database Secret")
+		Eventually(func() bool { return notFound(k8s.Get(ctx, copyKey, &corev1.Secret{})) }, "10s").Should(BeTrue(),
+			"the unused copy of the manager's database Secret is removed")
 	})
 
 	It("rolls the receivers out when the write key is rotated in the Secret", func() {

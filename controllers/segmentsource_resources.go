@@ -27,8 +27,6 @@ import (
 	"github.com/tallyhq/tally/workers/source"
 )
 
-type resourcesSecretKey = resources.SecretKey
-
 // waitForSecretRequeue is how often a source waiting for a Secret is re-checked. The Secret watch
 // normally wakes it first; this covers Secrets in namespaces the cache does not watch.
 const waitForSecretRequeue = 30 * time.Second
@@ -76,7 +74,8 @@ func (r *SegmentSourceReconciler) reconcileDatabaseSecret(ctx context.Context, s
 		}
 		st.database = resources.SecretKey{Name: ref.Name, Key: ref.DatabaseURLKey(),
 			Hash: resources.Hash(map[string][]byte{"url": value})}
-		return nil
+		// A copy made before the source named its own Secret is no longer mounted anywhere.
+		return r.deleteOwned(ctx, st, secretMetadata(), resources.DatabaseSecretCopyName(obj))
 	}
 	if r.Config.DatabaseSecret == "" {
 		return stalled(ReasonNoDatabaseSecret,
@@ -200,9 +199,14 @@ func (r *SegmentSourceReconciler) readSecretKey(ctx context.Context, namespace, 
 // applySecretCopy applies a Secret the operator copies. Its existing state is looked up as
 // metadata only, so Secret data never enters the manager's cache.
 func (r *SegmentSourceReconciler) applySecretCopy(ctx context.Context, st *reconcileState, ac *corev1ac.SecretApplyConfiguration) error {
-	existing := &metav1.PartialObjectMetadata{}
-	existing.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
-	return applyOwned(ctx, r, st, existing, ac)
+	return applyOwned(ctx, r, st, secretMetadata(), ac)
+}
+
+// secretMetadata is an empty Secret read as metadata only.
+func secretMetadata() *metav1.PartialObjectMetadata {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+	return m
 }
 
 // annotatable is an apply configuration the applied-hash annotation can be added to.

@@ -19,37 +19,34 @@ type applyResult struct {
 //
 // Transactions of one tenant take a transaction-scoped advisory lock first, so they run one after
 // the other: each then sees every row committed before it, which the cross-row parts of the
-// mapping need (a track's fallback account reads associations; re-resolving fallback events and
-// recomputing last_seen_at read events). Sources of different tenants never wait for each other.
+// mapping need (a track's fallback account reads associations; re-resolving fallback events reads
+// events; last_seen_at of a row created now reads the events stored before it). Sources of
+// different tenants never wait for each other.
+//
+// Events go in before accounts and users, so the entity upserts write last_seen_at once, already
+// including the events this transaction attributed to them.
 func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *folded) (applyResult, error) {
 	var res applyResult
 	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", tenantLockKey(tenant)); err != nil {
 			return err
 		}
-		a := applier{tx: tx, tenant: tenant, source: source,
-			touchedAccounts: map[string]bool{}, touchedUsers: map[string]bool{}}
-		steps := []func(context.Context, *folded) error{
-			a.links, a.memberships, a.accounts, a.users, a.aliases, a.reresolve, a.events,
+		a := newApplier(tx, tenant, source)
+		steps := []struct {
+			name string
+			run  func(context.Context, *folded) error
+		}{
+			{"links", a.links}, {"memberships", a.memberships}, {"reresolve", a.reresolve},
+			{"events", a.events}, {"catalog", a.catalog}, {"accounts", a.accounts}, {"users", a.users},
+			{"lastSeen", a.lastSeen}, {"aliases", a.aliases},
 		}
-		names := []string{"links", "memberships", "accounts", "users", "aliases", "reresolve", "events"}
-		for i, step := range steps {
+		for _, step := range steps {
 			t0 := time.Now()
-			if err := step(ctx, f); err != nil {
+			if err := step.run(ctx, f); err != nil {
 				return err
 			}
-			profStep(names[i], t0)
+			profStep(step.name, t0)
 		}
-		t0 := time.Now()
-		if err := a.catalog(ctx); err != nil {
-			return err
-		}
-		profStep("catalog", t0)
-		t0 = time.Now()
-		if err := a.lastSeen(ctx); err != nil {
-			return err
-		}
-		profStep("lastSeen", t0)
 		res.EventsInserted = a.inserted
 		return nil
 	})
@@ -70,10 +67,14 @@ type applier struct {
 	// usersWithNewLinks maps a user to the oldest link or unlink this batch added for them: their
 	// stored fallback events from then on may have a different account now.
 	usersWithNewLinks map[string]time.Time
-	touchedAccounts   map[string]bool
-	touchedUsers      map[string]bool
+	seen              lastSeenChanges
 	catalogRows       map[string]*catalogRow
 	inserted          int
+}
+
+func newApplier(tx pgx.Tx, tenant, source string) *applier {
+	return &applier{tx: tx, tenant: tenant, source: source,
+		usersWithNewLinks: map[string]time.Time{}, seen: newLastSeenChanges(), catalogRows: map[string]*catalogRow{}}
 }
 
 type catalogRow struct {
@@ -103,7 +104,7 @@ func markIgnored(ctx context.Context, pool *pgxpool.Pool, tenant string, ignored
 	})
 }
 
-func sortedKeys(m map[string]bool) []string {
+func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)

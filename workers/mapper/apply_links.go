@@ -12,7 +12,6 @@ import (
 // events whose account a new link or unlink changes.
 
 func (a *applier) links(ctx context.Context, f *folded) error {
-	a.usersWithNewLinks = map[string]time.Time{}
 	if len(f.Links) == 0 {
 		return nil
 	}
@@ -90,7 +89,7 @@ func (a *applier) reresolve(ctx context.Context, _ *folded) error {
 	rows, err := a.tx.Query(ctx, `
 		WITH candidates AS MATERIALIZED (
 			-- LATERAL ... OFFSET 0 keeps one lookup per user on events_by_user, whatever the statistics say.
-			SELECT e.message_id, e.account_id AS old_account,
+			SELECT e.message_id, e.account_id AS old_account, e.timestamp,
 				tally.account_at($1, c.user_id, e.timestamp) AS new_account
 			FROM unnest($2::text[], $3::timestamptz[]) AS c(user_id, since)
 			CROSS JOIN LATERAL (
@@ -102,16 +101,19 @@ func (a *applier) reresolve(ctx context.Context, _ *folded) error {
 		UPDATE tally.events e SET account_id = c.new_account
 		FROM candidates c
 		WHERE e.tenant = $1 AND e.message_id = c.message_id AND e.account_id IS DISTINCT FROM c.new_account
-		RETURNING c.old_account, c.new_account`, a.tenant, users, since)
+		RETURNING c.old_account, c.new_account, c.timestamp`, a.tenant, users, since)
 	if err != nil {
 		return err
 	}
+	// The account an event moved to takes it into last_seen_at; the one it left is recomputed.
 	var oldAccount, newAccount *string
-	_, err = pgx.ForEachRow(rows, []any{&oldAccount, &newAccount}, func() error {
-		for _, acc := range []*string{oldAccount, newAccount} {
-			if acc != nil {
-				a.touchedAccounts[*acc] = true
-			}
+	var at time.Time
+	_, err = pgx.ForEachRow(rows, []any{&oldAccount, &newAccount, &at}, func() error {
+		if oldAccount != nil {
+			a.seen.recomputeAccounts[*oldAccount] = true
+		}
+		if newAccount != nil {
+			a.seen.accountEvent(*newAccount, at)
 		}
 		return nil
 	})

@@ -1,6 +1,7 @@
 package mapper
 
 import (
+	"bytes"
 	"encoding/json"
 	"sort"
 	"time"
@@ -332,9 +333,11 @@ func optional(s string) *string {
 	return &s
 }
 
-// jsonObjectText is raw when it is a JSON object and "{}" otherwise (absent or null).
+// jsonObjectText is raw when it is a JSON object and "{}" otherwise (absent or null). raw comes
+// from a decoded message, so it is valid JSON: its first byte tells whether it is an object.
 func jsonObjectText(raw json.RawMessage) string {
-	if object(raw) == nil {
+	raw = bytes.TrimLeft(raw, " \t\r\n")
+	if len(raw) == 0 || raw[0] != '{' {
 		return "{}"
 	}
 	return string(raw)

@@ -130,3 +130,14 @@ var _ = DescribeTable("Classifying a failed batch transaction",
 	Entry("server shutting down", &pgconn.PgError{Code: "57P01"}, infrastructure),
 	Entry("connection refused", errors.New("dial tcp 127.0.0.1:5432: connect: connection refused"), infrastructure),
 )
+
+var _ = Describe("Event JSON columns", func() {
+	It("keep an object as sent and store anything else as an empty object", func() {
+		Expect(jsonObjectText(json.RawMessage(`{"a":1}`))).To(Equal(`{"a":1}`))
+		Expect(jsonObjectText(json.RawMessage(" \n{}"))).To(Equal(" \n{}"[2:]))
+		Expect(jsonObjectText(nil)).To(Equal("{}"))
+		Expect(jsonObjectText(json.RawMessage("null"))).To(Equal("{}"))
+		Expect(jsonObjectText(json.RawMessage(`[1]`))).To(Equal("{}"))
+		Expect(jsonObjectText(json.RawMessage(`"x"`))).To(Equal("{}"))
+	})
+})

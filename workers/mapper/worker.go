@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,7 +19,7 @@ import (
 
 // Defaults of WorkerOptions.
 const (
-	DefaultBatchSize = 500
+	DefaultBatchSize = 2000
 	DefaultMaxWait   = 200 * time.Millisecond
 	maxBackoff       = 30 * time.Second // below the consumer's AckWait, so InProgress keeps held messages
 )
@@ -139,29 +138,39 @@ func (w *Worker) bind(ctx context.Context) jetstream.Consumer {
 	return consumer
 }
 
-// consume fetches and maps batches until the consumer fails or ctx is cancelled.
+// consume maps batches until the consumer fails or ctx is cancelled. Fetching, decoding and
+// folding the next batch overlap the current batch's transaction; each batch is still acknowledged
+// only after its own transaction committed.
 func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer) error {
-	for ctx.Err() == nil {
-		tfe := time.Now()
-		batch, err := consumer.Fetch(w.batchSize, jetstream.FetchMaxWait(w.maxWait))
-		if err != nil {
-			return err
+	fetchCtx, stopFetching := context.WithCancel(ctx)
+	batches := make(chan fetched)
+	go w.fetchLoop(fetchCtx, consumer, batches)
+	defer func() {
+		stopFetching()
+		for f := range batches { // wait for the fetcher; what it still hands over is redelivered
+			nakAll(f)
 		}
-		var msgs []jetstream.Msg
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
+	}()
+	for {
+		var f fetched
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return nil
+		case f, ok = <-batches:
 		}
-		profStep("GO fetch", tfe)
-		if len(msgs) == 0 {
+		if !ok {
+			return nil
+		}
+		if len(f.items)+len(f.bad) == 0 {
 			lagGauge.WithLabelValues(w.stream.String()).Set(0)
-		} else if err := w.handle(ctx, msgs); err != nil {
+		} else if err := w.handle(ctx, f); err != nil {
 			return err
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return err
+		if f.err != nil {
+			return f.err
 		}
 	}
-	return nil
 }
 
 // item is one fetched message and its decoded form.
@@ -173,25 +182,19 @@ type item struct {
 // handle maps one fetched batch and acknowledges every message in it: the mapped ones after their
 // transaction committed, the unmappable ones after they reached the dead-letter stream. It returns
 // an error only when the worker must stop (shutdown while Postgres is down, or a test crash).
-func (w *Worker) handle(ctx context.Context, msgs []jetstream.Msg) error {
+func (w *Worker) handle(ctx context.Context, f fetched) error {
 	start := time.Now()
 	src := w.stream.String()
-	if meta, err := msgs[len(msgs)-1].Metadata(); err == nil {
-		lagGauge.WithLabelValues(src).Set(float64(meta.NumPending))
+	if f.lastMeta != nil {
+		lagGauge.WithLabelValues(src).Set(float64(f.lastMeta.NumPending))
 	}
-	items := make([]item, 0, len(msgs))
-	for _, msg := range msgs {
-		m, err := segment.ParseNormalized(msg.Data())
-		if err != nil {
-			if err := w.deadLetter(ctx, msg, err); err != nil {
-				return err
-			}
-			continue
+	for _, b := range f.bad {
+		if err := w.deadLetter(ctx, b.msg, b.err); err != nil {
+			return err
 		}
-		items = append(items, item{msg: msg, m: &m})
 	}
-	if len(items) > 0 {
-		if err := w.mapIsolating(ctx, items); err != nil {
+	if len(f.items) > 0 {
+		if err := w.mapIsolating(ctx, f.items, f.prepared); err != nil {
 			return err
 		}
 	}
@@ -201,8 +204,9 @@ func (w *Worker) handle(ctx context.Context, msgs []jetstream.Msg) error {
 
 // mapIsolating commits items in one transaction; when Postgres refuses a value it splits the
 // batch in halves until the refused messages stand alone, dead-letters them and commits the rest.
-func (w *Worker) mapIsolating(ctx context.Context, items []item) error {
-	err := w.commit(ctx, items)
+// prepared is the fold of all items when the caller has it.
+func (w *Worker) mapIsolating(ctx context.Context, items []item, prepared *preparedFold) error {
+	err := w.commit(ctx, items, prepared)
 	if err == nil || classify(err) != badData {
 		return err
 	}
@@ -210,24 +214,21 @@ func (w *Worker) mapIsolating(ctx context.Context, items []item) error {
 		return w.deadLetter(ctx, items[0].msg, err)
 	}
 	half := len(items) / 2
-	if err := w.mapIsolating(ctx, items[:half]); err != nil {
+	if err := w.mapIsolating(ctx, items[:half], nil); err != nil {
 		return err
 	}
-	return w.mapIsolating(ctx, items[half:])
+	return w.mapIsolating(ctx, items[half:], nil)
 }
 
 // commit applies items in one transaction and acknowledges them. Contention is retried at once;
 // infrastructure errors are retried with a capped exponential backoff, the messages held with
 // InProgress meanwhile, until Postgres is back or ctx is cancelled. A bad-data error is returned.
-func (w *Worker) commit(ctx context.Context, items []item) error {
+func (w *Worker) commit(ctx context.Context, items []item, prepared *preparedFold) error {
 	src := w.source.Load()
-	msgs := make([]*segment.Message, len(items))
-	for i := range items {
-		msgs[i] = items[i].m
+	if prepared == nil || prepared.src != src {
+		prepared = &preparedFold{src: src, folded: fold(messagesOf(items), src.AccountProperty)}
 	}
-	tf := time.Now()
-	folded := fold(msgs, src.AccountProperty)
-	profStep("GO fold", tf)
+	folded := prepared.folded
 	// The transaction runs to its end even during shutdown; only waiting between tries stops.
 	txCtx := context.WithoutCancel(ctx)
 	backoff := 100 * time.Millisecond
@@ -265,7 +266,7 @@ func (w *Worker) commit(ctx context.Context, items []item) error {
 		}
 	}
 	tk := time.Now()
-	w.ackAll(ctx, items)
+	w.ackAll(items)
 	profStep("GO ackAll", tk)
 	batchesTotal.WithLabelValues(w.stream.String()).Inc()
 	for _, it := range items {
@@ -274,32 +275,18 @@ func (w *Worker) commit(ctx context.Context, items []item) error {
 	return nil
 }
 
-// ackAll double-acks every message, several at a time. A lost ack is harmless: the redelivered
-// message changes nothing in Postgres.
-func (w *Worker) ackAll(ctx context.Context, items []item) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	work := make(chan jetstream.Msg)
-	var failed atomic.Int64
-	for range min(16, len(items)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for msg := range work {
-				if err := msg.DoubleAck(ctx); err != nil {
-					failed.Add(1)
-				}
-			}
-		}()
-	}
+// ackAll acknowledges every message without waiting for JetStream's confirmation: the acks
+// travel on the connection while the next batch is mapped. A lost ack is harmless: the
+// redelivered message changes nothing in Postgres.
+func (w *Worker) ackAll(items []item) {
+	failed := 0
 	for _, it := range items {
-		work <- it.msg
+		if err := it.msg.Ack(); err != nil {
+			failed++
+		}
 	}
-	close(work)
-	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		w.log.Warn("acknowledgements failed; those messages will be redelivered and change nothing", "count", n)
+	if failed > 0 {
+		w.log.Warn("acknowledgements failed; those messages will be redelivered and change nothing", "count", failed)
 	}
 }
 

@@ -43,7 +43,10 @@ CREATE TABLE tally.account_users (
 CREATE INDEX account_users_by_user ON tally.account_users (tenant, user_id);
 
 -- Every link and unlink ever received, so a track's fallback account can be resolved as of the
--- track's own timestamp whatever the arrival order.
+-- track's own timestamp whatever the arrival order. The key is in (at, version) order, which is
+-- version order (at is the version's timestamp), so account_at walks a user's history newest
+-- first from any moment. at is a function of version: the key is as unique as (user, account,
+-- version).
 CREATE TABLE tally.associations (
     tenant     text             NOT NULL,
     user_id    text             NOT NULL,
@@ -51,7 +54,7 @@ CREATE TABLE tally.associations (
     account_id text             NOT NULL,
     linked     boolean          NOT NULL,
     at         timestamptz      NOT NULL,
-    PRIMARY KEY (tenant, user_id, account_id, version)
+    PRIMARY KEY (tenant, user_id, at, version, account_id)
 );
 
 CREATE TABLE tally.events (
@@ -92,52 +95,47 @@ CREATE TABLE tally.aliases (
     PRIMARY KEY (tenant, previous_id, user_id)
 );
 
--- merge_traits keeps, key by key, the value whose version is newest (Segment's merge: a key sent
--- as null becomes null, a key left out keeps its value), so merging is commutative.
--- +goose StatementBegin
-CREATE FUNCTION tally.merge_traits(old_traits jsonb, old_versions jsonb, new_traits jsonb, new_versions jsonb)
-RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
-    SELECT coalesce(jsonb_object_agg(k,
-               CASE WHEN coalesce(new_versions ->> k, '') COLLATE "C" > coalesce(old_versions ->> k, '') COLLATE "C"
-                    THEN new_traits -> k ELSE old_traits -> k END), '{}'::jsonb)
-    FROM (SELECT jsonb_object_keys(old_traits) UNION SELECT jsonb_object_keys(new_traits)) AS keys(k)
-$$;
--- +goose StatementEnd
-
--- +goose StatementBegin
-CREATE FUNCTION tally.merge_versions(old_versions jsonb, new_versions jsonb)
-RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
-    SELECT coalesce(jsonb_object_agg(k,
-               CASE WHEN coalesce(new_versions ->> k, '') COLLATE "C" > coalesce(old_versions ->> k, '') COLLATE "C"
-                    THEN new_versions -> k ELSE old_versions -> k END), '{}'::jsonb)
-    FROM (SELECT jsonb_object_keys(old_versions) UNION SELECT jsonb_object_keys(new_versions)) AS keys(k)
-$$;
--- +goose StatementEnd
-
 -- account_at is a user's "most recent association" as of a moment: among the accounts whose newest
 -- link or unlink at or before that moment is a link, the one linked most recently. It depends only
--- on the set of associations, never on the order they arrived in. It reads one index entry or so
--- per account the user ever had (account_users), however many identify calls repeated a link.
+-- on the set of associations, never on the order they arrived in. It walks the user's history
+-- newest first from that moment: the first link whose account was not unlinked later (in the
+-- walk) is the answer, which usually is the first entry read, however long the history.
 -- +goose StatementBegin
 CREATE FUNCTION tally.account_at(p_tenant text, p_user_id text, p_at timestamptz)
-RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT au.account_id
-    FROM tally.account_users au
-    CROSS JOIN LATERAL (
-        SELECT a.linked, a.version FROM tally.associations a
-        WHERE a.tenant = au.tenant AND a.user_id = au.user_id AND a.account_id = au.account_id AND a.at <= p_at
-        ORDER BY a.version DESC
-        LIMIT 1
-    ) latest
-    WHERE au.tenant = p_tenant AND au.user_id = p_user_id AND latest.linked
-    ORDER BY latest.version DESC
-    LIMIT 1
+RETURNS text LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    op       record;
+    unlinked text[] := '{}';
+BEGIN
+    -- Usually the newest entry is a link: one index probe, no walk (see also tally.events' insert).
+    SELECT a.account_id, a.linked INTO op FROM tally.associations a
+    WHERE a.tenant = p_tenant AND a.user_id = p_user_id AND a.at <= p_at
+    ORDER BY a.at DESC, a.version DESC, a.account_id DESC
+    LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    ELSIF op.linked THEN
+        RETURN op.account_id;
+    END IF;
+    FOR op IN
+        SELECT a.account_id, a.linked FROM tally.associations a
+        WHERE a.tenant = p_tenant AND a.user_id = p_user_id AND a.at <= p_at
+        ORDER BY a.at DESC, a.version DESC, a.account_id DESC
+    LOOP
+        IF op.account_id = ANY (unlinked) THEN
+            CONTINUE; -- a newer unlink of this account came first in the walk
+        END IF;
+        IF op.linked THEN
+            RETURN op.account_id;
+        END IF;
+        unlinked := unlinked || op.account_id;
+    END LOOP;
+    RETURN NULL;
+END
 $$;
 -- +goose StatementEnd
 
 -- +goose Down
 DROP FUNCTION tally.account_at(text, text, timestamptz);
-DROP FUNCTION tally.merge_versions(jsonb, jsonb);
-DROP FUNCTION tally.merge_traits(jsonb, jsonb, jsonb, jsonb);
 DROP TABLE tally.aliases, tally.event_catalog, tally.events, tally.associations, tally.account_users,
     tally.users, tally.accounts;
