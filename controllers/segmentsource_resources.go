@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -249,12 +250,26 @@ func applyOwned[T annotatable[T]](ctx context.Context, r *SegmentSourceReconcile
 	}
 	r.Metrics.Applied(kind)
 	log.FromContext(ctx).V(1).Info("applied", "kind", kind, "name", key.Name, "created", !found)
-	// Read back what was written so status sees the new generation (the cache may lag behind).
-	if err := r.APIReader.Get(ctx, key, existing); err != nil {
+	// Take the object from the apply's own response, not from a second read: status must see
+	// the new generation (the cache may lag behind), and an edit landing between the apply and a
+	// read-back would be remembered as ours and never reverted.
+	if err := fromApplyResponse(ac, existing); err != nil {
 		return transient(ReasonReconcileError, err, "reading %s %q", kind, key.Name)
 	}
 	r.applied.remember(existing)
 	return nil
+}
+
+// fromApplyResponse copies the object the API server answered the apply with (the client has
+// decoded it into the apply configuration) into obj.
+func fromApplyResponse(ac runtime.ApplyConfiguration, obj client.Object) error {
+	raw, err := json.Marshal(ac)
+	if err != nil {
+		return err
+	}
+	v := reflect.ValueOf(obj).Elem()
+	v.Set(reflect.Zero(v.Type()))
+	return json.Unmarshal(raw, obj)
 }
 
 // appliedVersions remembers, per owned object, the version it had right after the operator's

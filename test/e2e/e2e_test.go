@@ -161,6 +161,11 @@ var _ = Describe("from kubectl apply to rows in Postgres", Ordered, func() {
 
 		Expect(post(receiver.url(8080), keyV2)).To(Equal(http.StatusOK))
 		Expect(post(receiver.url(8080), keyV1)).To(Equal(http.StatusUnauthorized))
+		Eventually(func() (int, error) {
+			var n int
+			err := db.QueryRow(ctx, `SELECT count(*) FROM tally.events WHERE tenant = 'acme' AND user_id = 'u2'`).Scan(&n)
+			return n, err
+		}).WithTimeout(30*time.Second).Should(Equal(1), "the event sent with the new key is stored once; the refused one never")
 	})
 
 	It("removes the stream on deletion and keeps the customer's rows", func() {

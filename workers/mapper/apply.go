@@ -32,20 +32,13 @@ func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *fo
 			return err
 		}
 		a := newApplier(tx, tenant, source)
-		steps := []struct {
-			name string
-			run  func(context.Context, *folded) error
-		}{
-			{"links", a.links}, {"memberships", a.memberships}, {"reresolve", a.reresolve},
-			{"events", a.events}, {"catalog", a.catalog}, {"accounts", a.accounts}, {"users", a.users},
-			{"lastSeen", a.lastSeen}, {"aliases", a.aliases},
+		steps := []func(context.Context, *folded) error{
+			a.links, a.memberships, a.reresolve, a.events, a.catalog, a.accounts, a.users, a.lastSeen, a.aliases,
 		}
 		for _, step := range steps {
-			t0 := time.Now()
-			if err := step.run(ctx, f); err != nil {
+			if err := step(ctx, f); err != nil {
 				return err
 			}
-			profStep(step.name, t0)
 		}
 		res.EventsInserted = a.inserted
 		return nil

@@ -9,17 +9,18 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Accounts, users and aliases: multi-row upserts merging each row with "newest version wins".
+// Accounts, users and aliases: set-based writes merging each row with "newest version wins".
 
-// entityArrays turns entity changes into the column arrays of an upsert.
+// entityArrays turns entity changes into the column arrays of an update or upsert.
 type entityArrays struct {
 	ids, traits, versions, names, nameVersions []string
+	oldest, newest                             []*string // range of the versions in versions
 	first, last                                []time.Time
 	seen, lastSeen                             []*time.Time
 }
 
 // newEntityArrays also computes each row's last_seen_at candidate: its own activity and the
-// newest event this transaction attributed to it (events, from eventMax).
+// newest event this transaction attributed to it (from eventMax).
 func newEntityArrays(changes []*entityChange, eventMax map[string]time.Time) (entityArrays, error) {
 	var e entityArrays
 	for _, c := range changes {
@@ -31,9 +32,11 @@ func newEntityArrays(changes []*entityChange, eventMax map[string]time.Time) (en
 		if err != nil {
 			return e, fmt.Errorf("%w: trait versions of %q: %v", errLocalData, c.ID, err)
 		}
+		oldest, newest := c.Traits.versionRange()
 		e.ids = append(e.ids, c.ID)
 		e.traits = append(e.traits, string(traits))
 		e.versions = append(e.versions, string(versions))
+		e.oldest, e.newest = append(e.oldest, oldest), append(e.newest, newest)
 		e.names = append(e.names, c.Name)
 		e.nameVersions = append(e.nameVersions, c.NameVersion)
 		e.first = append(e.first, c.FirstAt)
@@ -44,15 +47,28 @@ func newEntityArrays(changes []*entityChange, eventMax map[string]time.Time) (en
 	return e, nil
 }
 
-// mergeTraitsSQL sets traits and trait_versions of row r to their merge with EXCLUDED's, key by
-// key, keeping the value whose version is newest (Segment's merge: a key sent as null becomes
-// null, a key left out keeps its value), so merging is commutative. One pass over the incoming
-// keys only, inline: a SQL function cannot be inlined here and costs several times more per row.
-const mergeTraitsSQL = `(traits, trait_versions) = (
-		SELECT r.traits || coalesce(jsonb_object_agg(n.k, EXCLUDED.traits -> n.k), '{}'),
-			r.trait_versions || coalesce(jsonb_object_agg(n.k, n.v), '{}')
-		FROM jsonb_each(EXCLUDED.trait_versions) AS n(k, v)
-		WHERE n.v #>> '{}' COLLATE "C" > coalesce(r.trait_versions ->> n.k, '') COLLATE "C")`
+// without returns the rows whose id is not in done.
+func (e entityArrays) without(done map[string]bool) entityArrays {
+	var out entityArrays
+	for i, id := range e.ids {
+		if done[id] {
+			continue
+		}
+		out.ids = append(out.ids, id)
+		out.traits, out.versions = append(out.traits, e.traits[i]), append(out.versions, e.versions[i])
+		out.oldest, out.newest = append(out.oldest, e.oldest[i]), append(out.newest, e.newest[i])
+		out.names, out.nameVersions = append(out.names, e.names[i]), append(out.nameVersions, e.nameVersions[i])
+		out.first, out.last = append(out.first, e.first[i]), append(out.last, e.last[i])
+		out.seen, out.lastSeen = append(out.seen, e.seen[i]), append(out.lastSeen, e.lastSeen[i])
+	}
+	return out
+}
+
+// Accounts and users are written in two steps. Existing rows are updated in place, where the
+// batch's oldest trait version is at hand: when it is newer than the row's newest, the incoming
+// traits simply overwrite, which costs a fraction of comparing key by key. The rows that did not
+// exist are then inserted (as upserts, so the statement stays right even if one appeared
+// meanwhile) and get last_seen_at recomputed, as events about them may have been stored before.
 
 func (a *applier) accounts(ctx context.Context, f *folded) error {
 	if len(f.Accounts) == 0 {
@@ -62,31 +78,20 @@ func (a *applier) accounts(ctx context.Context, f *folded) error {
 	if err != nil {
 		return err
 	}
-	// A name is set only by a named call, and the newest named call wins.
-	rows, err := a.tx.Query(ctx, `
-		INSERT INTO tally.accounts AS r
-			(tenant, account_id, name, name_version, traits, trait_versions, created_at, updated_at, seen_at, last_seen_at)
-		SELECT $1, t.id, nullif(t.name, ''), nullif(t.name_version, ''), t.traits::jsonb, t.versions::jsonb,
-			t.first_at, t.last_at, t.seen_at, t.last_seen_at
-		FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-			$7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
-			AS t(id, name, name_version, traits, versions, first_at, last_at, seen_at, last_seen_at)
-		ORDER BY t.id
-		ON CONFLICT (tenant, account_id) DO UPDATE SET
-			name = CASE WHEN coalesce(EXCLUDED.name_version > r.name_version, EXCLUDED.name_version IS NOT NULL)
-				THEN EXCLUDED.name ELSE r.name END,
-			name_version = greatest(r.name_version, EXCLUDED.name_version),
-			`+mergeTraitsSQL+`,
-			created_at = least(r.created_at, EXCLUDED.created_at),
-			updated_at = greatest(r.updated_at, EXCLUDED.updated_at),
-			seen_at = greatest(r.seen_at, EXCLUDED.seen_at),
-			last_seen_at = greatest(r.last_seen_at, EXCLUDED.last_seen_at)
-		RETURNING r.account_id, r.xmax = 0`,
-		a.tenant, e.ids, e.names, e.nameVersions, e.traits, e.versions, e.first, e.last, e.seen, e.lastSeen)
+	updated, err := a.queryIDs(ctx, updateAccountsSQL, a.tenant, e.ids, e.names, e.nameVersions, e.traits, e.versions,
+		e.oldest, e.newest, e.first, e.last, e.seen, e.lastSeen)
 	if err != nil {
 		return err
 	}
-	return a.collectUpserted(rows, a.seen.upsertedAccounts, a.seen.recomputeAccounts)
+	if rest := e.without(updated); len(rest.ids) > 0 {
+		if _, err := a.queryIDs(ctx, upsertAccountsSQL, a.tenant, rest.ids, rest.names, rest.nameVersions, rest.traits,
+			rest.versions, rest.newest, rest.first, rest.last, rest.seen, rest.lastSeen); err != nil {
+			return err
+		}
+		markAll(a.seen.recomputeAccounts, rest.ids)
+	}
+	markAll(a.seen.upsertedAccounts, e.ids)
+	return nil
 }
 
 func (a *applier) users(ctx context.Context, f *folded) error {
@@ -97,41 +102,41 @@ func (a *applier) users(ctx context.Context, f *folded) error {
 	if err != nil {
 		return err
 	}
-	rows, err := a.tx.Query(ctx, `
-		INSERT INTO tally.users AS r (tenant, user_id, traits, trait_versions, created_at, updated_at, seen_at, last_seen_at)
-		SELECT $1, t.id, t.traits::jsonb, t.versions::jsonb, t.first_at, t.last_at, t.seen_at, t.last_seen_at
-		FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[],
-			$8::timestamptz[])
-			AS t(id, traits, versions, first_at, last_at, seen_at, last_seen_at)
-		ORDER BY t.id
-		ON CONFLICT (tenant, user_id) DO UPDATE SET
-			`+mergeTraitsSQL+`,
-			created_at = least(r.created_at, EXCLUDED.created_at),
-			updated_at = greatest(r.updated_at, EXCLUDED.updated_at),
-			seen_at = greatest(r.seen_at, EXCLUDED.seen_at),
-			last_seen_at = greatest(r.last_seen_at, EXCLUDED.last_seen_at)
-		RETURNING r.user_id, r.xmax = 0`,
-		a.tenant, e.ids, e.traits, e.versions, e.first, e.last, e.seen, e.lastSeen)
+	updated, err := a.queryIDs(ctx, updateUsersSQL, a.tenant, e.ids, e.traits, e.versions, e.oldest, e.newest,
+		e.first, e.last, e.seen, e.lastSeen)
 	if err != nil {
 		return err
 	}
-	return a.collectUpserted(rows, a.seen.upsertedUsers, a.seen.recomputeUsers)
+	if rest := e.without(updated); len(rest.ids) > 0 {
+		if _, err := a.queryIDs(ctx, upsertUsersSQL, a.tenant, rest.ids, rest.traits, rest.versions, rest.newest,
+			rest.first, rest.last, rest.seen, rest.lastSeen); err != nil {
+			return err
+		}
+		markAll(a.seen.recomputeUsers, rest.ids)
+	}
+	markAll(a.seen.upsertedUsers, e.ids)
+	return nil
 }
 
-// collectUpserted reads an upsert's (id, inserted) rows: every row took its event maximum, and a
-// row inserted now is recomputed, as events about it may have been stored before it existed.
-// (xmax is 0 exactly on a row version this statement inserted rather than updated.)
-func (a *applier) collectUpserted(rows pgx.Rows, upserted, recompute map[string]bool) error {
+// queryIDs runs a statement returning one id per row written.
+func (a *applier) queryIDs(ctx context.Context, sql string, args ...any) (map[string]bool, error) {
+	rows, err := a.tx.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	ids := map[string]bool{}
 	var id string
-	var inserted bool
-	_, err := pgx.ForEachRow(rows, []any{&id, &inserted}, func() error {
-		upserted[id] = true
-		if inserted {
-			recompute[id] = true
-		}
+	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
+		ids[id] = true
 		return nil
 	})
-	return err
+	return ids, err
+}
+
+func markAll(set map[string]bool, ids []string) {
+	for _, id := range ids {
+		set[id] = true
+	}
 }
 
 func (a *applier) aliases(ctx context.Context, f *folded) error {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"testing"
 	"time"
 
@@ -32,11 +31,7 @@ func BenchmarkWorker(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if os.Getenv("KEEPDB") == "" {
-		defer drop()
-	} else {
-		fmt.Fprintln(os.Stderr, "KEEPDB", url)
-	}
+	defer drop()
 	if err := Migrate(ctx, url); err != nil {
 		b.Fatal(err)
 	}
@@ -108,7 +103,6 @@ func BenchmarkWorker(b *testing.B) {
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	profTotals = map[string]time.Duration{}
 	b.ResetTimer()
 	began := time.Now()
 	go func() { done <- w.Run(runCtx) }()
@@ -127,7 +121,4 @@ func BenchmarkWorker(b *testing.B) {
 	cancel()
 	<-done
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
-	if b.N > 1 {
-		fmt.Fprintln(os.Stderr, ProfReport())
-	}
 }

@@ -3,7 +3,6 @@ package mapper
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -52,7 +51,6 @@ func (w *Worker) fetchLoop(ctx context.Context, consumer jetstream.Consumer, out
 }
 
 func (w *Worker) fetch(consumer jetstream.Consumer) fetched {
-	t0 := time.Now()
 	batch, err := consumer.Fetch(w.batchSize, jetstream.FetchMaxWait(w.maxWait))
 	if err != nil {
 		return fetched{err: err}
@@ -72,7 +70,6 @@ func (w *Worker) fetch(consumer jetstream.Consumer) fetched {
 	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		f.err = err
 	}
-	profStep("GO fetch+parse", t0)
 	if len(f.items) > 0 {
 		src := w.source.Load()
 		f.prepared = &preparedFold{src: src, folded: fold(messagesOf(f.items), src.AccountProperty)}

@@ -32,6 +32,19 @@ func (t *traitSet) merge(traits map[string]json.RawMessage, version string) {
 	}
 }
 
+// versionRange is the oldest and newest version of the set's keys (nil, nil when it has none).
+func (t *traitSet) versionRange() (oldest, newest *string) {
+	for _, v := range t.versions {
+		if oldest == nil || v < *oldest {
+			oldest = &v
+		}
+		if newest == nil || v > *newest {
+			newest = &v
+		}
+	}
+	return oldest, newest
+}
+
 // entityChange is what a batch does to one account or user.
 type entityChange struct {
 	ID     string

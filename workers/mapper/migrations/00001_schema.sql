@@ -15,6 +15,9 @@ CREATE TABLE tally.accounts (
     name_version   text COLLATE "C",                 -- bookkeeping: version of the call that set name
     trait_versions jsonb       NOT NULL DEFAULT '{}', -- bookkeeping: trait key -> version that set it
     seen_at        timestamptz,                       -- bookkeeping: newest call about the account itself
+    -- bookkeeping: newest version in trait_versions; when every version a batch brings is newer,
+    -- its traits simply overwrite (the merge's fast path).
+    traits_newest  text COLLATE "C",
     PRIMARY KEY (tenant, account_id)
 );
 
@@ -27,6 +30,7 @@ CREATE TABLE tally.users (
     last_seen_at   timestamptz,
     trait_versions jsonb       NOT NULL DEFAULT '{}', -- bookkeeping
     seen_at        timestamptz,                       -- bookkeeping
+    traits_newest  text COLLATE "C",                  -- bookkeeping
     PRIMARY KEY (tenant, user_id)
 );
 
