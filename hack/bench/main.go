@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -30,7 +31,20 @@ func main() {
 	flag.StringVar(&out, "out", "bench-results.json", "where to write the JSON report")
 	flag.StringVar(&adminURL, "database-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
 		"Postgres server to create the bench's fresh database on")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (receiver, workers, embedded NATS, load) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if s.Quick {
 		duration, freshDuration = 5*time.Second, 10*time.Second
 	}
@@ -49,6 +63,7 @@ func main() {
 			settings: s, log: log,
 		})
 		if err != nil {
+			pprof.StopCPUProfile()
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}

@@ -93,46 +93,45 @@ func (e *env) copyCeiling(ctx context.Context, res *Result) error {
 // ingestBatches is the closed-loop ingest of 100-message batches, workers off: the receiver's
 // accepted events/s with durable acks, and its latency.
 func (e *env) ingestBatches(ctx context.Context, res *Result) error {
-	src, err := e.newSource(ctx, "batch")
+	run, err := e.ingestOnly(ctx, "batch", batchTemplates(3, 64, e.cfg.settings.BatchSize), e.cfg.settings.BatchSize)
 	if err != nil {
 		return err
 	}
-	if err := e.serve(src); err != nil {
-		return err
-	}
-	run := e.closedLoop(ctx, src, batchTemplates(3, 64, e.cfg.settings.BatchSize), e.cfg.settings.BatchSize)
 	res.IngestBatch100EventsPerS = run.eventsPerSecond()
 	res.IngestBatch100P50Ms = percentileMs(run.latencies, 50)
 	res.IngestBatch100P99Ms = percentileMs(run.latencies, 99)
 	res.Rejected += run.rejected
-	return stream.Delete(ctx, e.js, src.Stream())
+	return nil
 }
 
 // ingestSingles is the closed-loop ingest of one message per request.
 func (e *env) ingestSingles(ctx context.Context, res *Result) error {
-	src, err := e.newSource(ctx, "single")
+	run, err := e.ingestOnly(ctx, "single", singleTemplates(4, 512), 1)
 	if err != nil {
 		return err
 	}
-	if err := e.serve(src); err != nil {
-		return err
-	}
-	run := e.closedLoop(ctx, src, singleTemplates(4, 512), 1)
 	res.IngestSingleEventsPerS = run.eventsPerSecond()
 	res.IngestSingleP50Ms = percentileMs(run.latencies, 50)
 	res.IngestSingleP99Ms = percentileMs(run.latencies, 99)
 	res.Rejected += run.rejected
-	return stream.Delete(ctx, e.js, src.Stream())
+	return nil
+}
+
+// ingestOnly runs a closed loop against a fresh source with no workers, then removes its stream.
+func (e *env) ingestOnly(ctx context.Context, name string, templates []template, perRequest int) (loadRun, error) {
+	src, err := e.newServedSource(ctx, name)
+	if err != nil {
+		return loadRun{}, err
+	}
+	run := e.closedLoop(ctx, src, templates, perRequest)
+	return run, stream.Delete(ctx, e.js, src.Stream())
 }
 
 // endToEnd drives the batch load with workers running and counts from the first request to the
 // moment every accepted message is committed (its ack follows the commit).
 func (e *env) endToEnd(ctx context.Context, res *Result) error {
-	src, err := e.newSource(ctx, "e2e")
+	src, err := e.newServedSource(ctx, "e2e")
 	if err != nil {
-		return err
-	}
-	if err := e.serve(src); err != nil {
 		return err
 	}
 	stop, err := e.startWorkers(ctx, src, 1)
@@ -153,11 +152,8 @@ func (e *env) endToEnd(ctx context.Context, res *Result) error {
 // freshness sends at a steady open-loop rate with workers running and measures, per track call,
 // the time from the client's send to its row being visible in tally.events.
 func (e *env) freshness(ctx context.Context, res *Result) error {
-	src, err := e.newSource(ctx, "fresh")
+	src, err := e.newServedSource(ctx, "fresh")
 	if err != nil {
-		return err
-	}
-	if err := e.serve(src); err != nil {
 		return err
 	}
 	stop, err := e.startWorkers(ctx, src, 1)

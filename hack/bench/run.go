@@ -120,8 +120,14 @@ func (e *env) newSource(ctx context.Context, name string) (*source.Config, error
 	return src, nil
 }
 
-// serve points the receiver at exactly one source.
-func (e *env) serve(src *source.Config) error { return e.recv.SetSources([]*source.Config{src}) }
+// newServedSource makes a fresh source and points the receiver at it alone.
+func (e *env) newServedSource(ctx context.Context, name string) (*source.Config, error) {
+	src, err := e.newSource(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return src, e.recv.SetSources([]*source.Config{src})
+}
 
 // startWorkers runs n workers on src until the returned stop is called.
 func (e *env) startWorkers(ctx context.Context, src *source.Config, n int) (stop func(), err error) {
