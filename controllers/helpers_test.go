@@ -6,9 +6,11 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	gomegatypes "github.com/onsi/gomega/types"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -253,4 +255,10 @@ func updateSource(key client.ObjectKey, mutate func(*tallyv1.SegmentSource)) *ta
 		return k8s.Update(ctx, s)
 	})).To(Succeed())
 	return s
+}
+
+// EqualSemantically matches what equality.Semantic.DeepEqual calls equal: quantities by value, so
+// "1Gi" read back from the API server equals resource.MustParse("1Gi").
+func EqualSemantically(want any) gomegatypes.GomegaMatcher {
+	return WithTransform(func(got any) bool { return equality.Semantic.DeepEqual(got, want) }, BeTrue())
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -61,6 +62,10 @@ type Config struct {
 	Interval time.Duration
 	// NATSTimeout bounds each JetStream request.
 	NATSTimeout time.Duration
+	// ReceiverResources and WorkerResources are the containers' resources for a source whose spec
+	// sets none of its own.
+	ReceiverResources corev1.ResourceRequirements
+	WorkerResources   corev1.ResourceRequirements
 }
 
 // SegmentSourceReconciler reconciles SegmentSources.

@@ -12,6 +12,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
@@ -83,7 +84,10 @@ var _ = Describe("SegmentSource", func() {
 		Expect(c.Image).To(Equal(workloadImage))
 		Expect(c.Command).To(Equal([]string{"/tally"}))
 		Expect(c.Args).To(Equal([]string{"receiver", "--listen=:8080", "--nats-url=" + natsURL,
-			"--source-config=/etc/tally/source/source.json", "--write-keys-file=/etc/tally/write-keys/writeKey"}))
+			"--source-config=/etc/tally/source/source.json", "--write-keys-file=/etc/tally/write-keys/writeKey",
+			"--shutdown-delay=5s"}))
+		Expect(pod.TerminationGracePeriodSeconds).To(HaveValue(BeNumerically(">", 10)),
+			"time for the shutdown delay and the requests in flight")
 		Expect(*c.SecurityContext.ReadOnlyRootFilesystem).To(BeTrue())
 		Expect(*c.SecurityContext.AllowPrivilegeEscalation).To(BeFalse())
 		Expect(c.SecurityContext.Capabilities.Drop).To(ConsistOf(corev1.Capability("ALL")))
@@ -306,6 +310,30 @@ var _ = Describe("SegmentSource", func() {
 		Expect(env[0].ValueFrom.SecretKeyRef.Key).To(Equal("url"))
 		Eventually(func() bool { return notFound(k8s.Get(ctx, copyKey, &corev1.Secret{})) }, "10s").Should(BeTrue(),
 			"the unused copy of the manager's database Secret is removed")
+	})
+
+	It("gives pods the manager's default resources unless the source sets its own", func() {
+		s := newSource(ns, "sized")
+		ownWorker := corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("1Gi")},
+		}
+		s.Spec.Worker.Resources = ownWorker
+		createSource(s, true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+
+		containerResources := func(name string) func() corev1.ResourceRequirements {
+			return func() corev1.ResourceRequirements {
+				return deployment(ns, name).Spec.Template.Spec.Containers[0].Resources
+			}
+		}
+		Expect(containerResources("sized-receiver")()).To(EqualSemantically(resources.DefaultReceiverResources()), "the manager's default")
+		Expect(containerResources("sized-worker")()).To(EqualSemantically(ownWorker), "the source's own, not merged with the default")
+
+		By("replacing the default once the source sets receiver resources")
+		ownReceiver := corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}
+		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Receiver.Resources = ownReceiver })
+		Eventually(containerResources("sized-receiver"), "20s").Should(EqualSemantically(ownReceiver))
 	})
 
 	It("rolls the receivers out when the write key is rotated in the Secret", func() {

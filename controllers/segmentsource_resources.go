@@ -177,6 +177,9 @@ func (r *SegmentSourceReconciler) inputs(st *reconcileState) resources.Inputs {
 		WriteKeyHash: st.writeKeyHash,
 		Database:     st.database,
 		NATSCreds:    st.natsCreds,
+
+		ReceiverResources: r.Config.ReceiverResources,
+		WorkerResources:   r.Config.WorkerResources,
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/tallyhq/tally/controllers/manager"
+	"github.com/tallyhq/tally/controllers/resources"
 	"github.com/tallyhq/tally/workers/natsserver"
 )
 
@@ -177,6 +178,9 @@ func startManager() {
 		ProbeAddr:          "0",
 		GracefulShutdown:   5 * time.Second,
 		EventRecorderName:  "tally-operator",
+		// What `tally manager` runs with when neither --receiver-resources nor --worker-resources is given.
+		ReceiverResources: resources.DefaultReceiverResources(),
+		WorkerResources:   resources.DefaultWorkerResources(),
 	}
 	mgr, err := manager.NewManager(managerCfg, opts)
 	Expect(err).NotTo(HaveOccurred())

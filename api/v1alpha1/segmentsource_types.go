@@ -73,6 +73,9 @@ type ReceiverSpec struct {
 	// +optional
 	Replicas *int32 `json:"replicas,omitempty"`
 
+	// Resources of the receiver container. When neither requests nor limits are set, the
+	// operator's default applies (`tally manager --receiver-resources`); when set, they replace
+	// that default as a whole.
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
 
@@ -100,6 +103,9 @@ type WorkerSpec struct {
 	// +optional
 	Replicas *int32 `json:"replicas,omitempty"`
 
+	// Resources of the worker container. When neither requests nor limits are set, the
+	// operator's default applies (`tally manager --worker-resources`); when set, they replace
+	// that default as a whole.
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
 

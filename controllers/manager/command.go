@@ -56,6 +56,9 @@ type Options struct {
 	WatchNamespace     string
 	RequeueInterval    time.Duration
 	NATSTimeout        time.Duration
+	// ReceiverResources and WorkerResources apply to sources whose spec sets no resources.
+	ReceiverResources corev1.ResourceRequirements
+	WorkerResources   corev1.ResourceRequirements
 
 	MetricsAddr       string
 	ProbeAddr         string
@@ -72,7 +75,10 @@ type Options struct {
 
 // NewCommand is `tally manager`.
 func NewCommand() *cobra.Command {
-	o := &Options{}
+	o := &Options{
+		ReceiverResources: resources.DefaultReceiverResources(),
+		WorkerResources:   resources.DefaultWorkerResources(),
+	}
 	cmd := &cobra.Command{
 		Use:   "manager",
 		Short: "Run the operator: reconcile SegmentSources into receivers, workers and JetStream streams",
@@ -105,6 +111,8 @@ account or ~/.kube/config, in that order. Every flag may also be set as TALLY_<F
 	f.StringVar(&o.WatchNamespace, "watch-namespace", "", "reconcile SegmentSources of this namespace only (default: all)")
 	f.DurationVar(&o.RequeueInterval, "requeue-interval", 15*time.Second, "how often each source's stream, consumer and message status are re-checked (±10% jitter)")
 	f.DurationVar(&o.NATSTimeout, "nats-timeout", 5*time.Second, "timeout of each JetStream request")
+	f.Var(resourcesFlag{&o.ReceiverResources}, "receiver-resources", "resources (JSON ResourceRequirements) of receiver containers whose SegmentSource sets none in spec.receiver.resources; {} for none")
+	f.Var(resourcesFlag{&o.WorkerResources}, "worker-resources", "resources (JSON ResourceRequirements) of worker containers whose SegmentSource sets none in spec.worker.resources; {} for none")
 	f.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint; 0 disables it")
 	f.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
 	f.BoolVar(&o.LeaderElect, "leader-elect", true, "elect a leader, so only one manager replica reconciles at a time")
@@ -228,6 +236,8 @@ func SetupWithMetrics(mgr ctrl.Manager, o *Options, n controllers.NATS, m *contr
 			NATSCredsSecretKey: o.NATSCredsSecretKey,
 			Interval:           o.RequeueInterval,
 			NATSTimeout:        o.NATSTimeout,
+			ReceiverResources:  o.ReceiverResources,
+			WorkerResources:    o.WorkerResources,
 		},
 	}
 	return r.SetupWithManager(mgr)

@@ -14,10 +14,13 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	gomegatypes "github.com/onsi/gomega/types"
 	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -35,6 +38,67 @@ func TestNATSURLIsRequired(t *testing.T) {
 	cmd.SetErr(io.Discard)
 	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "--nats-url is required") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestResourcesFlags(t *testing.T) {
+	t.Run("default to the built-in resources", func(t *testing.T) {
+		f := manager.NewCommand().Flags()
+		if err := f.Parse(nil); err != nil {
+			t.Fatal(err)
+		}
+		for name, want := range map[string]string{
+			"receiver-resources": `{"limits":{"memory":"256Mi"},"requests":{"cpu":"100m","memory":"64Mi"}}`,
+			"worker-resources":   `{"limits":{"memory":"512Mi"},"requests":{"cpu":"100m","memory":"128Mi"}}`,
+		} {
+			if got := f.Lookup(name).Value.String(); got != want {
+				t.Errorf("--%s = %s, want %s", name, got, want)
+			}
+		}
+	})
+
+	for _, tc := range []struct {
+		name, value, want string
+	}{
+		{"requests and limits", `{"requests":{"cpu":"250m","memory":"1Gi"},"limits":{"cpu":2,"memory":"2Gi"}}`,
+			`{"limits":{"cpu":"2","memory":"2Gi"},"requests":{"cpu":"250m","memory":"1Gi"}}`},
+		{"none at all", `{}`, `{}`},
+		{"null, as Helm renders `resources: null`", `null`, `{}`},
+		{"extended resources", `{"limits":{"example.com/gpu":"1"}}`, `{"limits":{"example.com/gpu":"1"}}`},
+	} {
+		t.Run("accepts "+tc.name, func(t *testing.T) {
+			f := manager.NewCommand().Flags()
+			if err := f.Parse([]string{"--worker-resources=" + tc.value}); err != nil {
+				t.Fatal(err)
+			}
+			if got := f.Lookup("worker-resources").Value.String(); got != tc.want {
+				t.Errorf("--worker-resources = %s, want %s", got, tc.want)
+			}
+		})
+	}
+
+	for _, tc := range []struct {
+		name, value, complaint string
+	}{
+		{"not JSON", `cpu=100m`, `want JSON like {"requests":`},
+		{"a misspelt field", `{"request":{"cpu":"100m"}}`, `unknown field "request"`},
+		{"a quantity that is not one", `{"requests":{"memory":"lots"}}`, `quantities must match`},
+		{"an unknown resource", `{"requests":{"cpus":"1"}}`, `requests.cpus: not a container resource`},
+		{"a request above its limit", `{"requests":{"memory":"1Gi"},"limits":{"memory":"512Mi"}}`, `requests.memory (1Gi) is more than limits.memory (512Mi)`},
+		{"a negative quantity", `{"limits":{"memory":"-1Gi"}}`, `limits.memory must not be negative`},
+		{"resource claims", `{"claims":[{"name":"gpu"}]}`, `claims are not supported`},
+		{"two objects", `{}{}`, `trailing data`},
+	} {
+		t.Run("refuses "+tc.name+" at start-up", func(t *testing.T) {
+			cmd := manager.NewCommand()
+			cmd.SetArgs([]string{"--nats-url=nats://127.0.0.1:1", "--receiver-resources=" + tc.value})
+			cmd.SetOut(io.Discard)
+			cmd.SetErr(io.Discard)
+			err := cmd.Execute()
+			if err == nil || !strings.Contains(err.Error(), "--receiver-resources") || !strings.Contains(err.Error(), tc.complaint) {
+				t.Errorf("err = %v, want one naming --receiver-resources and saying %q", err, tc.complaint)
+			}
+		})
 	}
 }
 
@@ -89,6 +153,7 @@ func TestManagerCommand(t *testing.T) {
 		"--nats-creds-secret=nats-creds",
 		"--manager-namespace=tally-system",
 		"--workload-image=registry.example/tally:v1",
+		`--receiver-resources={"requests":{"cpu":"300m","memory":"200Mi"},"limits":{"memory":"400Mi"}}`,
 		"--metrics-bind-address=" + metricsAddr,
 		"--health-probe-bind-address=" + probeAddr,
 		"--leader-elect=true",
@@ -137,12 +202,27 @@ func TestManagerCommand(t *testing.T) {
 	g.Expect(c.Get(ctx, types.NamespacedName{Namespace: "tenants", Name: "web-receiver"}, recv)).To(Succeed())
 	g.Expect(recv.Spec.Template.Spec.Containers[0].Image).To(Equal("registry.example/tally:v1"))
 	g.Expect(recv.Spec.Template.Spec.Containers[0].Args).To(ContainElement("--nats-creds=/etc/tally/nats/nats.creds"))
+	g.Expect(recv.Spec.Template.Spec.Containers[0].Resources).To(equalSemantically(corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("300m"), corev1.ResourceMemory: resource.MustParse("200Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("400Mi")},
+	}), "--receiver-resources")
+	worker := &appsv1.Deployment{}
+	g.Expect(c.Get(ctx, types.NamespacedName{Namespace: "tenants", Name: "web-worker"}, worker)).To(Succeed())
+	g.Expect(worker.Spec.Template.Spec.Containers[0].Resources).To(equalSemantically(corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
+	}), "the built-in worker resources, as no --worker-resources was given")
 	creds := &corev1.Secret{}
 	g.Expect(c.Get(ctx, types.NamespacedName{Namespace: "tenants", Name: "web-nats-creds"}, creds)).To(Succeed())
 	g.Expect(string(creds.Data["nats.creds"])).To(Equal("-----BEGIN NATS USER JWT-----"))
 
 	g.Eventually(func() (string, error) { return httpBody("http://" + metricsAddr + "/metrics") }, "10s").Should(
 		ContainSubstring(`tally_segmentsource_condition{name="web",namespace="tenants",status="False",type="Ready"} 1`))
+}
+
+// equalSemantically compares quantities by value, as the API server may return them in another form.
+func equalSemantically(want any) gomegatypes.GomegaMatcher {
+	return WithTransform(func(got any) bool { return equality.Semantic.DeepEqual(got, want) }, BeTrue())
 }
 
 func freeAddr(t *testing.T) string {

@@ -2,9 +2,11 @@ package resources
 
 import (
 	"fmt"
+	"time"
 
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	autoscalingv2ac "k8s.io/client-go/applyconfigurations/autoscaling/v2"
@@ -38,7 +40,47 @@ type Inputs struct {
 	Database SecretKey
 	// NATSCreds, when set, is a Secret in the source's namespace holding the NATS credentials file.
 	NATSCreds *SecretKey
+	// ReceiverResources and WorkerResources are the manager's defaults (--receiver-resources,
+	// --worker-resources), used for a source whose spec sets no resources of its own.
+	ReceiverResources corev1.ResourceRequirements
+	WorkerResources   corev1.ResourceRequirements
 }
+
+// DefaultReceiverResources are the manager's built-in receiver resources: enough to schedule the
+// pod sensibly, a memory limit so a leak cannot starve its node, and no CPU limit (throttling
+// would only add latency to requests waiting for PubAcks).
+func DefaultReceiverResources() corev1.ResourceRequirements {
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
+	}
+}
+
+// DefaultWorkerResources are the manager's built-in worker resources. Workers hold a fetched batch
+// and its fold in memory, so they get more than receivers; again no CPU limit.
+func DefaultWorkerResources() corev1.ResourceRequirements {
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
+	}
+}
+
+// How a receiver stops (see `tally receiver --shutdown-delay`): on SIGTERM it turns /readyz to
+// 503 and keeps serving for ReceiverShutdownDelay while endpoints and load balancers catch up,
+// then finishes the requests in flight, each of which waits at most the receiver's publish
+// timeout for its PubAcks. The grace period covers both with a wide margin, so the kubelet never
+// kills a receiver that is still answering.
+const (
+	ReceiverShutdownDelay = 5 * time.Second
+	// receiverPublishTimeout is `tally receiver`'s default --publish-timeout, which the operator
+	// does not override.
+	receiverPublishTimeout                = 5 * time.Second
+	receiverShutdownMargin                = 20 * time.Second
+	ReceiverTerminationGracePeriodSeconds = int64((ReceiverShutdownDelay + receiverPublishTimeout + receiverShutdownMargin) / time.Second)
+	// receiverReadinessPeriodSeconds is short against ReceiverShutdownDelay, so the kubelet sees the
+	// 503 well before the receiver stops serving.
+	receiverReadinessPeriodSeconds = 2
+)
 
 // ConfigData is the ConfigMap payload of a source: its settings as the receiver and workers read
 // them, never its write keys.
@@ -118,6 +160,7 @@ func ReceiverDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 		"--nats-url=" + in.NATSURL,
 		"--source-config=" + ConfigMountPath + "/" + source.ConfigFileName,
 		"--write-keys-file=" + WriteKeysMountPath + "/" + s.WriteKeyKey(),
+		"--shutdown-delay=" + ReceiverShutdownDelay.String(),
 	}
 	volumes := []*corev1ac.VolumeApplyConfiguration{
 		tmpVolume(),
@@ -145,15 +188,17 @@ func ReceiverDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 		WithArgs(args...).
 		WithPorts(corev1ac.ContainerPort().WithName("http").WithContainerPort(ReceiverPort).WithProtocol(corev1.ProtocolTCP)).
 		WithLivenessProbe(httpProbe("/healthz", "http", 3)).
-		WithReadinessProbe(httpProbe("/readyz", "http", 1)).
-		WithResources(resources(s.Spec.Receiver.Resources)).
+		WithReadinessProbe(httpProbe("/readyz", "http", 1).WithPeriodSeconds(receiverReadinessPeriodSeconds)).
+		WithResources(resources(s.Spec.Receiver.Resources, in.ReceiverResources)).
 		WithSecurityContext(containerSecurityContext()).
 		WithVolumeMounts(mounts...)
 
+	template := podTemplate(s, ComponentReceiver, annotations, container, volumes)
+	template.Spec.WithTerminationGracePeriodSeconds(ReceiverTerminationGracePeriodSeconds)
 	spec := appsv1ac.DeploymentSpec().
 		WithSelector(metav1ac.LabelSelector().WithMatchLabels(SelectorLabels(s, ComponentReceiver))).
 		WithStrategy(rollingUpdate()).
-		WithTemplate(podTemplate(s, ComponentReceiver, annotations, container, volumes))
+		WithTemplate(template)
 	if r := ReceiverReplicas(s); r != nil {
 		spec.WithReplicas(*r)
 	}
@@ -199,7 +244,7 @@ func WorkerDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 		WithPorts(corev1ac.ContainerPort().WithName("metrics").WithContainerPort(WorkerMetricsPort).WithProtocol(corev1.ProtocolTCP)).
 		WithLivenessProbe(httpProbe("/healthz", "metrics", 3)).
 		WithReadinessProbe(httpProbe("/readyz", "metrics", 1)).
-		WithResources(resources(s.Spec.Worker.Resources)).
+		WithResources(resources(s.Spec.Worker.Resources, in.WorkerResources)).
 		WithSecurityContext(containerSecurityContext()).
 		WithVolumeMounts(mounts...)
 
@@ -359,7 +404,13 @@ func withNATSCreds(in Inputs, args []string, volumes []*corev1ac.VolumeApplyConf
 	return args, volumes, mounts
 }
 
-func resources(r corev1.ResourceRequirements) *corev1ac.ResourceRequirementsApplyConfiguration {
+// resources are the source's own resources when it sets any, else the manager's default. The spec
+// replaces the default as a whole: a source that sets only requests gets no default limits.
+func resources(spec, fallback corev1.ResourceRequirements) *corev1ac.ResourceRequirementsApplyConfiguration {
+	r := spec
+	if len(r.Requests) == 0 && len(r.Limits) == 0 {
+		r = fallback
+	}
 	ac := corev1ac.ResourceRequirements()
 	if len(r.Requests) > 0 {
 		ac.WithRequests(r.Requests)

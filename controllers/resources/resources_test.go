@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
@@ -16,6 +17,7 @@ import (
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/resources"
+	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/source"
 )
 
@@ -169,7 +171,7 @@ func TestContainerContract(t *testing.T) {
 	rc := recv.Spec.Template.Spec.Containers[0]
 	wantArgs := []string{"receiver", "--listen=:8080", "--nats-url=nats://nats:4222",
 		"--source-config=/etc/tally/source/source.json", "--write-keys-file=/etc/tally/write-keys/keys",
-		"--nats-creds=/etc/tally/nats/nats.creds"}
+		"--shutdown-delay=5s", "--nats-creds=/etc/tally/nats/nats.creds"}
 	if !slices.Equal(rc.Args, wantArgs) || !slices.Equal(rc.Command, []string{"/tally"}) || rc.Image != "img:1" {
 		t.Errorf("receiver command %v args %v image %s", rc.Command, rc.Args, rc.Image)
 	}
@@ -215,6 +217,139 @@ func TestContainerContract(t *testing.T) {
 		if v.Name == "write-keys" {
 			t.Error("write keys mounted into workers")
 		}
+	}
+}
+
+func TestDefaultResources(t *testing.T) {
+	mustList := func(pairs ...string) corev1.ResourceList {
+		l := corev1.ResourceList{}
+		for i := 0; i < len(pairs); i += 2 {
+			l[corev1.ResourceName(pairs[i])] = resource.MustParse(pairs[i+1])
+		}
+		return l
+	}
+	receiverDefault := corev1.ResourceRequirements{Requests: mustList("cpu", "250m", "memory", "96Mi"), Limits: mustList("memory", "300Mi")}
+	workerDefault := corev1.ResourceRequirements{Requests: mustList("cpu", "500m", "memory", "1Gi"), Limits: mustList("memory", "2Gi")}
+	for _, tc := range []struct {
+		name                     string
+		mutate                   func(*tallyv1.SegmentSource)
+		receiverDefault          corev1.ResourceRequirements
+		workerDefault            corev1.ResourceRequirements
+		wantReceiver, wantWorker corev1.ResourceRequirements
+	}{
+		{
+			name:            "a source without resources gets the manager's defaults",
+			mutate:          func(*tallyv1.SegmentSource) {},
+			receiverDefault: receiverDefault, workerDefault: workerDefault,
+			wantReceiver: receiverDefault, wantWorker: workerDefault,
+		},
+		{
+			name: "the source's resources win, as a whole",
+			mutate: func(s *tallyv1.SegmentSource) {
+				s.Spec.Receiver.Resources = corev1.ResourceRequirements{Requests: mustList("cpu", "1")}
+				s.Spec.Worker.Resources = corev1.ResourceRequirements{Limits: mustList("memory", "4Gi")}
+			},
+			receiverDefault: receiverDefault, workerDefault: workerDefault,
+			wantReceiver: corev1.ResourceRequirements{Requests: mustList("cpu", "1")},
+			wantWorker:   corev1.ResourceRequirements{Limits: mustList("memory", "4Gi")},
+		},
+		{
+			name: "each component falls back on its own",
+			mutate: func(s *tallyv1.SegmentSource) {
+				s.Spec.Worker.Resources = corev1.ResourceRequirements{Requests: mustList("memory", "3Gi")}
+			},
+			receiverDefault: receiverDefault, workerDefault: workerDefault,
+			wantReceiver: receiverDefault,
+			wantWorker:   corev1.ResourceRequirements{Requests: mustList("memory", "3Gi")},
+		},
+		{
+			name:   "no defaults ({} on the manager) and none in the spec: none",
+			mutate: func(*tallyv1.SegmentSource) {},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := inputs(sample(tc.mutate))
+			in.ReceiverResources, in.WorkerResources = tc.receiverDefault, tc.workerDefault
+			recv := typed[appsv1.Deployment](t, resources.ReceiverDeployment(in)).Spec.Template.Spec.Containers[0]
+			if !equalResources(recv.Resources, tc.wantReceiver) {
+				t.Errorf("receiver resources = %+v, want %+v", recv.Resources, tc.wantReceiver)
+			}
+			worker := typed[appsv1.Deployment](t, resources.WorkerDeployment(in)).Spec.Template.Spec.Containers[0]
+			if !equalResources(worker.Resources, tc.wantWorker) {
+				t.Errorf("worker resources = %+v, want %+v", worker.Resources, tc.wantWorker)
+			}
+		})
+	}
+}
+
+func TestBuiltInDefaultResources(t *testing.T) {
+	for name, r := range map[string]corev1.ResourceRequirements{
+		"receiver": resources.DefaultReceiverResources(),
+		"worker":   resources.DefaultWorkerResources(),
+	} {
+		if r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() {
+			t.Errorf("%s: requests = %v, want cpu and memory so the scheduler can place the pod", name, r.Requests)
+		}
+		if r.Limits.Memory().Cmp(*r.Requests.Memory()) < 0 {
+			t.Errorf("%s: memory limit %v below the request %v", name, r.Limits.Memory(), r.Requests.Memory())
+		}
+		if _, ok := r.Limits[corev1.ResourceCPU]; ok {
+			t.Errorf("%s: a CPU limit throttles the pod", name)
+		}
+	}
+	// Callers get a copy: changing one must not change the next.
+	r := resources.DefaultReceiverResources()
+	r.Requests[corev1.ResourceCPU] = resource.MustParse("8")
+	if fresh := resources.DefaultReceiverResources(); fresh.Requests.Cpu().String() != "100m" {
+		got := fresh.Requests.Cpu().String()
+		t.Errorf("default receiver cpu request changed to %s", got)
+	}
+}
+
+func equalResources(a, b corev1.ResourceRequirements) bool {
+	equal := func(x, y corev1.ResourceList) bool {
+		if len(x) != len(y) {
+			return false
+		}
+		for k, v := range x {
+			if w, ok := y[k]; !ok || v.Cmp(w) != 0 {
+				return false
+			}
+		}
+		return true
+	}
+	return equal(a.Requests, b.Requests) && equal(a.Limits, b.Limits)
+}
+
+// TestReceiverStopsGracefully checks the pod spec leaves a stopping receiver the time its command
+// needs: the shutdown delay it is started with (unready but serving), then its requests in
+// flight, each waiting at most the receiver's publish timeout for PubAcks.
+func TestReceiverStopsGracefully(t *testing.T) {
+	pod := typed[appsv1.Deployment](t, resources.ReceiverDeployment(inputs(sample()))).Spec.Template.Spec
+	c := pod.Containers[0]
+	var delay time.Duration
+	for _, arg := range c.Args {
+		if v, ok := strings.CutPrefix(arg, "--shutdown-delay="); ok {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			delay = d
+		}
+	}
+	if delay < 3*time.Second {
+		t.Errorf("--shutdown-delay = %v: too short for endpoints to stop routing to the pod", delay)
+	}
+	if pod.TerminationGracePeriodSeconds == nil {
+		t.Fatal("no terminationGracePeriodSeconds")
+	}
+	grace := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
+	if need := delay + receiver.DefaultPublishTimeout + 10*time.Second; grace < need {
+		t.Errorf("terminationGracePeriodSeconds = %v, want at least %v (delay + publish timeout + margin)", grace, need)
+	}
+	p := c.ReadinessProbe
+	if detect := time.Duration(p.PeriodSeconds*p.FailureThreshold+p.TimeoutSeconds) * time.Second; detect >= delay {
+		t.Errorf("readiness probe notices a 503 after up to %v, not within the %v delay", detect, delay)
 	}
 }
 

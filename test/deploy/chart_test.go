@@ -58,6 +58,8 @@ var _ = Describe("Helm chart", func() {
 			Entry("a NATS URL without scheme", "nats.url=nats.default.svc:4222", "nats/url"),
 			Entry("a duration that is not a duration", "manager.leaderElection.leaseDuration=fifteen", "leaseDuration"),
 			Entry("a database Secret created without a URL", "database.create=true", "database/url"),
+			Entry("a misspelt resources key", "workload.receiver.resources.request.cpu=1", "additional properties 'request' not allowed"),
+			Entry("a quantity that is not one", "workload.worker.resources.limits.memory=lots", "workload/worker/resources/limits/memory"),
 		)
 
 		It("is valid JSON and closes every object it declares", func() {
@@ -112,6 +114,8 @@ var _ = Describe("Helm chart", func() {
 				"manager",
 				"--nats-url=nats://nats:4222",
 				"--workload-image=" + image,
+				`--receiver-resources={"limits":{"memory":"256Mi"},"requests":{"cpu":"100m","memory":"64Mi"}}`,
+				`--worker-resources={"limits":{"memory":"512Mi"},"requests":{"cpu":"100m","memory":"128Mi"}}`,
 				"--database-secret=tally-database",
 				"--database-secret-key=url",
 				"--metrics-bind-address=:8080",
@@ -294,6 +298,8 @@ var _ = Describe("Helm chart", func() {
 				"--nats-creds-secret=tally-nats",
 				"--nats-creds-secret-key=tally.creds",
 				"--workload-image=registry.example.com/mirror/tally-workload:1.2.3",
+				`--receiver-resources={"limits":{},"requests":{"cpu":"250m","memory":"64Mi"}}`,
+				`--worker-resources={"limits":{"cpu":2,"memory":"1Gi"},"requests":{"cpu":"500m","memory":"256Mi"}}`,
 				"--database-secret=acme-db",
 				"--database-secret-key=dsn",
 				"--watch-namespace=tenants",

@@ -29,8 +29,13 @@ type commandConfig struct {
 	publishTimeout time.Duration
 	reloadInterval time.Duration
 	maxPending     int
+	shutdownDelay  time.Duration
 	shutdownGrace  time.Duration
 }
+
+// DefaultShutdownDelay is how long a stopping receiver keeps serving while unready: long enough
+// for the endpoints controller, kube-proxy and load balancers to stop sending it traffic.
+const DefaultShutdownDelay = 5 * time.Second
 
 // NewCommand is `tally receiver`: the receiver of one SegmentSource as the operator deploys it,
 // reading the source from the mounted ConfigMap and Secret and publishing to the stream the
@@ -56,13 +61,16 @@ func NewCommand() *cobra.Command {
 	f.DurationVar(&cfg.publishTimeout, "publish-timeout", DefaultPublishTimeout, "how long a request waits for JetStream's acknowledgements before answering 503")
 	f.DurationVar(&cfg.reloadInterval, "reload-interval", 10*time.Second, "how often the source files are re-read (key rotation)")
 	f.IntVar(&cfg.maxPending, "max-pending", DefaultMaxPending, "unacknowledged publishes one request may have in flight")
-	f.DurationVar(&cfg.shutdownGrace, "shutdown-timeout", 30*time.Second, "how long shutdown waits for requests in flight")
+	f.DurationVar(&cfg.shutdownDelay, "shutdown-delay", DefaultShutdownDelay, "on SIGTERM, how long to keep serving with /readyz at 503 before refusing new connections, so traffic moves to other receivers first")
+	f.DurationVar(&cfg.shutdownGrace, "shutdown-timeout", 30*time.Second, "how long shutdown waits for requests in flight (after --shutdown-delay)")
 	return cmd
 }
 
-// runCommand runs the receiver until ctx ends, then shuts down gracefully: stop accepting, let the
-// requests in flight finish (and their PubAcks arrive), then drain the NATS connection. ready,
-// when set, learns the address it listens on.
+// runCommand runs the receiver until ctx ends, then shuts down gracefully: turn /readyz to 503
+// and keep serving for the shutdown delay (Kubernetes routes traffic to a terminating pod until
+// its endpoints update), then stop accepting, let the requests in flight finish (and their
+// PubAcks arrive), then drain the NATS connection. ready, when set, learns the address it
+// listens on.
 func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready func(addr string)) error {
 	files := &sourceFiles{configFile: cfg.sourceConfig, writeKeysFile: cfg.writeKeysFile}
 	src, err := files.load()
@@ -108,6 +116,16 @@ func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready 
 	case err := <-serveErr:
 		return err
 	case <-ctx.Done():
+	}
+	rcv.Drain()
+	// Connection: close on every answer from now on, so keep-alive clients reconnect through the
+	// Service and reach a receiver that is staying.
+	srv.SetKeepAlivesEnabled(false)
+	log.Info("shutting down: unready, still serving", "delay", cfg.shutdownDelay)
+	select {
+	case err := <-serveErr:
+		return err
+	case <-time.After(cfg.shutdownDelay):
 	}
 	log.Info("shutting down: draining requests in flight")
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)

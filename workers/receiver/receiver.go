@@ -45,6 +45,9 @@ type Receiver struct {
 	log     *slog.Logger
 	sources atomic.Pointer[sourceSet]
 	handler http.Handler
+	// draining is set once shutdown began: /readyz answers 503 so the pod leaves the Service's
+	// endpoints, while the Tracking API keeps serving whatever still arrives.
+	draining atomic.Bool
 }
 
 // New builds a Receiver. It does not create streams: the operator (or tally local) does.
@@ -74,6 +77,11 @@ func New(opts Options, sources []*source.Config) (*Receiver, error) {
 
 // Handler serves the Tracking API, CORS preflight, /healthz, /readyz and /metrics.
 func (r *Receiver) Handler() http.Handler { return r.handler }
+
+// Drain marks the receiver as shutting down: /readyz answers 503 from now on, and every other
+// endpoint keeps serving. Call it before http.Server.Shutdown, and give load balancers time to
+// notice in between.
+func (r *Receiver) Drain() { r.draining.Store(true) }
 
 // SetSources atomically replaces the sources and their write keys (a key rotation or a settings
 // change); requests in flight finish with the set they started with. An invalid set is refused
