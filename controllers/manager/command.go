@@ -36,6 +36,7 @@ import (
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers"
 	"github.com/tallyhq/tally/controllers/resources"
+	"github.com/tallyhq/tally/workers/stream"
 )
 
 // DefaultImage runs the receiver and workers when neither --workload-image nor TALLY_POD_IMAGE is
@@ -261,25 +262,10 @@ func (n *natsConn) JetStream() jetstream.JetStream { return n.js }
 func (n *natsConn) Connected() bool                { return n.nc.Status() == nats.CONNECTED }
 func (n *natsConn) URL() string                    { return n.url }
 
-// connectNATS connects with unlimited reconnects and without failing when NATS is down at
-// start: the manager keeps reporting sources as NATSUnavailable instead of crash-looping.
+// connectNATS does not fail when NATS is down at start: the manager keeps reporting sources as
+// NATSUnavailable instead of crash-looping.
 func connectNATS(o *Options, log logr.Logger) (*nats.Conn, error) {
-	opts := []nats.Option{
-		nats.Name("tally-manager"),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(time.Second),
-		nats.RetryOnFailedConnect(true),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Info("disconnected", "error", fmt.Sprint(err)) }),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("reconnected", "server", c.ConnectedUrlRedacted()) }),
-	}
-	if o.NATSCreds != "" {
-		opts = append(opts, nats.UserCredentials(o.NATSCreds))
-	}
-	nc, err := nats.Connect(o.NATSURL, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("nats: %w", err)
-	}
-	return nc, nil
+	return stream.Connect(o.NATSURL, o.NATSCreds, "tally-manager", slog.New(logr.ToSlogHandler(log)))
 }
 
 func newLogger(o *Options) logr.Logger {

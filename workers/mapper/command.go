@@ -61,7 +61,7 @@ func workerCommand() *cobra.Command {
 				return err
 			}
 			defer pool.Close()
-			nc, err := connectNATS(natsURL, natsCreds)
+			nc, err := stream.Connect(natsURL, natsCreds, "tally-worker", log)
 			if err != nil {
 				return err
 			}
@@ -159,7 +159,8 @@ func dlqCommand() *cobra.Command {
 		if !ok || ns == "" || name == "" {
 			return nil, nil, stream.Source{}, fmt.Errorf("--source must be namespace/name, not %q", sourceName)
 		}
-		nc, err := connectNATS(natsURL, natsCreds)
+		// A command-line tool fails at once when NATS is down instead of waiting for it.
+		nc, err := stream.Connect(natsURL, natsCreds, "tally-dlq", slog.Default(), nats.RetryOnFailedConnect(false))
 		if err != nil {
 			return nil, nil, stream.Source{}, err
 		}
@@ -229,12 +230,4 @@ func dlqCommand() *cobra.Command {
 	redrive.Flags().UintSliceVar(&seqs, "seq", nil, "dead-letter sequence(s) to re-drive")
 	cmd.AddCommand(list, redrive)
 	return cmd
-}
-
-func connectNATS(url, creds string) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name("tally"), nats.MaxReconnects(-1)}
-	if creds != "" {
-		opts = append(opts, nats.UserCredentials(creds))
-	}
-	return nats.Connect(url, opts...)
 }

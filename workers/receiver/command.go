@@ -3,7 +3,6 @@ package receiver
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
 )
 
 // commandConfig holds the flags of `tally receiver`.
@@ -140,27 +140,9 @@ func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready 
 }
 
 func connectNATS(cfg commandConfig, log *slog.Logger) (*nats.Conn, error) {
-	opts := []nats.Option{
-		nats.Name("tally-receiver"),
-		// Start even while NATS is down; /readyz stays false until the connection is up.
-		nats.RetryOnFailedConnect(true),
-		nats.MaxReconnects(-1),
-		// Publishing while disconnected fails at once (a quick 503) instead of queueing
-		// messages that the request has already given up on.
-		nats.ReconnectBufSize(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			log.Warn("nats disconnected", "error", err)
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "server", c.ConnectedUrlRedacted()) }),
-	}
-	if cfg.natsCreds != "" {
-		opts = append(opts, nats.UserCredentials(cfg.natsCreds))
-	}
-	nc, err := nats.Connect(cfg.natsURL, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("nats: %w", err)
-	}
-	return nc, nil
+	// Publishing while disconnected fails at once (a quick 503) instead of queueing messages
+	// that the request has already given up on.
+	return stream.Connect(cfg.natsURL, cfg.natsCreds, "tally-receiver", log, nats.ReconnectBufSize(-1))
 }
 
 // drainNATS flushes what is still buffered and waits for the connection to close.
