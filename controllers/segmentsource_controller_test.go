@@ -110,7 +110,7 @@ var _ = Describe("SegmentSource", func() {
 		Expect(worker.OwnerReferences).To(ConsistOf(owner))
 		wc := worker.Spec.Template.Spec.Containers[0]
 		Expect(wc.Args).To(Equal([]string{"worker", "--nats-url=" + natsURL,
-			"--source-config=/etc/tally/source/source.json", "--batch-size=500", "--metrics-listen=:9090"}))
+			"--source-config=/etc/tally/source/source.json", "--batch-size=2000", "--metrics-listen=:9090"}))
 		Expect(wc.Env).To(ConsistOf(corev1.EnvVar{Name: "TALLY_DATABASE_URL", ValueFrom: &corev1.EnvVarSource{
 			SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "acme-web-database"}, Key: "url"}}}))
 		Expect(wc.LivenessProbe.HTTPGet.Port.String()).To(Equal("metrics"))

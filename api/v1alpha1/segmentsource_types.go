@@ -112,7 +112,7 @@ type WorkerSpec struct {
 	// BatchSize is the number of messages a worker fetches and commits in one transaction.
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=10000
-	// +kubebuilder:default=500
+	// +kubebuilder:default=2000
 	// +optional
 	BatchSize int32 `json:"batchSize,omitempty"`
 

@@ -214,7 +214,7 @@ func WorkerDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 	s := in.Source
 	batch := s.Spec.Worker.BatchSize
 	if batch == 0 {
-		batch = 500
+		batch = 2000 // the CRD default, for objects that reached us without defaulting
 	}
 	args := []string{
 		"worker",

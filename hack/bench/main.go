@@ -25,7 +25,7 @@ func main() {
 	flag.IntVar(&s.BatchSize, "batch-size", 100, "messages per /v1/batch request")
 	flag.IntVar(&s.FreshnessRate, "rate", 5000, "open-loop events/s of the freshness phase")
 	flag.DurationVar(&freshDuration, "freshness-duration", 30*time.Second, "length of the freshness phase")
-	flag.IntVar(&s.WorkerBatchSize, "worker-batch-size", 500, "messages a worker commits per transaction")
+	flag.IntVar(&s.WorkerBatchSize, "worker-batch-size", 2000, "messages a worker commits per transaction")
 	flag.StringVar(&modes, "durability", "default,always", "JetStream sync modes to run: default, always, or both")
 	flag.BoolVar(&s.Quick, "quick", false, "short phases for a smoke run (under two minutes)")
 	flag.StringVar(&out, "out", "bench-results.json", "where to write the JSON report")

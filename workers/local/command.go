@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/tallyhq/tally/workers/mapper"
 )
 
 // DefaultDatabaseURL is the machine's local Postgres; the database is created on first run.
@@ -39,7 +41,7 @@ Secret manifests you would kubectl apply.`,
 	f.IntVar(&o.NATSPort, "nats-port", -1, "port of the embedded NATS server (-1 picks a free one)")
 	f.BoolVar(&o.SyncAlways, "sync-always", false, "fsync every JetStream write before acknowledging (survives an OS crash)")
 	f.StringVar(&o.DatabaseURL, "database-url", DefaultDatabaseURL, "Postgres URL; the database is created if missing")
-	f.IntVar(&o.BatchSize, "batch-size", 500, "messages a worker commits in one transaction")
+	f.IntVar(&o.BatchSize, "batch-size", mapper.DefaultBatchSize, "messages a worker commits in one transaction")
 	f.DurationVar(&o.MaxWait, "max-wait", 200*time.Millisecond, "how long a worker waits to fill a batch")
 	return cmd
 }

@@ -15,7 +15,9 @@ type applyResult struct {
 	EventsInserted int
 }
 
-// apply writes a folded batch in one transaction with one set-based statement per table.
+// apply writes a folded batch in one transaction with one set-based statement per table, sent in
+// a few pipelined rounds: a round holds the statements that need nothing from each other's
+// results, so a batch costs four round trips or so, not one per statement.
 //
 // Transactions of one tenant take a transaction-scoped advisory lock first, so they run one after
 // the other: each then sees every row committed before it, which the cross-row parts of the
@@ -28,22 +30,38 @@ type applyResult struct {
 func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *folded) (applyResult, error) {
 	var res applyResult
 	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", tenantLockKey(tenant)); err != nil {
-			return err
+		a := newApplier(tenant, source)
+		rounds := [][]func(*pgx.Batch, *folded) error{
+			{a.lock, a.links, a.memberships},
+			{a.reresolve, a.events},                                      // needs the new links
+			{a.catalog, a.accounts, a.users, a.raiseLastSeen, a.aliases}, // needs the inserted events
+			{a.recomputeLastSeen},                                        // needs the created rows
 		}
-		a := newApplier(tx, tenant, source)
-		steps := []func(context.Context, *folded) error{
-			a.links, a.memberships, a.reresolve, a.events, a.catalog, a.accounts, a.users, a.lastSeen, a.aliases,
-		}
-		for _, step := range steps {
-			if err := step(ctx, f); err != nil {
-				return err
+		for _, round := range rounds {
+			b := &pgx.Batch{}
+			for _, queue := range round {
+				if err := queue(b, f); err != nil {
+					return err
+				}
+			}
+			if b.Len() > 0 {
+				if err := tx.SendBatch(ctx, b).Close(); err != nil {
+					return err
+				}
 			}
 		}
 		res.EventsInserted = a.inserted
 		return nil
 	})
 	return res, err
+}
+
+// lock takes the tenant's lock. JIT is off for the transaction: its statements each touch a
+// batch's rows through indexes, and compiling them (which stale statistics on a growing table
+// can trigger) costs more than it saves.
+func (a *applier) lock(b *pgx.Batch, _ *folded) error {
+	b.Queue("SELECT set_config('jit', 'off', true), pg_advisory_xact_lock($1)", tenantLockKey(a.tenant))
+	return nil
 }
 
 // tenantLockKey is the advisory lock key of a tenant's transactions.
@@ -53,8 +71,8 @@ func tenantLockKey(tenant string) int64 {
 	return int64(h.Sum64())
 }
 
+// applier holds what the statements of one transaction learn from each other's results.
 type applier struct {
-	tx             pgx.Tx
 	tenant, source string
 
 	// usersWithNewLinks maps a user to the oldest link or unlink this batch added for them: their
@@ -65,8 +83,8 @@ type applier struct {
 	inserted          int
 }
 
-func newApplier(tx pgx.Tx, tenant, source string) *applier {
-	return &applier{tx: tx, tenant: tenant, source: source,
+func newApplier(tenant, source string) *applier {
+	return &applier{tenant: tenant, source: source,
 		usersWithNewLinks: map[string]time.Time{}, seen: newLastSeenChanges(), catalogRows: map[string]*catalogRow{}}
 }
 

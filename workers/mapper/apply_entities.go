@@ -1,7 +1,6 @@
 package mapper
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -11,10 +10,10 @@ import (
 
 // Accounts, users and aliases: set-based writes merging each row with "newest version wins".
 
-// entityArrays turns entity changes into the column arrays of an update or upsert.
+// entityArrays turns entity changes into the column arrays of an upsert.
 type entityArrays struct {
 	ids, traits, versions, names, nameVersions []string
-	oldest, newest                             []*string // range of the versions in versions
+	oldest, newest                             []*string // versions of the oldest and newest call that sent traits
 	first, last                                []time.Time
 	seen, lastSeen                             []*time.Time
 }
@@ -47,30 +46,12 @@ func newEntityArrays(changes []*entityChange, eventMax map[string]time.Time) (en
 	return e, nil
 }
 
-// without returns the rows whose id is not in done.
-func (e entityArrays) without(done map[string]bool) entityArrays {
-	var out entityArrays
-	for i, id := range e.ids {
-		if done[id] {
-			continue
-		}
-		out.ids = append(out.ids, id)
-		out.traits, out.versions = append(out.traits, e.traits[i]), append(out.versions, e.versions[i])
-		out.oldest, out.newest = append(out.oldest, e.oldest[i]), append(out.newest, e.newest[i])
-		out.names, out.nameVersions = append(out.names, e.names[i]), append(out.nameVersions, e.nameVersions[i])
-		out.first, out.last = append(out.first, e.first[i]), append(out.last, e.last[i])
-		out.seen, out.lastSeen = append(out.seen, e.seen[i]), append(out.lastSeen, e.lastSeen[i])
-	}
-	return out
-}
+// Accounts and users are upserted, each row merged with what is stored; every row takes its event
+// maximum into last_seen_at. A row this statement inserted (xmax is 0 only on a row version
+// inserted rather than updated) gets last_seen_at recomputed, as events about it may have been
+// stored before it existed.
 
-// Accounts and users are written in two steps. Existing rows are updated in place, where the
-// batch's oldest trait version is at hand: when it is newer than the row's newest, the incoming
-// traits simply overwrite, which costs a fraction of comparing key by key. The rows that did not
-// exist are then inserted (as upserts, so the statement stays right even if one appeared
-// meanwhile) and get last_seen_at recomputed, as events about them may have been stored before.
-
-func (a *applier) accounts(ctx context.Context, f *folded) error {
+func (a *applier) accounts(b *pgx.Batch, f *folded) error {
 	if len(f.Accounts) == 0 {
 		return nil
 	}
@@ -78,23 +59,14 @@ func (a *applier) accounts(ctx context.Context, f *folded) error {
 	if err != nil {
 		return err
 	}
-	updated, err := a.queryIDs(ctx, updateAccountsSQL, a.tenant, e.ids, e.names, e.nameVersions, e.traits, e.versions,
-		e.oldest, e.newest, e.first, e.last, e.seen, e.lastSeen)
-	if err != nil {
-		return err
-	}
-	if rest := e.without(updated); len(rest.ids) > 0 {
-		if _, err := a.queryIDs(ctx, upsertAccountsSQL, a.tenant, rest.ids, rest.names, rest.nameVersions, rest.traits,
-			rest.versions, rest.newest, rest.first, rest.last, rest.seen, rest.lastSeen); err != nil {
-			return err
-		}
-		markAll(a.seen.recomputeAccounts, rest.ids)
-	}
 	markAll(a.seen.upsertedAccounts, e.ids)
+	b.Queue(upsertAccountsSQL, a.tenant, e.ids, e.names, e.nameVersions, e.traits, e.versions,
+		e.oldest, e.newest, e.first, e.last, e.seen, e.lastSeen,
+	).Query(func(rows pgx.Rows) error { return collectInserted(rows, a.seen.recomputeAccounts) })
 	return nil
 }
 
-func (a *applier) users(ctx context.Context, f *folded) error {
+func (a *applier) users(b *pgx.Batch, f *folded) error {
 	if len(f.Users) == 0 {
 		return nil
 	}
@@ -102,35 +74,24 @@ func (a *applier) users(ctx context.Context, f *folded) error {
 	if err != nil {
 		return err
 	}
-	updated, err := a.queryIDs(ctx, updateUsersSQL, a.tenant, e.ids, e.traits, e.versions, e.oldest, e.newest,
-		e.first, e.last, e.seen, e.lastSeen)
-	if err != nil {
-		return err
-	}
-	if rest := e.without(updated); len(rest.ids) > 0 {
-		if _, err := a.queryIDs(ctx, upsertUsersSQL, a.tenant, rest.ids, rest.traits, rest.versions, rest.newest,
-			rest.first, rest.last, rest.seen, rest.lastSeen); err != nil {
-			return err
-		}
-		markAll(a.seen.recomputeUsers, rest.ids)
-	}
 	markAll(a.seen.upsertedUsers, e.ids)
+	b.Queue(upsertUsersSQL, a.tenant, e.ids, e.traits, e.versions, e.oldest, e.newest,
+		e.first, e.last, e.seen, e.lastSeen,
+	).Query(func(rows pgx.Rows) error { return collectInserted(rows, a.seen.recomputeUsers) })
 	return nil
 }
 
-// queryIDs runs a statement returning one id per row written.
-func (a *applier) queryIDs(ctx context.Context, sql string, args ...any) (map[string]bool, error) {
-	rows, err := a.tx.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, err
-	}
-	ids := map[string]bool{}
+// collectInserted adds the ids of an upsert's (id, inserted) rows that were inserted to set.
+func collectInserted(rows pgx.Rows, set map[string]bool) error {
 	var id string
-	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
-		ids[id] = true
+	var inserted bool
+	_, err := pgx.ForEachRow(rows, []any{&id, &inserted}, func() error {
+		if inserted {
+			set[id] = true
+		}
 		return nil
 	})
-	return ids, err
+	return err
 }
 
 func markAll(set map[string]bool, ids []string) {
@@ -139,7 +100,7 @@ func markAll(set map[string]bool, ids []string) {
 	}
 }
 
-func (a *applier) aliases(ctx context.Context, f *folded) error {
+func (a *applier) aliases(b *pgx.Batch, f *folded) error {
 	if len(f.Aliases) == 0 {
 		return nil
 	}
@@ -148,7 +109,7 @@ func (a *applier) aliases(ctx context.Context, f *folded) error {
 	for i, al := range f.Aliases {
 		prev[i], users[i], first[i], last[i] = al.PreviousID, al.UserID, al.FirstAt, al.LastAt
 	}
-	_, err := a.tx.Exec(ctx, `
+	b.Queue(`
 		INSERT INTO tally.aliases AS al (tenant, previous_id, user_id, first_aliased_at, last_aliased_at)
 		SELECT $1, t.previous_id, t.user_id, t.first_at, t.last_at
 		FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[]) AS t(previous_id, user_id, first_at, last_at)
@@ -157,7 +118,7 @@ func (a *applier) aliases(ctx context.Context, f *folded) error {
 			first_aliased_at = least(al.first_aliased_at, EXCLUDED.first_aliased_at),
 			last_aliased_at = greatest(al.last_aliased_at, EXCLUDED.last_aliased_at)`,
 		a.tenant, prev, users, first, last)
-	return err
+	return nil
 }
 
 func nonNil(m map[string]json.RawMessage) map[string]json.RawMessage {

@@ -1,7 +1,6 @@
 package mapper
 
 import (
-	"context"
 	"sort"
 	"time"
 
@@ -13,7 +12,7 @@ import (
 // events inserts tracks, pages and screens once per messageId; a redelivered message inserts
 // nothing, and only inserted rows count in the catalog. The inserted rows' users and accounts
 // are noted for last_seen_at.
-func (a *applier) events(ctx context.Context, f *folded) error {
+func (a *applier) events(b *pgx.Batch, f *folded) error {
 	if len(f.Events) == 0 {
 		return nil
 	}
@@ -26,7 +25,7 @@ func (a *applier) events(ctx context.Context, f *folded) error {
 		events[i], users[i], anons[i], accounts[i], froms[i] = e.Event, e.UserID, e.AnonymousID, e.AccountID, e.AccountFrom
 		ts[i], received[i] = e.Timestamp, e.ReceivedAt
 	}
-	rows, err := a.tx.Query(ctx, `
+	b.Queue(`
 		INSERT INTO tally.events AS ev (tenant, message_id, type, event, user_id, anonymous_id, account_id,
 			properties, context, timestamp, received_at, source, account_from)
 		SELECT $1, t.message_id, t.type, t.event, t.user_id, t.anonymous_id,
@@ -50,14 +49,17 @@ func (a *applier) events(ctx context.Context, f *folded) error {
 		ORDER BY t.message_id
 		ON CONFLICT (tenant, message_id) DO NOTHING
 		RETURNING ev.type, ev.event, ev.timestamp, ev.user_id, ev.account_id`,
-		a.tenant, a.source, ids, types, events, users, anons, accounts, froms, props, ctxs, ts, received)
-	if err != nil {
-		return err
-	}
+		a.tenant, a.source, ids, types, events, users, anons, accounts, froms, props, ctxs, ts, received,
+	).Query(a.collectInsertedEvents)
+	return nil
+}
+
+// collectInsertedEvents notes what the inserted events mean for the catalog and last_seen_at.
+func (a *applier) collectInsertedEvents(rows pgx.Rows) error {
 	var typ string
 	var event, user, account *string
 	var at time.Time
-	_, err = pgx.ForEachRow(rows, []any{&typ, &event, &at, &user, &account}, func() error {
+	_, err := pgx.ForEachRow(rows, []any{&typ, &event, &at, &user, &account}, func() error {
 		a.inserted++
 		if user != nil {
 			a.seen.userEvent(*user, at)
@@ -79,7 +81,7 @@ func (a *applier) events(ctx context.Context, f *folded) error {
 }
 
 // catalog counts the track events this transaction inserted, per name.
-func (a *applier) catalog(ctx context.Context, _ *folded) error {
+func (a *applier) catalog(b *pgx.Batch, _ *folded) error {
 	if len(a.catalogRows) > 0 {
 		names := make([]string, 0, len(a.catalogRows))
 		for name := range a.catalogRows {
@@ -91,7 +93,7 @@ func (a *applier) catalog(ctx context.Context, _ *folded) error {
 			c := a.catalogRows[name]
 			first[i], last[i], counts[i] = c.first, c.last, c.count
 		}
-		if _, err := a.tx.Exec(ctx, `
+		b.Queue(`
 			INSERT INTO tally.event_catalog AS c (tenant, event, first_seen_at, last_seen_at, count)
 			SELECT $1, t.event, t.first_at, t.last_at, t.n
 			FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[]) AS t(event, first_at, last_at, n)
@@ -100,9 +102,7 @@ func (a *applier) catalog(ctx context.Context, _ *folded) error {
 				first_seen_at = least(c.first_seen_at, EXCLUDED.first_seen_at),
 				last_seen_at = greatest(c.last_seen_at, EXCLUDED.last_seen_at),
 				count = c.count + EXCLUDED.count`,
-			a.tenant, names, first, last, counts); err != nil {
-			return err
-		}
+			a.tenant, names, first, last, counts)
 	}
 	return nil
 }

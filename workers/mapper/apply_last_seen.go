@@ -1,9 +1,10 @@
 package mapper
 
 import (
-	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // last_seen_at of an account or user is the newest of its own activity calls (seen_at) and of the
@@ -16,7 +17,7 @@ import (
 type lastSeenChanges struct {
 	accountEvents map[string]time.Time // newest event this transaction attributed to the account
 	userEvents    map[string]time.Time // newest event of the user this transaction inserted
-	// upserted: rows whose upsert already took their event maximum into last_seen_at.
+	// upserted: rows whose upsert takes their event maximum into last_seen_at.
 	upsertedAccounts, upsertedUsers map[string]bool
 	// recompute: rows to recompute from the events.
 	recomputeAccounts, recomputeUsers map[string]bool
@@ -38,24 +39,22 @@ func (s *lastSeenChanges) userEvent(id string, at time.Time) {
 	s.userEvents[id] = maxTime(s.userEvents[id], at)
 }
 
-// lastSeen raises last_seen_at of the rows only events touched, then recomputes the rows that need it.
-func (a *applier) lastSeen(ctx context.Context, _ *folded) error {
-	s := &a.seen
-	if err := a.raiseLastSeen(ctx, "accounts", "account_id", s.accountEvents, s.upsertedAccounts); err != nil {
-		return err
-	}
-	if err := a.raiseLastSeen(ctx, "users", "user_id", s.userEvents, s.upsertedUsers); err != nil {
-		return err
-	}
-	if err := a.recomputeLastSeen(ctx, "accounts", "account_id", s.recomputeAccounts); err != nil {
-		return err
-	}
-	return a.recomputeLastSeen(ctx, "users", "user_id", s.recomputeUsers)
+// raiseLastSeen takes the events' maximum into last_seen_at of the existing rows not upserted now.
+// A row that does not exist yet is left alone: its creation recomputes it.
+func (a *applier) raiseLastSeen(b *pgx.Batch, _ *folded) error {
+	a.queueRaise(b, "accounts", "account_id", a.seen.accountEvents, a.seen.upsertedAccounts)
+	a.queueRaise(b, "users", "user_id", a.seen.userEvents, a.seen.upsertedUsers)
+	return nil
 }
 
-// raiseLastSeen takes the events' maximum into last_seen_at of existing rows not upserted now. A
-// row that does not exist yet is left alone: its creation recomputes it.
-func (a *applier) raiseLastSeen(ctx context.Context, table, idColumn string, events map[string]time.Time, upserted map[string]bool) error {
+// recomputeLastSeen sets last_seen_at of the rows that need it from their own calls and events.
+func (a *applier) recomputeLastSeen(b *pgx.Batch, _ *folded) error {
+	a.queueRecompute(b, "accounts", "account_id", a.seen.recomputeAccounts)
+	a.queueRecompute(b, "users", "user_id", a.seen.recomputeUsers)
+	return nil
+}
+
+func (a *applier) queueRaise(b *pgx.Batch, table, idColumn string, events map[string]time.Time, upserted map[string]bool) {
 	var ids []string
 	var ats []time.Time
 	for _, id := range sortedKeys(events) {
@@ -64,25 +63,20 @@ func (a *applier) raiseLastSeen(ctx context.Context, table, idColumn string, eve
 		}
 	}
 	if len(ids) == 0 {
-		return nil
+		return
 	}
-	_, err := a.tx.Exec(ctx, fmt.Sprintf(`
+	b.Queue(fmt.Sprintf(`
 		UPDATE tally.%[1]s r SET last_seen_at = t.at
 		FROM unnest($2::text[], $3::timestamptz[]) AS t(id, at)
 		WHERE r.tenant = $1 AND r.%[2]s = t.id AND (r.last_seen_at IS NULL OR r.last_seen_at < t.at)`,
 		table, idColumn), a.tenant, ids, ats)
-	if err != nil {
-		return fmt.Errorf("%s last_seen_at: %w", table, err)
-	}
-	return nil
 }
 
-// recomputeLastSeen sets last_seen_at of the given rows from their own calls and stored events.
-func (a *applier) recomputeLastSeen(ctx context.Context, table, idColumn string, rows map[string]bool) error {
+func (a *applier) queueRecompute(b *pgx.Batch, table, idColumn string, rows map[string]bool) {
 	if len(rows) == 0 {
-		return nil
+		return
 	}
-	_, err := a.tx.Exec(ctx, fmt.Sprintf(`
+	b.Queue(fmt.Sprintf(`
 		UPDATE tally.%[1]s r SET last_seen_at = s.seen
 		FROM (
 			SELECT r2.%[2]s AS id, greatest(r2.seen_at,
@@ -92,8 +86,4 @@ func (a *applier) recomputeLastSeen(ctx context.Context, table, idColumn string,
 		) s
 		WHERE r.tenant = $1 AND r.%[2]s = s.id AND r.last_seen_at IS DISTINCT FROM s.seen`,
 		table, idColumn), a.tenant, sortedKeys(rows))
-	if err != nil {
-		return fmt.Errorf("%s last_seen_at: %w", table, err)
-	}
-	return nil
 }

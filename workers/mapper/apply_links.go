@@ -1,7 +1,6 @@
 package mapper
 
 import (
-	"context"
 	"sort"
 	"time"
 
@@ -11,7 +10,7 @@ import (
 // Memberships: the history of links and unlinks, the current account_users rows, and the fallback
 // events whose account a new link or unlink changes.
 
-func (a *applier) links(ctx context.Context, f *folded) error {
+func (a *applier) links(b *pgx.Batch, f *folded) error {
 	if len(f.Links) == 0 {
 		return nil
 	}
@@ -21,26 +20,26 @@ func (a *applier) links(ctx context.Context, f *folded) error {
 	for i, l := range f.Links {
 		users[i], accounts[i], versions[i], linked[i], at[i] = l.UserID, l.AccountID, l.Version, l.Linked, l.At
 	}
-	rows, err := a.tx.Query(ctx, `
+	b.Queue(`
 		INSERT INTO tally.associations (tenant, user_id, version, account_id, linked, at)
 		SELECT $1, t.user_id, t.version, t.account_id, t.linked, t.at
 		FROM unnest($2::text[], $3::text[], $4::text[], $5::bool[], $6::timestamptz[])
 			AS t(user_id, version, account_id, linked, at)
 		ON CONFLICT DO NOTHING
-		RETURNING user_id, at`, a.tenant, users, versions, accounts, linked, at)
-	if err != nil {
+		RETURNING user_id, at`, a.tenant, users, versions, accounts, linked, at,
+	).Query(func(rows pgx.Rows) error {
+		var user string
+		var when time.Time
+		_, err := pgx.ForEachRow(rows, []any{&user, &when}, func() error {
+			a.usersWithNewLinks[user] = minTime(a.usersWithNewLinks[user], when)
+			return nil
+		})
 		return err
-	}
-	var user string
-	var when time.Time
-	_, err = pgx.ForEachRow(rows, []any{&user, &when}, func() error {
-		a.usersWithNewLinks[user] = minTime(a.usersWithNewLinks[user], when)
-		return nil
 	})
-	return err
+	return nil
 }
 
-func (a *applier) memberships(ctx context.Context, f *folded) error {
+func (a *applier) memberships(b *pgx.Batch, f *folded) error {
 	if len(f.Memberships) == 0 {
 		return nil
 	}
@@ -55,7 +54,7 @@ func (a *applier) memberships(ctx context.Context, f *folded) error {
 			associated[i] = &t
 		}
 	}
-	_, err := a.tx.Exec(ctx, `
+	b.Queue(`
 		INSERT INTO tally.account_users AS au
 			(tenant, account_id, user_id, linked, changed_at, last_associated_at, link_version)
 		SELECT $1, t.account_id, t.user_id, t.linked, t.changed_at, t.associated_at, t.version
@@ -68,12 +67,12 @@ func (a *applier) memberships(ctx context.Context, f *folded) error {
 			link_version = greatest(au.link_version, EXCLUDED.link_version),
 			last_associated_at = greatest(au.last_associated_at, EXCLUDED.last_associated_at)`,
 		a.tenant, accounts, users, linked, changed, associated, versions)
-	return err
+	return nil
 }
 
 // reresolve gives stored fallback events the account they would have had if this batch's links
 // had arrived first: the user's events from the oldest new link on are resolved again.
-func (a *applier) reresolve(ctx context.Context, _ *folded) error {
+func (a *applier) reresolve(b *pgx.Batch, _ *folded) error {
 	if len(a.usersWithNewLinks) == 0 {
 		return nil
 	}
@@ -86,7 +85,7 @@ func (a *applier) reresolve(ctx context.Context, _ *folded) error {
 	for i, u := range users {
 		since[i] = a.usersWithNewLinks[u]
 	}
-	rows, err := a.tx.Query(ctx, `
+	b.Queue(`
 		WITH candidates AS MATERIALIZED (
 			-- LATERAL ... OFFSET 0 keeps one lookup per user on events_by_user, whatever the statistics say.
 			SELECT e.message_id, e.account_id AS old_account, e.timestamp,
@@ -101,21 +100,21 @@ func (a *applier) reresolve(ctx context.Context, _ *folded) error {
 		UPDATE tally.events e SET account_id = c.new_account
 		FROM candidates c
 		WHERE e.tenant = $1 AND e.message_id = c.message_id AND e.account_id IS DISTINCT FROM c.new_account
-		RETURNING c.old_account, c.new_account, c.timestamp`, a.tenant, users, since)
-	if err != nil {
+		RETURNING c.old_account, c.new_account, c.timestamp`, a.tenant, users, since,
+	).Query(func(rows pgx.Rows) error {
+		// The account an event moved to takes it into last_seen_at; the one it left is recomputed.
+		var oldAccount, newAccount *string
+		var at time.Time
+		_, err := pgx.ForEachRow(rows, []any{&oldAccount, &newAccount, &at}, func() error {
+			if oldAccount != nil {
+				a.seen.recomputeAccounts[*oldAccount] = true
+			}
+			if newAccount != nil {
+				a.seen.accountEvent(*newAccount, at)
+			}
+			return nil
+		})
 		return err
-	}
-	// The account an event moved to takes it into last_seen_at; the one it left is recomputed.
-	var oldAccount, newAccount *string
-	var at time.Time
-	_, err = pgx.ForEachRow(rows, []any{&oldAccount, &newAccount, &at}, func() error {
-		if oldAccount != nil {
-			a.seen.recomputeAccounts[*oldAccount] = true
-		}
-		if newAccount != nil {
-			a.seen.accountEvent(*newAccount, at)
-		}
-		return nil
 	})
-	return err
+	return nil
 }

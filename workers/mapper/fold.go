@@ -14,17 +14,24 @@ import (
 // Postgres then merges each row with what is stored using the same "newest version wins" rule, so
 // the result is the same whichever way the messages were split into batches or ordered.
 
-// traitSet is a versioned partial object: for each key, the newest value and its version.
+// traitSet is a versioned partial object: for each key, the newest value and its version; and the
+// oldest and newest version of the messages that sent any key, which bound every version here.
 type traitSet struct {
-	values   map[string]json.RawMessage
-	versions map[string]string
+	values         map[string]json.RawMessage
+	versions       map[string]string
+	oldest, newest string
 }
 
 func (t *traitSet) merge(traits map[string]json.RawMessage, version string) {
+	if len(traits) == 0 {
+		return
+	}
+	if t.values == nil {
+		t.values, t.versions = map[string]json.RawMessage{}, map[string]string{}
+		t.oldest, t.newest = version, version
+	}
+	t.oldest, t.newest = min(t.oldest, version), max(t.newest, version)
 	for k, v := range traits {
-		if t.values == nil {
-			t.values, t.versions = map[string]json.RawMessage{}, map[string]string{}
-		}
 		if old, ok := t.versions[k]; ok && old >= version {
 			continue
 		}
@@ -32,17 +39,13 @@ func (t *traitSet) merge(traits map[string]json.RawMessage, version string) {
 	}
 }
 
-// versionRange is the oldest and newest version of the set's keys (nil, nil when it has none).
+// versionRange is the oldest and newest version of the messages that sent traits (nil, nil when
+// none did).
 func (t *traitSet) versionRange() (oldest, newest *string) {
-	for _, v := range t.versions {
-		if oldest == nil || v < *oldest {
-			oldest = &v
-		}
-		if newest == nil || v > *newest {
-			newest = &v
-		}
+	if t.values == nil {
+		return nil, nil
 	}
-	return oldest, newest
+	return &t.oldest, &t.newest
 }
 
 // entityChange is what a batch does to one account or user.

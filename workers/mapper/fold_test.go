@@ -42,6 +42,20 @@ var _ = Describe("Folding a batch", func() {
 		}
 	})
 
+	It("bounds the trait versions by the oldest and newest call that sent traits, in any order", func() {
+		older := identify("x", "u1", 5, map[string]any{"plan": "old"}) // overwritten, yet the oldest call
+		newer := identify("y", "u1", 10, map[string]any{"plan": "new"})
+		empty := identify("z", "u1", 20, map[string]any{}) // sends no trait: no bound
+		for _, order := range [][]msg{{older, newer, empty}, {empty, newer, older}} {
+			oldest, newest := fold(parse(order...), "").Users[0].Traits.versionRange()
+			Expect(*oldest).To(Equal(versionOf(parse(older)[0])))
+			Expect(*newest).To(Equal(versionOf(parse(newer)[0])))
+		}
+		oldest, newest := fold(parse(empty), "").Users[0].Traits.versionRange()
+		Expect(oldest).To(BeNil())
+		Expect(newest).To(BeNil())
+	})
+
 	It("names an account only from a named call, the newest one", func() {
 		f := fold(parse(
 			group("g1", "", "acme", 30, map[string]any{"plan": "x"}),

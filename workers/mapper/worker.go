@@ -269,9 +269,14 @@ func (w *Worker) commit(ctx context.Context, items []item, prepared *preparedFol
 		}
 	}
 	w.ackAll(items)
-	batchesTotal.WithLabelValues(w.stream.String()).Inc()
+	label := w.stream.String()
+	batchesTotal.WithLabelValues(label).Inc()
+	perType := map[string]int{} // one counter update per type, not per message
 	for _, it := range items {
-		messagesTotal.WithLabelValues(w.stream.String(), it.m.Type).Inc()
+		perType[it.m.Type]++
+	}
+	for typ, n := range perType {
+		messagesTotal.WithLabelValues(label, typ).Add(float64(n))
 	}
 	return nil
 }

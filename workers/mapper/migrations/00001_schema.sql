@@ -15,8 +15,9 @@ CREATE TABLE tally.accounts (
     name_version   text COLLATE "C",                 -- bookkeeping: version of the call that set name
     trait_versions jsonb       NOT NULL DEFAULT '{}', -- bookkeeping: trait key -> version that set it
     seen_at        timestamptz,                       -- bookkeeping: newest call about the account itself
-    -- bookkeeping: newest version in trait_versions; when every version a batch brings is newer,
-    -- its traits simply overwrite (the merge's fast path).
+    -- bookkeeping: oldest and newest version of the calls that sent traits; when a batch's oldest
+    -- is newer than the row's newest, its traits simply overwrite (the merge's fast path).
+    traits_oldest  text COLLATE "C",
     traits_newest  text COLLATE "C",
     PRIMARY KEY (tenant, account_id)
 );
@@ -30,6 +31,7 @@ CREATE TABLE tally.users (
     last_seen_at   timestamptz,
     trait_versions jsonb       NOT NULL DEFAULT '{}', -- bookkeeping
     seen_at        timestamptz,                       -- bookkeeping
+    traits_oldest  text COLLATE "C",                  -- bookkeeping
     traits_newest  text COLLATE "C",                  -- bookkeeping
     PRIMARY KEY (tenant, user_id)
 );
