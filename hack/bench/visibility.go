@@ -37,6 +37,23 @@ func (w *visibilityWatch) sent(ids []string, at time.Time) {
 	}
 }
 
+// forget stops waiting for ids whose request was refused.
+func (w *visibilityWatch) forget(ids []string) {
+	drop := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		drop[id] = true
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	kept := w.pending[:0]
+	for _, p := range w.pending {
+		if !drop[p.id] {
+			kept = append(kept, p)
+		}
+	}
+	w.pending = kept
+}
+
 // poll runs until ctx ends, or until finish was called and nothing is pending.
 func (w *visibilityWatch) poll(ctx context.Context) error {
 	const window = 5000

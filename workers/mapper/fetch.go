@@ -3,6 +3,7 @@ package mapper
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -79,11 +80,14 @@ func (w *Worker) fetch(consumer jetstream.Consumer) fetched {
 
 // nakAll hands back a batch fetched but not mapped (shutdown), so it is redelivered at once.
 func nakAll(f fetched) {
+	// A Nak with a delay is recorded in the consumer's stored state, so the hand-back survives a
+	// server restart right after it (tally local stops its embedded server next); a plain Nak
+	// would be forgotten and the messages would wait out the whole ack wait.
 	for _, it := range f.items {
-		_ = it.msg.Nak()
+		_ = it.msg.NakWithDelay(time.Nanosecond)
 	}
 	for _, b := range f.bad {
-		_ = b.msg.Nak()
+		_ = b.msg.NakWithDelay(time.Nanosecond)
 	}
 }
 

@@ -1,0 +1,339 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+)
+
+var sourceSeq atomic.Int64
+
+// newSource is a source of its own, so specs never share streams.
+func newSource() Source {
+	return Source{Namespace: "test", Name: fmt.Sprintf("src%d", sourceSeq.Add(1))}
+}
+
+func publish(ctx context.Context, subject, msgID string) *jetstream.PubAck {
+	m := nats.NewMsg(subject)
+	m.Data = []byte(`{"type":"track"}`)
+	if msgID != "" {
+		m.Header.Set(nats.MsgIdHdr, msgID)
+	}
+	ack, err := js.PublishMsg(ctx, m)
+	Expect(err).NotTo(HaveOccurred())
+	return ack
+}
+
+func streamInfo(ctx context.Context, name string) *jetstream.StreamInfo {
+	s, err := js.Stream(ctx, name)
+	Expect(err).NotTo(HaveOccurred())
+	info, err := s.Info(ctx)
+	Expect(err).NotTo(HaveOccurred())
+	return info
+}
+
+func consumerInfo(ctx context.Context, src Source) *jetstream.ConsumerInfo {
+	c, err := js.Consumer(ctx, src.StreamName(), WorkerConsumer)
+	Expect(err).NotTo(HaveOccurred())
+	info, err := c.Info(ctx)
+	Expect(err).NotTo(HaveOccurred())
+	return info
+}
+
+var _ = Describe("names", func() {
+	It("are derived from namespace and name", func() {
+		src := Source{Namespace: "shop", Name: "web"}
+		Expect(src.String()).To(Equal("shop/web"))
+		Expect(src.StreamName()).To(Equal("TALLY_shop_web"))
+		Expect(src.DeadLetterStreamName()).To(Equal("TALLY_shop_web_DLQ"))
+		Expect(src.Subject("track")).To(Equal("tally.shop.web.msg.track"))
+		Expect(src.MessageSubjects()).To(Equal("tally.shop.web.msg.*"))
+		Expect(src.DeadLetterSubject()).To(Equal("tally.shop.web.dlq"))
+	})
+})
+
+var _ = Describe("Ensure", func() {
+	It("creates the stream, the dead-letter stream and the worker consumer", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+
+		info := streamInfo(ctx, src.StreamName())
+		Expect(info.Config.Subjects).To(Equal([]string{src.MessageSubjects()}))
+		Expect(info.Config.Storage).To(Equal(jetstream.FileStorage))
+		Expect(info.Config.Retention).To(Equal(jetstream.LimitsPolicy))
+		Expect(info.Config.Discard).To(Equal(jetstream.DiscardOld))
+		Expect(info.Config.MaxAge).To(Equal(DefaultMaxAge))
+		Expect(info.Config.Duplicates).To(Equal(DefaultDuplicateWindow))
+		Expect(info.Config.Replicas).To(Equal(1))
+		Expect(info.Config.AllowAtomicPublish).To(BeTrue())
+
+		dlq := streamInfo(ctx, src.DeadLetterStreamName())
+		Expect(dlq.Config.Subjects).To(Equal([]string{src.DeadLetterSubject()}))
+		Expect(dlq.Config.Storage).To(Equal(jetstream.FileStorage))
+		Expect(dlq.Config.MaxAge).To(BeZero(), "dead letters never expire")
+
+		ci := consumerInfo(ctx, src)
+		Expect(ci.Config.Durable).To(Equal(WorkerConsumer))
+		Expect(ci.Config.FilterSubject).To(Equal(src.MessageSubjects()))
+		Expect(ci.Config.AckPolicy).To(Equal(jetstream.AckExplicitPolicy))
+		Expect(ci.Config.DeliverPolicy).To(Equal(jetstream.DeliverAllPolicy))
+		Expect(ci.Config.AckWait).To(Equal(DefaultAckWait))
+		Expect(ci.Config.MaxDeliver).To(Equal(-1))
+	})
+
+	It("uses the source's max age, and never a duplicate window longer than it", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{MaxAge: 5 * time.Minute})).To(Succeed())
+		info := streamInfo(ctx, src.StreamName())
+		Expect(info.Config.MaxAge).To(Equal(5 * time.Minute))
+		Expect(info.Config.Duplicates).To(Equal(5 * time.Minute))
+	})
+
+	It("is idempotent and keeps the messages", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		publish(ctx, src.Subject("track"), "m1")
+		created := streamInfo(ctx, src.StreamName()).Created
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		info := streamInfo(ctx, src.StreamName())
+		Expect(info.Created).To(Equal(created))
+		Expect(info.State.Msgs).To(Equal(uint64(1)))
+		Expect(consumerInfo(ctx, src).NumPending).To(Equal(uint64(1)))
+	})
+
+	It("updates the max age when the setting changes", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{MaxAge: 2 * time.Hour})).To(Succeed())
+		publish(ctx, src.Subject("identify"), "m1")
+		Expect(Ensure(ctx, js, src, Settings{MaxAge: 48 * time.Hour})).To(Succeed())
+		info := streamInfo(ctx, src.StreamName())
+		Expect(info.Config.MaxAge).To(Equal(48 * time.Hour))
+		Expect(info.State.Msgs).To(Equal(uint64(1)))
+	})
+
+	It("turns atomic publishing on for a stream created without it, keeping its messages", func(ctx SpecContext) {
+		src := newSource()
+		cfg := StreamConfig(src, Settings{})
+		cfg.AllowAtomicPublish = false
+		_, err := js.CreateStream(ctx, cfg)
+		Expect(err).NotTo(HaveOccurred())
+		publish(ctx, src.Subject("track"), "m1")
+
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		info := streamInfo(ctx, src.StreamName())
+		Expect(info.Config.AllowAtomicPublish).To(BeTrue())
+		Expect(info.State.Msgs).To(Equal(uint64(1)))
+	})
+
+	It("recreates a stream deleted behind its back, with its consumer", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		Expect(js.DeleteStream(ctx, src.StreamName())).To(Succeed())
+		Expect(js.DeleteStream(ctx, src.DeadLetterStreamName())).To(Succeed())
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		streamInfo(ctx, src.StreamName())
+		streamInfo(ctx, src.DeadLetterStreamName())
+		Expect(consumerInfo(ctx, src).Config.FilterSubject).To(Equal(src.MessageSubjects()))
+	})
+
+	It("recreates a deleted consumer", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		Expect(js.DeleteConsumer(ctx, src.StreamName(), WorkerConsumer)).To(Succeed())
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		Expect(consumerInfo(ctx, src).Config.Durable).To(Equal(WorkerConsumer))
+	})
+})
+
+var _ = Describe("Delete", func() {
+	It("removes the consumer and both streams", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		Expect(Delete(ctx, js, src)).To(Succeed())
+		_, err := js.Stream(ctx, src.StreamName())
+		Expect(err).To(MatchError(jetstream.ErrStreamNotFound))
+		_, err = js.Stream(ctx, src.DeadLetterStreamName())
+		Expect(err).To(MatchError(jetstream.ErrStreamNotFound))
+		_, err = Inspect(ctx, js, src)
+		Expect(err).To(MatchError(jetstream.ErrStreamNotFound))
+	})
+
+	It("is fine when everything, or only part, is already gone", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Delete(ctx, js, src)).To(Succeed())
+
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		Expect(js.DeleteConsumer(ctx, src.StreamName(), WorkerConsumer)).To(Succeed())
+		Expect(js.DeleteStream(ctx, src.DeadLetterStreamName())).To(Succeed())
+		Expect(Delete(ctx, js, src)).To(Succeed())
+		_, err := js.Stream(ctx, src.StreamName())
+		Expect(err).To(MatchError(jetstream.ErrStreamNotFound))
+		Expect(Delete(ctx, js, src)).To(Succeed())
+	})
+
+	It("leaves other sources alone", func(ctx SpecContext) {
+		a, b := newSource(), newSource()
+		Expect(Ensure(ctx, js, a, Settings{})).To(Succeed())
+		Expect(Ensure(ctx, js, b, Settings{})).To(Succeed())
+		Expect(Delete(ctx, js, a)).To(Succeed())
+		state, err := Inspect(ctx, js, b)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.ConsumerExists).To(BeTrue())
+		Expect(state.DeadLetterStreamExists).To(BeTrue())
+	})
+})
+
+var _ = Describe("Inspect", func() {
+	It("reports an empty stream with zero times and no backlog", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		state, err := Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.Messages).To(BeZero())
+		Expect(state.FirstMessageAt.IsZero()).To(BeTrue())
+		Expect(state.LastMessageAt.IsZero()).To(BeTrue())
+		Expect(state.Backlog).To(BeZero())
+		Expect(state.DeadLetters).To(BeZero())
+		Expect(state.ConsumerExists).To(BeTrue())
+		Expect(state.DeadLetterStreamExists).To(BeTrue())
+	})
+
+	It("reports messages, first and last times, the backlog until acked, and dead letters", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		before := time.Now().Add(-time.Second)
+		publish(ctx, src.Subject("group"), "m1")
+		publish(ctx, src.Subject("identify"), "m2")
+		publish(ctx, src.Subject("track"), "m3")
+		after := time.Now().Add(time.Second)
+
+		// The consumer's pending count may trail the PubAck by a moment.
+		Eventually(func(g Gomega) {
+			state, err := Inspect(ctx, js, src)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(state.Backlog).To(Equal(uint64(3)))
+		}).WithContext(ctx).Should(Succeed())
+		state, err := Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.Messages).To(Equal(uint64(3)))
+		Expect(state.FirstMessageAt).To(BeTemporally(">=", before))
+		Expect(state.LastMessageAt).To(BeTemporally("<=", after))
+		Expect(state.LastMessageAt).To(BeTemporally(">=", state.FirstMessageAt))
+
+		c, err := js.Consumer(ctx, src.StreamName(), WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		batch, err := c.Fetch(3, jetstream.FetchMaxWait(5*time.Second))
+		Expect(err).NotTo(HaveOccurred())
+		got := 0
+		for m := range batch.Messages() {
+			Expect(m.DoubleAck(ctx)).To(Succeed())
+			got++
+		}
+		Expect(batch.Error()).NotTo(HaveOccurred())
+		Expect(got).To(Equal(3))
+
+		Eventually(func(g Gomega) {
+			state, err := Inspect(ctx, js, src)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(state.Backlog).To(BeZero())
+			g.Expect(state.Messages).To(Equal(uint64(3)), "acked messages stay in the stream until max age")
+		}).WithContext(ctx).Should(Succeed())
+
+		publish(ctx, src.DeadLetterSubject(), "")
+		publish(ctx, src.DeadLetterSubject(), "")
+		state, err = Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.DeadLetters).To(Equal(uint64(2)))
+		Expect(state.Messages).To(Equal(uint64(3)), "dead letters are not messages of the stream")
+	})
+
+	It("still reports a first message time once the first message is gone", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		publish(ctx, src.Subject("track"), "m1")
+		publish(ctx, src.Subject("track"), "m2")
+		s, err := js.Stream(ctx, src.StreamName())
+		Expect(err).NotTo(HaveOccurred())
+		Expect(s.DeleteMsg(ctx, 1)).To(Succeed())
+		state, err := Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.Messages).To(Equal(uint64(1)))
+		Expect(state.FirstMessageAt.IsZero()).To(BeFalse())
+		Expect(state.FirstMessageAt).To(BeTemporally("<=", state.LastMessageAt))
+	})
+
+	It("reports a missing consumer and dead-letter stream", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		Expect(js.DeleteConsumer(ctx, src.StreamName(), WorkerConsumer)).To(Succeed())
+		Expect(js.DeleteStream(ctx, src.DeadLetterStreamName())).To(Succeed())
+		state, err := Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.ConsumerExists).To(BeFalse())
+		Expect(state.DeadLetterStreamExists).To(BeFalse())
+	})
+
+	It("reports a missing stream as ErrStreamNotFound", func(ctx SpecContext) {
+		_, err := Inspect(ctx, js, newSource())
+		Expect(err).To(MatchError(jetstream.ErrStreamNotFound))
+	})
+})
+
+var _ = Describe("isolation and dedupe", func() {
+	It("keeps messages of look-alike sources apart", func(ctx SpecContext) {
+		// Names that would collide if '.', '_' or a prefix match could join them.
+		a := Source{Namespace: "iso", Name: "web"}
+		b := Source{Namespace: "iso", Name: "web2"}
+		c := Source{Namespace: "iso-web", Name: "x"}
+		d := Source{Namespace: "iso", Name: "web-x"}
+		for _, s := range []Source{a, b, c, d} {
+			Expect(Ensure(ctx, js, s, Settings{})).To(Succeed())
+		}
+		ack := publish(ctx, b.Subject("track"), "b1")
+		Expect(ack.Stream).To(Equal(b.StreamName()))
+		ack = publish(ctx, c.Subject("track"), "c1")
+		Expect(ack.Stream).To(Equal(c.StreamName()))
+		ack = publish(ctx, d.Subject("identify"), "d1")
+		Expect(ack.Stream).To(Equal(d.StreamName()))
+		publish(ctx, d.DeadLetterSubject(), "d-dlq")
+
+		state, err := Inspect(ctx, js, a)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.Messages).To(BeZero())
+		Expect(state.Backlog).To(BeZero())
+		Expect(state.DeadLetters).To(BeZero())
+		for _, s := range []Source{b, c, d} {
+			state, err := Inspect(ctx, js, s)
+			Expect(err).NotTo(HaveOccurred())
+			Expect(state.Messages).To(Equal(uint64(1)), s.String())
+		}
+	})
+
+	It("stores a message published twice with the same Nats-Msg-Id once", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		first := publish(ctx, src.Subject("track"), "same-id")
+		Expect(first.Duplicate).To(BeFalse())
+		again := publish(ctx, src.Subject("track"), "same-id")
+		Expect(again.Duplicate).To(BeTrue())
+		Expect(again.Sequence).To(Equal(first.Sequence))
+		// The id is what counts, not the subject it came on.
+		other := publish(ctx, src.Subject("identify"), "same-id")
+		Expect(other.Duplicate).To(BeTrue())
+		publish(ctx, src.Subject("track"), "another-id")
+
+		Eventually(func(g Gomega) {
+			state, err := Inspect(ctx, js, src)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(state.Messages).To(Equal(uint64(2)))
+			g.Expect(state.Backlog).To(Equal(uint64(2)))
+		}).WithContext(ctx).Should(Succeed())
+	})
+})
