@@ -104,6 +104,8 @@ var _ = Describe("from kubectl apply to rows in Postgres", Ordered, func() {
 		Expect(client.Enqueue(analytics.Track{UserId: "u1", Event: "Report Exported",
 			Properties: analytics.NewProperties().Set("accountId", "acc-1").Set("format", "csv")})).To(Succeed())
 		Expect(client.Enqueue(analytics.Track{UserId: "u1", Event: "Heartbeat"})).To(Succeed())
+		// Sent last: once it is stored, the Heartbeat before it has been through the pipeline too.
+		Expect(client.Enqueue(analytics.Track{UserId: "u1", Event: "Sentinel"})).To(Succeed())
 		Expect(client.Close()).To(Succeed())
 		Expect(cb.errs).To(BeEmpty())
 
@@ -128,6 +130,11 @@ var _ = Describe("from kubectl apply to rows in Postgres", Ordered, func() {
 			err := db.QueryRow(ctx, `SELECT account_id FROM tally.events WHERE tenant = 'acme' AND event = 'Report Exported'`).Scan(&account)
 			return account, err
 		}).WithTimeout(30 * time.Second).Should(Equal("acc-1"))
+		Eventually(func() (int, error) {
+			var n int
+			err := db.QueryRow(ctx, `SELECT count(*) FROM tally.events WHERE tenant = 'acme' AND event = 'Sentinel'`).Scan(&n)
+			return n, err
+		}).WithTimeout(30 * time.Second).Should(Equal(1))
 		var heartbeats int
 		Expect(db.QueryRow(ctx, `SELECT count(*) FROM tally.events WHERE tenant = 'acme' AND event = 'Heartbeat'`).Scan(&heartbeats)).To(Succeed())
 		Expect(heartbeats).To(BeZero(), "ignored events are never stored")

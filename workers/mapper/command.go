@@ -65,7 +65,8 @@ func workerCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer nc.Drain()
+			// Wait for the drain, so the last batch's acks reach NATS before the process exits.
+			defer stream.Drain(context.Background(), nc, 10*time.Second)
 			js, err := jetstream.New(nc)
 			if err != nil {
 				return err
@@ -75,7 +76,7 @@ func workerCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			srv := serveMetrics(metricsListen, w, log)
+			srv := serveMetrics(metricsListen, w, pool, log)
 			defer srv.Close()
 			go reloadSource(ctx, w, sourceConfig, log)
 			log.Info("worker started", "source", src.String(), "tenant", src.Tenant)
@@ -112,13 +113,20 @@ func reloadSource(ctx context.Context, w *Worker, file string, log *slog.Logger)
 	}
 }
 
-func serveMetrics(addr string, w *Worker, log *slog.Logger) *http.Server {
+func serveMetrics(addr string, w *Worker, pool *pgxpool.Pool, log *slog.Logger) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.Handler())
 	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { _, _ = rw.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, r *http.Request) {
 		if !w.Ready() {
 			http.Error(rw, "not ready: consumer not bound or Postgres unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		// An idle worker has no failing batch to notice Postgres going away; ask it.
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := pool.Ping(ctx); err != nil {
+			http.Error(rw, "not ready: Postgres unavailable", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = rw.Write([]byte("ok\n"))

@@ -73,7 +73,7 @@ func (w *Worker) fetch(consumer jetstream.Consumer) fetched {
 	}
 	if len(f.items) > 0 {
 		src := w.source.Load()
-		f.prepared = &preparedFold{src: src, folded: fold(messagesOf(f.items), src.AccountProperty)}
+		f.prepared = &preparedFold{src: src, folded: fold(withoutIgnored(messagesOf(f.items), src), src.AccountProperty)}
 	}
 	return f
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tallyhq/tally/workers/segment"
+	"github.com/tallyhq/tally/workers/source"
 )
 
 // A batch is folded in Go before it touches Postgres: every entity the batch mentions becomes one
@@ -113,6 +114,20 @@ type folded struct {
 	Memberships []*membershipChange
 	Events      []eventRow
 	Aliases     []*aliasChange
+}
+
+// withoutIgnored drops the source's ignored track events. The receiver drops them already; these
+// are the ones accepted before the event was added to ignoredEvents, or re-driven from the
+// dead-letter stream: an ignored event is never stored, whenever it was accepted.
+func withoutIgnored(msgs []*segment.Message, src *source.Config) []*segment.Message {
+	kept := msgs[:0:0]
+	for _, m := range msgs {
+		if m.Type == segment.TypeTrack && src.Ignores(m.Event) {
+			continue
+		}
+		kept = append(kept, m)
+	}
+	return kept
 }
 
 // fold maps a batch of messages onto the changes it makes. accountProperty is the source's track

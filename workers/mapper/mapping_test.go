@@ -237,6 +237,16 @@ var _ = Describe("Mapping messages into the tally tables", func() {
 			Expect(queryRow(ctx, `SELECT count(*) AS n FROM tally.events WHERE tenant = $1`, src.Tenant)["n"]).To(BeEquivalentTo(2))
 		})
 
+		It("never stores an ignored event that reached the stream before it was ignored", func(ctx SpecContext) {
+			src := newSource(ctx, "", "Heartbeat")
+			startWorker(src, 100)
+			publish(ctx, src, track("h1", "u1", "Heartbeat", 10, nil, nil), track("s1", "u1", "Signed In", 11, nil, nil))
+			drained(ctx, src)
+			Expect(queryRows(ctx, `SELECT message_id FROM tally.events WHERE tenant = $1`, src.Tenant)).To(Equal([]map[string]any{
+				{"message_id": "s1"},
+			}))
+		})
+
 		It("follows a change of ignoredEvents without a restart", func(ctx SpecContext) {
 			src := newSource(ctx, "", "Heartbeat")
 			w, err := NewWorker(WorkerOptions{Pool: pool, JetStream: js, Source: src, Logger: quietLogger()})

@@ -98,18 +98,22 @@ var _ = Describe("Failures", func() {
 
 	It("binds again when its consumer or its whole stream is deleted and recreated", func(ctx SpecContext) {
 		src := newSource(ctx, "")
-		startWorker(src, 10)
+		var w *Worker
+		startWorker(src, 10, func(worker *Worker) { w = worker })
 		publish(ctx, src, track("t1", "u1", "Clicked", 1, nil, nil))
 		drained(ctx, src)
 
+		// Each time, wait until the worker has noticed the loss (it reports not ready), so what
+		// follows shows it bound again rather than a consumer handle that never broke.
 		Expect(js.DeleteConsumer(ctx, src.Stream().StreamName(), stream.WorkerConsumer)).To(Succeed())
-		time.Sleep(300 * time.Millisecond) // let the worker notice; not an assertion
+		Eventually(w.Ready).WithTimeout(30 * time.Second).Should(BeFalse())
 		Expect(stream.Ensure(ctx, js, src.Stream(), src.StreamSettings())).To(Succeed())
 		publish(ctx, src, track("t2", "u1", "Clicked", 2, nil, nil))
 		drained(ctx, src)
+		Eventually(w.Ready).WithTimeout(30 * time.Second).Should(BeTrue())
 
 		Expect(stream.Delete(ctx, js, src.Stream())).To(Succeed())
-		time.Sleep(300 * time.Millisecond)
+		Eventually(w.Ready).WithTimeout(30 * time.Second).Should(BeFalse())
 		Expect(stream.Ensure(ctx, js, src.Stream(), src.StreamSettings())).To(Succeed())
 		publish(ctx, src, track("t3", "u1", "Clicked", 3, nil, nil))
 		drained(ctx, src)

@@ -89,10 +89,14 @@ func (w *Worker) UpdateSource(ctx context.Context, c *source.Config) error {
 	if c.Namespace != old.Namespace || c.Name != old.Name || c.Tenant != old.Tenant {
 		return fmt.Errorf("worker of %s (tenant %s) cannot switch to %s (tenant %s)", old, old.Tenant, c, c.Tenant)
 	}
-	w.source.Store(c)
+	// Mark the catalog first and keep the old settings if that fails, so the next reload sees
+	// the difference again and retries instead of leaving the ignored flags wrong.
 	if !equalStrings(old.IgnoredEvents, c.IgnoredEvents) {
-		return markIgnored(ctx, w.pool, w.tenant, c.IgnoredEvents)
+		if err := markIgnored(ctx, w.pool, w.tenant, c.IgnoredEvents); err != nil {
+			return err
+		}
 	}
+	w.source.Store(c)
 	return nil
 }
 
@@ -231,7 +235,7 @@ func (w *Worker) mapIsolating(ctx context.Context, items []item, prepared *prepa
 func (w *Worker) commit(ctx context.Context, items []item, prepared *preparedFold) error {
 	src := w.source.Load()
 	if prepared == nil || prepared.src != src {
-		prepared = &preparedFold{src: src, folded: fold(messagesOf(items), src.AccountProperty)}
+		prepared = &preparedFold{src: src, folded: fold(withoutIgnored(messagesOf(items), src), src.AccountProperty)}
 	}
 	folded := prepared.folded
 	// The transaction runs to its end even during shutdown; only waiting between tries stops.

@@ -4,6 +4,7 @@
 package source
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
 	"strings"
@@ -48,12 +49,15 @@ func (c *Config) Ignores(event string) bool {
 	return false
 }
 
-// MatchesKey compares key against every write key of the source in constant time, so neither the
-// position of a match nor the length of a common prefix shows in the timing.
+// MatchesKey compares key against every write key of the source in constant time. It compares
+// SHA-256 digests, which all have one length, so neither the position of a match, nor a common
+// prefix, nor a key's length shows in the timing.
 func (c *Config) MatchesKey(key string) bool {
+	given := sha256.Sum256([]byte(key))
 	match := 0
 	for _, k := range c.WriteKeys {
-		match |= subtle.ConstantTimeCompare([]byte(k), []byte(key))
+		want := sha256.Sum256([]byte(k))
+		match |= subtle.ConstantTimeCompare(want[:], given[:])
 	}
 	return match == 1
 }

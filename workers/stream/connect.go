@@ -1,8 +1,11 @@
 package stream
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -28,4 +31,48 @@ func Connect(url, creds, name string, log *slog.Logger, extra ...nats.Option) (*
 		return nil, fmt.Errorf("nats: %w", err)
 	}
 	return nc, nil
+}
+
+// Drain flushes what the connection still buffers (acks, publishes) and waits, at most timeout,
+// until it is closed: nc.Drain alone returns at once, and a process exiting right after it would
+// drop the last acks.
+func Drain(ctx context.Context, nc *nats.Conn, timeout time.Duration) {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close() // not connected: nothing left to flush
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		nc.Close()
+	}
+}
+
+// RedactURL replaces the password of every server in a comma-separated NATS URL list with
+// "xxxxx", so a URL can go into logs, status messages and Events. A token given as the user part
+// (nats://token@host) is redacted too. Anything that does not parse as a URL is replaced whole.
+func RedactURL(servers string) string {
+	parts := strings.Split(servers, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		if !strings.Contains(p, "@") {
+			parts[i] = p
+			continue
+		}
+		u, err := url.Parse(p)
+		if err != nil || u.User == nil {
+			parts[i] = "<unparseable URL redacted>"
+			continue
+		}
+		if _, hasPassword := u.User.Password(); !hasPassword {
+			// nats://TOKEN@host: the user part is the secret.
+			u.User = url.User("xxxxx")
+		}
+		parts[i] = u.Redacted()
+	}
+	return strings.Join(parts, ",")
 }
