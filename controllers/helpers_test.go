@@ -3,6 +3,9 @@ package controllers_test
 import (
 	"fmt"
 	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -45,7 +48,8 @@ func newSource(ns, name string) *tallyv1.SegmentSource {
 		TypeMeta:   metav1.TypeMeta{APIVersion: tallyv1.GroupVersion.String(), Kind: "SegmentSource"},
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: tallyv1.SegmentSourceSpec{
-			Tenant:            "acme",
+			// A tenant of the namespace's own: a tenant belongs to the first namespace that uses it.
+			Tenant:            ns,
 			WriteKeySecretRef: tallyv1.SecretKeyRef{Name: name + "-segment", Key: "writeKey"},
 			AccountProperty:   "accountId",
 			IgnoredEvents:     []string{"Heartbeat"},
@@ -261,4 +265,46 @@ func updateSource(key client.ObjectKey, mutate func(*tallyv1.SegmentSource)) *ta
 // "1Gi" read back from the API server equals resource.MustParse("1Gi").
 func EqualSemantically(want any) gomegatypes.GomegaMatcher {
 	return WithTransform(func(got any) bool { return equality.Semantic.DeepEqual(got, want) }, BeTrue())
+}
+
+// touch changes an annotation of the source, which triggers a reconcile without a new generation.
+func touch(key client.ObjectKey) {
+	GinkgoHelper()
+	updateSource(key, func(s *tallyv1.SegmentSource) {
+		if s.Annotations == nil {
+			s.Annotations = map[string]string{}
+		}
+		s.Annotations["test.tally.dev/touched"] = fmt.Sprint(rand.Int())
+	})
+}
+
+// ackAll takes every message of the source's stream through the workers' consumer and
+// acknowledges it, as a worker does once the rows are committed.
+func ackAll(ns, name string, want int) {
+	GinkgoHelper()
+	c, err := testJS.Consumer(ctx, stream.Source{Namespace: ns, Name: name}.StreamName(), stream.WorkerConsumer)
+	Expect(err).NotTo(HaveOccurred())
+	batch, err := c.Fetch(want, jetstream.FetchMaxWait(5*time.Second))
+	Expect(err).NotTo(HaveOccurred())
+	got := 0
+	for m := range batch.Messages() {
+		Expect(m.DoubleAck(ctx)).To(Succeed())
+		got++
+	}
+	Expect(got).To(Equal(want))
+}
+
+// conditionOf is "<status>/<reason>" of a condition, or "" when absent, for Eventually.
+func conditionOf(key client.ObjectKey, t string) func() string {
+	return func() string {
+		s := &tallyv1.SegmentSource{}
+		if err := k8s.Get(ctx, key, s); err != nil {
+			return err.Error()
+		}
+		c := condition(s, t)
+		if c == nil {
+			return ""
+		}
+		return string(c.Status) + "/" + c.Reason
+	}
 }

@@ -6,6 +6,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"time"
 
@@ -139,6 +140,7 @@ func (r *SegmentSourceReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		return ctrl.Result{}, err
 	}
 	steps := []subReconciler{
+		r.reconcileTenant,
 		r.reconcileWriteKey,
 		r.reconcileDatabaseSecret,
 		r.reconcileNATSCredsSecret,
@@ -172,9 +174,17 @@ func (r *SegmentSourceReconciler) ensureFinalizer(ctx context.Context, st *recon
 	return nil
 }
 
+// ForceDeleteAnnotation, set to "true", lets a SegmentSource with deletionPolicy Delete be
+// deleted at once, with its unprocessed messages and dead letters.
+const ForceDeleteAnnotation = "tally.dev/force-delete"
+
+// deletionRecheck is how often a deletion waiting for the workers looks again.
+const deletionRecheck = 15 * time.Second
+
 // reconcileDelete removes the stream and its consumer (unless the deletion policy retains them),
-// then the finalizer. Owned Kubernetes objects go through garbage collection. Postgres rows stay:
-// they are the customer's data.
+// then the finalizer. Owned Kubernetes objects go through garbage collection, which waits for the
+// finalizer, so the workers keep draining the stream meanwhile. Postgres rows stay: they are the
+// customer's data.
 func (r *SegmentSourceReconciler) reconcileDelete(ctx context.Context, st *reconcileState) error {
 	obj := st.source
 	if !controllerutil.ContainsFinalizer(obj, Finalizer) {
@@ -184,15 +194,36 @@ func (r *SegmentSourceReconciler) reconcileDelete(ctx context.Context, st *recon
 	src := streamSource(obj)
 	if obj.DeletionPolicy() == tallyv1.DeletionPolicyDelete {
 		if !r.NATS.Connected() {
-			return transient(ReasonNATSUnavailable, nil, "cannot delete stream %s: NATS at %s is not reachable", src.StreamName(), r.NATS.URL())
+			return transient(ReasonNATSUnavailable, nil, "cannot delete stream %s: NATS at %s is not reachable", src.StreamName(), r.natsURL())
 		}
 		nctx, cancel := context.WithTimeout(ctx, r.Config.NATSTimeout)
 		defer cancel()
-		if err := stream.Delete(nctx, r.NATS.JetStream(), src); err != nil {
-			return transient(ReasonDeletionBlocked, err, "deleting stream %s", src.StreamName())
+		js := r.NATS.JetStream()
+		forced := forcedDelete(obj)
+		if !forced {
+			// Accepted events must reach Postgres or stay visible: deleting the streams now would
+			// destroy what the workers have not written yet and every dead letter. The Event for
+			// the wait comes once, from the Ready transition to DeletionBlocked.
+			messages, deadLetters, err := undelivered(nctx, js, src)
+			if err != nil {
+				return r.natsError(err, "counting the messages left in stream "+src.StreamName())
+			}
+			if messages > 0 || deadLetters > 0 {
+				return waiting(ReasonDeletionBlocked, deletionRecheck,
+					"deletion waits for %d unprocessed message(s) in stream %s and %d dead letter(s) in %s; "+
+						"let the workers finish and re-drive (tally dlq redrive) or remove the dead letters, "+
+						"or set the annotation %s=\"true\" to delete them with the source",
+					messages, src.StreamName(), deadLetters, src.DeadLetterStreamName(), ForceDeleteAnnotation)
+			}
 		}
-		r.Recorder.Eventf(obj, nil, "Normal", eventReasonStreamDeleted, "Delete",
-			"deleted stream %s and its consumer; Postgres rows are kept", src.StreamName())
+		if err := stream.Delete(nctx, js, src); err != nil {
+			return transient(ReasonDeletionFailed, redacted(err), "deleting stream %s", src.StreamName())
+		}
+		msg := "deleted stream %s and its consumer; Postgres rows are kept"
+		if forced {
+			msg = "deleted stream %s and its consumer (" + ForceDeleteAnnotation + "), with any unprocessed messages and dead letters; Postgres rows are kept"
+		}
+		r.Recorder.Eventf(obj, nil, "Normal", eventReasonStreamDeleted, "Delete", msg, src.StreamName())
 	} else {
 		r.Recorder.Eventf(obj, nil, "Normal", eventReasonStreamRetained, "Delete",
 			"kept stream %s (deletionPolicy Retain)", src.StreamName())
@@ -203,8 +234,38 @@ func (r *SegmentSourceReconciler) reconcileDelete(ctx context.Context, st *recon
 		return transient(ReasonReconcileError, err, "removing finalizer")
 	}
 	st.finalized = true
-	log.FromContext(ctx).Info("finalized", "stream", src.StreamName(), "deletionPolicy", obj.DeletionPolicy())
+	log.FromContext(ctx).Info("finalized", "stream", src.StreamName(), "deletionPolicy", obj.DeletionPolicy(), "forced", forcedDelete(obj))
 	return nil
+}
+
+func forcedDelete(obj *tallyv1.SegmentSource) bool {
+	return obj.Annotations[ForceDeleteAnnotation] == "true"
+}
+
+// undelivered counts what deleting the source's streams would destroy: messages no worker has
+// acknowledged yet and dead letters. Without a consumer every stored message counts.
+func undelivered(ctx context.Context, js jetstream.JetStream, src stream.Source) (messages, deadLetters uint64, err error) {
+	state, err := stream.Inspect(ctx, js, src)
+	switch {
+	case err == nil:
+		messages = state.Backlog
+		if !state.ConsumerExists {
+			messages = state.Messages
+		}
+		return messages, state.DeadLetters, nil
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		// The message stream is gone; its dead letters may not be.
+		dlq, err := js.Stream(ctx, src.DeadLetterStreamName())
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return 0, 0, nil
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		return 0, dlq.CachedInfo().State.Msgs, nil
+	default:
+		return 0, 0, err
+	}
 }
 
 func streamSource(obj *tallyv1.SegmentSource) stream.Source {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
@@ -63,7 +64,7 @@ var _ = Describe("SegmentSource", func() {
 		Expect(cm.Labels).To(HaveKeyWithValue("app.kubernetes.io/managed-by", "tally-operator"))
 		cfg, err := source.DecodeConfig([]byte(cm.Data[source.ConfigFileName]))
 		Expect(err).NotTo(HaveOccurred())
-		Expect(cfg.Tenant).To(Equal("acme"))
+		Expect(cfg.Tenant).To(Equal(ns))
 		Expect(cfg.IgnoredEvents).To(Equal([]string{"Heartbeat"}))
 		Expect(cm.Data[source.ConfigFileName]).NotTo(ContainSubstring("key-one"), "write keys never go in the ConfigMap")
 
@@ -428,6 +429,174 @@ var _ = Describe("SegmentSource", func() {
 		Expect(got.Status.FirstMessageAt).NotTo(BeNil())
 		Expect(got.Status.LastMessageAt).NotTo(BeNil())
 		Expect(got.Status.Backlog).To(Equal(int64(1)))
+		first, last := *got.Status.FirstMessageAt, *got.Status.LastMessageAt
+
+		By("keeping firstMessageAt and Receiving once a worker consumed the message out of the work queue")
+		ackAll(ns, "live", 1)
+		Eventually(func(g Gomega) {
+			info, err := testJS.Stream(ctx, stream.Source{Namespace: ns, Name: "live"}.StreamName())
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(info.CachedInfo().State.Msgs).To(BeZero())
+		}, "10s").Should(Succeed())
+		touch(key)
+		Eventually(func() int64 { return getSource(key).Status.Backlog }, "20s", "250ms").Should(BeZero())
+		got = getSource(key)
+		Expect(got.Status.FirstMessageAt).NotTo(BeNil())
+		Expect(got.Status.FirstMessageAt.Equal(&first)).To(BeTrue(), "firstMessageAt %v, was %v", got.Status.FirstMessageAt, first)
+		Expect(got.Status.LastMessageAt).NotTo(BeNil())
+		Expect(got.Status.LastMessageAt.Before(&last)).To(BeFalse())
+		Expect(condition(got, tallyv1.ConditionReceiving).Status).To(Equal(metav1.ConditionTrue))
+
+		By("not moving firstMessageAt forward when the stream is re-created")
+		Expect(testJS.DeleteStream(ctx, stream.Source{Namespace: ns, Name: "live"}.StreamName())).To(Succeed())
+		touch(key)
+		Eventually(func() bool { ok, c := streamExists(ns, "live"); return ok && c }, "20s").Should(BeTrue())
+		_, err = testJS.Publish(ctx, stream.Source{Namespace: ns, Name: "live"}.Subject("track"), []byte(`{"type":"track"}`))
+		Expect(err).NotTo(HaveOccurred())
+		touch(key)
+		Eventually(func() int64 { return getSource(key).Status.Backlog }, "20s", "250ms").Should(Equal(int64(1)))
+		got = getSource(key)
+		Expect(got.Status.FirstMessageAt.Equal(&first)).To(BeTrue(), "firstMessageAt %v, was %v", got.Status.FirstMessageAt, first)
+		Expect(condition(got, tallyv1.ConditionReceiving).Status).To(Equal(metav1.ConditionTrue))
+		ackAll(ns, "live", 1)
+	})
+
+	It("stays Stalled while JetStream refuses a change to an existing stream, on every reconcile, until the spec is fixed", func() {
+		s := createSource(newSource(ns, "grown"), true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(func() bool { ok, c := streamExists(ns, "grown"); return ok && c }, "20s").Should(BeTrue())
+		makeAllAvailable(s)
+		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+
+		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Stream.Replicas = 3 }) // not clustered
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonStreamRejected))
+		Expect(conditionOf(key, tallyv1.ConditionStalled)()).To(Equal("True/" + controllers.ReasonStreamRejected))
+
+		By("staying Stalled when something else triggers a reconcile of the same generation")
+		touch(key)
+		Consistently(readyReason(key), "3s", "200ms").Should(Equal("False/" + controllers.ReasonStreamRejected))
+		Expect(conditionOf(key, tallyv1.ConditionStalled)()).To(Equal("True/" + controllers.ReasonStreamRejected))
+
+		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Stream.Replicas = 1 })
+		makeAllAvailable(s)
+		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Expect(conditionOf(key, tallyv1.ConditionStalled)()).To(BeEmpty())
+	})
+
+	It("restores a hand-edited stream configuration on the periodic re-check", func() {
+		s := createSource(newSource(ns, "edited"), true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(func() bool { ok, c := streamExists(ns, "edited"); return ok && c }, "20s").Should(BeTrue())
+		makeAllAvailable(s)
+		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		src := stream.Source{Namespace: ns, Name: "edited"}
+		cfg := stream.StreamConfig(src, source.FromSpec(getSource(key)).StreamSettings())
+		cfg.MaxAge = time.Hour
+		_, err := testJS.UpdateStream(ctx, cfg)
+		Expect(err).NotTo(HaveOccurred())
+		edited := time.Now()
+		Eventually(func(g Gomega) {
+			st, err := testJS.Stream(ctx, src.StreamName())
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(st.CachedInfo().Config.MaxAge).To(BeZero())
+		}, "40s", "250ms").Should(Succeed())
+		AddReportEntry("hand-edited stream restored after", time.Since(edited).Round(time.Millisecond).String())
+		Eventually(func() []string { return eventReasons(ns, "edited") }, "10s").Should(ContainElement("StreamConfigRestored"))
+		Expect(readyReason(key)()).To(Equal("True/" + controllers.ReasonSucceeded))
+	})
+
+	It("waits with the deletion until the workers consumed the backlog, unless forced", func() {
+		s := createSource(newSource(ns, "busy"), true)
+		key := client.ObjectKeyFromObject(s)
+		src := stream.Source{Namespace: ns, Name: "busy"}
+		Eventually(func() bool { ok, c := streamExists(ns, "busy"); return ok && c }, "20s").Should(BeTrue())
+		_, err := testJS.Publish(ctx, src.Subject("track"), []byte(`{"type":"track"}`))
+		Expect(err).NotTo(HaveOccurred())
+
+		Expect(k8s.Delete(ctx, s)).To(Succeed())
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonDeletionBlocked))
+		got := getSource(key)
+		Expect(got.DeletionTimestamp).NotTo(BeNil())
+		Expect(got.Finalizers).To(ContainElement(controllers.Finalizer))
+		msg := condition(got, tallyv1.ConditionReady).Message
+		Expect(msg).To(ContainSubstring("1 unprocessed message(s)"))
+		Expect(msg).To(ContainSubstring("0 dead letter(s)"))
+		Expect(msg).To(ContainSubstring(controllers.ForceDeleteAnnotation))
+		ok, _ := streamExists(ns, "busy")
+		Expect(ok).To(BeTrue(), "the stream outlives a blocked deletion")
+		Eventually(func() []string { return eventReasons(ns, "busy") }, "10s").Should(ContainElement(controllers.ReasonDeletionBlocked))
+
+		By("completing the deletion once the message is consumed")
+		ackAll(ns, "busy", 1)
+		Eventually(func() bool { return notFound(k8s.Get(ctx, key, &tallyv1.SegmentSource{})) }, "40s", "250ms").Should(BeTrue())
+		ok, _ = streamExists(ns, "busy")
+		Expect(ok).To(BeFalse())
+
+		By("deleting at once, messages and dead letters included, with the force annotation")
+		f := newSource(ns, "doomed")
+		f.Annotations = map[string]string{controllers.ForceDeleteAnnotation: "true"}
+		createSource(f, true)
+		fsrc := stream.Source{Namespace: ns, Name: "doomed"}
+		Eventually(func() bool { ok, c := streamExists(ns, "doomed"); return ok && c }, "20s").Should(BeTrue())
+		_, err = testJS.Publish(ctx, fsrc.Subject("track"), []byte(`{"type":"track"}`))
+		Expect(err).NotTo(HaveOccurred())
+		_, err = testJS.Publish(ctx, fsrc.DeadLetterSubject(), []byte(`{"type":"track"}`))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(k8s.Delete(ctx, f)).To(Succeed())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(f), &tallyv1.SegmentSource{})) }, "10s", "100ms").Should(BeTrue())
+		ok, _ = streamExists(ns, "doomed")
+		Expect(ok).To(BeFalse())
+		_, err = testJS.Stream(ctx, fsrc.DeadLetterStreamName())
+		Expect(err).To(MatchError(jetstream.ErrStreamNotFound))
+	})
+
+	It("waits with the deletion while dead letters are left", func() {
+		s := createSource(newSource(ns, "letters"), true)
+		key := client.ObjectKeyFromObject(s)
+		src := stream.Source{Namespace: ns, Name: "letters"}
+		Eventually(func() bool { ok, c := streamExists(ns, "letters"); return ok && c }, "20s").Should(BeTrue())
+		_, err := testJS.Publish(ctx, src.DeadLetterSubject(), []byte(`{"type":"track"}`))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(k8s.Delete(ctx, s)).To(Succeed())
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonDeletionBlocked))
+		Expect(condition(getSource(key), tallyv1.ConditionReady).Message).To(ContainSubstring("1 dead letter(s)"))
+		dlq, err := testJS.Stream(ctx, src.DeadLetterStreamName())
+		Expect(err).NotTo(HaveOccurred())
+		Expect(dlq.Purge(ctx)).To(Succeed())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, key, &tallyv1.SegmentSource{})) }, "40s", "250ms").Should(BeTrue())
+	})
+
+	It("refuses a tenant another namespace claimed first, and lets one namespace share its tenant", func() {
+		owner := newSource(ns, "first")
+		owner.Spec.Tenant = "shared-" + ns
+		createSource(owner, true)
+		Eventually(readyReason(client.ObjectKeyFromObject(owner)), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+
+		sibling := newSource(ns, "second")
+		sibling.Spec.Tenant = owner.Spec.Tenant
+		createSource(sibling, true)
+		Eventually(readyReason(client.ObjectKeyFromObject(sibling)), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+
+		// creationTimestamp has one-second resolution, so a same-second tie is likely here; it
+		// goes to the namespace that sorts first, which a name with ns as prefix never is.
+		other := ns + "-other"
+		Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: other}})).To(Succeed())
+		intruder := newSource(other, "intruder")
+		intruder.Spec.Tenant = owner.Spec.Tenant
+		createSource(intruder, true)
+		key := client.ObjectKeyFromObject(intruder)
+		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonTenantClaimed))
+		got := getSource(key)
+		Expect(condition(got, tallyv1.ConditionStalled).Status).To(Equal(metav1.ConditionTrue))
+		Expect(condition(got, tallyv1.ConditionStalled).Message).To(And(
+			ContainSubstring(`tenant "`+owner.Spec.Tenant+`" belongs to namespace `+ns), ContainSubstring(ns+"/first")))
+		Expect(kstatusOf(got)).To(Equal(status.FailedStatus))
+		expectStatusCompliant(got)
+		Eventually(func() []string { return eventReasons(other, "intruder") }, "10s").Should(ContainElement(controllers.ReasonTenantClaimed))
+		ok, _ := streamExists(other, "intruder")
+		Expect(ok).To(BeFalse(), "no stream for a refused source")
+		Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: other, Name: resources.ReceiverName(intruder)}, &appsv1.Deployment{}))).To(BeTrue())
+		Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: other, Name: resources.WorkerName(intruder)}, &appsv1.Deployment{}))).To(BeTrue())
 	})
 
 	It("re-creates a stream deleted behind its back on the periodic re-check", func() {

@@ -54,6 +54,9 @@ func (r *SegmentSourceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &tallyv1.SegmentSource{}, secretRefIndex, secretRefs); err != nil {
 		return err
 	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &tallyv1.SegmentSource{}, tenantIndex, tenantOf); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("segmentsource").
 		For(&tallyv1.SegmentSource{}, builder.WithPredicates(sourceChanged())).
@@ -63,6 +66,14 @@ func (r *SegmentSourceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&policyv1.PodDisruptionBudget{}).
 		Owns(&autoscalingv2.HorizontalPodAutoscaler{}).
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.sourcesForSecret)).
+		// A source refused with TenantClaimed is not requeued; the deletion of the source that
+		// claimed the tenant first is what can change its answer.
+		Watches(&tallyv1.SegmentSource{}, handler.EnqueueRequestsFromMapFunc(r.sourcesOfTenant),
+			builder.WithPredicates(predicate.Funcs{
+				CreateFunc:  func(event.CreateEvent) bool { return false },
+				UpdateFunc:  func(event.UpdateEvent) bool { return false },
+				GenericFunc: func(event.GenericEvent) bool { return false },
+			})).
 		WithOptions(controller.Options{
 			// Backoff for transient failures (NATS unreachable, API conflicts): fast at first, capped
 			// at 30 s so a recovered NATS is noticed quickly.

@@ -27,11 +27,24 @@ func (r *SegmentSourceReconciler) observe(_ context.Context, st *reconcileState)
 
 	s := st.streamState
 	obj.Status.Backlog = int64(s.Backlog)
-	obj.Status.FirstMessageAt = timeOrNil(s.FirstMessageAt)
-	obj.Status.LastMessageAt = timeOrNil(s.LastMessageAt)
+	// The stream forgets: a work queue drops what the workers acknowledged, and a re-created
+	// stream starts over. So the status keeps the earliest first and the latest last message
+	// time it ever saw, and Receiving, once true, stays true for the life of the object.
+	if s.LastSequence > 0 {
+		first := s.FirstMessageAt
+		if first.IsZero() {
+			first = s.LastMessageAt // the oldest message time the stream still knows
+		}
+		if t := timeOrNil(first); t != nil && (obj.Status.FirstMessageAt == nil || t.Before(obj.Status.FirstMessageAt)) {
+			obj.Status.FirstMessageAt = t
+		}
+		if t := timeOrNil(s.LastMessageAt); t != nil && (obj.Status.LastMessageAt == nil || obj.Status.LastMessageAt.Before(t)) {
+			obj.Status.LastMessageAt = t
+		}
+	}
 	if obj.Status.FirstMessageAt != nil {
 		setCondition(obj, tallyv1.ConditionReceiving, metav1.ConditionTrue, ReasonFirstMessage,
-			fmt.Sprintf("first message reached stream %s at %s", obj.Status.Stream, s.FirstMessageAt.UTC().Format(time.RFC3339)))
+			fmt.Sprintf("first message reached stream %s at %s", obj.Status.Stream, obj.Status.FirstMessageAt.UTC().Format(time.RFC3339)))
 	} else {
 		setCondition(obj, tallyv1.ConditionReceiving, metav1.ConditionFalse, ReasonNoMessages,
 			"no message has reached the stream yet; point Segment at "+obj.Status.Endpoint)

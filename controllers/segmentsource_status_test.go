@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,7 +123,8 @@ func TestReconcileStallsWithoutDatabase(t *testing.T) {
 	}
 	src.Status.ObservedGeneration = -1
 	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "keys", Namespace: "n"}, Data: map[string][]byte{"writeKey": []byte("k")}}
-	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(src, secret).WithStatusSubresource(src).Build()
+	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(src, secret).WithStatusSubresource(src).
+		WithIndex(&tallyv1.SegmentSource{}, tenantIndex, tenantOf).Build()
 	rec := events.NewFakeRecorder(10)
 	r := &SegmentSourceReconciler{Client: c, APIReader: c, Recorder: rec, NATS: downNATS{},
 		Config: Config{Interval: time.Minute, NATSTimeout: time.Second}}
@@ -152,5 +154,67 @@ func TestReconcileStallsWithoutDatabase(t *testing.T) {
 		}
 	default:
 		t.Error("no Event for the transition to Stalled")
+	}
+}
+
+// secretNATS is a NATS server whose URL list carries passwords, down at the moment.
+type secretNATS struct{}
+
+func (secretNATS) JetStream() jetstream.JetStream { return nil }
+func (secretNATS) Connected() bool                { return false }
+func (secretNATS) URL() string {
+	return "nats://tally:hunter2@nats-0:4222,nats://tally:hunter2@nats-1:4222"
+}
+
+// TestStreamConditionRedactsNATSPassword: condition messages (and the Events and logs made from
+// them) name the NATS servers, never their passwords.
+func TestStreamConditionRedactsNATSPassword(t *testing.T) {
+	src := &tallyv1.SegmentSource{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "n", Generation: 1}}
+	r := &SegmentSourceReconciler{NATS: secretNATS{}, Config: Config{NATSTimeout: time.Second}}
+	st := &reconcileState{source: src, original: src.DeepCopy()}
+	err := r.reconcileStream(context.Background(), st)
+	if err == nil {
+		t.Fatal("reconcileStream succeeded with NATS down")
+	}
+	c := meta.FindStatusCondition(src.Status.Conditions, tallyv1.ConditionStreamReady)
+	if c == nil {
+		t.Fatal("no StreamReady condition")
+	}
+	for _, text := range []string{c.Message, err.Error(), asReconcileError(err).message} {
+		if strings.Contains(text, "hunter2") {
+			t.Errorf("password in %q", text)
+		}
+	}
+	if want := "nats://tally:xxxxx@nats-0:4222,nats://tally:xxxxx@nats-1:4222"; !strings.Contains(c.Message, want) {
+		t.Errorf("condition message %q does not name the servers as %q", c.Message, want)
+	}
+	// An error text from a library that quotes the URL is redacted too.
+	wrapped := redacted(errors.New(`dial nats://tally:hunter2@nats-0:4222: connection refused`))
+	if strings.Contains(wrapped.Error(), "hunter2") || !strings.Contains(wrapped.Error(), "nats://tally:xxxxx@nats-0:4222") {
+		t.Errorf("redacted error = %q", wrapped.Error())
+	}
+}
+
+// TestClaimedBefore: the earliest source owns its tenant; a same-second tie goes to the
+// namespace, then the name, that sorts first, so exactly one namespace wins.
+func TestClaimedBefore(t *testing.T) {
+	at := func(ns, name string, sec int64) *tallyv1.SegmentSource {
+		return &tallyv1.SegmentSource{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
+			CreationTimestamp: metav1.NewTime(time.Unix(sec, 0))}}
+	}
+	for _, tc := range []struct {
+		a, b *tallyv1.SegmentSource
+		want bool
+	}{
+		{at("z", "x", 1), at("a", "x", 2), true},
+		{at("a", "x", 2), at("z", "x", 1), false},
+		{at("a", "x", 1), at("b", "x", 1), true},
+		{at("b", "x", 1), at("a", "x", 1), false},
+		{at("a", "x", 1), at("a", "y", 1), true},
+	} {
+		if got := claimedBefore(tc.a, tc.b); got != tc.want {
+			t.Errorf("claimedBefore(%s/%s@%v, %s/%s@%v) = %t, want %t", tc.a.Namespace, tc.a.Name, tc.a.CreationTimestamp,
+				tc.b.Namespace, tc.b.Name, tc.b.CreationTimestamp, got, tc.want)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"regexp"
 
 	"github.com/nats-io/nats.go/jetstream"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -16,40 +17,49 @@ import (
 
 // reconcileStream makes sure the stream, the dead-letter stream and the workers' consumer exist
 // with the configuration the spec asks for. It inspects first and calls stream.Ensure only when
-// something is missing or the spec changed, so the periodic re-check costs reads, not writes; a
-// stream deleted behind our back or lost in a NATS restart is re-created here.
+// what the server has differs from the desired configuration, so the periodic re-check costs
+// reads, not writes. Comparing with the server (not with observedGeneration) means a stream
+// deleted behind our back, lost in a NATS restart or edited by hand is corrected here, and a
+// change JetStream refused keeps being refused (Stalled) on every reconcile until the spec is
+// fixed, instead of a later reconcile reporting Ready over a stream that does not match the spec.
 func (r *SegmentSourceReconciler) reconcileStream(ctx context.Context, st *reconcileState) error {
 	obj := st.source
 	src := streamSource(obj)
 	obj.Status.Stream = src.StreamName()
 	if !r.NATS.Connected() {
-		return r.streamUnavailable(st, transient(ReasonNATSUnavailable, nil, "NATS at %s is not reachable", r.NATS.URL()))
+		return r.streamUnavailable(st, transient(ReasonNATSUnavailable, nil, "NATS at %s is not reachable", r.natsURL()))
 	}
 	nctx, cancel := context.WithTimeout(ctx, r.Config.NATSTimeout)
 	defer cancel()
 	js := r.NATS.JetStream()
 
+	settings := source.FromSpec(obj).StreamSettings()
 	state, err := stream.Inspect(nctx, js, src)
 	missing := errors.Is(err, jetstream.ErrStreamNotFound)
 	if err != nil && !missing {
 		return r.streamUnavailable(st, r.natsError(err, "inspecting stream "+src.StreamName()))
 	}
-	specChanged := obj.Status.ObservedGeneration != obj.Generation
-	if missing || specChanged || !state.ConsumerExists || !state.DeadLetterStreamExists {
-		settings := source.FromSpec(obj).StreamSettings()
+	if missing || !stream.InSync(src, settings, state) {
+		specChanged := obj.Status.ObservedGeneration != obj.Generation
 		if err := stream.Ensure(nctx, js, src, settings); err != nil {
 			if refusedConfig(err) {
 				return r.streamUnavailable(st, stalled(ReasonStreamRejected,
-					"JetStream refused the stream configuration (fix spec.stream): %v", err))
+					"JetStream refused the stream configuration (fix spec.stream): %s", redactError(err)))
 			}
 			return r.streamUnavailable(st, r.natsError(err, "ensuring stream "+src.StreamName()))
 		}
-		if (missing || !state.ConsumerExists) && !specChanged {
+		switch {
+		case specChanged:
+		case missing || !state.ConsumerExists:
 			// The objects existed before (this generation was already reconciled): someone or
 			// something removed them. Say so once; the Ready transition shows nothing otherwise.
 			r.Recorder.Eventf(obj, nil, "Warning", "StreamRecreated", "Reconcile",
 				"stream %s or its consumer was missing on the NATS server and has been re-created", src.StreamName())
 			log.FromContext(ctx).Info("re-created missing stream or consumer", "stream", src.StreamName())
+		default:
+			r.Recorder.Eventf(obj, nil, "Warning", "StreamConfigRestored", "Reconcile",
+				"the configuration of stream %s or its consumer differed from spec.stream and has been restored", src.StreamName())
+			log.FromContext(ctx).Info("restored drifted stream configuration", "stream", src.StreamName())
 		}
 		if state, err = stream.Inspect(nctx, js, src); err != nil {
 			return r.streamUnavailable(st, r.natsError(err, "inspecting stream "+src.StreamName()))
@@ -60,6 +70,18 @@ func (r *SegmentSourceReconciler) reconcileStream(ctx context.Context, st *recon
 		"stream "+src.StreamName()+" and consumer "+stream.WorkerConsumer+" exist")
 	return nil
 }
+
+// natsURL is the NATS server list for messages a person reads (status, Events, logs), with any
+// password redacted.
+func (r *SegmentSourceReconciler) natsURL() string { return stream.RedactURL(r.NATS.URL()) }
+
+// redactError is err's text with any NATS URL in it redacted.
+func redactError(err error) string {
+	return urlInText.ReplaceAllStringFunc(err.Error(), stream.RedactURL)
+}
+
+// urlInText finds URLs with credentials in free text (an error from a library).
+var urlInText = regexp.MustCompile(`[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@]+@[^\s,/]+`)
 
 // streamUnavailable marks the stream condition from the failure before handing the error on, so
 // the detail condition never claims a stream that could not be checked.
@@ -75,10 +97,19 @@ func (r *SegmentSourceReconciler) streamUnavailable(st *reconcileState, err erro
 func (r *SegmentSourceReconciler) natsError(err error, doing string) error {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
-		return transient(ReasonNATSUnavailable, err, "JetStream at %s failed %s", r.NATS.URL(), doing)
+		return transient(ReasonNATSUnavailable, redacted(err), "JetStream at %s failed %s", r.natsURL(), doing)
 	}
-	return transient(ReasonNATSUnavailable, err, "NATS at %s is not reachable (%s)", r.NATS.URL(), doing)
+	return transient(ReasonNATSUnavailable, redacted(err), "NATS at %s is not reachable (%s)", r.natsURL(), doing)
 }
+
+// redacted keeps err for errors.Is/As but shows its text with NATS URLs redacted: transient puts
+// the text into the condition message, and the workqueue logs it.
+func redacted(err error) error { return &redactedError{err} }
+
+type redactedError struct{ err error }
+
+func (e *redactedError) Error() string { return redactError(e.err) }
+func (e *redactedError) Unwrap() error { return e.err }
 
 // errCodeReplicasNotSupported is JetStream's answer to replicas > 1 on a server that is not
 // clustered (nats-server JSStreamReplicasNotSupportedErr).

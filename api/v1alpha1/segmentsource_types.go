@@ -139,10 +139,11 @@ type DatabaseSecretRef struct {
 
 // StreamSpec shapes the JetStream stream that holds accepted messages until workers commit them.
 type StreamSpec struct {
-	// MaxAge is how long messages are kept in the stream: at least a minute, or 0 for the default
-	// (Go clients send "0s" for an unset value).
-	// +kubebuilder:default="168h"
-	// +kubebuilder:validation:XValidation:rule="duration(self) == duration('0s') || duration(self) >= duration('1m')",message="maxAge must be at least 1m (or 0 for the default, 168h)"
+	// MaxAge, when set, opts into age-based trimming: JetStream deletes a message older than this
+	// even if no worker has written it to Postgres yet, so an outage or a suspension longer than
+	// MaxAge loses accepted events. Unset or 0 (the default; Go clients send "0s" for an unset
+	// value) keeps every accepted message until a worker acknowledged it. At least a minute.
+	// +kubebuilder:validation:XValidation:rule="duration(self) == duration('0s') || duration(self) >= duration('1m')",message="maxAge must be at least 1m (or 0: no age limit)"
 	// +optional
 	MaxAge metav1.Duration `json:"maxAge,omitempty"`
 
@@ -153,7 +154,11 @@ type StreamSpec struct {
 	// +optional
 	Replicas int32 `json:"replicas,omitempty"`
 
-	// DeletionPolicy says what happens to the stream when the SegmentSource is deleted.
+	// DeletionPolicy says what happens to the stream when the SegmentSource is deleted. Delete
+	// removes the streams once the workers consumed every message and no dead letter is left (the
+	// SegmentSource stays, Ready=False with reason DeletionBlocked, until then); the annotation
+	// tally.dev/force-delete: "true" deletes them at once, unprocessed messages included. Retain
+	// keeps the streams.
 	// +kubebuilder:validation:Enum=Delete;Retain
 	// +kubebuilder:default=Delete
 	// +optional

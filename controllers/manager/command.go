@@ -155,7 +155,7 @@ func Run(ctx context.Context, o *Options) error {
 	if err := Setup(mgr, o, NewNATS(nc, o.NATSURL)); err != nil {
 		return err
 	}
-	setupLog.Info("starting manager", "natsURL", o.NATSURL, "image", o.WorkloadImage,
+	setupLog.Info("starting manager", "natsURL", stream.RedactURL(o.NATSURL), "image", o.WorkloadImage,
 		"managerNamespace", o.ManagerNamespace, "watchNamespace", o.WatchNamespace, "leaderElect", o.LeaderElect)
 	return mgr.Start(ctx)
 }
@@ -251,11 +251,12 @@ type natsConn struct {
 	url string
 }
 
-// NewNATS wraps a connection for the reconciler.
+// NewNATS wraps a connection for the reconciler. URL() goes into status messages and Events, so
+// it keeps the URL with its passwords redacted.
 func NewNATS(nc *nats.Conn, url string) controllers.NATS {
 	js, err := jetstream.New(nc)
 	must(err) // only fails on a nil connection
-	return &natsConn{nc: nc, js: js, url: url}
+	return &natsConn{nc: nc, js: js, url: stream.RedactURL(url)}
 }
 
 func (n *natsConn) JetStream() jetstream.JetStream { return n.js }

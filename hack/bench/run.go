@@ -76,7 +76,8 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 	defer pool.Close()
 
 	e := &env{cfg: cfg, js: js, pool: pool, writeKey: "bench-write-key-0123456789abcdef"}
-	e.recv, err = receiver.New(receiver.Options{JetStream: js, Conn: nc, Logger: cfg.log}, nil)
+	// As tally local does: atomic batches when every write is fsynced, per message otherwise.
+	e.recv, err = receiver.New(receiver.Options{JetStream: js, Conn: nc, AtomicBatches: cfg.durability == "always", Logger: cfg.log}, nil)
 	if err != nil {
 		return nil, err
 	}

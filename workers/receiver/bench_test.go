@@ -49,9 +49,26 @@ func benchBatch(n int) []byte {
 
 // BenchmarkHandler100 posts 100-message batches over HTTP to a receiver backed by a real
 // embedded JetStream server (file storage, same process), from 16 concurrent clients. Each
-// request returns only after all 100 PubAcks.
-func BenchmarkHandler100(b *testing.B) {
-	js, src := benchJetStream(b)
+// request returns only once JetStream stored all 100 messages. The sub-benchmarks cover both
+// durability settings, each with the stream taking atomic batches and without them (the
+// receiver then publishes message by message).
+func BenchmarkHandler100(b *testing.B) { benchHandlerVariants(b, 100) }
+
+// BenchmarkHandler1000 is BenchmarkHandler100 with 1,000 messages per request, where an atomic
+// batch's fixed cost is spread over ten times as many messages.
+func BenchmarkHandler1000(b *testing.B) { benchHandlerVariants(b, 1000) }
+
+func benchHandlerVariants(b *testing.B, size int) {
+	for _, syncAlways := range []bool{false, true} {
+		for _, atomic := range []bool{true, false} {
+			name := fmt.Sprintf("sync=%s/atomic=%t", map[bool]string{false: "default", true: "always"}[syncAlways], atomic)
+			b.Run(name, func(b *testing.B) { benchHandler(b, size, syncAlways, atomic) })
+		}
+	}
+}
+
+func benchHandler(b *testing.B, size int, syncAlways, atomic bool) {
+	js, src := benchJetStream(b, syncAlways, atomic)
 	rcv, err := receiver.New(receiver.Options{JetStream: js, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, []*source.Config{src})
 	if err != nil {
 		b.Fatal(err)
@@ -59,7 +76,7 @@ func BenchmarkHandler100(b *testing.B) {
 	srv := httptest.NewServer(rcv.Handler())
 	defer srv.Close()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	body := benchBatch(100)
+	body := benchBatch(size)
 
 	var mu sync.Mutex
 	var latencies []time.Duration
@@ -90,7 +107,7 @@ func BenchmarkHandler100(b *testing.B) {
 		mu.Unlock()
 	})
 	b.StopTimer()
-	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "msgs/s")
+	b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "msgs/s")
 	if len(latencies) > 0 {
 		slices.Sort(latencies)
 		b.ReportMetric(float64(latencies[len(latencies)/2].Microseconds())/1000, "p50-ms")
@@ -99,8 +116,8 @@ func BenchmarkHandler100(b *testing.B) {
 }
 
 // benchJetStream starts an embedded JetStream server with one source's streams.
-func benchJetStream(b *testing.B) (jetstream.JetStream, *source.Config) {
-	ns, err := natsserver.Start(natsserver.Options{StoreDir: b.TempDir()})
+func benchJetStream(b *testing.B, syncAlways, atomic bool) (jetstream.JetStream, *source.Config) {
+	ns, err := natsserver.Start(natsserver.Options{StoreDir: b.TempDir(), SyncAlways: syncAlways})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -118,6 +135,13 @@ func benchJetStream(b *testing.B) (jetstream.JetStream, *source.Config) {
 	if err := stream.Ensure(context.Background(), js, src.Stream(), src.StreamSettings()); err != nil {
 		b.Fatal(err)
 	}
+	if !atomic {
+		cfg := stream.StreamConfig(src.Stream(), src.StreamSettings())
+		cfg.AllowAtomicPublish = false
+		if _, err := js.UpdateStream(context.Background(), cfg); err != nil {
+			b.Fatal(err)
+		}
+	}
 	return js, src
 }
 
@@ -125,7 +149,7 @@ func benchJetStream(b *testing.B) (jetstream.JetStream, *source.Config) {
 // 100-message requests' worth of async publishes and PubAcks, without HTTP, decoding or
 // normalising.
 func BenchmarkJetStreamOnly100(b *testing.B) {
-	js, src := benchJetStream(b)
+	js, src := benchJetStream(b, false, true)
 	data := benchBatch(1) // one ~300-byte message body
 	b.SetParallelism(8)
 	b.ResetTimer()

@@ -31,6 +31,7 @@ type commandConfig struct {
 	maxPending     int
 	shutdownDelay  time.Duration
 	shutdownGrace  time.Duration
+	atomicBatches  bool
 }
 
 // DefaultShutdownDelay is how long a stopping receiver keeps serving while unready: long enough
@@ -59,6 +60,7 @@ func NewCommand() *cobra.Command {
 	f.StringVar(&cfg.sourceConfig, "source-config", "/etc/tally/source/"+source.ConfigFileName, "the source's settings, as the operator's ConfigMap mounts them")
 	f.StringVar(&cfg.writeKeysFile, "write-keys-file", "/etc/tally/write-keys/writeKey", "the source's write keys, one per line, as its Secret mounts them")
 	f.DurationVar(&cfg.publishTimeout, "publish-timeout", DefaultPublishTimeout, "how long a request waits for JetStream's acknowledgements before answering 503")
+	f.BoolVar(&cfg.atomicBatches, "atomic-batches", false, "publish each request as JetStream atomic batches; faster only when NATS fsyncs every write (sync_interval: always)")
 	f.DurationVar(&cfg.reloadInterval, "reload-interval", 10*time.Second, "how often the source files are re-read (key rotation)")
 	f.IntVar(&cfg.maxPending, "max-pending", DefaultMaxPending, "unacknowledged publishes one request may have in flight")
 	f.DurationVar(&cfg.shutdownDelay, "shutdown-delay", DefaultShutdownDelay, "on SIGTERM, how long to keep serving with /readyz at 503 before refusing new connections, so traffic moves to other receivers first")
@@ -89,7 +91,8 @@ func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready 
 	if err != nil {
 		return err
 	}
-	rcv, err := New(Options{JetStream: js, Conn: nc, PublishTimeout: cfg.publishTimeout, MaxPending: cfg.maxPending, Logger: log},
+	rcv, err := New(Options{JetStream: js, Conn: nc, PublishTimeout: cfg.publishTimeout, MaxPending: cfg.maxPending,
+		AtomicBatches: cfg.atomicBatches, Logger: log},
 		[]*source.Config{src})
 	if err != nil {
 		return err

@@ -171,7 +171,7 @@ func (r *Receiver) sortMessages(auth authentication, res *segment.Result) sorted
 			s.ignored++
 		default:
 			counts(src).accepted++
-			s.outgoing = append(s.outgoing, outgoing{subject: auth.sources.subject(src, m.Type), messageID: m.MessageID, data: m.JSON})
+			s.outgoing = append(s.outgoing, outgoing{source: src, subject: auth.sources.subject(src, m.Type), messageID: m.MessageID, data: m.JSON})
 		}
 	}
 	if unauthenticated {

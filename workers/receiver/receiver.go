@@ -35,7 +35,12 @@ type Options struct {
 	PublishTimeout time.Duration
 	// MaxPending is how many messages of one request may await their PubAck at once.
 	MaxPending int
-	Logger     *slog.Logger
+	// AtomicBatches publishes each request as JetStream atomic batches (one fsync per batch)
+	// instead of message by message. It pays off only when NATS syncs every write
+	// (sync_interval: always): with the default sync, per-message publishing is 2-4x faster here,
+	// because the server stages every batch in a store of its own.
+	AtomicBatches bool
+	Logger        *slog.Logger
 }
 
 // Receiver serves the Tracking API for one or more sources, routing each request to the source
@@ -48,6 +53,8 @@ type Receiver struct {
 	// draining is set once shutdown began: /readyz answers 503 so the pod leaves the Service's
 	// endpoints, while the Tracking API keeps serving whatever still arrives.
 	draining atomic.Bool
+	batching atomicState
+	atomic   atomic.Bool // publish as atomic batches; see Options.AtomicBatches
 }
 
 // New builds a Receiver. It does not create streams: the operator (or tally local) does.
@@ -68,6 +75,7 @@ func New(opts Options, sources []*source.Config) (*Receiver, error) {
 		opts.Logger = slog.Default()
 	}
 	r := &Receiver{opts: opts, log: opts.Logger}
+	r.atomic.Store(opts.AtomicBatches)
 	if err := r.SetSources(sources); err != nil {
 		return nil, err
 	}
@@ -82,6 +90,10 @@ func (r *Receiver) Handler() http.Handler { return r.handler }
 // endpoint keeps serving. Call it before http.Server.Shutdown, and give load balancers time to
 // notice in between.
 func (r *Receiver) Drain() { r.draining.Store(true) }
+
+// SetAtomicBatches switches between atomic-batch and per-message publishing for the requests that
+// follow (see Options.AtomicBatches).
+func (r *Receiver) SetAtomicBatches(on bool) { r.atomic.Store(on) }
 
 // SetSources atomically replaces the sources and their write keys (a key rotation or a settings
 // change); requests in flight finish with the set they started with. An invalid set is refused

@@ -102,6 +102,7 @@ var _ = AfterSuite(func() {
 type stored struct {
 	Subject string
 	MsgID   string
+	Header  nats.Header
 	JSON    []byte
 	Message segment.Message
 	Fields  map[string]any
@@ -132,7 +133,7 @@ func since(src *source.Config, from uint64) []stored {
 		dec := json.NewDecoder(bytes.NewReader(raw.Data))
 		dec.UseNumber()
 		Expect(dec.Decode(&fields)).To(Succeed())
-		out = append(out, stored{Subject: raw.Subject, MsgID: raw.Header.Get(jetstream.MsgIDHeader), JSON: raw.Data, Message: m, Fields: fields})
+		out = append(out, stored{Subject: raw.Subject, MsgID: raw.Header.Get(jetstream.MsgIDHeader), Header: raw.Header, JSON: raw.Data, Message: m, Fields: fields})
 	}
 	return out
 }

@@ -6,14 +6,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Defaults for a source's stream.
+// Defaults for a source's stream. There is no default max age: a message the receiver accepted
+// stays until a worker acknowledged it, however long Postgres is down or the source suspended.
 const (
-	DefaultMaxAge          = 7 * 24 * time.Hour
 	DefaultDuplicateWindow = 10 * time.Minute // covers analytics-go's ~43 s of retries with room to spare
 	WorkerConsumer         = "workers"
 	// DefaultAckWait bounds how long a worker may hold a batch before JetStream re-delivers it.
@@ -59,13 +60,14 @@ type Settings struct {
 }
 
 func (st Settings) withDefaults() Settings {
-	if st.MaxAge <= 0 {
-		st.MaxAge = DefaultMaxAge
+	if st.MaxAge < 0 {
+		st.MaxAge = 0
 	}
 	if st.DuplicateWindow <= 0 {
 		st.DuplicateWindow = DefaultDuplicateWindow
 	}
-	if st.DuplicateWindow > st.MaxAge {
+	// JetStream refuses a duplicate window longer than a (set) max age.
+	if st.MaxAge > 0 && st.DuplicateWindow > st.MaxAge {
 		st.DuplicateWindow = st.MaxAge
 	}
 	if st.Replicas <= 0 {
@@ -74,7 +76,11 @@ func (st Settings) withDefaults() Settings {
 	return st
 }
 
-// StreamConfig is the desired configuration of the source's message stream.
+// StreamConfig is the desired configuration of the source's message stream. It is a work queue:
+// a message leaves the stream when the workers' consumer acknowledges it (it is in Postgres), and
+// never before, unless the user set a max age. When a server limit is hit the stream refuses new
+// messages (DiscardNew), so the receiver answers an error and the client retries, instead of
+// JetStream dropping accepted ones.
 func StreamConfig(src Source, st Settings) jetstream.StreamConfig {
 	st = st.withDefaults()
 	return jetstream.StreamConfig{
@@ -82,11 +88,15 @@ func StreamConfig(src Source, st Settings) jetstream.StreamConfig {
 		Description: "Segment messages of SegmentSource " + src.String(),
 		Subjects:    []string{src.MessageSubjects()},
 		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardOld,
+		Retention:   jetstream.WorkQueuePolicy,
+		Discard:     jetstream.DiscardNew,
 		MaxAge:      st.MaxAge,
 		Duplicates:  st.DuplicateWindow,
 		Replicas:    st.Replicas,
+		// The receiver stores a multi-message request as atomic batches: a few fsyncs per batch
+		// instead of one per message when JetStream syncs every write. Servers before 2.12
+		// ignore it, and the receiver then publishes message by message.
+		AllowAtomicPublish: true,
 	}
 }
 
@@ -122,7 +132,13 @@ func ConsumerConfig(src Source) jetstream.ConsumerConfig {
 // Ensure creates or updates the source's streams and worker consumer so that they match the
 // desired configuration. It is idempotent and recreates anything deleted behind our back.
 func Ensure(ctx context.Context, js jetstream.JetStream, src Source, st Settings) error {
-	if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(src, st)); err != nil {
+	var existing *jetstream.StreamConfig
+	if s, err := js.Stream(ctx, src.StreamName()); err == nil {
+		existing = &s.CachedInfo().Config
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("stream %s: %w", src.StreamName(), err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, desiredStreamConfig(src, st, existing)); err != nil {
 		return fmt.Errorf("stream %s: %w", src.StreamName(), err)
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, DeadLetterStreamConfig(src, st)); err != nil {
@@ -132,6 +148,54 @@ func Ensure(ctx context.Context, js jetstream.JetStream, src Source, st Settings
 		return fmt.Errorf("consumer %s on %s: %w", WorkerConsumer, src.StreamName(), err)
 	}
 	return nil
+}
+
+// desiredStreamConfig is StreamConfig for a stream that may exist already. JetStream cannot turn
+// a stream into a work queue in place (nor back), so a stream created with limits retention by an
+// earlier version keeps it; everything else, including the unlimited age, is still applied, so its
+// accepted messages no longer age out. Moving it to a work queue needs it drained and re-created.
+func desiredStreamConfig(src Source, st Settings, existing *jetstream.StreamConfig) jetstream.StreamConfig {
+	cfg := StreamConfig(src, st)
+	if existing != nil && existing.Retention == jetstream.LimitsPolicy {
+		cfg.Retention = jetstream.LimitsPolicy
+	}
+	return cfg
+}
+
+// InSync reports whether the configurations Inspect found are the ones Ensure would write. Only
+// the fields Tally sets are compared: the server fills in the rest. Anything missing is not in
+// sync, so the operator calls Ensure exactly when there is something to create or correct, also
+// after a hand edit or an earlier refused update.
+func InSync(src Source, st Settings, state State) bool {
+	if state.StreamConfig == nil || state.DeadLetterStreamConfig == nil || state.ConsumerConfig == nil {
+		return false
+	}
+	return streamConfigEqual(*state.StreamConfig, desiredStreamConfig(src, st, state.StreamConfig)) &&
+		streamConfigEqual(*state.DeadLetterStreamConfig, DeadLetterStreamConfig(src, st)) &&
+		consumerConfigEqual(*state.ConsumerConfig, ConsumerConfig(src))
+}
+
+func streamConfigEqual(got, want jetstream.StreamConfig) bool {
+	return got.Description == want.Description &&
+		slices.Equal(got.Subjects, want.Subjects) &&
+		got.Storage == want.Storage &&
+		got.Retention == want.Retention &&
+		got.Discard == want.Discard &&
+		got.MaxAge == want.MaxAge &&
+		(want.Duplicates == 0 || got.Duplicates == want.Duplicates) &&
+		got.Replicas == want.Replicas &&
+		got.AllowAtomicPublish == want.AllowAtomicPublish
+}
+
+func consumerConfigEqual(got, want jetstream.ConsumerConfig) bool {
+	return got.Description == want.Description &&
+		got.FilterSubject == want.FilterSubject &&
+		got.AckPolicy == want.AckPolicy &&
+		got.DeliverPolicy == want.DeliverPolicy &&
+		got.AckWait == want.AckWait &&
+		got.MaxDeliver == want.MaxDeliver &&
+		got.MaxAckPending == want.MaxAckPending &&
+		got.MaxWaiting == want.MaxWaiting
 }
 
 // Delete removes the source's consumer and streams. Missing objects are not an error.
@@ -150,8 +214,14 @@ func Delete(ctx context.Context, js jetstream.JetStream, src Source) error {
 
 // State is what the operator reports about a source's stream.
 type State struct {
-	Messages       uint64
-	FirstMessageAt time.Time // zero when nothing ever arrived
+	Messages uint64
+	// LastSequence is the stream's last sequence: above 0 once anything ever arrived, even when
+	// the workers have consumed every message since (a work queue keeps no acknowledged message).
+	LastSequence uint64
+	// FirstMessageAt is the oldest message time the stream still knows: the first sequence if it
+	// is still stored, else the oldest message in it, else zero. It moves as messages are
+	// consumed; the operator keeps the earliest value it ever saw.
+	FirstMessageAt time.Time
 	LastMessageAt  time.Time
 	// Backlog counts messages not yet acknowledged by a worker: pending plus in flight.
 	Backlog        uint64
@@ -159,6 +229,11 @@ type State struct {
 	ConsumerExists bool
 	// DeadLetterStreamExists tells the operator whether the dead-letter stream needs re-creating.
 	DeadLetterStreamExists bool
+	// StreamConfig, DeadLetterStreamConfig and ConsumerConfig are what the server has, nil when
+	// missing; InSync compares them with the desired ones.
+	StreamConfig           *jetstream.StreamConfig
+	DeadLetterStreamConfig *jetstream.StreamConfig
+	ConsumerConfig         *jetstream.ConsumerConfig
 }
 
 // Inspect reads the source's stream and consumer state. A missing stream is ErrStreamNotFound.
@@ -172,13 +247,14 @@ func Inspect(ctx context.Context, js jetstream.JetStream, src Source) (State, er
 	if err != nil {
 		return state, err
 	}
+	state.StreamConfig = &info.Config
 	state.Messages = info.State.Msgs
-	// FirstTime moves as MaxAge trims, so "first message" is the first sequence ever stored.
+	state.LastSequence = info.State.LastSeq
 	if info.State.LastSeq > 0 {
 		state.LastMessageAt = info.State.LastTime
 		if first, err := s.GetMsg(ctx, 1); err == nil {
 			state.FirstMessageAt = first.Time
-		} else {
+		} else if info.State.Msgs > 0 {
 			state.FirstMessageAt = info.State.FirstTime
 		}
 	}
@@ -190,16 +266,23 @@ func Inspect(ctx context.Context, js jetstream.JetStream, src Source) (State, er
 			return state, err
 		}
 		state.ConsumerExists = true
+		state.ConsumerConfig = &ci.Config
 		state.Backlog = ci.NumPending + uint64(ci.NumAckPending)
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 	default:
 		return state, err
 	}
-	if dlq, err := js.Stream(ctx, src.DeadLetterStreamName()); err == nil {
+	// A failed read is an error, not "no dead letters": deletion waits for that count to be 0.
+	dlq, err := js.Stream(ctx, src.DeadLetterStreamName())
+	switch {
+	case err == nil:
+		di := dlq.CachedInfo()
 		state.DeadLetterStreamExists = true
-		if di, err := dlq.Info(ctx); err == nil {
-			state.DeadLetters = di.State.Msgs
-		}
+		state.DeadLetters = di.State.Msgs
+		state.DeadLetterStreamConfig = &di.Config
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	default:
+		return state, err
 	}
 	return state, nil
 }

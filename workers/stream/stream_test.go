@@ -66,9 +66,9 @@ var _ = Describe("Ensure", func() {
 		info := streamInfo(ctx, src.StreamName())
 		Expect(info.Config.Subjects).To(Equal([]string{src.MessageSubjects()}))
 		Expect(info.Config.Storage).To(Equal(jetstream.FileStorage))
-		Expect(info.Config.Retention).To(Equal(jetstream.LimitsPolicy))
-		Expect(info.Config.Discard).To(Equal(jetstream.DiscardOld))
-		Expect(info.Config.MaxAge).To(Equal(DefaultMaxAge))
+		Expect(info.Config.Retention).To(Equal(jetstream.WorkQueuePolicy), "acknowledged messages leave the stream")
+		Expect(info.Config.Discard).To(Equal(jetstream.DiscardNew), "a full stream refuses, it never drops accepted messages")
+		Expect(info.Config.MaxAge).To(BeZero(), "accepted messages never age out by default")
 		Expect(info.Config.Duplicates).To(Equal(DefaultDuplicateWindow))
 		Expect(info.Config.Replicas).To(Equal(1))
 		Expect(info.Config.AllowAtomicPublish).To(BeTrue())
@@ -143,12 +143,96 @@ var _ = Describe("Ensure", func() {
 		Expect(consumerInfo(ctx, src).Config.FilterSubject).To(Equal(src.MessageSubjects()))
 	})
 
+	It("keeps limits retention of a stream created before work queues, but no longer ages it out", func(ctx SpecContext) {
+		src := newSource()
+		old := StreamConfig(src, Settings{})
+		old.Retention, old.Discard, old.MaxAge = jetstream.LimitsPolicy, jetstream.DiscardOld, 7*24*time.Hour
+		_, err := js.CreateStream(ctx, old)
+		Expect(err).NotTo(HaveOccurred())
+		publish(ctx, src.Subject("track"), "m1")
+
+		// JetStream refuses to change retention to or from work queue in place.
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		info := streamInfo(ctx, src.StreamName())
+		Expect(info.Config.Retention).To(Equal(jetstream.LimitsPolicy))
+		Expect(info.Config.MaxAge).To(BeZero())
+		Expect(info.Config.Discard).To(Equal(jetstream.DiscardNew))
+		Expect(info.State.Msgs).To(Equal(uint64(1)))
+		state, err := Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(InSync(src, Settings{}, state)).To(BeTrue())
+	})
+
 	It("recreates a deleted consumer", func(ctx SpecContext) {
 		src := newSource()
 		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
 		Expect(js.DeleteConsumer(ctx, src.StreamName(), WorkerConsumer)).To(Succeed())
 		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
 		Expect(consumerInfo(ctx, src).Config.Durable).To(Equal(WorkerConsumer))
+	})
+})
+
+var _ = Describe("InSync", func() {
+	It("holds right after Ensure and breaks on a changed setting, a hand edit or a missing object", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		inspect := func() State {
+			state, err := Inspect(ctx, js, src)
+			Expect(err).NotTo(HaveOccurred())
+			return state
+		}
+		Expect(InSync(src, Settings{}, inspect())).To(BeTrue())
+		Expect(InSync(src, Settings{Replicas: 3}, inspect())).To(BeFalse())
+		Expect(InSync(src, Settings{MaxAge: time.Hour}, inspect())).To(BeFalse())
+
+		edited := StreamConfig(src, Settings{})
+		edited.MaxAge = time.Hour
+		_, err := js.UpdateStream(ctx, edited)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(InSync(src, Settings{}, inspect())).To(BeFalse(), "hand-edited max age")
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		Expect(InSync(src, Settings{}, inspect())).To(BeTrue())
+
+		Expect(js.DeleteConsumer(ctx, src.StreamName(), WorkerConsumer)).To(Succeed())
+		Expect(InSync(src, Settings{}, inspect())).To(BeFalse(), "missing consumer")
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		Expect(js.DeleteStream(ctx, src.DeadLetterStreamName())).To(Succeed())
+		Expect(InSync(src, Settings{}, inspect())).To(BeFalse(), "missing dead-letter stream")
+	})
+})
+
+var _ = Describe("work queue", func() {
+	It("keeps unacknowledged messages, dedupes by Nats-Msg-Id, and drops only what the consumer acked", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		publish(ctx, src.Subject("track"), "a")
+		publish(ctx, src.Subject("identify"), "b")
+		Expect(publish(ctx, src.Subject("track"), "a").Duplicate).To(BeTrue())
+
+		c, err := js.Consumer(ctx, src.StreamName(), WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		batch, err := c.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
+		Expect(err).NotTo(HaveOccurred())
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		Expect(msgs).To(HaveLen(2))
+		Expect(msgs[0].DoubleAck(ctx)).To(Succeed())
+		Expect(msgs[1].Nak()).To(Succeed())
+
+		Eventually(func(g Gomega) {
+			state, err := Inspect(ctx, js, src)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(state.Messages).To(Equal(uint64(1)), "the unacknowledged message stays")
+			g.Expect(state.Backlog).To(Equal(uint64(1)))
+		}).WithContext(ctx).Should(Succeed())
+		// Within the duplicate window an acknowledged (removed) message is still a duplicate.
+		Expect(publish(ctx, src.Subject("track"), "a").Duplicate).To(BeTrue())
+		// A second consumer with an overlapping filter is refused: the workers' consumer is the
+		// only reader, so nothing else can take messages off the queue.
+		_, err = js.CreateConsumer(ctx, src.StreamName(), jetstream.ConsumerConfig{Durable: "other", AckPolicy: jetstream.AckExplicitPolicy})
+		Expect(err).To(HaveOccurred())
 	})
 })
 
@@ -243,15 +327,19 @@ var _ = Describe("Inspect", func() {
 			state, err := Inspect(ctx, js, src)
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(state.Backlog).To(BeZero())
-			g.Expect(state.Messages).To(Equal(uint64(3)), "acked messages stay in the stream until max age")
+			g.Expect(state.Messages).To(BeZero(), "acked messages leave the work queue")
 		}).WithContext(ctx).Should(Succeed())
+		state, err = Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.LastSequence).To(Equal(uint64(3)), "the stream still tells that messages arrived")
+		Expect(state.LastMessageAt).To(BeTemporally(">=", before))
 
 		publish(ctx, src.DeadLetterSubject(), "")
 		publish(ctx, src.DeadLetterSubject(), "")
 		state, err = Inspect(ctx, js, src)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(state.DeadLetters).To(Equal(uint64(2)))
-		Expect(state.Messages).To(Equal(uint64(3)), "dead letters are not messages of the stream")
+		Expect(state.Messages).To(BeZero(), "dead letters are not messages of the stream")
 	})
 
 	It("still reports a first message time once the first message is gone", func(ctx SpecContext) {
