@@ -21,7 +21,7 @@ func main() {
 	var out, adminURL, modes string
 	var duration, freshDuration time.Duration
 	flag.DurationVar(&duration, "duration", 15*time.Second, "length of each closed-loop ingest phase")
-	flag.IntVar(&s.Concurrency, "concurrency", 32, "concurrent HTTP clients in the closed-loop phases")
+	flag.IntVar(&s.Concurrency, "concurrency", 16, "concurrent HTTP clients in the closed-loop phases")
 	flag.IntVar(&s.BatchSize, "batch-size", 100, "messages per /v1/batch request")
 	flag.IntVar(&s.FreshnessRate, "rate", 5000, "open-loop events/s of the freshness phase")
 	flag.DurationVar(&freshDuration, "freshness-duration", 30*time.Second, "length of the freshness phase")
