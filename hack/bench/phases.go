@@ -131,11 +131,7 @@ func (e *env) ingestOnly(ctx context.Context, name string, templates []template,
 // endToEnd drives the batch load with workers running and counts from the first request to the
 // moment every accepted message is committed (its ack follows the commit).
 func (e *env) endToEnd(ctx context.Context, res *Result) error {
-	src, err := e.newServedSource(ctx, "e2e")
-	if err != nil {
-		return err
-	}
-	stop, err := e.startWorkers(ctx, src, 1)
+	src, stop, err := e.servedWithWorker(ctx, "e2e")
 	if err != nil {
 		return err
 	}
@@ -153,11 +149,7 @@ func (e *env) endToEnd(ctx context.Context, res *Result) error {
 // freshness sends at a steady open-loop rate with workers running and measures, per track call,
 // the time from the client's send to its row being visible in tally.events.
 func (e *env) freshness(ctx context.Context, res *Result) error {
-	src, err := e.newServedSource(ctx, "fresh")
-	if err != nil {
-		return err
-	}
-	stop, err := e.startWorkers(ctx, src, 1)
+	src, stop, err := e.servedWithWorker(ctx, "fresh")
 	if err != nil {
 		return err
 	}

@@ -130,6 +130,16 @@ func (e *env) newServedSource(ctx context.Context, name string) (*source.Config,
 	return src, e.recv.SetSources([]*source.Config{src})
 }
 
+// servedWithWorker makes a fresh served source with one worker running on it, as tally local runs.
+func (e *env) servedWithWorker(ctx context.Context, name string) (*source.Config, func(), error) {
+	src, err := e.newServedSource(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	stop, err := e.startWorkers(ctx, src, 1)
+	return src, stop, err
+}
+
 // startWorkers runs n workers on src until the returned stop is called.
 func (e *env) startWorkers(ctx context.Context, src *source.Config, n int) (stop func(), err error) {
 	wctx, cancel := context.WithCancel(ctx)
