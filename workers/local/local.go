@@ -58,9 +58,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer ns.Shutdown()
-	drained := make(chan struct{})
-	nc, err := nats.Connect(ns.ClientURL(), nats.Name("tally-local"), nats.MaxReconnects(-1),
-		nats.ClosedHandler(func(*nats.Conn) { close(drained) }))
+	nc, err := nats.Connect(ns.ClientURL(), nats.Name("tally-local"), nats.MaxReconnects(-1))
 	if err != nil {
 		return err
 	}
@@ -140,16 +138,10 @@ func Run(ctx context.Context, o Options) error {
 	}
 	stopWorkers()
 	workers.Wait()
-	// Drain is asynchronous: wait until the workers' last acks and naks are flushed before the
-	// embedded server stops, or the held messages wait out the ack wait after a restart.
-	if e := nc.Drain(); e != nil {
+	// Wait until the workers' last acks and naks are flushed before the embedded server stops,
+	// or the held messages wait out the ack wait after a restart.
+	if e := stream.Drain(shutdownCtx, nc); e != nil {
 		log.Warn("nats drain", "err", e)
-	} else {
-		select {
-		case <-drained:
-		case <-shutdownCtx.Done():
-			log.Warn("nats drain", "err", shutdownCtx.Err())
-		}
 	}
 	return err
 }

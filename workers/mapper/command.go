@@ -66,7 +66,11 @@ func workerCommand() *cobra.Command {
 				return err
 			}
 			// Wait for the drain, so the last batch's acks reach NATS before the process exits.
-			defer stream.Drain(context.Background(), nc, 10*time.Second)
+			defer func() {
+				drainCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_ = stream.Drain(drainCtx, nc)
+			}()
 			js, err := jetstream.New(nc)
 			if err != nil {
 				return err

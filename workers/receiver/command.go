@@ -139,27 +139,11 @@ func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready 
 	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Warn("server stopped with an error", "error", err)
 	}
-	return drainNATS(shutdownCtx, nc)
+	return stream.Drain(shutdownCtx, nc)
 }
 
 func connectNATS(cfg commandConfig, log *slog.Logger) (*nats.Conn, error) {
 	// Publishing while disconnected fails at once (a quick 503) instead of queueing messages
 	// that the request has already given up on.
 	return stream.Connect(cfg.natsURL, cfg.natsCreds, "tally-receiver", log, nats.ReconnectBufSize(-1))
-}
-
-// drainNATS flushes what is still buffered and waits for the connection to close.
-func drainNATS(ctx context.Context, nc *nats.Conn) error {
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
-	if err := nc.Drain(); err != nil {
-		nc.Close() // not connected (e.g. NATS is down): nothing left to flush
-		return nil
-	}
-	select {
-	case <-closed:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

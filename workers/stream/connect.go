@@ -33,22 +33,22 @@ func Connect(url, creds, name string, log *slog.Logger, extra ...nats.Option) (*
 	return nc, nil
 }
 
-// Drain flushes what the connection still buffers (acks, publishes) and waits, at most timeout,
-// until it is closed: nc.Drain alone returns at once, and a process exiting right after it would
-// drop the last acks.
-func Drain(ctx context.Context, nc *nats.Conn, timeout time.Duration) {
+// Drain flushes what the connection still buffers (acks, publishes) and waits until it is
+// closed, or until ctx ends (then it closes the connection and returns ctx's error): nc.Drain
+// alone returns at once, and a process exiting right after it would drop the last acks.
+func Drain(ctx context.Context, nc *nats.Conn) error {
 	closed := make(chan struct{})
 	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 	if err := nc.Drain(); err != nil {
 		nc.Close() // not connected: nothing left to flush
-		return
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	select {
 	case <-closed:
+		return nil
 	case <-ctx.Done():
 		nc.Close()
+		return ctx.Err()
 	}
 }
 
