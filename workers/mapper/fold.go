@@ -2,8 +2,11 @@ package mapper
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
-	"sort"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/tallyhq/tally/workers/segment"
@@ -307,54 +310,23 @@ func (f *folder) link(m *segment.Message, accountID string, linked bool) {
 	}
 }
 
+// result lists the changes in key order, so every worker writes rows in the same order (no
+// deadlocks between concurrent transactions) and a batch's outcome does not depend on map order.
 func (f *folder) result() *folded {
-	out := &folded{}
-	for _, a := range f.accounts {
-		out.Accounts = append(out.Accounts, a)
+	return &folded{
+		Accounts: slices.SortedFunc(maps.Values(f.accounts), func(a, b *entityChange) int { return strings.Compare(a.ID, b.ID) }),
+		Users:    slices.SortedFunc(maps.Values(f.users), func(a, b *entityChange) int { return strings.Compare(a.ID, b.ID) }),
+		Links: slices.SortedFunc(maps.Values(f.links), func(a, b linkOp) int {
+			return cmp.Or(strings.Compare(a.UserID, b.UserID), strings.Compare(a.Version, b.Version), strings.Compare(a.AccountID, b.AccountID))
+		}),
+		Memberships: slices.SortedFunc(maps.Values(f.memberships), func(a, b *membershipChange) int {
+			return cmp.Or(strings.Compare(a.AccountID, b.AccountID), strings.Compare(a.UserID, b.UserID))
+		}),
+		Events: slices.SortedFunc(maps.Values(f.events), func(a, b eventRow) int { return strings.Compare(a.MessageID, b.MessageID) }),
+		Aliases: slices.SortedFunc(maps.Values(f.aliases), func(a, b *aliasChange) int {
+			return cmp.Or(strings.Compare(a.PreviousID, b.PreviousID), strings.Compare(a.UserID, b.UserID))
+		}),
 	}
-	sort.Slice(out.Accounts, func(i, j int) bool { return out.Accounts[i].ID < out.Accounts[j].ID })
-	for _, u := range f.users {
-		out.Users = append(out.Users, u)
-	}
-	sort.Slice(out.Users, func(i, j int) bool { return out.Users[i].ID < out.Users[j].ID })
-	for _, l := range f.links {
-		out.Links = append(out.Links, l)
-	}
-	sort.Slice(out.Links, func(i, j int) bool {
-		a, b := out.Links[i], out.Links[j]
-		if a.UserID != b.UserID {
-			return a.UserID < b.UserID
-		}
-		if a.Version != b.Version {
-			return a.Version < b.Version
-		}
-		return a.AccountID < b.AccountID
-	})
-	for _, mc := range f.memberships {
-		out.Memberships = append(out.Memberships, mc)
-	}
-	sort.Slice(out.Memberships, func(i, j int) bool {
-		a, b := out.Memberships[i], out.Memberships[j]
-		if a.AccountID != b.AccountID {
-			return a.AccountID < b.AccountID
-		}
-		return a.UserID < b.UserID
-	})
-	for _, e := range f.events {
-		out.Events = append(out.Events, e)
-	}
-	sort.Slice(out.Events, func(i, j int) bool { return out.Events[i].MessageID < out.Events[j].MessageID })
-	for _, a := range f.aliases {
-		out.Aliases = append(out.Aliases, a)
-	}
-	sort.Slice(out.Aliases, func(i, j int) bool {
-		a, b := out.Aliases[i], out.Aliases[j]
-		if a.PreviousID != b.PreviousID {
-			return a.PreviousID < b.PreviousID
-		}
-		return a.UserID < b.UserID
-	})
-	return out
 }
 
 func optional(s string) *string {
