@@ -178,7 +178,7 @@ func (p *pod) waitReady(namespace string) {
 	}
 	target := p.url(port) + probe.HTTPGet.Path
 	Eventually(func() (int, error) {
-		Expect(p.proc.exited()).To(BeFalse(), "%s exited:\n%s", p.proc, p.proc.out.String())
+		Expect(p.proc.exited()).To(BeFalse(), "%s exited:\n%s", p.proc, string(p.proc.out.Contents()))
 		resp, err := http.Get(target)
 		if err != nil {
 			return 0, err

@@ -1,44 +1,26 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"os/exec"
-	"sync"
 	"syscall"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/onsi/gomega/gbytes"
 )
 
 // process is a child process whose output is kept for failure reports.
 type process struct {
 	name string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *gbytes.Buffer // safe to read while the process writes
 	done chan struct{}
 }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func startProcess(name string, cmd *exec.Cmd) *process {
-	p := &process{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &process{name: name, cmd: cmd, out: gbytes.NewBuffer(), done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	Expect(cmd.Start()).To(Succeed(), name)
@@ -46,7 +28,7 @@ func startProcess(name string, cmd *exec.Cmd) *process {
 	// Print the process's output when a spec fails, so a red run says why.
 	DeferCleanup(func() {
 		if CurrentSpecReport().Failed() {
-			GinkgoWriter.Printf("---- output of %s ----\n%s\n", name, p.out.String())
+			GinkgoWriter.Printf("---- output of %s ----\n%s\n", name, string(p.out.Contents()))
 		}
 	})
 	return p

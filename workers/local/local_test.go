@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/onsi/gomega/gbytes"
 
 	"github.com/tallyhq/tally/test/testdb"
 	"github.com/tallyhq/tally/workers/mapper"
@@ -121,7 +122,7 @@ var _ = Describe("Run", func() {
 		r := start(Options{Manifests: manifests(), DataDir: GinkgoT().TempDir(), DatabaseURL: u.String()})
 
 		By("the banner names the real address, each active source with its keys, and no password")
-		banner := r.banner.String()
+		banner := string(r.banner.Contents())
 		host, port, err := net.SplitHostPort(r.addr)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(host).To(Equal("127.0.0.1"))
@@ -227,7 +228,7 @@ var _ = Describe("Run", func() {
 
 	It("refuses a manifests directory without a SegmentSource before starting anything", func(ctx SpecContext) {
 		err := Run(ctx, Options{Manifests: GinkgoT().TempDir(), Listen: "127.0.0.1:0", DataDir: GinkgoT().TempDir(),
-			DatabaseURL: "postgres://postgres@127.0.0.1:1/none?sslmode=disable", Logger: quietLogger(), Out: &syncBuffer{}})
+			DatabaseURL: "postgres://postgres@127.0.0.1:1/none?sslmode=disable", Logger: quietLogger(), Out: gbytes.NewBuffer()})
 		Expect(err).To(MatchError(ContainSubstring("no SegmentSource found")))
 	})
 })
@@ -291,7 +292,7 @@ var _ = Describe("NewCommand", func() {
 	It("runs the pipeline from its flags and prints the banner on the command's output", func(ctx SpecContext) {
 		dbURL := freshDatabase(ctx, "local_cmd")
 		cmd := NewCommand()
-		out := &syncBuffer{}
+		out := gbytes.NewBuffer()
 		cmd.SetOut(out)
 		cmd.SetErr(GinkgoWriter)
 		cmd.SetArgs([]string{"--manifests", manifests(), "--listen", "127.0.0.1:0", "--data-dir", GinkgoT().TempDir(),
@@ -305,7 +306,7 @@ var _ = Describe("NewCommand", func() {
 		DeferCleanup(func() { cancel(); Eventually(done).WithTimeout(60 * time.Second).Should(Receive()) })
 		var addr string
 		Eventually(func(g Gomega) {
-			m := receiverLine.FindStringSubmatch(out.String())
+			m := receiverLine.FindStringSubmatch(string(out.Contents()))
 			g.Expect(m).To(HaveLen(2))
 			addr = m[1]
 		}).WithTimeout(60 * time.Second).Should(Succeed())
@@ -320,6 +321,6 @@ var _ = Describe("NewCommand", func() {
 		Eventually(done).WithTimeout(60 * time.Second).Should(Receive(&err))
 		Expect(err).NotTo(HaveOccurred())
 		done <- nil
-		Expect(strings.Count(out.String(), "write key:")).To(Equal(3))
+		Expect(strings.Count(string(out.Contents()), "write key:")).To(Equal(3))
 	})
 })

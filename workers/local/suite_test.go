@@ -1,7 +1,6 @@
 package local
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/onsi/gomega/gbytes"
 
 	"github.com/tallyhq/tally/test/testdb"
 )
@@ -29,28 +28,10 @@ func TestLocal(t *testing.T) {
 	RunSpecs(t, "Local Suite")
 }
 
-// syncBuffer is the banner's writer: Run writes it from its goroutine while the spec reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // running is one local.Run in the background.
 type running struct {
-	addr   string // host:port the receiver listens on, from the banner
-	banner *syncBuffer
+	addr   string         // host:port the receiver listens on, from the banner
+	banner *gbytes.Buffer // Run writes it from its goroutine while the spec reads it
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -62,8 +43,8 @@ var (
 
 // jetStream connects to the embedded NATS server named in the banner, until the spec ends.
 func (r *running) jetStream() jetstream.JetStream {
-	m := natsLine.FindStringSubmatch(r.banner.String())
-	Expect(m).To(HaveLen(2), r.banner.String())
+	m := natsLine.FindStringSubmatch(string(r.banner.Contents()))
+	Expect(m).To(HaveLen(2), string(r.banner.Contents()))
 	nc, err := nats.Connect(m[1], nats.MaxReconnects(0))
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(nc.Close)
@@ -74,7 +55,7 @@ func (r *running) jetStream() jetstream.JetStream {
 
 // start runs local.Run with o until the spec ends and returns once the banner names the address.
 func start(o Options) *running {
-	r := &running{banner: &syncBuffer{}, done: make(chan error, 1)}
+	r := &running{banner: gbytes.NewBuffer(), done: make(chan error, 1)}
 	o.Out = r.banner
 	if o.Logger == nil {
 		o.Logger = quietLogger()
@@ -107,12 +88,12 @@ func start(o Options) *running {
 			Fail(fmt.Sprintf("Run returned before serving: %v", err))
 		default:
 		}
-		m := receiverLine.FindStringSubmatch(r.banner.String())
+		m := receiverLine.FindStringSubmatch(string(r.banner.Contents()))
 		g.Expect(m).To(HaveLen(2))
 		r.addr = m[1]
 	}).WithTimeout(60 * time.Second).WithPolling(20 * time.Millisecond).Should(Succeed())
 	// The banner is printed before the workers start: wait for the full banner.
-	Eventually(r.banner.String).Should(ContainSubstring("Send a first event"))
+	Eventually(r.banner).Should(gbytes.Say("Send a first event"))
 	return r
 }
 
