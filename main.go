@@ -10,9 +10,10 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tallyhq/tally/controllers/manager"
+	"github.com/tallyhq/tally/workers/dlq"
 	"github.com/tallyhq/tally/workers/local"
-	"github.com/tallyhq/tally/workers/mapper"
 	"github.com/tallyhq/tally/workers/receiver"
+	"github.com/tallyhq/tally/workers/worker"
 )
 
 // version is stamped by the build (-ldflags "-X main.version=...").
@@ -28,7 +29,8 @@ func main() {
 		// Every flag may also come from TALLY_<FLAG> (dashes as underscores), for pods and containers.
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return flagsFromEnv(cmd.Flags()) },
 	}
-	root.AddCommand(mapper.Commands()...)
+	root.AddCommand(worker.Commands()...)
+	root.AddCommand(dlq.NewCommand())
 	root.AddCommand(receiver.NewCommand())
 	root.AddCommand(local.NewCommand())
 	root.AddCommand(manager.NewCommand())

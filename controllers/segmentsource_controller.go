@@ -6,7 +6,6 @@ package controllers
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"time"
 
@@ -204,7 +203,7 @@ func (r *SegmentSourceReconciler) reconcileDelete(ctx context.Context, st *recon
 			// Accepted events must reach Postgres or stay visible: deleting the streams now would
 			// destroy what the workers have not written yet and every dead letter. The Event for
 			// the wait comes once, from the Ready transition to DeletionBlocked.
-			messages, deadLetters, err := undelivered(nctx, js, src)
+			messages, deadLetters, err := stream.Undelivered(nctx, js, src)
 			if err != nil {
 				return r.natsError(err, "counting the messages left in stream "+src.StreamName())
 			}
@@ -240,32 +239,6 @@ func (r *SegmentSourceReconciler) reconcileDelete(ctx context.Context, st *recon
 
 func forcedDelete(obj *tallyv1.SegmentSource) bool {
 	return obj.Annotations[ForceDeleteAnnotation] == "true"
-}
-
-// undelivered counts what deleting the source's streams would destroy: messages no worker has
-// acknowledged yet and dead letters. Without a consumer every stored message counts.
-func undelivered(ctx context.Context, js jetstream.JetStream, src stream.Source) (messages, deadLetters uint64, err error) {
-	state, err := stream.Inspect(ctx, js, src)
-	switch {
-	case err == nil:
-		messages = state.Backlog
-		if !state.ConsumerExists {
-			messages = state.Messages
-		}
-		return messages, state.DeadLetters, nil
-	case errors.Is(err, jetstream.ErrStreamNotFound):
-		// The message stream is gone; its dead letters may not be.
-		dlq, err := js.Stream(ctx, src.DeadLetterStreamName())
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return 0, 0, nil
-		}
-		if err != nil {
-			return 0, 0, err
-		}
-		return 0, dlq.CachedInfo().State.Msgs, nil
-	default:
-		return 0, 0, err
-	}
 }
 
 func streamSource(obj *tallyv1.SegmentSource) stream.Source {

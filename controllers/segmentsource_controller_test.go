@@ -490,7 +490,7 @@ var _ = Describe("SegmentSource", func() {
 		makeAllAvailable(s)
 		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
 		src := stream.Source{Namespace: ns, Name: "edited"}
-		cfg := stream.StreamConfig(src, source.FromSpec(getSource(key)).StreamSettings())
+		cfg := stream.StreamConfig(src, resources.SourceConfig(getSource(key)).StreamSettings())
 		cfg.MaxAge = time.Hour
 		_, err := testJS.UpdateStream(ctx, cfg)
 		Expect(err).NotTo(HaveOccurred())

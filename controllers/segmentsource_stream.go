@@ -11,7 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
-	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/controllers/resources"
 	"github.com/tallyhq/tally/workers/stream"
 )
 
@@ -33,7 +33,7 @@ func (r *SegmentSourceReconciler) reconcileStream(ctx context.Context, st *recon
 	defer cancel()
 	js := r.NATS.JetStream()
 
-	settings := source.FromSpec(obj).StreamSettings()
+	settings := resources.SourceConfig(obj).StreamSettings()
 	state, err := stream.Inspect(nctx, js, src)
 	missing := errors.Is(err, jetstream.ErrStreamNotFound)
 	if err != nil && !missing {

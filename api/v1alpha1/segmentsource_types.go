@@ -48,20 +48,21 @@ type SecretKeyRef struct {
 }
 
 // Autoscaling bounds for the receiver. When set, an HPA owns the receiver's replica count.
-// +kubebuilder:validation:XValidation:rule="self.minReplicas <= self.maxReplicas",message="minReplicas must not exceed maxReplicas"
+// +kubebuilder:validation:XValidation:rule="!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",message="minReplicas must not exceed maxReplicas"
 type Autoscaling struct {
+	// MinReplicas defaults to 1.
 	// +kubebuilder:validation:Minimum=1
-	// +kubebuilder:default=1
+	// +optional
 	MinReplicas int32 `json:"minReplicas,omitempty"`
 
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100
 	MaxReplicas int32 `json:"maxReplicas"`
 
-	// Average CPU utilisation, in percent of requests, the HPA aims for.
+	// Average CPU utilisation, in percent of requests, the HPA aims for; defaults to 70.
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100
-	// +kubebuilder:default=70
+	// +optional
 	TargetCPUUtilizationPercentage int32 `json:"targetCPUUtilizationPercentage,omitempty"`
 }
 
@@ -109,10 +110,10 @@ type WorkerSpec struct {
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
 
-	// BatchSize is the number of messages a worker fetches and commits in one transaction.
+	// BatchSize is the number of messages a worker fetches and commits in one transaction;
+	// defaults to the worker's own default (2000, `tally worker --batch-size`).
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=10000
-	// +kubebuilder:default=2000
 	// +optional
 	BatchSize int32 `json:"batchSize,omitempty"`
 

@@ -2,6 +2,7 @@ package resources
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
@@ -66,18 +67,14 @@ func DefaultWorkerResources() corev1.ResourceRequirements {
 }
 
 // How a receiver stops (see `tally receiver --shutdown-delay`): on SIGTERM it turns /readyz to
-// 503 and keeps serving for ReceiverShutdownDelay while endpoints and load balancers catch up,
-// then finishes the requests in flight, each of which waits at most the receiver's publish
-// timeout for its PubAcks. The grace period covers both with a wide margin, so the kubelet never
-// kills a receiver that is still answering.
+// 503 and keeps serving for its shutdown delay while endpoints and load balancers catch up, then
+// finishes the requests in flight, each of which waits at most the receiver's publish timeout
+// (the operator leaves both at their defaults) for its PubAcks. The grace period covers both
+// with a wide margin, so the kubelet never kills a receiver that is still answering.
 const (
-	ReceiverShutdownDelay = 5 * time.Second
-	// receiverPublishTimeout is `tally receiver`'s default --publish-timeout, which the operator
-	// does not override.
-	receiverPublishTimeout                = 5 * time.Second
 	receiverShutdownMargin                = 20 * time.Second
-	ReceiverTerminationGracePeriodSeconds = int64((ReceiverShutdownDelay + receiverPublishTimeout + receiverShutdownMargin) / time.Second)
-	// receiverReadinessPeriodSeconds is short against ReceiverShutdownDelay, so the kubelet sees the
+	ReceiverTerminationGracePeriodSeconds = int64((source.DefaultShutdownDelay + source.DefaultPublishTimeout + receiverShutdownMargin) / time.Second)
+	// receiverReadinessPeriodSeconds is short against the receiver's shutdown delay, so the kubelet sees the
 	// 503 well before the receiver stops serving.
 	receiverReadinessPeriodSeconds = 2
 )
@@ -85,7 +82,7 @@ const (
 // ConfigData is the ConfigMap payload of a source: its settings as the receiver and workers read
 // them, never its write keys.
 func ConfigData(s *tallyv1.SegmentSource) (map[string]string, error) {
-	data, err := source.EncodeConfig(source.FromSpec(s))
+	data, err := source.EncodeConfig(SourceConfig(s))
 	if err != nil {
 		return nil, fmt.Errorf("encoding source settings: %w", err)
 	}
@@ -160,7 +157,7 @@ func ReceiverDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 		"--nats-url=" + in.NATSURL,
 		"--source-config=" + ConfigMountPath + "/" + source.ConfigFileName,
 		"--write-keys-file=" + WriteKeysMountPath + "/" + s.WriteKeyKey(),
-		"--shutdown-delay=" + ReceiverShutdownDelay.String(),
+		"--shutdown-delay=" + source.DefaultShutdownDelay.String(),
 	}
 	volumes := []*corev1ac.VolumeApplyConfiguration{
 		tmpVolume(),
@@ -212,9 +209,9 @@ func ReceiverDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 // consumer and writes Postgres. Its health endpoints share the metrics port.
 func WorkerDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 	s := in.Source
-	batch := s.Spec.Worker.BatchSize
+	batch := int(s.Spec.Worker.BatchSize)
 	if batch == 0 {
-		batch = 2000 // the CRD default, for objects that reached us without defaulting
+		batch = source.DefaultBatchSize
 	}
 	args := []string{
 		"worker",
@@ -306,15 +303,21 @@ func WantsReceiverHPA(s *tallyv1.SegmentSource) bool {
 	return !s.Spec.Suspend && s.Spec.Receiver.Autoscaling != nil
 }
 
+// Defaults of a receiver HPA for the bounds a SegmentSource leaves out.
+const (
+	DefaultHPAMinReplicas          = 1
+	DefaultHPATargetCPUUtilization = 70
+)
+
 // ReceiverHPA scales the receiver on CPU within the source's bounds.
 func ReceiverHPA(s *tallyv1.SegmentSource) *autoscalingv2ac.HorizontalPodAutoscalerApplyConfiguration {
 	a := s.Spec.Receiver.Autoscaling
 	minReplicas, target := a.MinReplicas, a.TargetCPUUtilizationPercentage
 	if minReplicas == 0 {
-		minReplicas = 1
+		minReplicas = DefaultHPAMinReplicas
 	}
 	if target == 0 {
-		target = 70
+		target = DefaultHPATargetCPUUtilization
 	}
 	return autoscalingv2ac.HorizontalPodAutoscaler(ReceiverName(s), s.Namespace).
 		WithLabels(Labels(s, ComponentReceiver)).
@@ -422,3 +425,18 @@ func resources(spec, fallback corev1.ResourceRequirements) *corev1ac.ResourceReq
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// SourceConfig is the runtime settings of a SegmentSource as the receiver and the workers read
+// them (tally local builds the same from its manifests), without its write keys.
+func SourceConfig(s *tallyv1.SegmentSource) *source.Config {
+	c := &source.Config{
+		Namespace:       s.Namespace,
+		Name:            s.Name,
+		Tenant:          s.Spec.Tenant,
+		AccountProperty: s.Spec.AccountProperty,
+		IgnoredEvents:   slices.Sorted(slices.Values(s.Spec.IgnoredEvents)),
+		StreamMaxAge:    s.Spec.Stream.MaxAge.Duration,
+		StreamReplicas:  int(s.Spec.Stream.Replicas),
+	}
+	return c
+}

@@ -17,7 +17,6 @@ import (
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/resources"
-	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/source"
 )
 
@@ -344,7 +343,7 @@ func TestReceiverStopsGracefully(t *testing.T) {
 		t.Fatal("no terminationGracePeriodSeconds")
 	}
 	grace := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
-	if need := delay + receiver.DefaultPublishTimeout + 10*time.Second; grace < need {
+	if need := delay + source.DefaultPublishTimeout + 10*time.Second; grace < need {
 		t.Errorf("terminationGracePeriodSeconds = %v, want at least %v (delay + publish timeout + margin)", grace, need)
 	}
 	p := c.ReadinessProbe

@@ -13,11 +13,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tallyhq/tally/test/testdb"
-	"github.com/tallyhq/tally/workers/mapper"
 	"github.com/tallyhq/tally/workers/natsserver"
 	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
+	"github.com/tallyhq/tally/workers/worker"
 )
 
 type modeConfig struct {
@@ -56,7 +56,7 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 		return nil, err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(receiver.DefaultPublishTimeout))
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(source.DefaultPublishTimeout))
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +66,7 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 		return nil, err
 	}
 	defer drop()
-	if err := mapper.Migrate(ctx, dbURL); err != nil {
+	if err := worker.Migrate(ctx, dbURL); err != nil {
 		return nil, err
 	}
 	pool, err := pgxpool.New(ctx, dbURL)
@@ -85,7 +85,7 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	server := receiver.NewServer("", e.recv.Handler(), receiver.DefaultPublishTimeout)
+	server := receiver.NewServer("", e.recv.Handler(), source.DefaultPublishTimeout)
 	go server.Serve(listener) //nolint:errcheck // closed below
 	defer server.Close()
 	e.baseURL = "http://" + listener.Addr().String()
@@ -145,7 +145,7 @@ func (e *env) startWorkers(ctx context.Context, src *source.Config, n int) (stop
 	wctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{}, n)
 	for i := 0; i < n; i++ {
-		w, err := mapper.NewWorker(mapper.WorkerOptions{Pool: e.pool, JetStream: e.js, Source: src,
+		w, err := worker.New(worker.Options{Pool: e.pool, JetStream: e.js, Source: src,
 			BatchSize: e.cfg.settings.WorkerBatchSize, MaxWait: 50 * time.Millisecond, Logger: e.cfg.log})
 		if err != nil {
 			cancel()

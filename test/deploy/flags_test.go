@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"encoding/json"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -33,6 +34,14 @@ var _ = Describe("the manager's command line in both installs", func() {
 			for _, name := range []string{"nats-url", "database-secret", "metrics-bind-address", "health-probe-bind-address"} {
 				Expect(cmd.Flags().Changed(name)).To(BeTrue(), "--%s is set explicitly", name)
 			}
+
+			// The kubelet must not kill the manager while it still shuts down gracefully.
+			shutdown, err := cmd.Flags().GetDuration("graceful-shutdown-timeout")
+			Expect(err).NotTo(HaveOccurred())
+			pod := deployment(parseObjects(render())).Spec.Template.Spec
+			Expect(pod.TerminationGracePeriodSeconds).NotTo(BeNil())
+			Expect(time.Duration(*pod.TerminationGracePeriodSeconds)*time.Second).To(BeNumerically(">=", shutdown+5*time.Second),
+				"terminationGracePeriodSeconds leaves --graceful-shutdown-timeout (%s) and a margin", shutdown)
 		},
 		Entry("Helm chart, default values", func() string { return mustHelmTemplate(defaultNamespace) }),
 		Entry("Helm chart, non-default values", func() string {

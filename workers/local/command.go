@@ -5,11 +5,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
-
-	"github.com/tallyhq/tally/workers/mapper"
+	"github.com/tallyhq/tally/workers/source"
 )
 
 // DefaultDatabaseURL is the machine's local Postgres; the database is created on first run.
@@ -41,7 +39,7 @@ Secret manifests you would kubectl apply.`,
 	f.IntVar(&o.NATSPort, "nats-port", -1, "port of the embedded NATS server (-1 picks a free one)")
 	f.BoolVar(&o.SyncAlways, "sync-always", false, "fsync every JetStream write before acknowledging (survives an OS crash)")
 	f.StringVar(&o.DatabaseURL, "database-url", DefaultDatabaseURL, "Postgres URL; the database is created if missing")
-	f.IntVar(&o.BatchSize, "batch-size", mapper.DefaultBatchSize, "messages a worker commits in one transaction")
-	f.DurationVar(&o.MaxWait, "max-wait", 200*time.Millisecond, "how long a worker waits to fill a batch")
+	f.IntVar(&o.BatchSize, "batch-size", source.DefaultBatchSize, "messages a worker commits in one transaction")
+	f.DurationVar(&o.MaxWait, "max-wait", source.DefaultMaxWait, "how long a worker waits to fill a batch")
 	return cmd
 }

@@ -21,11 +21,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tallyhq/tally/workers/mapper"
 	"github.com/tallyhq/tally/workers/natsserver"
 	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
+	"github.com/tallyhq/tally/workers/worker"
 )
 
 // Options shape a local run.
@@ -48,7 +48,7 @@ type Options struct {
 // requests and drain those in flight, let workers finish their batch, drain NATS.
 func Run(ctx context.Context, o Options) error {
 	log := o.Logger
-	sources, err := source.LoadManifests(o.Manifests)
+	sources, err := LoadManifests(o.Manifests)
 	if err != nil {
 		return err
 	}
@@ -64,7 +64,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer nc.Close()
 	// Acks a timed-out request stopped waiting for must not stay pending forever.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(receiver.DefaultPublishTimeout))
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(source.DefaultPublishTimeout))
 	if err != nil {
 		return err
 	}
@@ -77,7 +77,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := EnsureDatabase(ctx, o.DatabaseURL); err != nil {
 		return err
 	}
-	if err := mapper.Migrate(ctx, o.DatabaseURL); err != nil {
+	if err := worker.Migrate(ctx, o.DatabaseURL); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	pool, err := pgxpool.New(ctx, o.DatabaseURL)
@@ -95,7 +95,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	server := receiver.NewServer(o.Listen, recv.Handler(), receiver.DefaultPublishTimeout)
+	server := receiver.NewServer(o.Listen, recv.Handler(), source.DefaultPublishTimeout)
 
 	printBanner(o.Out, listener.Addr().String(), ns.ClientURL(), o.DatabaseURL, sources)
 
@@ -104,7 +104,7 @@ func Run(ctx context.Context, o Options) error {
 	var workers sync.WaitGroup
 	errs := make(chan error, len(sources)+1)
 	for _, src := range sources {
-		w, err := mapper.NewWorker(mapper.WorkerOptions{
+		w, err := worker.New(worker.Options{
 			Pool: pool, JetStream: js, Source: src,
 			BatchSize: o.BatchSize, MaxWait: o.MaxWait, Logger: log,
 		})

@@ -18,7 +18,7 @@ import (
 	"github.com/onsi/gomega/gbytes"
 
 	"github.com/tallyhq/tally/test/testdb"
-	"github.com/tallyhq/tally/workers/mapper"
+	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 )
 
@@ -275,7 +275,7 @@ var _ = Describe("NewCommand", func() {
 		for flag, want := range map[string]string{
 			"manifests": "config/samples", "listen": "127.0.0.1:8080", "data-dir": ".tally/nats",
 			"nats-port": "-1", "sync-always": "false", "database-url": DefaultDatabaseURL,
-			"batch-size": strconv.Itoa(mapper.DefaultBatchSize), "max-wait": "200ms",
+			"batch-size": strconv.Itoa(source.DefaultBatchSize), "max-wait": source.DefaultMaxWait.String(),
 		} {
 			Expect(f.Lookup(flag)).NotTo(BeNil(), flag)
 			Expect(f.Lookup(flag).DefValue).To(Equal(want), flag)

@@ -13,6 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/tallyhq/tally/workers/source"
@@ -33,10 +35,6 @@ type commandConfig struct {
 	shutdownGrace  time.Duration
 	atomicBatches  bool
 }
-
-// DefaultShutdownDelay is how long a stopping receiver keeps serving while unready: long enough
-// for the endpoints controller, kube-proxy and load balancers to stop sending it traffic.
-const DefaultShutdownDelay = 5 * time.Second
 
 // NewCommand is `tally receiver`: the receiver of one SegmentSource as the operator deploys it,
 // reading the source from the mounted ConfigMap and Secret and publishing to the stream the
@@ -59,11 +57,11 @@ func NewCommand() *cobra.Command {
 	f.StringVar(&cfg.natsCreds, "nats-creds", "", "NATS credentials file (optional)")
 	f.StringVar(&cfg.sourceConfig, "source-config", "/etc/tally/source/"+source.ConfigFileName, "the source's settings, as the operator's ConfigMap mounts them")
 	f.StringVar(&cfg.writeKeysFile, "write-keys-file", "/etc/tally/write-keys/writeKey", "the source's write keys, one per line, as its Secret mounts them")
-	f.DurationVar(&cfg.publishTimeout, "publish-timeout", DefaultPublishTimeout, "how long a request waits for JetStream's acknowledgements before answering 503")
+	f.DurationVar(&cfg.publishTimeout, "publish-timeout", source.DefaultPublishTimeout, "how long a request waits for JetStream's acknowledgements before answering 503")
 	f.BoolVar(&cfg.atomicBatches, "atomic-batches", false, "publish each request as JetStream atomic batches; faster only when NATS fsyncs every write (sync_interval: always)")
 	f.DurationVar(&cfg.reloadInterval, "reload-interval", 10*time.Second, "how often the source files are re-read (key rotation)")
 	f.IntVar(&cfg.maxPending, "max-pending", DefaultMaxPending, "unacknowledged publishes one request may have in flight")
-	f.DurationVar(&cfg.shutdownDelay, "shutdown-delay", DefaultShutdownDelay, "on SIGTERM, how long to keep serving with /readyz at 503 before refusing new connections, so traffic moves to other receivers first")
+	f.DurationVar(&cfg.shutdownDelay, "shutdown-delay", source.DefaultShutdownDelay, "on SIGTERM, how long to keep serving with /readyz at 503 before refusing new connections, so traffic moves to other receivers first")
 	f.DurationVar(&cfg.shutdownGrace, "shutdown-timeout", 30*time.Second, "how long shutdown waits for requests in flight (after --shutdown-delay)")
 	return cmd
 }
@@ -91,8 +89,11 @@ func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready 
 	if err != nil {
 		return err
 	}
+	// A registry of our own, not the default one: nothing registers behind our back.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rcv, err := New(Options{JetStream: js, Conn: nc, PublishTimeout: cfg.publishTimeout, MaxPending: cfg.maxPending,
-		AtomicBatches: cfg.atomicBatches, Logger: log},
+		AtomicBatches: cfg.atomicBatches, Logger: log, Metrics: NewMetrics(reg), Gatherer: reg},
 		[]*source.Config{src})
 	if err != nil {
 		return err

@@ -23,8 +23,8 @@ func (r *Receiver) ingestHandler(route string, ep segment.Endpoint) http.Handler
 		start := time.Now()
 		allowAnyOrigin(w.Header())
 		status := r.ingest(w, req, ep, limit)
-		requestsTotal.WithLabelValues(route, strconv.Itoa(status)).Inc()
-		requestDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		r.metrics.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+		r.metrics.requestDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})
 }
 
@@ -61,7 +61,7 @@ func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.E
 	if !ep.Batch && len(res.Rejected) > 0 {
 		// A single call that is invalid has nothing else to accept; say why. (Client libraries
 		// validate before sending, so this reaches people trying the API by hand.)
-		sorted.countDecisions()
+		sorted.countDecisions(r.metrics)
 		rej := res.Rejected[0]
 		return fail(http.StatusBadRequest, rej.Code, rej.Message)
 	}
@@ -72,8 +72,8 @@ func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.E
 			return fail(http.StatusServiceUnavailable, "unavailable", "the event stream is unavailable; retry later")
 		}
 	}
-	sorted.countDecisions()
-	sorted.countAccepted()
+	sorted.countDecisions(r.metrics)
+	sorted.countAccepted(r.metrics)
 	writeSuccess(w, len(sorted.outgoing), sorted.ignored, res.Rejected)
 	return http.StatusOK
 }
@@ -181,24 +181,24 @@ func (r *Receiver) sortMessages(auth authentication, res *segment.Result) sorted
 }
 
 // countAccepted records the accepted messages once JetStream has stored them.
-func (s sortedMessages) countAccepted() {
+func (s sortedMessages) countAccepted(m *Metrics) {
 	for src, c := range s.perSource {
 		if c.accepted > 0 {
-			messagesTotal.WithLabelValues(src.String(), outcomeAccepted).Add(float64(c.accepted))
+			m.messages.WithLabelValues(src.String(), outcomeAccepted).Add(float64(c.accepted))
 		}
 	}
 }
 
 // countDecisions records invalid and ignored messages when the answer is final (not a 503 the
 // client will retry, which would count them twice).
-func (s sortedMessages) countDecisions() {
+func (s sortedMessages) countDecisions(m *Metrics) {
 	for src, c := range s.perSource {
 		name := src.String()
 		if c.invalid > 0 {
-			messagesTotal.WithLabelValues(name, outcomeInvalid).Add(float64(c.invalid))
+			m.messages.WithLabelValues(name, outcomeInvalid).Add(float64(c.invalid))
 		}
 		if c.ignored > 0 {
-			messagesTotal.WithLabelValues(name, outcomeIgnored).Add(float64(c.ignored))
+			m.messages.WithLabelValues(name, outcomeIgnored).Add(float64(c.ignored))
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tallyhq/tally/workers/segment"
 )
@@ -13,7 +14,7 @@ import (
 var _ = Describe("Published messages", func() {
 	It("accepts the valid messages of a batch and reports the invalid ones", func() {
 		from := mark(acme)
-		invalidBefore := metricValue("tally_receiver_messages_total", map[string]string{"source": "tenants/acme-web", "outcome": "invalid"})
+		invalidBefore := testutil.ToFloat64(metrics.MessagesCounter("tenants/acme-web", "invalid"))
 		r := post("/v1/batch", []byte(`{"batch":[
 			{"type":"track","userId":"u1","event":"Kept"},
 			{"type":"track","userId":"u1"},
@@ -30,7 +31,7 @@ var _ = Describe("Published messages", func() {
 		Expect(msgs).To(HaveLen(2))
 		Expect(msgs[0].Message.Event).To(Equal("Kept"))
 		Expect(msgs[1].Message.GroupID).To(Equal("acc1"))
-		Expect(metricValue("tally_receiver_messages_total", map[string]string{"source": "tenants/acme-web", "outcome": "invalid"})).To(Equal(invalidBefore + 2))
+		Expect(testutil.ToFloat64(metrics.MessagesCounter("tenants/acme-web", "invalid"))).To(Equal(invalidBefore + 2))
 	})
 
 	It("merges batch context and integrations into every message", func() {
@@ -80,7 +81,7 @@ var _ = Describe("Published messages", func() {
 	})
 
 	It("drops the source's ignored track events before JetStream and counts them", func() {
-		ignoredBefore := metricValue("tally_receiver_messages_total", map[string]string{"source": "tenants/acme-web", "outcome": "ignored"})
+		ignoredBefore := testutil.ToFloat64(metrics.MessagesCounter("tenants/acme-web", "ignored"))
 		from := mark(acme)
 		r := post("/v1/batch", []byte(`{"batch":[
 			{"type":"track","userId":"u1","event":"Heartbeat"},
@@ -93,7 +94,7 @@ var _ = Describe("Published messages", func() {
 			kept = append(kept, m.Message.Type+":"+m.Message.Event+m.Message.Name)
 		}
 		Expect(kept).To(Equal([]string{"track:Clicked", "page:Heartbeat"}))
-		Expect(metricValue("tally_receiver_messages_total", map[string]string{"source": "tenants/acme-web", "outcome": "ignored"})).To(Equal(ignoredBefore + 1))
+		Expect(testutil.ToFloat64(metrics.MessagesCounter("tenants/acme-web", "ignored"))).To(Equal(ignoredBefore + 1))
 
 		// A single ignored call is answered like any accepted one.
 		Expect(post("/v1/track", []byte(`{"userId":"u1","event":"Heartbeat"}`), basic(acmeKey)).Body).To(Equal(success))

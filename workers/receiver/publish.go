@@ -96,7 +96,7 @@ func (r *Receiver) publish(ctx context.Context, msgs []outgoing) error {
 	if err := publishAll(ctx, msgs); err != nil {
 		return err
 	}
-	publishDuration.Observe(time.Since(start).Seconds())
+	r.metrics.publishDuration.Observe(time.Since(start).Seconds())
 	return nil
 }
 

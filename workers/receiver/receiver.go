@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
@@ -20,8 +21,7 @@ import (
 
 // Defaults of Options.
 const (
-	DefaultPublishTimeout = 5 * time.Second
-	DefaultMaxPending     = 512
+	DefaultMaxPending = 512
 )
 
 // Options configure a Receiver.
@@ -41,6 +41,12 @@ type Options struct {
 	// because the server stages every batch in a store of its own.
 	AtomicBatches bool
 	Logger        *slog.Logger
+	// Metrics records requests and messages; several Receivers of one process share one. When
+	// nil, the receiver keeps metrics nobody reads.
+	Metrics *Metrics
+	// Gatherer is what /metrics serves (the registry Metrics is registered with); nothing when
+	// nil.
+	Gatherer prometheus.Gatherer
 }
 
 // Receiver serves the Tracking API for one or more sources, routing each request to the source
@@ -48,6 +54,7 @@ type Options struct {
 type Receiver struct {
 	opts    Options
 	log     *slog.Logger
+	metrics *Metrics
 	sources atomic.Pointer[sourceSet]
 	handler http.Handler
 	// draining is set once shutdown began: /readyz answers 503 so the pod leaves the Service's
@@ -66,7 +73,7 @@ func New(opts Options, sources []*source.Config) (*Receiver, error) {
 		opts.Conn = opts.JetStream.Conn()
 	}
 	if opts.PublishTimeout <= 0 {
-		opts.PublishTimeout = DefaultPublishTimeout
+		opts.PublishTimeout = source.DefaultPublishTimeout
 	}
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = DefaultMaxPending
@@ -74,7 +81,13 @@ func New(opts Options, sources []*source.Config) (*Receiver, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	r := &Receiver{opts: opts, log: opts.Logger}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(prometheus.NewRegistry())
+	}
+	if opts.Gatherer == nil {
+		opts.Gatherer = prometheus.NewRegistry()
+	}
+	r := &Receiver{opts: opts, log: opts.Logger, metrics: opts.Metrics}
 	r.atomic.Store(opts.AtomicBatches)
 	if err := r.SetSources(sources); err != nil {
 		return nil, err

@@ -34,15 +34,15 @@ func (r *Receiver) routes() http.Handler {
 		mux.Handle("POST "+path, r.ingestHandler(path, ep))
 	}
 	mux.HandleFunc("OPTIONS /v1/", preflight)
-	mux.HandleFunc("/v1/", notFound)
+	mux.HandleFunc("/v1/", r.notFound)
 	mux.HandleFunc("GET /healthz", healthz)
 	mux.HandleFunc("GET /readyz", r.readyz)
-	mux.Handle("GET /metrics", promhttp.Handler())
+	mux.Handle("GET /metrics", promhttp.HandlerFor(r.opts.Gatherer, promhttp.HandlerOpts{}))
 	return mux
 }
 
-func notFound(w http.ResponseWriter, req *http.Request) {
+func (r *Receiver) notFound(w http.ResponseWriter, req *http.Request) {
 	allowAnyOrigin(w.Header())
 	writeError(w, http.StatusNotFound, "not_found", "no Tracking API endpoint at "+req.Method+" "+req.URL.Path)
-	requestsTotal.WithLabelValues("other", "404").Inc()
+	r.metrics.requests.WithLabelValues("other", "404").Inc()
 }

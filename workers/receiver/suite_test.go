@@ -47,6 +47,8 @@ var (
 	acme     *source.Config
 	beta     *source.Config
 	rcv      *receiver.Receiver
+	registry *prometheus.Registry
+	metrics  *receiver.Metrics
 	srv      *httptest.Server
 )
 
@@ -72,8 +74,10 @@ var _ = BeforeSuite(func() {
 	for _, src := range []*source.Config{acme, beta} {
 		Expect(stream.Ensure(context.Background(), js, src.Stream(), src.StreamSettings())).To(Succeed())
 	}
+	registry = prometheus.NewRegistry()
+	metrics = receiver.NewMetrics(registry)
 	rcv, err = receiver.New(receiver.Options{JetStream: js, Conn: nc, PublishTimeout: 2 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(GinkgoWriter, nil))}, []*source.Config{acme, beta})
+		Logger: slog.New(slog.NewTextHandler(GinkgoWriter, nil)), Metrics: metrics, Gatherer: registry}, []*source.Config{acme, beta})
 	Expect(err).NotTo(HaveOccurred())
 	srv = httptest.NewServer(rcv.Handler())
 	DeferCleanup(srv.Close)
@@ -213,28 +217,4 @@ var success = map[string]any{"success": true}
 // HaveErrorCode matches a refused request's body.
 func HaveErrorCode(code string) OmegaMatcher {
 	return And(HaveKeyWithValue("success", false), HaveKeyWithValue("code", code), HaveKeyWithValue("message", Not(BeEmpty())))
-}
-
-// metricValue reads a counter of the default registry, which the receivers share.
-func metricValue(name string, labels map[string]string) float64 {
-	GinkgoHelper()
-	families, err := prometheus.DefaultGatherer.Gather()
-	Expect(err).NotTo(HaveOccurred())
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if want, ok := labels[l.GetName()]; ok && want != l.GetValue() {
-					continue next
-				}
-			}
-			if m.GetCounter() != nil {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
 }

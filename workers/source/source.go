@@ -1,6 +1,7 @@
 // Package source holds the runtime settings of a SegmentSource as the receiver and the workers see
-// them, and loads them from the two places they come from: a directory of manifests (tally local)
-// or the ConfigMap and Secret files the operator mounts into pods.
+// them, their defaults, and how they travel: the operator encodes them into the ConfigMap it
+// mounts into pods (write keys come from the mounted Secret), and the pods load those files.
+// tally local builds the same settings from manifests (see package local).
 package source
 
 import (

@@ -272,17 +272,6 @@ func Inspect(ctx context.Context, js jetstream.JetStream, src Source) (State, er
 	default:
 		return state, err
 	}
-	// A failed read is an error, not "no dead letters": deletion waits for that count to be 0.
-	dlq, err := js.Stream(ctx, src.DeadLetterStreamName())
-	switch {
-	case err == nil:
-		di := dlq.CachedInfo()
-		state.DeadLetterStreamExists = true
-		state.DeadLetters = di.State.Msgs
-		state.DeadLetterStreamConfig = &di.Config
-	case errors.Is(err, jetstream.ErrStreamNotFound):
-	default:
-		return state, err
-	}
-	return state, nil
+	state.DeadLetterStreamConfig, state.DeadLetters, state.DeadLetterStreamExists, err = deadLetterStream(ctx, js, src)
+	return state, err
 }

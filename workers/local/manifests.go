@@ -1,0 +1,147 @@
+package local
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/controllers/resources"
+	"github.com/tallyhq/tally/workers/source"
+)
+
+// LoadManifests reads every SegmentSource and Secret in the YAML or JSON files of dir (the same
+// manifests a user would kubectl apply) and resolves each source's write keys. Suspended sources
+// are skipped.
+func LoadManifests(dir string) ([]*source.Config, error) {
+	files, err := manifestFiles(dir)
+	if err != nil {
+		return nil, err
+	}
+	var sources []tallyv1.SegmentSource
+	secrets := map[string]corev1.Secret{} // namespace/name
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, err
+		}
+		docs, err := splitDocuments(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", file, err)
+		}
+		for _, doc := range docs {
+			var meta struct {
+				APIVersion string `json:"apiVersion"`
+				Kind       string `json:"kind"`
+			}
+			if err := yaml.Unmarshal(doc, &meta); err != nil {
+				return nil, fmt.Errorf("%s: %w", file, err)
+			}
+			switch {
+			case meta.Kind == "SegmentSource" && meta.APIVersion == tallyv1.GroupVersion.String():
+				var s tallyv1.SegmentSource
+				if err := yaml.UnmarshalStrict(doc, &s); err != nil {
+					return nil, fmt.Errorf("%s: SegmentSource: %w", file, err)
+				}
+				defaultNamespace(&s.ObjectMeta.Namespace)
+				sources = append(sources, s)
+			case meta.Kind == "Secret" && meta.APIVersion == "v1":
+				var s corev1.Secret
+				if err := yaml.Unmarshal(doc, &s); err != nil {
+					return nil, fmt.Errorf("%s: Secret: %w", file, err)
+				}
+				defaultNamespace(&s.Namespace)
+				secrets[s.Namespace+"/"+s.Name] = s
+			}
+		}
+	}
+	if len(sources) == 0 {
+		return nil, fmt.Errorf("no SegmentSource found under %s", dir)
+	}
+	var configs []*source.Config
+	seen := map[string]bool{}
+	for i := range sources {
+		s := &sources[i]
+		if s.Spec.Suspend {
+			continue
+		}
+		c := resources.SourceConfig(s)
+		if seen[c.String()] {
+			return nil, fmt.Errorf("SegmentSource %s is defined twice", c)
+		}
+		seen[c.String()] = true
+		secret, ok := secrets[s.Namespace+"/"+s.Spec.WriteKeySecretRef.Name]
+		if !ok {
+			return nil, fmt.Errorf("SegmentSource %s: Secret %q not found in %s", c, s.Spec.WriteKeySecretRef.Name, dir)
+		}
+		value, ok := secretValue(&secret, s.WriteKeyKey())
+		if !ok {
+			return nil, fmt.Errorf("SegmentSource %s: Secret %q has no key %q", c, secret.Name, s.WriteKeyKey())
+		}
+		c.WriteKeys = source.ParseWriteKeys(value)
+		if err := c.Validate(); err != nil {
+			return nil, err
+		}
+		configs = append(configs, c)
+	}
+	return configs, nil
+}
+
+func secretValue(s *corev1.Secret, key string) (string, bool) {
+	if v, ok := s.StringData[key]; ok {
+		return v, true
+	}
+	v, ok := s.Data[key]
+	return string(v), ok
+}
+
+func defaultNamespace(ns *string) {
+	if *ns == "" {
+		*ns = "default"
+	}
+}
+
+func manifestFiles(dir string) ([]string, error) {
+	var files []string
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		switch strings.ToLower(filepath.Ext(path)) {
+		case ".yaml", ".yml", ".json":
+			if !d.IsDir() && filepath.Base(path) != "kustomization.yaml" {
+				files = append(files, path)
+			}
+		}
+		return nil
+	})
+	slices.Sort(files)
+	return files, err
+}
+
+func splitDocuments(data []byte) ([][]byte, error) {
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	var docs [][]byte
+	for {
+		doc, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			return docs, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(bytes.TrimSpace(doc)) > 0 {
+			docs = append(docs, doc)
+		}
+	}
+}

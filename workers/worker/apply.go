@@ -1,0 +1,125 @@
+package worker
+
+import (
+	"context"
+	"hash/fnv"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// applyResult is what a committed batch did, for metrics.
+type applyResult struct {
+	EventsInserted int
+}
+
+// apply writes a folded batch in one transaction with one set-based statement per table, sent in
+// a few pipelined rounds: a round holds the statements that need nothing from each other's
+// results, so a batch costs four round trips or so, not one per statement.
+//
+// Transactions of one tenant take a transaction-scoped advisory lock first, so they run one after
+// the other: each then sees every row committed before it, which the cross-row parts of the
+// mapping need (a track's fallback account reads associations; re-resolving fallback events reads
+// events; last_seen_at of a row created now reads the events stored before it). Sources of
+// different tenants never wait for each other.
+//
+// Events go in before accounts and users, so the entity upserts write last_seen_at once, already
+// including the events this transaction attributed to them.
+func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *folded) (applyResult, error) {
+	var res applyResult
+	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+		a := newApplier(tenant, source)
+		rounds := [][]func(*pgx.Batch, *folded) error{
+			{a.lock, a.links, a.memberships},
+			{a.reresolve, a.events},                                      // needs the new links
+			{a.catalog, a.accounts, a.users, a.raiseLastSeen, a.aliases}, // needs the inserted events
+			{a.recomputeLastSeen},                                        // needs the created rows
+		}
+		for _, round := range rounds {
+			b := &pgx.Batch{}
+			for _, queue := range round {
+				if err := queue(b, f); err != nil {
+					return err
+				}
+			}
+			if b.Len() > 0 {
+				if err := tx.SendBatch(ctx, b).Close(); err != nil {
+					return err
+				}
+			}
+		}
+		res.EventsInserted = a.inserted
+		return nil
+	})
+	return res, err
+}
+
+// lock takes the tenant's lock. JIT is off for the transaction: its statements each touch a
+// batch's rows through indexes, and compiling them (which stale statistics on a growing table
+// can trigger) costs more than it saves.
+func (a *applier) lock(b *pgx.Batch, _ *folded) error {
+	b.Queue("SELECT set_config('jit', 'off', true), pg_advisory_xact_lock($1)", tenantLockKey(a.tenant))
+	return nil
+}
+
+// tenantLockKey is the advisory lock key of a tenant's transactions.
+func tenantLockKey(tenant string) int64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("tally/tenant/" + tenant))
+	return int64(h.Sum64())
+}
+
+// applier holds what the statements of one transaction learn from each other's results.
+type applier struct {
+	tenant, source string
+
+	// usersWithNewLinks maps a user to the oldest link or unlink this batch added for them: their
+	// stored fallback events from then on may have a different account now.
+	usersWithNewLinks map[string]time.Time
+	seen              lastSeenChanges
+	catalogRows       map[string]*catalogRow
+	inserted          int
+}
+
+func newApplier(tenant, source string) *applier {
+	return &applier{tenant: tenant, source: source,
+		usersWithNewLinks: map[string]time.Time{}, seen: newLastSeenChanges(), catalogRows: map[string]*catalogRow{}}
+}
+
+type catalogRow struct {
+	first, last time.Time
+	count       int64
+}
+
+// markIgnored keeps event_catalog.ignored equal to the source's ignoredEvents: the receiver drops
+// those events, so this is the only place they show up.
+func markIgnored(ctx context.Context, pool *pgxpool.Pool, tenant string, ignored []string) error {
+	names := append([]string{}, ignored...)
+	sort.Strings(names)
+	return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", tenantLockKey(tenant)); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO tally.event_catalog AS c (tenant, event, ignored)
+			SELECT $1, t.event, true FROM unnest($2::text[]) AS t(event) ORDER BY t.event
+			ON CONFLICT (tenant, event) DO UPDATE SET ignored = true WHERE NOT c.ignored`, tenant, names); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `
+			UPDATE tally.event_catalog SET ignored = false
+			WHERE tenant = $1 AND ignored AND NOT (event = ANY($2::text[]))`, tenant, names)
+		return err
+	})
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,89 @@
+package worker
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// last_seen_at of an account or user is the newest of its own activity calls (seen_at) and of the
+// events attributed to it. It is kept as a running maximum, which arrival order cannot change (max
+// is commutative and idempotent), and recomputed from the events only where a maximum is not
+// enough: a row created now (events about it may have been stored before it existed) and an
+// account a re-resolved event moved away from (that event may have been its newest).
+
+// lastSeenChanges collects what this transaction did to last_seen_at, for the steps that write it.
+type lastSeenChanges struct {
+	accountEvents map[string]time.Time // newest event this transaction attributed to the account
+	userEvents    map[string]time.Time // newest event of the user this transaction inserted
+	// upserted: rows whose upsert takes their event maximum into last_seen_at.
+	upsertedAccounts, upsertedUsers map[string]bool
+	// recompute: rows to recompute from the events.
+	recomputeAccounts, recomputeUsers map[string]bool
+}
+
+func newLastSeenChanges() lastSeenChanges {
+	return lastSeenChanges{
+		accountEvents: map[string]time.Time{}, userEvents: map[string]time.Time{},
+		upsertedAccounts: map[string]bool{}, upsertedUsers: map[string]bool{},
+		recomputeAccounts: map[string]bool{}, recomputeUsers: map[string]bool{},
+	}
+}
+
+func (s *lastSeenChanges) accountEvent(id string, at time.Time) {
+	s.accountEvents[id] = maxTime(s.accountEvents[id], at)
+}
+
+func (s *lastSeenChanges) userEvent(id string, at time.Time) {
+	s.userEvents[id] = maxTime(s.userEvents[id], at)
+}
+
+// raiseLastSeen takes the events' maximum into last_seen_at of the existing rows not upserted now.
+// A row that does not exist yet is left alone: its creation recomputes it.
+func (a *applier) raiseLastSeen(b *pgx.Batch, _ *folded) error {
+	a.queueRaise(b, "accounts", "account_id", a.seen.accountEvents, a.seen.upsertedAccounts)
+	a.queueRaise(b, "users", "user_id", a.seen.userEvents, a.seen.upsertedUsers)
+	return nil
+}
+
+// recomputeLastSeen sets last_seen_at of the rows that need it from their own calls and events.
+func (a *applier) recomputeLastSeen(b *pgx.Batch, _ *folded) error {
+	a.queueRecompute(b, "accounts", "account_id", a.seen.recomputeAccounts)
+	a.queueRecompute(b, "users", "user_id", a.seen.recomputeUsers)
+	return nil
+}
+
+func (a *applier) queueRaise(b *pgx.Batch, table, idColumn string, events map[string]time.Time, upserted map[string]bool) {
+	var ids []string
+	var ats []time.Time
+	for _, id := range sortedKeys(events) {
+		if !upserted[id] {
+			ids, ats = append(ids, id), append(ats, events[id])
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	b.Queue(fmt.Sprintf(`
+		UPDATE tally.%[1]s r SET last_seen_at = t.at
+		FROM unnest($2::text[], $3::timestamptz[]) AS t(id, at)
+		WHERE r.tenant = $1 AND r.%[2]s = t.id AND (r.last_seen_at IS NULL OR r.last_seen_at < t.at)`,
+		table, idColumn), a.tenant, ids, ats)
+}
+
+func (a *applier) queueRecompute(b *pgx.Batch, table, idColumn string, rows map[string]bool) {
+	if len(rows) == 0 {
+		return
+	}
+	b.Queue(fmt.Sprintf(`
+		UPDATE tally.%[1]s r SET last_seen_at = s.seen
+		FROM (
+			SELECT r2.%[2]s AS id, greatest(r2.seen_at,
+				(SELECT max(e.timestamp) FROM tally.events e WHERE e.tenant = $1 AND e.%[2]s = r2.%[2]s)) AS seen
+			FROM tally.%[1]s r2
+			WHERE r2.tenant = $1 AND r2.%[2]s = ANY($2::text[])
+		) s
+		WHERE r.tenant = $1 AND r.%[2]s = s.id AND r.last_seen_at IS DISTINCT FROM s.seen`,
+		table, idColumn), a.tenant, sortedKeys(rows))
+}

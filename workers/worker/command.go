@@ -1,0 +1,163 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+// Flags left out on the command line come from TALLY_* variables (bound by main after parsing), so
+// required flags are checked in RunE rather than with cobra's MarkFlagRequired.
+
+// Commands are the worker's subcommands of the tally binary: worker and migrate.
+func Commands() []*cobra.Command {
+	return []*cobra.Command{workerCommand(), migrateCommand()}
+}
+
+// configReloadInterval is how often the worker re-reads its mounted source settings, so a change
+// of accountProperty or ignoredEvents applies without a restart.
+const configReloadInterval = 15 * time.Second
+
+func workerCommand() *cobra.Command {
+	var natsURL, natsCreds, databaseURL, sourceConfig, metricsListen string
+	var batchSize int
+	var maxWait time.Duration
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Map one source's messages from JetStream into Postgres",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			log := slog.Default()
+			if databaseURL == "" {
+				return errors.New("--database-url (or TALLY_DATABASE_URL) is required")
+			}
+			src, err := source.LoadConfigFile(sourceConfig)
+			if err != nil {
+				return err
+			}
+			if err := Migrate(ctx, databaseURL); err != nil {
+				return err
+			}
+			pool, err := pgxpool.New(ctx, databaseURL)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			nc, err := stream.Connect(natsURL, natsCreds, "tally-worker", log)
+			if err != nil {
+				return err
+			}
+			// Wait for the drain, so the last batch's acks reach NATS before the process exits.
+			defer func() {
+				drainCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_ = stream.Drain(drainCtx, nc)
+			}()
+			js, err := jetstream.New(nc)
+			if err != nil {
+				return err
+			}
+			// A registry of our own, not the default one: nothing registers behind our back.
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			w, err := New(Options{Pool: pool, JetStream: js, Source: src,
+				BatchSize: batchSize, MaxWait: maxWait, Logger: log, Metrics: NewMetrics(reg)})
+			if err != nil {
+				return err
+			}
+			srv := serveMetrics(metricsListen, reg, w, pool, log)
+			defer srv.Close()
+			go reloadSource(ctx, w, sourceConfig, log)
+			log.Info("worker started", "source", src.String(), "tenant", src.Tenant)
+			return w.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&natsURL, "nats-url", nats.DefaultURL, "NATS server URL")
+	f.StringVar(&natsCreds, "nats-creds", "", "NATS credentials file (optional)")
+	f.StringVar(&databaseURL, "database-url", "", "Postgres URL (or TALLY_DATABASE_URL)")
+	f.StringVar(&sourceConfig, "source-config", "/etc/tally/source/"+source.ConfigFileName, "the source's settings file, re-read periodically")
+	f.IntVar(&batchSize, "batch-size", source.DefaultBatchSize, "messages per batch transaction")
+	f.DurationVar(&maxWait, "max-wait", source.DefaultMaxWait, "how long to wait for a full batch")
+	f.StringVar(&metricsListen, "metrics-listen", ":9090", "address serving /metrics, /healthz and /readyz")
+	return cmd
+}
+
+func reloadSource(ctx context.Context, w *Worker, file string, log *slog.Logger) {
+	t := time.NewTicker(configReloadInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c, err := source.LoadConfigFile(file)
+		if err == nil {
+			err = w.UpdateSource(ctx, c)
+		}
+		if err != nil {
+			log.Warn("source settings not reloaded", "file", file, "err", err)
+		}
+	}
+}
+
+func serveMetrics(addr string, reg prometheus.Gatherer, w *Worker, pool *pgxpool.Pool, log *slog.Logger) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { _, _ = rw.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, r *http.Request) {
+		if !w.Ready() {
+			http.Error(rw, "not ready: consumer not bound or Postgres unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		// An idle worker has no failing batch to notice Postgres going away; ask it.
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := pool.Ping(ctx); err != nil {
+			http.Error(rw, "not ready: Postgres unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = rw.Write([]byte("ok\n"))
+	})
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "addr", addr, "err", err)
+		}
+	}()
+	return srv
+}
+
+func migrateCommand() *cobra.Command {
+	var databaseURL string
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Create or upgrade the tally schema in Postgres",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if databaseURL == "" {
+				return errors.New("--database-url (or TALLY_DATABASE_URL) is required")
+			}
+			return Migrate(cmd.Context(), databaseURL)
+		},
+	}
+	cmd.Flags().StringVar(&databaseURL, "database-url", "", "Postgres URL (or TALLY_DATABASE_URL)")
+	return cmd
+}

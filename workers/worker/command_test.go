@@ -1,0 +1,82 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/tallyhq/tally/workers/source"
+)
+
+var _ = Describe("tally worker and tally migrate", func() {
+	run := func(ctx context.Context, args ...string) (string, error) {
+		var out bytes.Buffer
+		var err error
+		for _, cmd := range Commands() {
+			if cmd.Name() == args[0] {
+				cmd.SetArgs(args[1:])
+				cmd.SetOut(&out)
+				cmd.SetErr(&out)
+				err = cmd.ExecuteContext(ctx)
+			}
+		}
+		return out.String(), err
+	}
+
+	It("runs a worker from its source settings file and serves metrics and readiness", func(ctx SpecContext) {
+		src := newSource(ctx, "accountId")
+		dir := GinkgoT().TempDir()
+		settings, err := source.EncodeConfig(src)
+		Expect(err).NotTo(HaveOccurred())
+		file := filepath.Join(dir, source.ConfigFileName)
+		Expect(os.WriteFile(file, settings, 0o600)).To(Succeed())
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		Expect(err).NotTo(HaveOccurred())
+		addr := l.Addr().String()
+		Expect(l.Close()).To(Succeed())
+
+		runCtx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := run(runCtx, "worker", "--nats-url", natsSrv.ClientURL(), "--database-url", databaseURL,
+				"--source-config", file, "--metrics-listen", addr, "--max-wait", "50ms")
+			done <- err
+		}()
+		DeferCleanup(func() { cancel(); Eventually(done).WithTimeout(10 * time.Second).Should(Receive(BeNil())) })
+
+		publish(ctx, src, track("t1", "u1", "Clicked", 1, map[string]any{"accountId": "acme"}, nil))
+		drained(ctx, src)
+		Expect(queryRow(ctx, `SELECT account_id FROM tally.events WHERE tenant = $1`, src.Tenant)["account_id"]).To(Equal("acme"))
+
+		get := func(path string) (int, string) {
+			resp, err := http.Get("http://" + addr + path)
+			if err != nil {
+				return 0, err.Error()
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(body)
+		}
+		Eventually(func() int { code, _ := get("/readyz"); return code }).Should(Equal(http.StatusOK))
+		_, metrics := get("/metrics")
+		Expect(metrics).To(ContainSubstring(`tally_worker_messages_mapped_total{source="` + src.String() + `",type="track"} 1`))
+		Expect(metrics).To(ContainSubstring(`tally_worker_batches_total{source="` + src.String() + `"} 1`))
+		Expect(metrics).To(ContainSubstring(`tally_worker_batch_duration_seconds_count{source="` + src.String() + `"} 1`))
+		Expect(metrics).To(ContainSubstring(`tally_worker_consumer_pending_messages{source="` + src.String() + `"} 0`))
+	})
+
+	It("migrates from the command line, idempotently", func(ctx SpecContext) {
+		_, err := run(ctx, "migrate", "--database-url", databaseURL)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = run(ctx, "migrate")
+		Expect(err).To(MatchError(ContainSubstring("--database-url")))
+	})
+})

@@ -1,0 +1,347 @@
+package worker
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tallyhq/tally/workers/segment"
+	"github.com/tallyhq/tally/workers/source"
+)
+
+// A batch is folded in Go before it touches Postgres: every entity the batch mentions becomes one
+// row of changes carrying, per trait key, the value and version of the newest message that set it.
+// Postgres then merges each row with what is stored using the same "newest version wins" rule, so
+// the result is the same whichever way the messages were split into batches or ordered.
+
+// traitSet is a versioned partial object: for each key, the newest value and its version; and the
+// oldest and newest version of the messages that sent any key, which bound every version here.
+type traitSet struct {
+	values         map[string]json.RawMessage
+	versions       map[string]string
+	oldest, newest string
+}
+
+func (t *traitSet) merge(traits map[string]json.RawMessage, version string) {
+	if len(traits) == 0 {
+		return
+	}
+	if t.values == nil {
+		t.values, t.versions = map[string]json.RawMessage{}, map[string]string{}
+		t.oldest, t.newest = version, version
+	}
+	t.oldest, t.newest = min(t.oldest, version), max(t.newest, version)
+	for k, v := range traits {
+		if old, ok := t.versions[k]; ok && old >= version {
+			continue
+		}
+		t.values[k], t.versions[k] = v, version
+	}
+}
+
+// versionRange is the oldest and newest version of the messages that sent traits (nil, nil when
+// none did).
+func (t *traitSet) versionRange() (oldest, newest *string) {
+	if t.values == nil {
+		return nil, nil
+	}
+	return &t.oldest, &t.newest
+}
+
+// entityChange is what a batch does to one account or user.
+type entityChange struct {
+	ID     string
+	Traits traitSet
+	// Name and NameVersion: the newest non-empty name trait of a named call (accounts only).
+	Name        string
+	NameVersion string
+	FirstAt     time.Time // oldest message about the entity: created_at is the minimum over all
+	LastAt      time.Time // newest message about the entity: updated_at is the maximum over all
+	SeenAt      time.Time // newest message that counts as activity (zero when none)
+}
+
+func (e *entityChange) touch(m *segment.Message, active bool) {
+	e.FirstAt = minTime(e.FirstAt, m.Timestamp)
+	e.LastAt = maxTime(e.LastAt, m.Timestamp)
+	if active {
+		e.SeenAt = maxTime(e.SeenAt, m.Timestamp)
+	}
+}
+
+// linkOp is one link (group with userId, identify with company) or unlink (company.remove).
+type linkOp struct {
+	UserID    string
+	AccountID string
+	Version   string
+	Linked    bool
+	At        time.Time
+}
+
+// membershipChange is the batch's effect on one account_users row.
+type membershipChange struct {
+	AccountID, UserID string
+	Newest            linkOp    // decides linked and changed_at
+	LastAssociatedAt  time.Time // newest link; zero when the batch only unlinks
+}
+
+// eventRow is a track, page or screen as stored in tally.events.
+type eventRow struct {
+	MessageID   string
+	Type        string
+	Event       *string
+	UserID      *string
+	AnonymousID *string
+	AccountID   *string // resolved from context.groupId or the account property; nil: from the user
+	AccountFrom *string // "context", "property", or nil (resolved in Postgres from the user's associations)
+	Properties  string
+	Context     string
+	Timestamp   time.Time
+	ReceivedAt  time.Time
+}
+
+type aliasChange struct {
+	PreviousID, UserID string
+	FirstAt, LastAt    time.Time
+}
+
+// folded is one batch, folded: each slice sorted by key so that concurrent transactions lock rows
+// in the same order.
+type folded struct {
+	Accounts    []*entityChange
+	Users       []*entityChange
+	Links       []linkOp
+	Memberships []*membershipChange
+	Events      []eventRow
+	Aliases     []*aliasChange
+}
+
+// withoutIgnored drops the source's ignored track events. The receiver drops them already; these
+// are the ones accepted before the event was added to ignoredEvents, or re-driven from the
+// dead-letter stream: an ignored event is never stored, whenever it was accepted.
+func withoutIgnored(msgs []*segment.Message, src *source.Config) []*segment.Message {
+	kept := msgs[:0:0]
+	for _, m := range msgs {
+		if m.Type == segment.TypeTrack && src.Ignores(m.Event) {
+			continue
+		}
+		kept = append(kept, m)
+	}
+	return kept
+}
+
+// fold maps a batch of messages onto the changes it makes. accountProperty is the source's track
+// property naming the account ("" for none).
+func fold(msgs []*segment.Message, accountProperty string) *folded {
+	f := folder{
+		accounts:    map[string]*entityChange{},
+		users:       map[string]*entityChange{},
+		links:       map[[3]string]linkOp{},
+		memberships: map[[2]string]*membershipChange{},
+		events:      map[string]eventRow{},
+		aliases:     map[[2]string]*aliasChange{},
+	}
+	for _, m := range msgs {
+		f.add(m, accountProperty)
+	}
+	return f.result()
+}
+
+type folder struct {
+	accounts    map[string]*entityChange
+	users       map[string]*entityChange
+	links       map[[3]string]linkOp // user, account, version
+	memberships map[[2]string]*membershipChange
+	events      map[string]eventRow
+	aliases     map[[2]string]*aliasChange
+}
+
+func (f *folder) add(m *segment.Message, accountProperty string) {
+	ctx := object(m.Context)
+	// context.active false marks a call that must not bump "last seen" (Segment's spec).
+	active := !isFalse(ctx["active"])
+	switch m.Type {
+	case segment.TypeGroup:
+		f.group(m, active)
+	case segment.TypeIdentify:
+		f.identify(m, active)
+	case segment.TypeTrack, segment.TypePage, segment.TypeScreen:
+		f.event(m, ctx, accountProperty)
+	case segment.TypeAlias:
+		f.alias(m)
+	}
+}
+
+func (f *folder) group(m *segment.Message, active bool) {
+	if m.GroupID == "" {
+		return
+	}
+	traits := object(m.Traits)
+	a := f.account(m.GroupID)
+	a.touch(m, active)
+	a.Traits.merge(traits, versionOf(m))
+	if name, ok := nonEmptyString(traits["name"]); ok {
+		a.setName(name, versionOf(m))
+	}
+	if m.UserID != "" {
+		f.user(m.UserID).touch(m, active)
+		f.link(m, m.GroupID, true)
+	}
+}
+
+func (f *folder) identify(m *segment.Message, active bool) {
+	if m.UserID == "" {
+		return // users are keyed on userId; an anonymous identify has nothing to attach to
+	}
+	traits := object(m.Traits)
+	u := f.user(m.UserID)
+	u.touch(m, active)
+	u.Traits.merge(traits, versionOf(m))
+
+	company := object(traits["company"])
+	accountID, ok := idFromJSON(company["id"])
+	if !ok {
+		return
+	}
+	if isTrue(company["remove"]) {
+		f.link(m, accountID, false)
+		return
+	}
+	f.link(m, accountID, true)
+	// A named company creates or updates the account: its fields, name included, become account
+	// traits, like a group call would; without a name the account is only linked, never created.
+	if name, ok := nonEmptyString(company["name"]); ok {
+		fields := make(map[string]json.RawMessage, len(company))
+		for k, v := range company {
+			if k != "id" && k != "remove" {
+				fields[k] = v
+			}
+		}
+		a := f.account(accountID)
+		a.touch(m, active)
+		a.Traits.merge(fields, versionOf(m))
+		a.setName(name, versionOf(m))
+	}
+}
+
+func (f *folder) event(m *segment.Message, ctx map[string]json.RawMessage, accountProperty string) {
+	if _, dup := f.events[m.MessageID]; dup {
+		return
+	}
+	row := eventRow{
+		MessageID:   m.MessageID,
+		Type:        m.Type,
+		UserID:      optional(m.UserID),
+		AnonymousID: optional(m.AnonymousID),
+		Properties:  jsonObjectText(m.Properties),
+		Context:     jsonObjectText(m.Context),
+		Timestamp:   m.Timestamp,
+		ReceivedAt:  m.ReceivedAt,
+	}
+	if m.Type == segment.TypeTrack {
+		row.Event = optional(m.Event)
+	} else {
+		row.Event = optional(m.Name) // page and screen: the event is the page or screen name
+	}
+	if id, ok := idFromJSON(ctx["groupId"]); ok {
+		row.AccountID, row.AccountFrom = &id, optional("context")
+	} else if accountProperty != "" {
+		if id, ok := idFromJSON(object(m.Properties)[accountProperty]); ok {
+			row.AccountID, row.AccountFrom = &id, optional("property")
+		}
+	}
+	f.events[m.MessageID] = row
+}
+
+func (f *folder) alias(m *segment.Message) {
+	if m.UserID == "" || m.PreviousID == "" || m.UserID == m.PreviousID {
+		return
+	}
+	key := [2]string{m.PreviousID, m.UserID}
+	a, ok := f.aliases[key]
+	if !ok {
+		a = &aliasChange{PreviousID: m.PreviousID, UserID: m.UserID}
+		f.aliases[key] = a
+	}
+	a.FirstAt = minTime(a.FirstAt, m.Timestamp)
+	a.LastAt = maxTime(a.LastAt, m.Timestamp)
+}
+
+func (f *folder) account(id string) *entityChange {
+	a, ok := f.accounts[id]
+	if !ok {
+		a = &entityChange{ID: id}
+		f.accounts[id] = a
+	}
+	return a
+}
+
+func (f *folder) user(id string) *entityChange {
+	u, ok := f.users[id]
+	if !ok {
+		u = &entityChange{ID: id}
+		f.users[id] = u
+	}
+	return u
+}
+
+func (e *entityChange) setName(name, version string) {
+	if version > e.NameVersion {
+		e.Name, e.NameVersion = name, version
+	}
+}
+
+func (f *folder) link(m *segment.Message, accountID string, linked bool) {
+	op := linkOp{UserID: m.UserID, AccountID: accountID, Version: versionOf(m), Linked: linked, At: m.Timestamp}
+	f.links[[3]string{op.UserID, op.AccountID, op.Version}] = op
+	key := [2]string{accountID, m.UserID}
+	mc, ok := f.memberships[key]
+	if !ok {
+		mc = &membershipChange{AccountID: accountID, UserID: m.UserID, Newest: op}
+		f.memberships[key] = mc
+	} else if op.Version > mc.Newest.Version {
+		mc.Newest = op
+	}
+	if linked {
+		mc.LastAssociatedAt = maxTime(mc.LastAssociatedAt, op.At)
+	}
+}
+
+// result lists the changes in key order, so every worker writes rows in the same order (no
+// deadlocks between concurrent transactions) and a batch's outcome does not depend on map order.
+func (f *folder) result() *folded {
+	return &folded{
+		Accounts: slices.SortedFunc(maps.Values(f.accounts), func(a, b *entityChange) int { return strings.Compare(a.ID, b.ID) }),
+		Users:    slices.SortedFunc(maps.Values(f.users), func(a, b *entityChange) int { return strings.Compare(a.ID, b.ID) }),
+		Links: slices.SortedFunc(maps.Values(f.links), func(a, b linkOp) int {
+			return cmp.Or(strings.Compare(a.UserID, b.UserID), strings.Compare(a.Version, b.Version), strings.Compare(a.AccountID, b.AccountID))
+		}),
+		Memberships: slices.SortedFunc(maps.Values(f.memberships), func(a, b *membershipChange) int {
+			return cmp.Or(strings.Compare(a.AccountID, b.AccountID), strings.Compare(a.UserID, b.UserID))
+		}),
+		Events: slices.SortedFunc(maps.Values(f.events), func(a, b eventRow) int { return strings.Compare(a.MessageID, b.MessageID) }),
+		Aliases: slices.SortedFunc(maps.Values(f.aliases), func(a, b *aliasChange) int {
+			return cmp.Or(strings.Compare(a.PreviousID, b.PreviousID), strings.Compare(a.UserID, b.UserID))
+		}),
+	}
+}
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// jsonObjectText is raw when it is a JSON object and "{}" otherwise (absent or null). raw comes
+// from a decoded message, so it is valid JSON: its first byte tells whether it is an object.
+func jsonObjectText(raw json.RawMessage) string {
+	raw = bytes.TrimLeft(raw, " \t\r\n")
+	if len(raw) == 0 || raw[0] != '{' {
+		return "{}"
+	}
+	return string(raw)
+}

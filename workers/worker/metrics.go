@@ -1,0 +1,54 @@
+package worker
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the workers' metrics, labelled by source ("namespace/name"): one Metrics serves
+// every worker of a process (tally local runs one per source).
+type Metrics struct {
+	batches        *prometheus.CounterVec
+	messages       *prometheus.CounterVec
+	eventsInserted *prometheus.CounterVec
+	deadLetters    *prometheus.CounterVec
+	retries        *prometheus.CounterVec
+	pending        *prometheus.GaugeVec
+	batchSeconds   *prometheus.HistogramVec
+}
+
+// NewMetrics creates the workers' metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tally", Subsystem: "worker", Name: "batches_total",
+			Help: "Batches committed to Postgres.",
+		}, []string{"source"}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tally", Subsystem: "worker", Name: "messages_mapped_total",
+			Help: "Messages mapped and committed to Postgres, per Segment type.",
+		}, []string{"source", "type"}),
+		eventsInserted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tally", Subsystem: "worker", Name: "events_inserted_total",
+			Help: "Rows inserted into tally.events; fewer than the tracks, pages and screens mapped when duplicates arrive.",
+		}, []string{"source"}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tally", Subsystem: "worker", Name: "dead_letters_total",
+			Help: "Messages published to the source's dead-letter subject.",
+		}, []string{"source"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tally", Subsystem: "worker", Name: "batch_retries_total",
+			Help: "Batch transactions retried, by reason (infrastructure or contention).",
+		}, []string{"source", "reason"}),
+		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "tally", Subsystem: "worker", Name: "consumer_pending_messages",
+			Help: "Messages in the stream not yet delivered to a worker (the consumer's NumPending, sampled at each batch).",
+		}, []string{"source"}),
+		batchSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "tally", Subsystem: "worker", Name: "batch_duration_seconds",
+			Help:    "Time from fetching a batch to acknowledging it.",
+			Buckets: prometheus.ExponentialBuckets(0.002, 2, 14),
+		}, []string{"source"}),
+	}
+	reg.MustRegister(m.batches, m.messages, m.eventsInserted, m.deadLetters, m.retries, m.pending, m.batchSeconds)
+	return m
+}

@@ -1,0 +1,74 @@
+package worker
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"fmt"
+	"io/fs"
+
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// schemaLockID serialises creating the schema itself, which must exist before goose can keep its
+// version table in it.
+const schemaLockID int64 = 0x74616c6c79736368 // "tallysch"
+
+// Migrate brings the tally schema of the database at databaseURL up to date. Several processes may
+// call it at once: goose holds a Postgres advisory lock while it migrates, and the others wait for
+// it and then find nothing left to do.
+func Migrate(ctx context.Context, databaseURL string) error {
+	db, err := sql.Open("pgx", databaseURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := createSchema(ctx, db); err != nil {
+		return fmt.Errorf("create schema tally: %w", err)
+	}
+	migrations, err := fs.Sub(migrationFiles, "migrations")
+	if err != nil {
+		return err
+	}
+	locker, err := lock.NewPostgresSessionLocker()
+	if err != nil {
+		return err
+	}
+	provider, err := goose.NewProvider(goose.DialectPostgres, db, migrations,
+		goose.WithSessionLocker(locker),
+		goose.WithTableName("tally.goose_db_version"),
+		goose.WithDisableGlobalRegistry(true),
+	)
+	if err != nil {
+		return err
+	}
+	if _, err := provider.Up(ctx); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}
+
+// createSchema runs CREATE SCHEMA IF NOT EXISTS under a transaction-scoped advisory lock: two such
+// statements racing each other would otherwise fail on the catalog's unique index.
+func createSchema(ctx context.Context, db *sql.DB) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", schemaLockID); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS tally"); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// The pgx database/sql driver registers itself as "pgx" when imported.
+var _ = stdlib.GetDefaultDriver

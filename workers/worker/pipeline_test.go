@@ -1,0 +1,52 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+// The worker fetches the next batch while the current one commits; a batch it fetched but did not
+// map when it stopped must reach another worker, once.
+var _ = Describe("Fetching ahead", func() {
+	It("hands back the batch fetched ahead when a worker stops, and another worker maps everything once", func(ctx SpecContext) {
+		src := newSource(ctx, "")
+		var calls []msg
+		for i := range 60 {
+			calls = append(calls, track(fmt.Sprintf("t%02d", i), "u1", "Clicked", float64(i), nil, nil))
+		}
+		publish(ctx, src, calls...)
+
+		stop := startWorker(src, 5)
+		Eventually(func() int64 {
+			return queryRow(ctx, `SELECT count(*) AS n FROM tally.events WHERE tenant = $1`, src.Tenant)["n"].(int64)
+		}).WithContext(ctx).Should(BeNumerically(">", 0))
+		Expect(stop()).To(Succeed())
+
+		startWorker(src, 7)
+		drained(ctx, src)
+		Expect(queryRow(ctx, `SELECT count(*) AS n FROM tally.events WHERE tenant = $1`, src.Tenant)["n"]).To(BeEquivalentTo(60))
+		Expect(queryRow(ctx, `SELECT count FROM tally.event_catalog WHERE tenant = $1 AND event = 'Clicked'`, src.Tenant)["count"]).To(BeEquivalentTo(60))
+	})
+
+	It("folds a batch fetched ahead again when the source's settings changed meanwhile", func(ctx SpecContext) {
+		src := newSource(ctx, "")
+		publish(ctx, src, track("t1", "u1", "Clicked", 1, map[string]any{"accountId": "acme"}, nil))
+		w, err := New(Options{Pool: pool, JetStream: js, Source: src, Logger: quietLogger()})
+		Expect(err).NotTo(HaveOccurred())
+		consumer, err := js.Consumer(ctx, src.Stream().StreamName(), stream.WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		f := w.fetch(consumer) // folded without an account property
+		Expect(f.items).To(HaveLen(1))
+
+		changed := *src
+		changed.AccountProperty = "accountId"
+		Expect(w.UpdateSource(context.WithoutCancel(ctx), &changed)).To(Succeed())
+		Expect(w.handle(ctx, f)).To(Succeed())
+		Expect(queryRow(ctx, `SELECT account_id FROM tally.events WHERE tenant = $1 AND message_id = 't1'`, src.Tenant)["account_id"]).To(Equal("acme"))
+	})
+})

@@ -1,0 +1,205 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tallyhq/tally/test/testdb"
+	"github.com/tallyhq/tally/workers/natsserver"
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+func TestWorker(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "Worker Suite")
+}
+
+var (
+	// testMetrics are the metrics of the workers startWorker runs; specs read the series of
+	// their own source.
+	testMetrics  = NewMetrics(prometheus.NewRegistry())
+	databaseURL  string
+	databaseName string
+	pool         *pgxpool.Pool
+	natsSrv      *server.Server
+	nc           *nats.Conn
+	js           jetstream.JetStream
+	sourceSeq    atomic.Int64
+)
+
+var _ = BeforeSuite(func(ctx SpecContext) {
+	url, drop, err := testdb.Fresh(ctx, "worker")
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(drop)
+	databaseURL = url
+	databaseName = url[strings.LastIndex(url, "/")+1:]
+	if i := strings.Index(databaseName, "?"); i >= 0 {
+		databaseName = databaseName[:i]
+	}
+	Expect(Migrate(ctx, databaseURL)).To(Succeed())
+	pool, err = pgxpool.New(ctx, databaseURL)
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(pool.Close)
+
+	natsSrv, err = natsserver.Start(natsserver.Options{StoreDir: GinkgoT().TempDir()})
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(natsSrv.Shutdown)
+	nc, err = nats.Connect(natsSrv.ClientURL())
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(nc.Close)
+	js, err = jetstream.New(nc)
+	Expect(err).NotTo(HaveOccurred())
+})
+
+// newSource makes a source with its own tenant and streams, so specs never see each other's rows.
+func newSource(ctx context.Context, accountProperty string, ignored ...string) *source.Config {
+	n := sourceSeq.Add(1)
+	src := &source.Config{
+		Namespace: "test", Name: fmt.Sprintf("src%d", n), Tenant: fmt.Sprintf("tenant%d", n),
+		AccountProperty: accountProperty, IgnoredEvents: ignored,
+	}
+	Expect(stream.Ensure(ctx, js, src.Stream(), src.StreamSettings())).To(Succeed())
+	return src
+}
+
+// startWorker runs a worker on src until the spec ends; the returned func stops it and waits.
+func startWorker(src *source.Config, batchSize int, tweak ...func(*Worker)) (stop func() error) {
+	w, err := New(Options{Pool: pool, JetStream: js, Source: src, BatchSize: batchSize,
+		MaxWait: 50 * time.Millisecond, Logger: quietLogger(), Metrics: testMetrics})
+	Expect(err).NotTo(HaveOccurred())
+	for _, t := range tweak {
+		t(w)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var runErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer GinkgoRecover()
+		defer wg.Done()
+		runErr = w.Run(ctx)
+	}()
+	var once sync.Once
+	stop = func() error {
+		once.Do(func() { cancel(); wg.Wait() })
+		return runErr
+	}
+	DeferCleanup(stop)
+	return stop
+}
+
+// msg is a normalised Segment message as the receiver publishes it.
+type msg map[string]any
+
+var baseTime = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// at is baseTime plus s seconds, formatted as the receiver does.
+func at(s float64) string {
+	return baseTime.Add(time.Duration(s * float64(time.Second))).Format(time.RFC3339Nano)
+}
+
+func identify(id, user string, ts float64, traits map[string]any) msg {
+	return msg{"type": "identify", "messageId": id, "userId": user, "traits": traits, "timestamp": at(ts), "receivedAt": at(ts + 1)}
+}
+
+func group(id, user, account string, ts float64, traits map[string]any) msg {
+	m := msg{"type": "group", "messageId": id, "groupId": account, "traits": traits, "timestamp": at(ts), "receivedAt": at(ts + 1)}
+	if user != "" {
+		m["userId"] = user
+	}
+	return m
+}
+
+func track(id, user, event string, ts float64, properties, context map[string]any) msg {
+	m := msg{"type": "track", "messageId": id, "event": event, "timestamp": at(ts), "receivedAt": at(ts + 1)}
+	if user != "" {
+		m["userId"] = user
+	}
+	if properties != nil {
+		m["properties"] = properties
+	}
+	if context != nil {
+		m["context"] = context
+	}
+	return m
+}
+
+// publish puts messages on src's stream the way the receiver does: one subject per type and the
+// messageId as Nats-Msg-Id.
+func publish(ctx context.Context, src *source.Config, msgs ...msg) {
+	for _, m := range msgs {
+		data, err := json.Marshal(m)
+		Expect(err).NotTo(HaveOccurred())
+		publishRaw(ctx, src, m["type"].(string), m["messageId"].(string), data)
+	}
+}
+
+func publishRaw(ctx context.Context, src *source.Config, typ, msgID string, data []byte) {
+	out := nats.NewMsg(src.Stream().Subject(typ))
+	out.Data = data
+	out.Header.Set(nats.MsgIdHdr, msgID)
+	_, err := js.PublishMsg(ctx, out)
+	Expect(err).NotTo(HaveOccurred())
+}
+
+// drained waits until every message of src's stream has been acknowledged by a worker.
+func drained(ctx context.Context, src *source.Config) {
+	Eventually(func(g Gomega) {
+		// The stream's last sequence is final once the PubAck came back; the consumer's pending
+		// count may lag behind it, so compare the ack floor with the stream instead.
+		s, err := js.Stream(ctx, src.Stream().StreamName())
+		g.Expect(err).NotTo(HaveOccurred())
+		sinfo, err := s.Info(ctx)
+		g.Expect(err).NotTo(HaveOccurred())
+		c, err := s.Consumer(ctx, stream.WorkerConsumer)
+		g.Expect(err).NotTo(HaveOccurred())
+		info, err := c.Info(ctx)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(info.AckFloor.Stream).To(BeNumerically(">=", sinfo.State.LastSeq))
+		g.Expect(info.NumAckPending).To(BeZero())
+	}).WithContext(ctx).WithTimeout(60 * time.Second).WithPolling(50 * time.Millisecond).Should(Succeed())
+}
+
+// queryRows returns the rows of a query as maps, JSON-friendly, for assertions and dumps.
+func queryRows(ctx context.Context, sql string, args ...any) []map[string]any {
+	rows, err := pool.Query(ctx, sql, args...)
+	Expect(err).NotTo(HaveOccurred())
+	out, err := pgx.CollectRows(rows, pgx.RowToMap)
+	Expect(err).NotTo(HaveOccurred())
+	return out
+}
+
+func queryRow(ctx context.Context, sql string, args ...any) map[string]any {
+	rows := queryRows(ctx, sql, args...)
+	Expect(rows).To(HaveLen(1), "rows of %s %v", sql, args)
+	return rows[0]
+}
+
+func ts(s float64) time.Time { return baseTime.Add(time.Duration(s * float64(time.Second))) }
+
+// quietLogger hides the workers' logs unless TALLY_TEST_VERBOSE is set.
+func quietLogger() *slog.Logger {
+	if os.Getenv("TALLY_TEST_VERBOSE") != "" {
+		return slog.Default()
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}

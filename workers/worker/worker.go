@@ -1,0 +1,350 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tallyhq/tally/workers/segment"
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+// maxBackoff stays below the consumer's AckWait, so InProgress keeps held messages.
+const maxBackoff = 30 * time.Second
+
+// Options configure a Worker.
+type Options struct {
+	Pool      *pgxpool.Pool
+	JetStream jetstream.JetStream
+	Source    *source.Config
+	BatchSize int           // messages per fetch; source.DefaultBatchSize when 0
+	MaxWait   time.Duration // how long a fetch waits for a full batch; source.DefaultMaxWait when 0
+	Logger    *slog.Logger  // slog.Default() when nil
+	// Metrics records batches, messages and retries; the workers of one process share one.
+	// When nil, the worker keeps metrics nobody reads.
+	Metrics *Metrics
+	// Acknowledger acknowledges each message once its batch has committed; JetStreamAcks when
+	// nil.
+	Acknowledger Acknowledger
+}
+
+// Acknowledger tells JetStream that a message is done with, after its batch committed.
+type Acknowledger interface {
+	Ack(jetstream.Msg) error
+}
+
+// JetStreamAcks acknowledges without waiting for JetStream's confirmation: the acks travel on
+// the connection while the next batch is mapped. A lost ack is harmless: the redelivered message
+// changes nothing in Postgres.
+type JetStreamAcks struct{}
+
+// Ack acknowledges msg.
+func (JetStreamAcks) Ack(msg jetstream.Msg) error { return msg.Ack() }
+
+// Worker consumes one source. Several workers, in one process or many, may consume the same
+// source: they share its durable consumer, and their transactions are safe together.
+type Worker struct {
+	pool      *pgxpool.Pool
+	js        jetstream.JetStream
+	stream    stream.Source
+	tenant    string
+	batchSize int
+	maxWait   time.Duration
+	log       *slog.Logger
+	metrics   *Metrics
+	acks      Acknowledger
+
+	source atomic.Pointer[source.Config]
+	ready  atomic.Bool
+}
+
+// New checks the options and builds a worker; Run starts it.
+func New(o Options) (*Worker, error) {
+	switch {
+	case o.Pool == nil:
+		return nil, errors.New("worker: no Postgres pool")
+	case o.JetStream == nil:
+		return nil, errors.New("worker: no JetStream")
+	case o.Source == nil || o.Source.Namespace == "" || o.Source.Name == "" || o.Source.Tenant == "":
+		return nil, errors.New("worker: source needs namespace, name and tenant")
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = source.DefaultBatchSize
+	}
+	if o.MaxWait <= 0 {
+		o.MaxWait = source.DefaultMaxWait
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(prometheus.NewRegistry())
+	}
+	if o.Acknowledger == nil {
+		o.Acknowledger = JetStreamAcks{}
+	}
+	w := &Worker{
+		pool: o.Pool, js: o.JetStream, stream: o.Source.Stream(), tenant: o.Source.Tenant,
+		batchSize: o.BatchSize, maxWait: o.MaxWait, metrics: o.Metrics, acks: o.Acknowledger,
+		log: o.Logger.With("source", o.Source.String()),
+	}
+	w.source.Store(o.Source)
+	return w, nil
+}
+
+// UpdateSource applies new settings of the same source (accountProperty, ignoredEvents) from the
+// next batch on. A different source or tenant is refused: that needs a new worker.
+func (w *Worker) UpdateSource(ctx context.Context, c *source.Config) error {
+	old := w.source.Load()
+	if c.Namespace != old.Namespace || c.Name != old.Name || c.Tenant != old.Tenant {
+		return fmt.Errorf("worker of %s (tenant %s) cannot switch to %s (tenant %s)", old, old.Tenant, c, c.Tenant)
+	}
+	// Mark the catalog first and keep the old settings if that fails, so the next reload sees
+	// the difference again and retries instead of leaving the ignored flags wrong.
+	if !equalStrings(old.IgnoredEvents, c.IgnoredEvents) {
+		if err := markIgnored(ctx, w.pool, w.tenant, c.IgnoredEvents); err != nil {
+			return err
+		}
+	}
+	w.source.Store(c)
+	return nil
+}
+
+// Ready reports whether the worker is bound to its consumer and Postgres answered its last batch.
+func (w *Worker) Ready() bool { return w.ready.Load() }
+
+// Run consumes until ctx is cancelled, then finishes the batch in hand and returns nil. Lost
+// connections, a deleted consumer or a missing stream are waited out, never fatal.
+func (w *Worker) Run(ctx context.Context) error {
+	w.retry(ctx, "mark ignored events", func() error {
+		return markIgnored(ctx, w.pool, w.tenant, w.source.Load().IgnoredEvents)
+	})
+	for ctx.Err() == nil {
+		consumer := w.bind(ctx)
+		if consumer == nil {
+			break
+		}
+		err := w.consume(ctx, consumer)
+		w.ready.Store(false)
+		if err != nil && ctx.Err() == nil {
+			w.log.Warn("consumer lost, binding again", "err", err)
+			sleep(ctx, time.Second)
+		}
+	}
+	return nil
+}
+
+// bind finds the source's durable consumer, waiting (with backoff) while it or the stream is
+// missing: the operator or tally local creates them.
+func (w *Worker) bind(ctx context.Context) jetstream.Consumer {
+	var consumer jetstream.Consumer
+	w.retry(ctx, "bind consumer", func() error {
+		c, err := w.js.Consumer(ctx, w.stream.StreamName(), stream.WorkerConsumer)
+		consumer = c
+		return err
+	})
+	if consumer != nil {
+		w.ready.Store(true)
+	}
+	return consumer
+}
+
+// consume maps batches until the consumer fails or ctx is cancelled. Fetching, decoding and
+// folding the next batch overlap the current batch's transaction; each batch is still acknowledged
+// only after its own transaction committed.
+func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer) error {
+	fetchCtx, stopFetching := context.WithCancel(ctx)
+	batches := make(chan fetched)
+	go w.fetchLoop(fetchCtx, consumer, batches)
+	defer func() {
+		stopFetching()
+		for f := range batches { // wait for the fetcher; what it still hands over is redelivered
+			nakAll(f)
+		}
+	}()
+	for {
+		var f fetched
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return nil
+		case f, ok = <-batches:
+		}
+		if !ok {
+			return nil
+		}
+		if ctx.Err() != nil { // shutting down: hand the batch back rather than start on it
+			nakAll(f)
+			return nil
+		}
+		if len(f.items)+len(f.bad) == 0 {
+			w.metrics.pending.WithLabelValues(w.stream.String()).Set(0)
+		} else if err := w.handle(ctx, f); err != nil {
+			return err
+		}
+		if f.err != nil {
+			return f.err
+		}
+	}
+}
+
+// item is one fetched message and its decoded form.
+type item struct {
+	msg jetstream.Msg
+	m   *segment.Message
+}
+
+// handle maps one fetched batch and acknowledges every message in it: the mapped ones after their
+// transaction committed, the unmappable ones after they reached the dead-letter stream. It returns
+// an error only when the worker must stop (shutdown while Postgres is down).
+func (w *Worker) handle(ctx context.Context, f fetched) error {
+	start := time.Now()
+	src := w.stream.String()
+	if f.lastMeta != nil {
+		w.metrics.pending.WithLabelValues(src).Set(float64(f.lastMeta.NumPending))
+	}
+	for _, b := range f.bad {
+		if err := w.deadLetter(ctx, b.msg, b.err); err != nil {
+			return err
+		}
+	}
+	if len(f.items) > 0 {
+		if err := w.mapIsolating(ctx, f.items, f.prepared); err != nil {
+			return err
+		}
+	}
+	w.metrics.batchSeconds.WithLabelValues(src).Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// mapIsolating commits items in one transaction; when Postgres refuses a value it splits the
+// batch in halves until the refused messages stand alone, dead-letters them and commits the rest.
+// prepared is the fold of all items when the caller has it.
+func (w *Worker) mapIsolating(ctx context.Context, items []item, prepared *preparedFold) error {
+	err := w.commit(ctx, items, prepared)
+	if err == nil || classify(err) != badData {
+		return err
+	}
+	if len(items) == 1 {
+		return w.deadLetter(ctx, items[0].msg, err)
+	}
+	half := len(items) / 2
+	if err := w.mapIsolating(ctx, items[:half], nil); err != nil {
+		return err
+	}
+	return w.mapIsolating(ctx, items[half:], nil)
+}
+
+// commit applies items in one transaction and acknowledges them. Contention is retried at once;
+// infrastructure errors are retried with a capped exponential backoff, the messages held with
+// InProgress meanwhile, until Postgres is back or ctx is cancelled. A bad-data error is returned.
+func (w *Worker) commit(ctx context.Context, items []item, prepared *preparedFold) error {
+	src := w.source.Load()
+	if prepared == nil || prepared.src != src {
+		prepared = &preparedFold{src: src, folded: fold(withoutIgnored(messagesOf(items), src), src.AccountProperty)}
+	}
+	folded := prepared.folded
+	// The transaction runs to its end even during shutdown; only waiting between tries stops.
+	txCtx := context.WithoutCancel(ctx)
+	backoff := 100 * time.Millisecond
+	for {
+		res, err := apply(txCtx, w.pool, w.tenant, src.String(), folded)
+		if err == nil {
+			w.metrics.eventsInserted.WithLabelValues(w.stream.String()).Add(float64(res.EventsInserted))
+			break
+		}
+		switch classify(err) {
+		case badData:
+			return err
+		case contention:
+			w.metrics.retries.WithLabelValues(w.stream.String(), "contention").Inc()
+			sleep(ctx, time.Duration(10+rand.IntN(40))*time.Millisecond) // jitter: let the other side finish
+			continue
+		}
+		w.metrics.retries.WithLabelValues(w.stream.String(), "infrastructure").Inc()
+		w.ready.Store(false)
+		w.log.Warn("Postgres unavailable, holding the batch", "messages", len(items), "retry_in", backoff, "err", err)
+		for _, it := range items {
+			_ = it.msg.InProgress()
+		}
+		if !sleep(ctx, backoff) {
+			return ctx.Err() // not acknowledged: JetStream redelivers after AckWait
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+	w.ready.Store(true)
+	w.ackAll(items)
+	label := w.stream.String()
+	w.metrics.batches.WithLabelValues(label).Inc()
+	perType := map[string]int{} // one counter update per type, not per message
+	for _, it := range items {
+		perType[it.m.Type]++
+	}
+	for typ, n := range perType {
+		w.metrics.messages.WithLabelValues(label, typ).Add(float64(n))
+	}
+	return nil
+}
+
+// ackAll acknowledges every message of a committed batch. A lost ack is harmless: the
+// redelivered message changes nothing in Postgres.
+func (w *Worker) ackAll(items []item) {
+	failed := 0
+	for _, it := range items {
+		if err := w.acks.Ack(it.msg); err != nil {
+			failed++
+		}
+	}
+	if failed > 0 {
+		w.log.Warn("acknowledgements failed; those messages will be redelivered and change nothing", "count", failed)
+	}
+}
+
+// retry calls fn until it succeeds or ctx is cancelled, backing off exponentially.
+func (w *Worker) retry(ctx context.Context, what string, fn func() error) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := fn()
+		if err == nil {
+			return
+		}
+		w.log.Warn(what+" failed, retrying", "retry_in", backoff, "err", err)
+		if !sleep(ctx, backoff) {
+			return
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// sleep waits d or until ctx is cancelled; it reports whether the full time passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
