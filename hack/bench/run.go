@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tallyhq/tally/test/testdb"
+	"github.com/tallyhq/tally/workers/local"
 	"github.com/tallyhq/tally/workers/natsserver"
-	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 	"github.com/tallyhq/tally/workers/worker"
@@ -30,12 +30,12 @@ type modeConfig struct {
 }
 
 // env is what one durability mode runs on: a fresh JetStream store, a fresh database, and the
-// receiver served over loopback HTTP exactly as `tally local` serves it.
+// pipeline of `tally local` (receiver over loopback HTTP, workers) on them.
 type env struct {
 	cfg      modeConfig
 	js       jetstream.JetStream
 	pool     *pgxpool.Pool
-	recv     *receiver.Receiver
+	pipeline *local.Pipeline
 	baseURL  string
 	writeKey string
 }
@@ -56,10 +56,6 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 		return nil, err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(source.DefaultPublishTimeout))
-	if err != nil {
-		return nil, err
-	}
 
 	dbURL, drop, err := testdb.FreshOn(ctx, cfg.adminURL, "bench")
 	if err != nil {
@@ -75,9 +71,9 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 	}
 	defer pool.Close()
 
-	e := &env{cfg: cfg, js: js, pool: pool, writeKey: "bench-write-key-0123456789abcdef"}
 	// As tally local does: atomic batches when every write is fsynced, per message otherwise.
-	e.recv, err = receiver.New(receiver.Options{JetStream: js, Conn: nc, AtomicBatches: cfg.durability == "always", Logger: cfg.log}, nil)
+	p, err := local.NewPipeline(local.PipelineOptions{Conn: nc, Pool: pool, AtomicBatches: cfg.durability == "always",
+		BatchSize: cfg.settings.WorkerBatchSize, MaxWait: 50 * time.Millisecond, Logger: cfg.log})
 	if err != nil {
 		return nil, err
 	}
@@ -85,10 +81,10 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	server := receiver.NewServer("", e.recv.Handler(), source.DefaultPublishTimeout)
-	go server.Serve(listener) //nolint:errcheck // closed below
-	defer server.Close()
-	e.baseURL = "http://" + listener.Addr().String()
+	p.Start(listener)
+	defer p.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the bench is over
+	e := &env{cfg: cfg, js: p.JetStream(), pool: pool, pipeline: p, baseURL: "http://" + listener.Addr().String(),
+		writeKey: "bench-write-key-0123456789abcdef"}
 
 	res := &Result{Durability: cfg.durability}
 	steps := []struct {
@@ -127,7 +123,7 @@ func (e *env) newServedSource(ctx context.Context, name string) (*source.Config,
 	if err != nil {
 		return nil, err
 	}
-	return src, e.recv.SetSources([]*source.Config{src})
+	return src, e.pipeline.Serve(ctx, []*source.Config{src})
 }
 
 // servedWithWorker makes a fresh served source with one worker running on it, as tally local runs.
@@ -136,29 +132,8 @@ func (e *env) servedWithWorker(ctx context.Context, name string) (*source.Config
 	if err != nil {
 		return nil, nil, err
 	}
-	stop, err := e.startWorkers(ctx, src, 1)
+	stop, err := e.pipeline.StartWorkers(src, 1)
 	return src, stop, err
-}
-
-// startWorkers runs n workers on src until the returned stop is called.
-func (e *env) startWorkers(ctx context.Context, src *source.Config, n int) (stop func(), err error) {
-	wctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{}, n)
-	for i := 0; i < n; i++ {
-		w, err := worker.New(worker.Options{Pool: e.pool, JetStream: e.js, Source: src,
-			BatchSize: e.cfg.settings.WorkerBatchSize, MaxWait: 50 * time.Millisecond, Logger: e.cfg.log})
-		if err != nil {
-			cancel()
-			return nil, err
-		}
-		go func() { _ = w.Run(wctx); done <- struct{}{} }()
-	}
-	return func() {
-		cancel()
-		for i := 0; i < n; i++ {
-			<-done
-		}
-	}, nil
 }
 
 // drained waits until every message of src's stream is acknowledged by a worker, which happens

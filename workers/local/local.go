@@ -1,6 +1,6 @@
 // Package local runs the whole pipeline in one process for a first-time user: an embedded NATS
 // server with JetStream, the receiver for every SegmentSource found in a directory of manifests,
-// and one worker per source writing into Postgres.
+// and one worker per source writing into Postgres. Its Pipeline is also what the bench measures.
 package local
 
 import (
@@ -10,19 +10,16 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
-	"sync"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tallyhq/tally/workers/natsserver"
-	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 	"github.com/tallyhq/tally/workers/worker"
@@ -63,16 +60,6 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer nc.Close()
-	// Acks a timed-out request stopped waiting for must not stay pending forever.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(source.DefaultPublishTimeout))
-	if err != nil {
-		return err
-	}
-	for _, src := range sources {
-		if err := stream.Ensure(ctx, js, src.Stream(), src.StreamSettings()); err != nil {
-			return err
-		}
-	}
 
 	if err := EnsureDatabase(ctx, o.DatabaseURL); err != nil {
 		return err
@@ -87,57 +74,37 @@ func Run(ctx context.Context, o Options) error {
 	defer pool.Close()
 
 	// With fsync on every write, one atomic batch per request saves an fsync per message.
-	recv, err := receiver.New(receiver.Options{JetStream: js, Conn: nc, AtomicBatches: o.SyncAlways, Logger: log}, sources)
+	p, err := NewPipeline(PipelineOptions{Conn: nc, Pool: pool, AtomicBatches: o.SyncAlways,
+		BatchSize: o.BatchSize, MaxWait: o.MaxWait, Logger: log})
 	if err != nil {
+		return err
+	}
+	if err := p.Serve(ctx, sources); err != nil {
 		return err
 	}
 	listener, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return err
 	}
-	server := receiver.NewServer(o.Listen, recv.Handler(), source.DefaultPublishTimeout)
-
-	printBanner(o.Out, listener.Addr().String(), ns.ClientURL(), o.DatabaseURL, sources)
-
-	workCtx, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopWorkers()
-	var workers sync.WaitGroup
-	errs := make(chan error, len(sources)+1)
 	for _, src := range sources {
-		w, err := worker.New(worker.Options{
-			Pool: pool, JetStream: js, Source: src,
-			BatchSize: o.BatchSize, MaxWait: o.MaxWait, Logger: log,
-		})
-		if err != nil {
-			return err
+		if _, err := p.StartWorkers(src, 1); err != nil {
+			return errors.Join(err, p.Stop(ctx))
 		}
-		workers.Add(1)
-		go func() {
-			defer workers.Done()
-			if err := w.Run(workCtx); err != nil && !errors.Is(err, context.Canceled) {
-				errs <- fmt.Errorf("worker %s: %w", src, err)
-			}
-		}()
 	}
-	go func() {
-		if err := server.Serve(listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errs <- err
-		}
-	}()
+	p.Start(listener)
+	printBanner(o.Out, listener.Addr().String(), ns.ClientURL(), o.DatabaseURL, sources)
 
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
-	case err = <-errs:
+	case err = <-p.Err():
 		log.Error("stopping after a failure", "err", err)
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if e := server.Shutdown(shutdownCtx); e != nil {
+	if e := p.Stop(shutdownCtx); e != nil {
 		log.Warn("http shutdown", "err", e)
 	}
-	stopWorkers()
-	workers.Wait()
 	// Wait until the workers' last acks and naks are flushed before the embedded server stops,
 	// or the held messages wait out the ack wait after a restart.
 	if e := stream.Drain(shutdownCtx, nc); e != nil {
@@ -158,7 +125,7 @@ func EnsureDatabase(ctx context.Context, url string) error {
 		return conn.Close(ctx)
 	}
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "3D000" { // invalid_catalog_name: no such database
+	if !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.InvalidCatalogName { // no such database
 		return fmt.Errorf("connect to Postgres: %w", err)
 	}
 	name := cfg.Database

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -71,10 +72,15 @@ func batchIDs(msgs []stored) map[string]int {
 }
 
 var _ = Describe("Atomic batch publishing", func() {
-	// The shared receiver publishes message by message, the default; these specs switch it over.
+	// The shared receiver publishes message by message, the default; these specs talk to one
+	// that publishes atomic batches, serving the same sources.
 	BeforeEach(func() {
-		rcv.SetAtomicBatches(true)
-		DeferCleanup(rcv.SetAtomicBatches, false)
+		atomicRcv, err := receiver.New(receiver.Options{JetStream: js, Conn: nc, PublishTimeout: 2 * time.Second,
+			AtomicBatches: true, Logger: slog.New(slog.NewTextHandler(GinkgoWriter, nil))}, []*source.Config{acme, beta})
+		Expect(err).NotTo(HaveOccurred())
+		shared := srv
+		srv = httptest.NewServer(atomicRcv.Handler())
+		DeferCleanup(func() { srv.Close(); srv = shared })
 	})
 
 	It("stores a 100-message request as one atomic batch, each message under its Nats-Msg-Id", func() {

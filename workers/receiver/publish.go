@@ -90,7 +90,7 @@ func (r *Receiver) publish(ctx context.Context, msgs []outgoing) error {
 	ctx, cancel := context.WithTimeout(ctx, r.opts.PublishTimeout)
 	defer cancel()
 	publishAll := r.publishEach
-	if r.atomic.Load() {
+	if r.opts.AtomicBatches {
 		publishAll = r.publishBatches
 	}
 	if err := publishAll(ctx, msgs); err != nil {

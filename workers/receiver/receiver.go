@@ -61,7 +61,6 @@ type Receiver struct {
 	// endpoints, while the Tracking API keeps serving whatever still arrives.
 	draining atomic.Bool
 	batching atomicState
-	atomic   atomic.Bool // publish as atomic batches; see Options.AtomicBatches
 }
 
 // New builds a Receiver. It does not create streams: the operator (or tally local) does.
@@ -88,7 +87,6 @@ func New(opts Options, sources []*source.Config) (*Receiver, error) {
 		opts.Gatherer = prometheus.NewRegistry()
 	}
 	r := &Receiver{opts: opts, log: opts.Logger, metrics: opts.Metrics}
-	r.atomic.Store(opts.AtomicBatches)
 	if err := r.SetSources(sources); err != nil {
 		return nil, err
 	}
@@ -103,10 +101,6 @@ func (r *Receiver) Handler() http.Handler { return r.handler }
 // endpoint keeps serving. Call it before http.Server.Shutdown, and give load balancers time to
 // notice in between.
 func (r *Receiver) Drain() { r.draining.Store(true) }
-
-// SetAtomicBatches switches between atomic-batch and per-message publishing for the requests that
-// follow (see Options.AtomicBatches).
-func (r *Receiver) SetAtomicBatches(on bool) { r.atomic.Store(on) }
 
 // SetSources atomically replaces the sources and their write keys (a key rotation or a settings
 // change); requests in flight finish with the set they started with. An invalid set is refused

@@ -362,6 +362,7 @@ func TestJSONLibsAgree(t *testing.T) {
 	var batch ejBatch
 	var m ejMessage
 	now := time.Now()
+	types := map[string]int{}
 	for i, body := range bodies {
 		want, err := handwrittenFull(body, now)
 		if err != nil {
@@ -371,10 +372,14 @@ func TestJSONLibsAgree(t *testing.T) {
 			t.Fatalf("body %d: %d messages", i, want.msgs)
 		}
 		for _, size := range segmentMessageSizes(t, body) {
-			if size < 250 || size > 900 {
+			if size < 300 || size > 800 {
 				t.Errorf("body %d: a message of %d bytes", i, size)
 			}
 		}
+		gjson.ParseBytes(body).Get("batch.#.type").ForEach(func(_, v gjson.Result) bool {
+			types[v.Str]++
+			return true
+		})
 		for name, f := range map[string]func() (digest, error){
 			"encoding_json":  func() (digest, error) { return encodingJSON(body, &batch, &m) },
 			"gjson":          func() (digest, error) { return gjsonDocumented(body) },
@@ -394,6 +399,9 @@ func TestJSONLibsAgree(t *testing.T) {
 			t.Fatalf("body %d, handwritten_scan: %d, %v", i, n, err)
 		}
 	}
+	total := float64(len(bodies) * jsonBenchBatchSize)
+	t.Logf("mix: %.0f%% track, %.0f%% identify, %.0f%% group", 100*float64(types["track"])/total,
+		100*float64(types["identify"])/total, 100*float64(types["group"])/total)
 }
 
 func segmentMessageSizes(t *testing.T, body []byte) []int {

@@ -3,6 +3,7 @@ package worker
 import (
 	"errors"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -31,14 +32,12 @@ func classify(err error) errorKind {
 	if !errors.As(err, &pgErr) {
 		return infrastructure
 	}
-	switch pgErr.Code {
-	case "40001", "40P01":
+	switch {
+	case pgErr.Code == pgerrcode.SerializationFailure || pgErr.Code == pgerrcode.DeadlockDetected:
 		return contention
-	}
-	switch pgErr.Code[:2] {
-	case "22", // data exception: invalid text, untranslatable character, numeric out of range...
-		"23", // integrity constraint violation
-		"54": // program limit exceeded: a value too large for an index row, too many columns...
+	case pgerrcode.IsDataException(pgErr.Code), // invalid text, untranslatable character, numeric out of range...
+		pgerrcode.IsIntegrityConstraintViolation(pgErr.Code),
+		pgerrcode.IsProgramLimitExceeded(pgErr.Code): // a value too large for an index row, too many columns...
 		return badData
 	}
 	return infrastructure
