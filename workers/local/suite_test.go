@@ -140,11 +140,14 @@ func query(ctx context.Context, url, sql string, args ...any) []map[string]any {
 	return out
 }
 
-// writeManifests puts each manifest in its own file of a fresh directory.
+// writeManifests puts each manifest in its own file (name, possibly in subdirectories) of a fresh
+// directory.
 func writeManifests(files map[string]string) string {
 	dir := GinkgoT().TempDir()
 	for name, content := range files {
-		Expect(os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644)).To(Succeed())
+		path := filepath.Join(dir, name)
+		Expect(os.MkdirAll(filepath.Dir(path), 0o755)).To(Succeed())
+		Expect(os.WriteFile(path, []byte(content), 0o644)).To(Succeed())
 	}
 	return dir
 }
