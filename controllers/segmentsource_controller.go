@@ -222,9 +222,9 @@ func (r *SegmentSourceReconciler) reconcileDelete(ctx context.Context, st *recon
 		if forced {
 			msg = "deleted stream %s and its consumer (" + ForceDeleteAnnotation + "), with any unprocessed messages and dead letters; Postgres rows are kept"
 		}
-		r.Recorder.Eventf(obj, nil, "Normal", eventReasonStreamDeleted, "Delete", msg, src.StreamName())
+		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, eventReasonStreamDeleted, "Delete", msg, src.StreamName())
 	} else {
-		r.Recorder.Eventf(obj, nil, "Normal", eventReasonStreamRetained, "Delete",
+		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, eventReasonStreamRetained, "Delete",
 			"kept stream %s (deletionPolicy Retain)", src.StreamName())
 	}
 	patch := client.MergeFromWithOptions(obj.DeepCopy(), client.MergeFromWithOptimisticLock{})

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	kerrors "k8s.io/apimachinery/pkg/api/errors"
@@ -197,12 +199,12 @@ func (r *SegmentSourceReconciler) recordTransition(st *reconcileState) {
 	if after == nil || (before != nil && before.Status == after.Status && before.Reason == after.Reason) {
 		return
 	}
-	eventType := "Normal"
+	eventType := corev1.EventTypeNormal
 	if after.Status != metav1.ConditionTrue {
-		eventType = "Warning"
+		eventType = corev1.EventTypeWarning
 	}
 	if after.Reason == ReasonRollingOut || after.Reason == ReasonProgressing {
-		eventType = "Normal"
+		eventType = corev1.EventTypeNormal
 	}
 	r.Recorder.Eventf(st.source, nil, eventType, after.Reason, "Reconcile", "%s", after.Message)
 }

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"regexp"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/nats-io/nats.go/jetstream"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -53,11 +55,11 @@ func (r *SegmentSourceReconciler) reconcileStream(ctx context.Context, st *recon
 		case missing || !state.ConsumerExists:
 			// The objects existed before (this generation was already reconciled): someone or
 			// something removed them. Say so once; the Ready transition shows nothing otherwise.
-			r.Recorder.Eventf(obj, nil, "Warning", "StreamRecreated", "Reconcile",
+			r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "StreamRecreated", "Reconcile",
 				"stream %s or its consumer was missing on the NATS server and has been re-created", src.StreamName())
 			log.FromContext(ctx).Info("re-created missing stream or consumer", "stream", src.StreamName())
 		default:
-			r.Recorder.Eventf(obj, nil, "Warning", "StreamConfigRestored", "Reconcile",
+			r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "StreamConfigRestored", "Reconcile",
 				"the configuration of stream %s or its consumer differed from spec.stream and has been restored", src.StreamName())
 			log.FromContext(ctx).Info("restored drifted stream configuration", "stream", src.StreamName())
 		}

@@ -6,7 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -59,7 +60,7 @@ func parseResources(value string) (corev1.ResourceRequirements, error) {
 		name string
 		l    corev1.ResourceList
 	}{{"requests", r.Requests}, {"limits", r.Limits}} {
-		for _, name := range sortedNames(list.l) {
+		for _, name := range slices.Sorted(maps.Keys(list.l)) {
 			if !containerResourceName(name) {
 				return r, fmt.Errorf("%s.%s: not a container resource (want cpu, memory, ephemeral-storage, hugepages-<size> or a domain-prefixed extended resource)", list.name, name)
 			}
@@ -68,7 +69,7 @@ func parseResources(value string) (corev1.ResourceRequirements, error) {
 			}
 		}
 	}
-	for _, name := range sortedNames(r.Requests) {
+	for _, name := range slices.Sorted(maps.Keys(r.Requests)) {
 		request := r.Requests[name]
 		if limit, ok := r.Limits[name]; ok && request.Cmp(limit) > 0 {
 			return r, fmt.Errorf("requests.%s (%s) is more than limits.%s (%s)", name, request.String(), name, limit.String())
@@ -85,13 +86,4 @@ func containerResourceName(name corev1.ResourceName) bool {
 		return true
 	}
 	return strings.HasPrefix(string(name), corev1.ResourceHugePagesPrefix) || strings.Contains(string(name), "/")
-}
-
-func sortedNames(l corev1.ResourceList) []corev1.ResourceName {
-	names := make([]corev1.ResourceName, 0, len(l))
-	for name := range l {
-		names = append(names, name)
-	}
-	sort.Slice(names, func(i, j int) bool { return names[i] < names[j] })
-	return names
 }

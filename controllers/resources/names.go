@@ -7,7 +7,8 @@ package resources
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
@@ -109,13 +110,8 @@ func SelectorLabels(s *tallyv1.SegmentSource, component string) map[string]strin
 // Hash is a short, stable digest of named values, used in annotations that trigger rollouts. Keys
 // are sorted so map order never changes it.
 func Hash(values map[string][]byte) string {
-	keys := make([]string, 0, len(values))
-	for k := range values {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	h := sha256.New()
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(values)) {
 		h.Write([]byte(k))
 		h.Write([]byte{0})
 		h.Write(values[k])

@@ -14,6 +14,7 @@ import (
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
+	"k8s.io/utils/ptr"
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/workers/source"
@@ -124,13 +125,13 @@ func OwnerReference(s *tallyv1.SegmentSource) *metav1ac.OwnerReferenceApplyConfi
 func ReceiverReplicas(s *tallyv1.SegmentSource) *int32 {
 	switch {
 	case s.Spec.Suspend:
-		return ptr(int32(0))
+		return ptr.To(int32(0))
 	case s.Spec.Receiver.Autoscaling != nil:
 		return nil
 	case s.Spec.Receiver.Replicas == nil:
-		return ptr(int32(1))
+		return ptr.To(int32(1))
 	default:
-		return ptr(*s.Spec.Receiver.Replicas)
+		return ptr.To(*s.Spec.Receiver.Replicas)
 	}
 }
 
@@ -423,8 +424,6 @@ func resources(spec, fallback corev1.ResourceRequirements) *corev1ac.ResourceReq
 	}
 	return ac
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // SourceConfig is the runtime settings of a SegmentSource as the receiver and the workers read
 // them (tally local builds the same from its manifests), without its write keys.

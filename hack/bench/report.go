@@ -6,7 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -177,8 +177,7 @@ func percentileMs(d []time.Duration, p float64) float64 {
 	if len(d) == 0 {
 		return 0
 	}
-	sorted := append([]time.Duration(nil), d...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	sorted := slices.Sorted(slices.Values(d))
 	idx := int(float64(len(sorted)-1) * p / 100)
 	return float64(sorted[idx]) / float64(time.Millisecond)
 }

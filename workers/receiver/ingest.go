@@ -1,9 +1,10 @@
 package receiver
 
 import (
+	"cmp"
 	"errors"
 	"net/http"
-	"sort"
+	"slices"
 	"strconv"
 	"time"
 
@@ -175,7 +176,7 @@ func (r *Receiver) sortMessages(auth authentication, res *segment.Result) sorted
 		}
 	}
 	if unauthenticated {
-		sort.Slice(res.Rejected, func(i, j int) bool { return res.Rejected[i].Index < res.Rejected[j].Index })
+		slices.SortFunc(res.Rejected, func(a, b segment.Rejection) int { return cmp.Compare(a.Index, b.Index) })
 	}
 	return s
 }

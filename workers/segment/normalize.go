@@ -55,7 +55,6 @@ type normalizer struct {
 	receivedAtJSON []byte
 	buf            []byte
 	others         [][]byte // members copied untouched, reused between messages
-	ids            idSource
 }
 
 func reject(code, message string) *Rejection { return &Rejection{Code: code, Message: message} }
@@ -116,7 +115,7 @@ func (n *normalizer) message(raw []byte) (Accepted, *Rejection) {
 		if f[fTimestamp] != nil || f[fOriginalTimestamp] != nil {
 			acc.MessageID = contentID(raw)
 		} else {
-			acc.MessageID = n.ids.next()
+			acc.MessageID = randomID()
 		}
 		b = appendQuoted(b, acc.MessageID)
 	} else if isNumber(f[fMessageID]) {

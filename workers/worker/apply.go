@@ -3,7 +3,7 @@ package worker
 import (
 	"context"
 	"hash/fnv"
-	"sort"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -96,8 +96,7 @@ type catalogRow struct {
 // markIgnored keeps event_catalog.ignored equal to the source's ignoredEvents: the receiver drops
 // those events, so this is the only place they show up.
 func markIgnored(ctx context.Context, pool *pgxpool.Pool, tenant string, ignored []string) error {
-	names := append([]string{}, ignored...)
-	sort.Strings(names)
+	names := slices.Sorted(slices.Values(ignored))
 	return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", tenantLockKey(tenant)); err != nil {
 			return err
@@ -113,13 +112,4 @@ func markIgnored(ctx context.Context, pool *pgxpool.Pool, tenant string, ignored
 			WHERE tenant = $1 AND ignored AND NOT (event = ANY($2::text[]))`, tenant, names)
 		return err
 	})
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

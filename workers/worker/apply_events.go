@@ -1,7 +1,8 @@
 package worker
 
 import (
-	"sort"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -83,11 +84,7 @@ func (a *applier) collectInsertedEvents(rows pgx.Rows) error {
 // catalog counts the track events this transaction inserted, per name.
 func (a *applier) catalog(b *pgx.Batch, _ *folded) error {
 	if len(a.catalogRows) > 0 {
-		names := make([]string, 0, len(a.catalogRows))
-		for name := range a.catalogRows {
-			names = append(names, name)
-		}
-		sort.Strings(names)
+		names := slices.Sorted(maps.Keys(a.catalogRows))
 		first, last, counts := make([]time.Time, len(names)), make([]time.Time, len(names)), make([]int64, len(names))
 		for i, name := range names {
 			c := a.catalogRows[name]

@@ -2,6 +2,8 @@ package worker
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -57,7 +59,7 @@ func (a *applier) recomputeLastSeen(b *pgx.Batch, _ *folded) error {
 func (a *applier) queueRaise(b *pgx.Batch, table, idColumn string, events map[string]time.Time, upserted map[string]bool) {
 	var ids []string
 	var ats []time.Time
-	for _, id := range sortedKeys(events) {
+	for _, id := range slices.Sorted(maps.Keys(events)) {
 		if !upserted[id] {
 			ids, ats = append(ids, id), append(ats, events[id])
 		}
@@ -85,5 +87,5 @@ func (a *applier) queueRecompute(b *pgx.Batch, table, idColumn string, rows map[
 			WHERE r2.tenant = $1 AND r2.%[2]s = ANY($2::text[])
 		) s
 		WHERE r.tenant = $1 AND r.%[2]s = s.id AND r.last_seen_at IS DISTINCT FROM s.seen`,
-		table, idColumn), a.tenant, sortedKeys(rows))
+		table, idColumn), a.tenant, slices.Sorted(maps.Keys(rows)))
 }

@@ -1,7 +1,8 @@
 package worker
 
 import (
-	"sort"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -76,11 +77,7 @@ func (a *applier) reresolve(b *pgx.Batch, _ *folded) error {
 	if len(a.usersWithNewLinks) == 0 {
 		return nil
 	}
-	users := make([]string, 0, len(a.usersWithNewLinks))
-	for u := range a.usersWithNewLinks {
-		users = append(users, u)
-	}
-	sort.Strings(users)
+	users := slices.Sorted(maps.Keys(a.usersWithNewLinks))
 	since := make([]time.Time, len(users))
 	for i, u := range users {
 		since[i] = a.usersWithNewLinks[u]

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sethvargo/go-retry"
 
 	"github.com/tallyhq/tally/workers/segment"
 	"github.com/tallyhq/tally/workers/source"
@@ -125,7 +126,7 @@ func (w *Worker) Ready() bool { return w.ready.Load() }
 // Run consumes until ctx is cancelled, then finishes the batch in hand and returns nil. Lost
 // connections, a deleted consumer or a missing stream are waited out, never fatal.
 func (w *Worker) Run(ctx context.Context) error {
-	w.retry(ctx, "mark ignored events", func() error {
+	_ = w.retry(ctx, "mark ignored events", func() error { // fails only when ctx ends
 		return markIgnored(ctx, w.pool, w.tenant, w.source.Load().IgnoredEvents)
 	})
 	for ctx.Err() == nil {
@@ -147,7 +148,7 @@ func (w *Worker) Run(ctx context.Context) error {
 // missing: the operator or tally local creates them.
 func (w *Worker) bind(ctx context.Context) jetstream.Consumer {
 	var consumer jetstream.Consumer
-	w.retry(ctx, "bind consumer", func() error {
+	_ = w.retry(ctx, "bind consumer", func() error { // fails only when ctx ends
 		c, err := w.js.Consumer(ctx, w.stream.StreamName(), stream.WorkerConsumer)
 		consumer = c
 		return err
@@ -255,31 +256,36 @@ func (w *Worker) commit(ctx context.Context, items []item, prepared *preparedFol
 	folded := prepared.folded
 	// The transaction runs to its end even during shutdown; only waiting between tries stops.
 	txCtx := context.WithoutCancel(ctx)
-	backoff := 100 * time.Millisecond
-	for {
-		res, err := apply(txCtx, w.pool, w.tenant, src.String(), folded)
-		if err == nil {
-			w.metrics.eventsInserted.WithLabelValues(w.stream.String()).Add(float64(res.EventsInserted))
-			break
+	var badDataErr error
+	err := w.retry(ctx, "apply batch", func() error {
+		for {
+			res, err := apply(txCtx, w.pool, w.tenant, src.String(), folded)
+			if err == nil {
+				w.metrics.eventsInserted.WithLabelValues(w.stream.String()).Add(float64(res.EventsInserted))
+				return nil
+			}
+			switch classify(err) {
+			case badData:
+				badDataErr = err
+				return nil
+			case contention:
+				w.metrics.retries.WithLabelValues(w.stream.String(), "contention").Inc()
+				sleep(ctx, time.Duration(10+rand.IntN(40))*time.Millisecond) // jitter: let the other side finish
+				continue
+			}
+			w.metrics.retries.WithLabelValues(w.stream.String(), "infrastructure").Inc()
+			w.ready.Store(false)
+			for _, it := range items { // held, not redelivered, while Postgres is away
+				_ = it.msg.InProgress()
+			}
+			return fmt.Errorf("holding %d messages while Postgres is unavailable: %w", len(items), err)
 		}
-		switch classify(err) {
-		case badData:
-			return err
-		case contention:
-			w.metrics.retries.WithLabelValues(w.stream.String(), "contention").Inc()
-			sleep(ctx, time.Duration(10+rand.IntN(40))*time.Millisecond) // jitter: let the other side finish
-			continue
-		}
-		w.metrics.retries.WithLabelValues(w.stream.String(), "infrastructure").Inc()
-		w.ready.Store(false)
-		w.log.Warn("Postgres unavailable, holding the batch", "messages", len(items), "retry_in", backoff, "err", err)
-		for _, it := range items {
-			_ = it.msg.InProgress()
-		}
-		if !sleep(ctx, backoff) {
-			return ctx.Err() // not acknowledged: JetStream redelivers after AckWait
-		}
-		backoff = min(backoff*2, maxBackoff)
+	})
+	if badDataErr != nil {
+		return badDataErr
+	}
+	if err != nil {
+		return err // shutting down: not acknowledged, JetStream redelivers after AckWait
 	}
 	w.ready.Store(true)
 	w.ackAll(items)
@@ -309,19 +315,21 @@ func (w *Worker) ackAll(items []item) {
 	}
 }
 
-// retry calls fn until it succeeds or ctx is cancelled, backing off exponentially.
-func (w *Worker) retry(ctx context.Context, what string, fn func() error) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
+// retry calls fn until it succeeds or ctx is cancelled (then it returns ctx's error), waiting
+// 100ms, 200ms, ... up to maxBackoff between tries. The first try runs even when ctx has ended,
+// so a batch in hand is finished when it can be.
+func (w *Worker) retry(ctx context.Context, what string, fn func() error) error {
+	backoff := retry.WithCappedDuration(maxBackoff, retry.NewExponential(100*time.Millisecond))
+	for {
 		err := fn()
 		if err == nil {
-			return
+			return nil
 		}
-		w.log.Warn(what+" failed, retrying", "retry_in", backoff, "err", err)
-		if !sleep(ctx, backoff) {
-			return
+		wait, _ := backoff.Next() // never stops: capped, not limited
+		w.log.Warn(what+" failed, retrying", "retry_in", wait, "err", err)
+		if !sleep(ctx, wait) {
+			return ctx.Err()
 		}
-		backoff = min(backoff*2, maxBackoff)
 	}
 }
 
