@@ -67,7 +67,7 @@ func createSource(s *tallyv1.SegmentSource, withSecret bool) *tallyv1.SegmentSou
 	Expect(k8s.Create(ctx, s)).To(Succeed())
 	DeferCleanup(func() {
 		_ = k8s.Delete(ctx, s)
-		Eventually(func() bool { return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(s), &tallyv1.SegmentSource{})) }, "30s").Should(BeTrue())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(s), &tallyv1.SegmentSource{})) }).Should(BeTrue())
 	})
 	return s
 }

@@ -32,131 +32,147 @@ var _ = Describe("SegmentSource", func() {
 	var ns string
 	BeforeEach(func() { ns = newNamespace() })
 
-	It("turns into owned objects, a stream and a consumer, and turns Ready only once both Deployments are available", func() {
-		s := newSource(ns, "acme-web")
-		created := createSource(s, true)
-		key := client.ObjectKeyFromObject(s)
+	Describe("a new source", func() {
+		var (
+			s     *tallyv1.SegmentSource
+			key   client.ObjectKey
+			owner metav1.OwnerReference
+		)
+		BeforeEach(func() {
+			s = newSource(ns, "acme-web")
+			created := createSource(s, true)
+			key = client.ObjectKeyFromObject(s)
 
-		By("reading InProgress before the operator has looked at it (observedGeneration defaults to -1)")
-		Expect(created.Status.ObservedGeneration).To(Equal(int64(-1)))
-		Expect(kstatusOf(created)).To(Equal(status.InProgressStatus))
+			By("reading InProgress before the operator has looked at it (observedGeneration defaults to -1)")
+			Expect(created.Status.ObservedGeneration).To(Equal(int64(-1)))
+			Expect(kstatusOf(created)).To(Equal(status.InProgressStatus))
+			Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
+			owner = metav1.OwnerReference{APIVersion: "tally.dev/v1alpha1", Kind: "SegmentSource", Name: "acme-web",
+				UID: getSource(key).UID, Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}
+		})
 
-		By("creating the ConfigMap, receiver Deployment and Service, worker Deployment")
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
-		got := getSource(key)
-		Expect(got.Status.ObservedGeneration).To(Equal(got.Generation))
-		Expect(got.Finalizers).To(ContainElement(controllers.Finalizer))
-		Expect(got.Status.Endpoint).To(Equal("http://acme-web-receiver." + ns + ".svc:8080"))
-		Expect(got.Status.Stream).To(Equal("TALLY_" + ns + "_acme-web"))
-		Expect(condition(got, tallyv1.ConditionStreamReady).Status).To(Equal(metav1.ConditionTrue))
-		Expect(condition(got, tallyv1.ConditionReceiving).Status).To(Equal(metav1.ConditionFalse))
-		Expect(condition(got, tallyv1.ConditionReconciling)).To(BeNil())
-		Expect(condition(got, tallyv1.ConditionStalled)).To(BeNil())
-		Expect(kstatusOf(got)).To(Equal(status.InProgressStatus))
-		expectStatusCompliant(got)
+		It("is rolling out with a finalizer, an endpoint, its stream and kstatus-compliant conditions", func() {
+			got := getSource(key)
+			Expect(got.Status.ObservedGeneration).To(Equal(got.Generation))
+			Expect(got.Finalizers).To(ContainElement(controllers.Finalizer))
+			Expect(got.Status.Endpoint).To(Equal("http://acme-web-receiver." + ns + ".svc:8080"))
+			Expect(got.Status.Stream).To(Equal("TALLY_" + ns + "_acme-web"))
+			Expect(condition(got, tallyv1.ConditionStreamReady).Status).To(Equal(metav1.ConditionTrue))
+			Expect(condition(got, tallyv1.ConditionReceiving).Status).To(Equal(metav1.ConditionFalse))
+			Expect(condition(got, tallyv1.ConditionReconciling)).To(BeNil())
+			Expect(condition(got, tallyv1.ConditionStalled)).To(BeNil())
+			Expect(kstatusOf(got)).To(Equal(status.InProgressStatus))
+			expectStatusCompliant(got)
+		})
 
-		owner := metav1.OwnerReference{APIVersion: "tally.dev/v1alpha1", Kind: "SegmentSource", Name: "acme-web",
-			UID: got.UID, Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}
+		It("gets a ConfigMap of its settings without its write keys", func() {
+			cm := &corev1.ConfigMap{}
+			Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-config"}, cm)).To(Succeed())
+			Expect(cm.OwnerReferences).To(ConsistOf(owner))
+			Expect(cm.Labels).To(HaveKeyWithValue("app.kubernetes.io/managed-by", "tally-operator"))
+			cfg, err := source.DecodeConfig([]byte(cm.Data[source.ConfigFileName]))
+			Expect(err).NotTo(HaveOccurred())
+			Expect(cfg.Tenant).To(Equal(ns))
+			Expect(cfg.IgnoredEvents).To(Equal([]string{"Heartbeat"}))
+			Expect(cm.Data[source.ConfigFileName]).NotTo(ContainSubstring("key-one"), "write keys never go in the ConfigMap")
+		})
 
-		cm := &corev1.ConfigMap{}
-		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-config"}, cm)).To(Succeed())
-		Expect(cm.OwnerReferences).To(ConsistOf(owner))
-		Expect(cm.Labels).To(HaveKeyWithValue("app.kubernetes.io/managed-by", "tally-operator"))
-		cfg, err := source.DecodeConfig([]byte(cm.Data[source.ConfigFileName]))
-		Expect(err).NotTo(HaveOccurred())
-		Expect(cfg.Tenant).To(Equal(ns))
-		Expect(cfg.IgnoredEvents).To(Equal([]string{"Heartbeat"}))
-		Expect(cm.Data[source.ConfigFileName]).NotTo(ContainSubstring("key-one"), "write keys never go in the ConfigMap")
+		It("gets a hardened receiver Deployment and its Service", func() {
+			recv := deployment(ns, "acme-web-receiver")
+			Expect(recv.OwnerReferences).To(ConsistOf(owner))
+			Expect(recv.Labels).To(Equal(map[string]string{
+				"app.kubernetes.io/name": "tally", "app.kubernetes.io/instance": "acme-web",
+				"app.kubernetes.io/component": "receiver", "app.kubernetes.io/managed-by": "tally-operator",
+				"app.kubernetes.io/part-of": "tally",
+			}))
+			Expect(*recv.Spec.Replicas).To(Equal(int32(1)))
+			Expect(recv.Spec.Strategy.RollingUpdate.MaxUnavailable.IntValue()).To(Equal(0))
+			pod := recv.Spec.Template.Spec
+			Expect(*pod.AutomountServiceAccountToken).To(BeFalse())
+			Expect(*pod.SecurityContext.RunAsNonRoot).To(BeTrue())
+			Expect(pod.SecurityContext.SeccompProfile.Type).To(Equal(corev1.SeccompProfileTypeRuntimeDefault))
+			c := pod.Containers[0]
+			Expect(c.Image).To(Equal(workloadImage))
+			Expect(c.Command).To(Equal([]string{"/tally"}))
+			Expect(c.Args).To(Equal([]string{"receiver", "--listen=:8080", "--nats-url=" + natsURL,
+				"--source-config=/etc/tally/source/source.json", "--write-keys-file=/etc/tally/write-keys/writeKey",
+				"--shutdown-delay=5s"}))
+			Expect(pod.TerminationGracePeriodSeconds).To(HaveValue(BeNumerically(">", 10)),
+				"time for the shutdown delay and the requests in flight")
+			Expect(*c.SecurityContext.ReadOnlyRootFilesystem).To(BeTrue())
+			Expect(*c.SecurityContext.AllowPrivilegeEscalation).To(BeFalse())
+			Expect(c.SecurityContext.Capabilities.Drop).To(ConsistOf(corev1.Capability("ALL")))
+			Expect(c.LivenessProbe.HTTPGet.Path).To(Equal("/healthz"))
+			Expect(c.ReadinessProbe.HTTPGet.Path).To(Equal("/readyz"))
+			Expect(c.VolumeMounts).To(ContainElements(
+				corev1.VolumeMount{Name: "config", MountPath: "/etc/tally/source", ReadOnly: true},
+				corev1.VolumeMount{Name: "write-keys", MountPath: "/etc/tally/write-keys", ReadOnly: true},
+				corev1.VolumeMount{Name: "tmp", MountPath: "/tmp"}))
+			Expect(recv.Spec.Template.Annotations).To(HaveKey(resources.AnnotationConfigHash))
+			Expect(recv.Spec.Template.Annotations).To(HaveKey(resources.AnnotationWriteKeyHash))
 
-		recv := deployment(ns, "acme-web-receiver")
-		Expect(recv.OwnerReferences).To(ConsistOf(owner))
-		Expect(recv.Labels).To(Equal(map[string]string{
-			"app.kubernetes.io/name": "tally", "app.kubernetes.io/instance": "acme-web",
-			"app.kubernetes.io/component": "receiver", "app.kubernetes.io/managed-by": "tally-operator",
-			"app.kubernetes.io/part-of": "tally",
-		}))
-		Expect(*recv.Spec.Replicas).To(Equal(int32(1)))
-		Expect(recv.Spec.Strategy.RollingUpdate.MaxUnavailable.IntValue()).To(Equal(0))
-		pod := recv.Spec.Template.Spec
-		Expect(*pod.AutomountServiceAccountToken).To(BeFalse())
-		Expect(*pod.SecurityContext.RunAsNonRoot).To(BeTrue())
-		Expect(pod.SecurityContext.SeccompProfile.Type).To(Equal(corev1.SeccompProfileTypeRuntimeDefault))
-		c := pod.Containers[0]
-		Expect(c.Image).To(Equal(workloadImage))
-		Expect(c.Command).To(Equal([]string{"/tally"}))
-		Expect(c.Args).To(Equal([]string{"receiver", "--listen=:8080", "--nats-url=" + natsURL,
-			"--source-config=/etc/tally/source/source.json", "--write-keys-file=/etc/tally/write-keys/writeKey",
-			"--shutdown-delay=5s"}))
-		Expect(pod.TerminationGracePeriodSeconds).To(HaveValue(BeNumerically(">", 10)),
-			"time for the shutdown delay and the requests in flight")
-		Expect(*c.SecurityContext.ReadOnlyRootFilesystem).To(BeTrue())
-		Expect(*c.SecurityContext.AllowPrivilegeEscalation).To(BeFalse())
-		Expect(c.SecurityContext.Capabilities.Drop).To(ConsistOf(corev1.Capability("ALL")))
-		Expect(c.LivenessProbe.HTTPGet.Path).To(Equal("/healthz"))
-		Expect(c.ReadinessProbe.HTTPGet.Path).To(Equal("/readyz"))
-		Expect(c.VolumeMounts).To(ContainElements(
-			corev1.VolumeMount{Name: "config", MountPath: "/etc/tally/source", ReadOnly: true},
-			corev1.VolumeMount{Name: "write-keys", MountPath: "/etc/tally/write-keys", ReadOnly: true},
-			corev1.VolumeMount{Name: "tmp", MountPath: "/tmp"}))
-		Expect(recv.Spec.Template.Annotations).To(HaveKey(resources.AnnotationConfigHash))
-		Expect(recv.Spec.Template.Annotations).To(HaveKey(resources.AnnotationWriteKeyHash))
+			svc := &corev1.Service{}
+			Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-receiver"}, svc)).To(Succeed())
+			Expect(svc.OwnerReferences).To(ConsistOf(owner))
+			Expect(svc.Spec.Ports[0].Port).To(Equal(int32(8080)))
+			Expect(svc.Spec.Selector).To(Equal(recv.Spec.Selector.MatchLabels))
 
-		svc := &corev1.Service{}
-		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-receiver"}, svc)).To(Succeed())
-		Expect(svc.OwnerReferences).To(ConsistOf(owner))
-		Expect(svc.Spec.Ports[0].Port).To(Equal(int32(8080)))
-		Expect(svc.Spec.Selector).To(Equal(recv.Spec.Selector.MatchLabels))
+			By("creating no PDB and no HPA for a single, fixed receiver")
+			Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-receiver"}, &policyv1.PodDisruptionBudget{}))).To(BeTrue())
+			Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-receiver"}, &autoscalingv2.HorizontalPodAutoscaler{}))).To(BeTrue())
+		})
 
-		worker := deployment(ns, "acme-web-worker")
-		Expect(worker.OwnerReferences).To(ConsistOf(owner))
-		wc := worker.Spec.Template.Spec.Containers[0]
-		Expect(wc.Args).To(Equal([]string{"worker", "--nats-url=" + natsURL,
-			"--source-config=/etc/tally/source/source.json", "--batch-size=2000", "--metrics-listen=:9090"}))
-		Expect(wc.Env).To(ConsistOf(corev1.EnvVar{Name: "TALLY_DATABASE_URL", ValueFrom: &corev1.EnvVarSource{
-			SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "acme-web-database"}, Key: "url"}}}))
-		Expect(wc.LivenessProbe.HTTPGet.Port.String()).To(Equal("metrics"))
-		dbCopy := &corev1.Secret{}
-		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-database"}, dbCopy)).To(Succeed())
-		Expect(dbCopy.OwnerReferences).To(ConsistOf(owner))
-		Expect(string(dbCopy.Data["url"])).To(HavePrefix("postgres://"))
+		It("gets a worker Deployment with its own copy of the database Secret", func() {
+			worker := deployment(ns, "acme-web-worker")
+			Expect(worker.OwnerReferences).To(ConsistOf(owner))
+			wc := worker.Spec.Template.Spec.Containers[0]
+			Expect(wc.Args).To(Equal([]string{"worker", "--nats-url=" + natsURL,
+				"--source-config=/etc/tally/source/source.json", "--batch-size=2000", "--metrics-listen=:9090"}))
+			Expect(wc.Env).To(ConsistOf(corev1.EnvVar{Name: "TALLY_DATABASE_URL", ValueFrom: &corev1.EnvVarSource{
+				SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "acme-web-database"}, Key: "url"}}}))
+			Expect(wc.LivenessProbe.HTTPGet.Port.String()).To(Equal("metrics"))
+			dbCopy := &corev1.Secret{}
+			Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-database"}, dbCopy)).To(Succeed())
+			Expect(dbCopy.OwnerReferences).To(ConsistOf(owner))
+			Expect(string(dbCopy.Data["url"])).To(HavePrefix("postgres://"))
+		})
 
-		By("creating no PDB and no HPA for a single, fixed receiver")
-		Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-receiver"}, &policyv1.PodDisruptionBudget{}))).To(BeTrue())
-		Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-receiver"}, &autoscalingv2.HorizontalPodAutoscaler{}))).To(BeTrue())
+		It("gets its stream and the workers' consumer in NATS", func() {
+			streamOK, consumerOK := streamExists(ns, "acme-web")
+			Expect(streamOK).To(BeTrue())
+			Expect(consumerOK).To(BeTrue())
+		})
 
-		By("creating the stream and the workers' consumer in NATS")
-		streamOK, consumerOK := streamExists(ns, "acme-web")
-		Expect(streamOK).To(BeTrue())
-		Expect(consumerOK).To(BeTrue())
+		It("turns Ready only once both Deployments are available, which `kubectl wait` sees", func() {
+			wait := exec.Command(kubectlBin, "--kubeconfig", kubeconfig, "-n", ns, "wait",
+				"--for=condition=Ready", "segmentsource/acme-web", "--timeout=60s")
+			var out strings.Builder
+			wait.Stdout, wait.Stderr = &out, &out
+			Expect(wait.Start()).To(Succeed())
+			Consistently(readyReason(key)).Should(Equal("False/"+controllers.ReasonRollingOut), "nothing is available yet")
+			makeAllAvailable(s)
+			Eventually(readyReason(key)).Should(Equal("True/" + controllers.ReasonSucceeded))
+			Expect(wait.Wait()).To(Succeed(), out.String())
+			Expect(out.String()).To(ContainSubstring("condition met"))
+			got := getSource(key)
+			Expect(kstatusOf(got)).To(Equal(status.CurrentStatus))
+			expectStatusCompliant(got)
+			Expect(eventReasons(ns, "acme-web")).To(ContainElement(controllers.ReasonSucceeded))
 
-		By("turning Ready once the Deployments are available, which `kubectl wait` sees")
-		wait := exec.Command(kubectlBin, "--kubeconfig", kubeconfig, "-n", ns, "wait",
-			"--for=condition=Ready", "segmentsource/acme-web", "--timeout=60s")
-		var out strings.Builder
-		wait.Stdout, wait.Stderr = &out, &out
-		Expect(wait.Start()).To(Succeed())
-		makeAllAvailable(s)
-		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
-		Expect(wait.Wait()).To(Succeed(), out.String())
-		Expect(out.String()).To(ContainSubstring("condition met"))
-		got = getSource(key)
-		Expect(kstatusOf(got)).To(Equal(status.CurrentStatus))
-		expectStatusCompliant(got)
-		Expect(eventReasons(ns, "acme-web")).To(ContainElement(controllers.ReasonSucceeded))
-
-		get := exec.Command(kubectlBin, "--kubeconfig", kubeconfig, "-n", ns, "get", "segmentsources", "-o", "wide")
-		table, err := get.CombinedOutput()
-		Expect(err).NotTo(HaveOccurred(), string(table))
-		AddReportEntry("kubectl get segmentsources -o wide", string(table))
-		Expect(string(table)).To(ContainSubstring("acme-web"))
+			get := exec.Command(kubectlBin, "--kubeconfig", kubeconfig, "-n", ns, "get", "segmentsources", "-o", "wide")
+			table, err := get.CombinedOutput()
+			Expect(err).NotTo(HaveOccurred(), string(table))
+			AddReportEntry("kubectl get segmentsources -o wide", string(table))
+			Expect(string(table)).To(ContainSubstring("acme-web"))
+		})
 	})
 
 	It("rolls receivers and workers out when settings change, and reports the new generation", func() {
 		s := createSource(newSource(ns, "settings"), true)
 		key := client.ObjectKeyFromObject(s)
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 		makeAllAvailable(s)
-		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Eventually(readyReason(key)).Should(Equal("True/" + controllers.ReasonSucceeded))
 		recvHash := deployment(ns, "settings-receiver").Spec.Template.Annotations[resources.AnnotationConfigHash]
 		workerHash := deployment(ns, "settings-worker").Spec.Template.Annotations[resources.AnnotationConfigHash]
 
@@ -168,10 +184,10 @@ var _ = Describe("SegmentSource", func() {
 
 		Eventually(func() string {
 			return deployment(ns, "settings-receiver").Spec.Template.Annotations[resources.AnnotationConfigHash]
-		}, "20s").ShouldNot(Equal(recvHash))
+		}).ShouldNot(Equal(recvHash))
 		Eventually(func() string {
 			return deployment(ns, "settings-worker").Spec.Template.Annotations[resources.AnnotationConfigHash]
-		}, "20s").ShouldNot(Equal(workerHash))
+		}).ShouldNot(Equal(workerHash))
 		cm := &corev1.ConfigMap{}
 		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "settings-config"}, cm)).To(Succeed())
 		cfg, err := source.DecodeConfig([]byte(cm.Data[source.ConfigFileName]))
@@ -180,12 +196,12 @@ var _ = Describe("SegmentSource", func() {
 		Expect(cfg.AccountProperty).To(Equal("orgId"))
 
 		By("reporting the rollout as not Ready until the new pods are available")
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 		got = getSource(key)
 		Expect(got.Status.ObservedGeneration).To(Equal(int64(2)))
 		expectStatusCompliant(got)
 		makeAllAvailable(s)
-		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Eventually(readyReason(key)).Should(Equal("True/" + controllers.ReasonSucceeded))
 		got = getSource(key)
 		Expect(kstatusOf(got)).To(Equal(status.CurrentStatus))
 		expectStatusCompliant(got)
@@ -198,7 +214,7 @@ var _ = Describe("SegmentSource", func() {
 		key := client.ObjectKeyFromObject(s)
 		pdbKey := types.NamespacedName{Namespace: ns, Name: "scaled-receiver"}
 		pdb := &policyv1.PodDisruptionBudget{}
-		Eventually(func() error { return k8s.Get(ctx, pdbKey, pdb) }, "20s").Should(Succeed())
+		Eventually(func() error { return k8s.Get(ctx, pdbKey, pdb) }).Should(Succeed())
 		Expect(pdb.Spec.MaxUnavailable.IntValue()).To(Equal(1))
 		Expect(*deployment(ns, "scaled-receiver").Spec.Replicas).To(Equal(int32(3)))
 
@@ -206,11 +222,11 @@ var _ = Describe("SegmentSource", func() {
 			s.Spec.Receiver.Autoscaling = &tallyv1.Autoscaling{MinReplicas: 2, MaxReplicas: 6, TargetCPUUtilizationPercentage: 60}
 		})
 		hpa := &autoscalingv2.HorizontalPodAutoscaler{}
-		Eventually(func() error { return k8s.Get(ctx, pdbKey, hpa) }, "20s").Should(Succeed())
+		Eventually(func() error { return k8s.Get(ctx, pdbKey, hpa) }).Should(Succeed())
 		Expect(*hpa.Spec.MinReplicas).To(Equal(int32(2)))
 		Expect(hpa.Spec.MaxReplicas).To(Equal(int32(6)))
 		Expect(hpa.Spec.ScaleTargetRef.Name).To(Equal("scaled-receiver"))
-		Eventually(func() bool { return ownsReplicas(deployment(ns, "scaled-receiver")) }, "20s").Should(BeFalse(),
+		Eventually(func() bool { return ownsReplicas(deployment(ns, "scaled-receiver")) }).Should(BeFalse(),
 			"the operator must not own spec.replicas while an HPA does")
 
 		By("removing the HPA again when autoscaling is unset")
@@ -218,20 +234,20 @@ var _ = Describe("SegmentSource", func() {
 			s.Spec.Receiver.Autoscaling = nil
 			s.Spec.Receiver.Replicas = ptr.To(int32(1))
 		})
-		Eventually(func() bool { return notFound(k8s.Get(ctx, pdbKey, &autoscalingv2.HorizontalPodAutoscaler{})) }, "20s").Should(BeTrue())
-		Eventually(func() bool { return notFound(k8s.Get(ctx, pdbKey, &policyv1.PodDisruptionBudget{})) }, "20s").Should(BeTrue())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, pdbKey, &autoscalingv2.HorizontalPodAutoscaler{})) }).Should(BeTrue())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, pdbKey, &policyv1.PodDisruptionBudget{})) }).Should(BeTrue())
 		Expect(*deployment(ns, "scaled-receiver").Spec.Replicas).To(Equal(int32(1)))
 	})
 
 	It("scales both Deployments to zero when suspended and keeps the stream", func() {
 		s := createSource(newSource(ns, "paused"), true)
 		key := client.ObjectKeyFromObject(s)
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Suspend = true })
-		Eventually(func() int32 { return *deployment(ns, "paused-receiver").Spec.Replicas }, "20s").Should(BeZero())
-		Eventually(func() int32 { return *deployment(ns, "paused-worker").Spec.Replicas }, "20s").Should(BeZero())
+		Eventually(func() int32 { return *deployment(ns, "paused-receiver").Spec.Replicas }).Should(BeZero())
+		Eventually(func() int32 { return *deployment(ns, "paused-worker").Spec.Replicas }).Should(BeZero())
 		makeAllAvailable(s)
-		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSuspended))
+		Eventually(readyReason(key)).Should(Equal("True/" + controllers.ReasonSuspended))
 		streamOK, consumerOK := streamExists(ns, "paused")
 		Expect(streamOK && consumerOK).To(BeTrue())
 		got := getSource(key)
@@ -244,13 +260,13 @@ var _ = Describe("SegmentSource", func() {
 		r := newSource(ns, "kept")
 		r.Spec.Stream.DeletionPolicy = tallyv1.DeletionPolicyRetain
 		createSource(r, true)
-		Eventually(func() bool { ok, c := streamExists(ns, "gone"); return ok && c }, "20s").Should(BeTrue())
-		Eventually(func() bool { ok, c := streamExists(ns, "kept"); return ok && c }, "20s").Should(BeTrue())
+		Eventually(func() bool { ok, c := streamExists(ns, "gone"); return ok && c }).Should(BeTrue())
+		Eventually(func() bool { ok, c := streamExists(ns, "kept"); return ok && c }).Should(BeTrue())
 
 		Expect(k8s.Delete(ctx, s)).To(Succeed())
 		Expect(k8s.Delete(ctx, r)).To(Succeed())
-		Eventually(func() bool { return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(s), &tallyv1.SegmentSource{})) }, "20s").Should(BeTrue())
-		Eventually(func() bool { return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(r), &tallyv1.SegmentSource{})) }, "20s").Should(BeTrue())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(s), &tallyv1.SegmentSource{})) }).Should(BeTrue())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(r), &tallyv1.SegmentSource{})) }).Should(BeTrue())
 		ok, _ := streamExists(ns, "gone")
 		Expect(ok).To(BeFalse(), "stream of a deleted source")
 		_, err := testJS.Stream(ctx, stream.Source{Namespace: ns, Name: "gone"}.DeadLetterStreamName())
@@ -263,27 +279,27 @@ var _ = Describe("SegmentSource", func() {
 	It("reports a missing Secret or key as Ready=False with an Event, and recovers when it appears", func() {
 		s := createSource(newSource(ns, "nokey"), false)
 		key := client.ObjectKeyFromObject(s)
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonSecretNotFound))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonSecretNotFound))
 		got := getSource(key)
 		Expect(condition(got, tallyv1.ConditionReady).Message).To(ContainSubstring(`"nokey-segment" not found`))
 		Expect(condition(got, tallyv1.ConditionReconciling).Status).To(Equal(metav1.ConditionTrue))
 		Expect(got.Status.ObservedGeneration).To(Equal(int64(-1)), "a generation not yet applied is not observed")
 		Expect(kstatusOf(got)).To(Equal(status.InProgressStatus))
 		expectStatusCompliant(got)
-		Eventually(func() []string { return eventReasons(ns, "nokey") }, "10s").Should(ContainElement(controllers.ReasonSecretNotFound))
+		Eventually(func() []string { return eventReasons(ns, "nokey") }).Should(ContainElement(controllers.ReasonSecretNotFound))
 
 		By("naming the missing key when the Secret exists without it")
 		wrong := writeKeySecret(ns, "nokey-segment", "k")
 		wrong.Data = map[string][]byte{"other": []byte("k")}
 		Expect(k8s.Create(ctx, wrong)).To(Succeed())
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonSecretKeyNotFound))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonSecretKeyNotFound))
 
 		By("recovering through the Secret watch once the key is there")
 		wrong.Data = map[string][]byte{"writeKey": []byte("key-one")}
 		Expect(k8s.Update(ctx, wrong)).To(Succeed())
-		Eventually(readyReason(key), "10s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 		makeAllAvailable(s)
-		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Eventually(readyReason(key)).Should(Equal("True/" + controllers.ReasonSucceeded))
 		got = getSource(key)
 		Expect(condition(got, tallyv1.ConditionReconciling)).To(BeNil())
 		expectStatusCompliant(got)
@@ -294,22 +310,22 @@ var _ = Describe("SegmentSource", func() {
 		s := createSource(newSource(ns, "owndb"), true)
 		key := client.ObjectKeyFromObject(s)
 		copyKey := types.NamespacedName{Namespace: ns, Name: "owndb-database"}
-		Eventually(func() error { return k8s.Get(ctx, copyKey, &corev1.Secret{}) }, "20s").Should(Succeed(),
+		Eventually(func() error { return k8s.Get(ctx, copyKey, &corev1.Secret{}) }).Should(Succeed(),
 			"a copy of the manager's database Secret while the source names none")
 
 		updateSource(key, func(s *tallyv1.SegmentSource) {
 			s.Spec.Worker.DatabaseSecretRef = &tallyv1.DatabaseSecretRef{Name: "owndb-postgres"}
 		})
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonSecretNotFound))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonSecretNotFound))
 		Expect(condition(getSource(key), tallyv1.ConditionReady).Message).To(ContainSubstring(`database Secret "owndb-postgres" not found`))
 
 		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "owndb-postgres", Namespace: ns},
 			StringData: map[string]string{"url": "postgres://own@db/tally"}})).To(Succeed())
-		Eventually(readyReason(key), "10s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 		env := deployment(ns, "owndb-worker").Spec.Template.Spec.Containers[0].Env
 		Expect(env[0].ValueFrom.SecretKeyRef.Name).To(Equal("owndb-postgres"))
 		Expect(env[0].ValueFrom.SecretKeyRef.Key).To(Equal("url"))
-		Eventually(func() bool { return notFound(k8s.Get(ctx, copyKey, &corev1.Secret{})) }, "10s").Should(BeTrue(),
+		Eventually(func() bool { return notFound(k8s.Get(ctx, copyKey, &corev1.Secret{})) }).Should(BeTrue(),
 			"the unused copy of the manager's database Secret is removed")
 	})
 
@@ -321,7 +337,7 @@ var _ = Describe("SegmentSource", func() {
 		s.Spec.Worker.Resources = ownWorker
 		createSource(s, true)
 		key := client.ObjectKeyFromObject(s)
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 
 		containerResources := func(name string) func() corev1.ResourceRequirements {
 			return func() corev1.ResourceRequirements {
@@ -334,14 +350,14 @@ var _ = Describe("SegmentSource", func() {
 		By("replacing the default once the source sets receiver resources")
 		ownReceiver := corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}
 		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Receiver.Resources = ownReceiver })
-		Eventually(containerResources("sized-receiver"), "20s").Should(EqualSemantically(ownReceiver))
+		Eventually(containerResources("sized-receiver")).Should(EqualSemantically(ownReceiver))
 	})
 
 	It("rolls the receivers out when the write key is rotated in the Secret", func() {
 		s := createSource(newSource(ns, "rotate"), true)
 		Eventually(func() error {
 			return k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "rotate-worker"}, &appsv1.Deployment{})
-		}, "20s").Should(Succeed())
+		}).Should(Succeed())
 		before := deployment(ns, "rotate-receiver").Spec.Template.Annotations[resources.AnnotationWriteKeyHash]
 		workerBefore := deployment(ns, "rotate-worker").Spec.Template.Annotations
 		secret := &corev1.Secret{}
@@ -350,22 +366,22 @@ var _ = Describe("SegmentSource", func() {
 		Expect(k8s.Update(ctx, secret)).To(Succeed())
 		Eventually(func() string {
 			return deployment(ns, "rotate-receiver").Spec.Template.Annotations[resources.AnnotationWriteKeyHash]
-		}, "10s").ShouldNot(Equal(before))
+		}).ShouldNot(Equal(before))
 		Expect(deployment(ns, "rotate-worker").Spec.Template.Annotations).To(Equal(workerBefore), "workers never see write keys")
-		Eventually(func() string { return getSource(client.ObjectKeyFromObject(s)).Status.WriteKeySecretVersion }, "10s").Should(Equal(secret.ResourceVersion))
+		Eventually(func() string { return getSource(client.ObjectKeyFromObject(s)).Status.WriteKeySecretVersion }).Should(Equal(secret.ResourceVersion))
 	})
 
 	It("reverts edits to the fields it owns and keeps fields others add", func() {
 		s := createSource(newSource(ns, "drifted"), true)
 		depKey := types.NamespacedName{Namespace: ns, Name: "drifted-receiver"}
-		Eventually(func() error { return k8s.Get(ctx, depKey, &appsv1.Deployment{}) }, "20s").Should(Succeed())
+		Eventually(func() error { return k8s.Get(ctx, depKey, &appsv1.Deployment{}) }).Should(Succeed())
 		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
 			d := deployment(ns, "drifted-receiver")
 			d.Spec.Template.Spec.Containers[0].Image = "someone/else:latest"
 			d.Annotations["team.example/owner"] = "platform"
 			return k8s.Update(ctx, d)
 		})).To(Succeed())
-		Eventually(func() string { return deployment(ns, "drifted-receiver").Spec.Template.Spec.Containers[0].Image }, "20s").
+		Eventually(func() string { return deployment(ns, "drifted-receiver").Spec.Template.Spec.Containers[0].Image }).
 			Should(Equal(workloadImage))
 		Expect(deployment(ns, "drifted-receiver").Annotations).To(HaveKeyWithValue("team.example/owner", "platform"))
 		_ = s
@@ -376,7 +392,7 @@ var _ = Describe("SegmentSource", func() {
 		s.Spec.Stream.Replicas = 3 // the embedded server is not clustered
 		createSource(s, true)
 		key := client.ObjectKeyFromObject(s)
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonStreamRejected))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonStreamRejected))
 		got := getSource(key)
 		Expect(condition(got, tallyv1.ConditionStalled).Status).To(Equal(metav1.ConditionTrue))
 		Expect(condition(got, tallyv1.ConditionStalled).Message).To(ContainSubstring("replicas > 1 not supported"))
@@ -386,7 +402,7 @@ var _ = Describe("SegmentSource", func() {
 		expectStatusCompliant(got)
 
 		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Stream.Replicas = 1 })
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 		got = getSource(key)
 		Expect(condition(got, tallyv1.ConditionStalled)).To(BeNil())
 		Expect(kstatusOf(got)).To(Equal(status.InProgressStatus))
@@ -398,9 +414,9 @@ var _ = Describe("SegmentSource", func() {
 		Expect(k8s.Create(ctx, foreign)).To(Succeed())
 		s := createSource(newSource(ns, "clash"), true)
 		key := client.ObjectKeyFromObject(s)
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonResourceConflict))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonResourceConflict))
 		Expect(condition(getSource(key), tallyv1.ConditionReady).Message).To(ContainSubstring(`ConfigMap "clash-config" already exists`))
-		Eventually(func() []string { return eventReasons(ns, "clash") }, "10s").Should(ContainElement(controllers.ReasonResourceConflict))
+		Eventually(func() []string { return eventReasons(ns, "clash") }).Should(ContainElement(controllers.ReasonResourceConflict))
 		Expect(k8s.Get(ctx, client.ObjectKeyFromObject(foreign), foreign)).To(Succeed())
 		Expect(foreign.Data).To(Equal(map[string]string{"mine": "yes"}))
 		Expect(foreign.OwnerReferences).To(BeEmpty())
@@ -409,11 +425,11 @@ var _ = Describe("SegmentSource", func() {
 	It("sets Receiving once a message reaches the stream, with message times and backlog", func() {
 		s := createSource(newSource(ns, "live"), true)
 		key := client.ObjectKeyFromObject(s)
-		Eventually(func() bool { ok, c := streamExists(ns, "live"); return ok && c }, "20s").Should(BeTrue())
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		Eventually(func() bool { ok, c := streamExists(ns, "live"); return ok && c }).Should(BeTrue())
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 		// Let the reconciles triggered by creating the owned objects drain, so the message is
 		// picked up by the periodic re-check, the path a real cluster relies on.
-		Consistently(readyReason(key), "2s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		Consistently(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 		_, err := testJS.Publish(ctx, stream.Source{Namespace: ns, Name: "live"}.Subject("track"), []byte(`{"type":"track"}`))
 		Expect(err).NotTo(HaveOccurred())
 		published := time.Now()
@@ -423,7 +439,7 @@ var _ = Describe("SegmentSource", func() {
 				return ""
 			}
 			return c.Status
-		}, "30s", "250ms").Should(Equal(metav1.ConditionTrue))
+		}).Should(Equal(metav1.ConditionTrue))
 		AddReportEntry("Receiving turned true after", time.Since(published).Round(time.Millisecond).String())
 		got := getSource(key)
 		Expect(got.Status.FirstMessageAt).NotTo(BeNil())
@@ -437,9 +453,9 @@ var _ = Describe("SegmentSource", func() {
 			info, err := testJS.Stream(ctx, stream.Source{Namespace: ns, Name: "live"}.StreamName())
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(info.CachedInfo().State.Msgs).To(BeZero())
-		}, "10s").Should(Succeed())
+		}).Should(Succeed())
 		touch(key)
-		Eventually(func() int64 { return getSource(key).Status.Backlog }, "20s", "250ms").Should(BeZero())
+		Eventually(func() int64 { return getSource(key).Status.Backlog }).Should(BeZero())
 		got = getSource(key)
 		Expect(got.Status.FirstMessageAt).NotTo(BeNil())
 		Expect(got.Status.FirstMessageAt.Equal(&first)).To(BeTrue(), "firstMessageAt %v, was %v", got.Status.FirstMessageAt, first)
@@ -450,11 +466,11 @@ var _ = Describe("SegmentSource", func() {
 		By("not moving firstMessageAt forward when the stream is re-created")
 		Expect(testJS.DeleteStream(ctx, stream.Source{Namespace: ns, Name: "live"}.StreamName())).To(Succeed())
 		touch(key)
-		Eventually(func() bool { ok, c := streamExists(ns, "live"); return ok && c }, "20s").Should(BeTrue())
+		Eventually(func() bool { ok, c := streamExists(ns, "live"); return ok && c }).Should(BeTrue())
 		_, err = testJS.Publish(ctx, stream.Source{Namespace: ns, Name: "live"}.Subject("track"), []byte(`{"type":"track"}`))
 		Expect(err).NotTo(HaveOccurred())
 		touch(key)
-		Eventually(func() int64 { return getSource(key).Status.Backlog }, "20s", "250ms").Should(Equal(int64(1)))
+		Eventually(func() int64 { return getSource(key).Status.Backlog }).Should(Equal(int64(1)))
 		got = getSource(key)
 		Expect(got.Status.FirstMessageAt.Equal(&first)).To(BeTrue(), "firstMessageAt %v, was %v", got.Status.FirstMessageAt, first)
 		Expect(condition(got, tallyv1.ConditionReceiving).Status).To(Equal(metav1.ConditionTrue))
@@ -464,31 +480,31 @@ var _ = Describe("SegmentSource", func() {
 	It("stays Stalled while JetStream refuses a change to an existing stream, on every reconcile, until the spec is fixed", func() {
 		s := createSource(newSource(ns, "grown"), true)
 		key := client.ObjectKeyFromObject(s)
-		Eventually(func() bool { ok, c := streamExists(ns, "grown"); return ok && c }, "20s").Should(BeTrue())
+		Eventually(func() bool { ok, c := streamExists(ns, "grown"); return ok && c }).Should(BeTrue())
 		makeAllAvailable(s)
-		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Eventually(readyReason(key)).Should(Equal("True/" + controllers.ReasonSucceeded))
 
 		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Stream.Replicas = 3 }) // not clustered
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonStreamRejected))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonStreamRejected))
 		Expect(conditionOf(key, tallyv1.ConditionStalled)()).To(Equal("True/" + controllers.ReasonStreamRejected))
 
 		By("staying Stalled when something else triggers a reconcile of the same generation")
 		touch(key)
-		Consistently(readyReason(key), "3s", "200ms").Should(Equal("False/" + controllers.ReasonStreamRejected))
+		Consistently(readyReason(key)).Should(Equal("False/" + controllers.ReasonStreamRejected))
 		Expect(conditionOf(key, tallyv1.ConditionStalled)()).To(Equal("True/" + controllers.ReasonStreamRejected))
 
 		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Stream.Replicas = 1 })
 		makeAllAvailable(s)
-		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Eventually(readyReason(key)).Should(Equal("True/" + controllers.ReasonSucceeded))
 		Expect(conditionOf(key, tallyv1.ConditionStalled)()).To(BeEmpty())
 	})
 
 	It("restores a hand-edited stream configuration on the periodic re-check", func() {
 		s := createSource(newSource(ns, "edited"), true)
 		key := client.ObjectKeyFromObject(s)
-		Eventually(func() bool { ok, c := streamExists(ns, "edited"); return ok && c }, "20s").Should(BeTrue())
+		Eventually(func() bool { ok, c := streamExists(ns, "edited"); return ok && c }).Should(BeTrue())
 		makeAllAvailable(s)
-		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Eventually(readyReason(key)).Should(Equal("True/" + controllers.ReasonSucceeded))
 		src := stream.Source{Namespace: ns, Name: "edited"}
 		cfg := stream.StreamConfig(src, resources.SourceConfig(getSource(key)).StreamSettings())
 		cfg.MaxAge = time.Hour
@@ -499,9 +515,9 @@ var _ = Describe("SegmentSource", func() {
 			st, err := testJS.Stream(ctx, src.StreamName())
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(st.CachedInfo().Config.MaxAge).To(BeZero())
-		}, "40s", "250ms").Should(Succeed())
+		}).Should(Succeed())
 		AddReportEntry("hand-edited stream restored after", time.Since(edited).Round(time.Millisecond).String())
-		Eventually(func() []string { return eventReasons(ns, "edited") }, "10s").Should(ContainElement("StreamConfigRestored"))
+		Eventually(func() []string { return eventReasons(ns, "edited") }).Should(ContainElement("StreamConfigRestored"))
 		Expect(readyReason(key)()).To(Equal("True/" + controllers.ReasonSucceeded))
 	})
 
@@ -509,12 +525,12 @@ var _ = Describe("SegmentSource", func() {
 		s := createSource(newSource(ns, "busy"), true)
 		key := client.ObjectKeyFromObject(s)
 		src := stream.Source{Namespace: ns, Name: "busy"}
-		Eventually(func() bool { ok, c := streamExists(ns, "busy"); return ok && c }, "20s").Should(BeTrue())
+		Eventually(func() bool { ok, c := streamExists(ns, "busy"); return ok && c }).Should(BeTrue())
 		_, err := testJS.Publish(ctx, src.Subject("track"), []byte(`{"type":"track"}`))
 		Expect(err).NotTo(HaveOccurred())
 
 		Expect(k8s.Delete(ctx, s)).To(Succeed())
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonDeletionBlocked))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonDeletionBlocked))
 		got := getSource(key)
 		Expect(got.DeletionTimestamp).NotTo(BeNil())
 		Expect(got.Finalizers).To(ContainElement(controllers.Finalizer))
@@ -524,11 +540,11 @@ var _ = Describe("SegmentSource", func() {
 		Expect(msg).To(ContainSubstring(controllers.ForceDeleteAnnotation))
 		ok, _ := streamExists(ns, "busy")
 		Expect(ok).To(BeTrue(), "the stream outlives a blocked deletion")
-		Eventually(func() []string { return eventReasons(ns, "busy") }, "10s").Should(ContainElement(controllers.ReasonDeletionBlocked))
+		Eventually(func() []string { return eventReasons(ns, "busy") }).Should(ContainElement(controllers.ReasonDeletionBlocked))
 
 		By("completing the deletion once the message is consumed")
 		ackAll(ns, "busy", 1)
-		Eventually(func() bool { return notFound(k8s.Get(ctx, key, &tallyv1.SegmentSource{})) }, "40s", "250ms").Should(BeTrue())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, key, &tallyv1.SegmentSource{})) }).Should(BeTrue())
 		ok, _ = streamExists(ns, "busy")
 		Expect(ok).To(BeFalse())
 
@@ -537,13 +553,13 @@ var _ = Describe("SegmentSource", func() {
 		f.Annotations = map[string]string{controllers.ForceDeleteAnnotation: "true"}
 		createSource(f, true)
 		fsrc := stream.Source{Namespace: ns, Name: "doomed"}
-		Eventually(func() bool { ok, c := streamExists(ns, "doomed"); return ok && c }, "20s").Should(BeTrue())
+		Eventually(func() bool { ok, c := streamExists(ns, "doomed"); return ok && c }).Should(BeTrue())
 		_, err = testJS.Publish(ctx, fsrc.Subject("track"), []byte(`{"type":"track"}`))
 		Expect(err).NotTo(HaveOccurred())
 		_, err = testJS.Publish(ctx, fsrc.DeadLetterSubject(), []byte(`{"type":"track"}`))
 		Expect(err).NotTo(HaveOccurred())
 		Expect(k8s.Delete(ctx, f)).To(Succeed())
-		Eventually(func() bool { return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(f), &tallyv1.SegmentSource{})) }, "10s", "100ms").Should(BeTrue())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(f), &tallyv1.SegmentSource{})) }).Should(BeTrue())
 		ok, _ = streamExists(ns, "doomed")
 		Expect(ok).To(BeFalse())
 		_, err = testJS.Stream(ctx, fsrc.DeadLetterStreamName())
@@ -554,28 +570,28 @@ var _ = Describe("SegmentSource", func() {
 		s := createSource(newSource(ns, "letters"), true)
 		key := client.ObjectKeyFromObject(s)
 		src := stream.Source{Namespace: ns, Name: "letters"}
-		Eventually(func() bool { ok, c := streamExists(ns, "letters"); return ok && c }, "20s").Should(BeTrue())
+		Eventually(func() bool { ok, c := streamExists(ns, "letters"); return ok && c }).Should(BeTrue())
 		_, err := testJS.Publish(ctx, src.DeadLetterSubject(), []byte(`{"type":"track"}`))
 		Expect(err).NotTo(HaveOccurred())
 		Expect(k8s.Delete(ctx, s)).To(Succeed())
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonDeletionBlocked))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonDeletionBlocked))
 		Expect(condition(getSource(key), tallyv1.ConditionReady).Message).To(ContainSubstring("1 dead letter(s)"))
 		dlq, err := testJS.Stream(ctx, src.DeadLetterStreamName())
 		Expect(err).NotTo(HaveOccurred())
 		Expect(dlq.Purge(ctx)).To(Succeed())
-		Eventually(func() bool { return notFound(k8s.Get(ctx, key, &tallyv1.SegmentSource{})) }, "40s", "250ms").Should(BeTrue())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, key, &tallyv1.SegmentSource{})) }).Should(BeTrue())
 	})
 
 	It("refuses a tenant another namespace claimed first, and lets one namespace share its tenant", func() {
 		owner := newSource(ns, "first")
 		owner.Spec.Tenant = "shared-" + ns
 		createSource(owner, true)
-		Eventually(readyReason(client.ObjectKeyFromObject(owner)), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		Eventually(readyReason(client.ObjectKeyFromObject(owner))).Should(Equal("False/" + controllers.ReasonRollingOut))
 
 		sibling := newSource(ns, "second")
 		sibling.Spec.Tenant = owner.Spec.Tenant
 		createSource(sibling, true)
-		Eventually(readyReason(client.ObjectKeyFromObject(sibling)), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		Eventually(readyReason(client.ObjectKeyFromObject(sibling))).Should(Equal("False/" + controllers.ReasonRollingOut))
 
 		// creationTimestamp has one-second resolution, so a same-second tie is likely here; it
 		// goes to the namespace that sorts first, which a name with ns as prefix never is.
@@ -585,14 +601,14 @@ var _ = Describe("SegmentSource", func() {
 		intruder.Spec.Tenant = owner.Spec.Tenant
 		createSource(intruder, true)
 		key := client.ObjectKeyFromObject(intruder)
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonTenantClaimed))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonTenantClaimed))
 		got := getSource(key)
 		Expect(condition(got, tallyv1.ConditionStalled).Status).To(Equal(metav1.ConditionTrue))
 		Expect(condition(got, tallyv1.ConditionStalled).Message).To(And(
 			ContainSubstring(`tenant "`+owner.Spec.Tenant+`" belongs to namespace `+ns), ContainSubstring(ns+"/first")))
 		Expect(kstatusOf(got)).To(Equal(status.FailedStatus))
 		expectStatusCompliant(got)
-		Eventually(func() []string { return eventReasons(other, "intruder") }, "10s").Should(ContainElement(controllers.ReasonTenantClaimed))
+		Eventually(func() []string { return eventReasons(other, "intruder") }).Should(ContainElement(controllers.ReasonTenantClaimed))
 		ok, _ := streamExists(other, "intruder")
 		Expect(ok).To(BeFalse(), "no stream for a refused source")
 		Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: other, Name: resources.ReceiverName(intruder)}, &appsv1.Deployment{}))).To(BeTrue())
@@ -602,31 +618,31 @@ var _ = Describe("SegmentSource", func() {
 	It("re-creates a stream deleted behind its back on the periodic re-check", func() {
 		s := createSource(newSource(ns, "drift"), true)
 		key := client.ObjectKeyFromObject(s)
-		Eventually(func() bool { ok, c := streamExists(ns, "drift"); return ok && c }, "20s").Should(BeTrue())
+		Eventually(func() bool { ok, c := streamExists(ns, "drift"); return ok && c }).Should(BeTrue())
 		makeAllAvailable(s)
-		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Eventually(readyReason(key)).Should(Equal("True/" + controllers.ReasonSucceeded))
 		// Let event-triggered reconciles drain: only the periodic re-check may find the drift.
-		Consistently(readyReason(key), "2s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Consistently(readyReason(key)).Should(Equal("True/" + controllers.ReasonSucceeded))
 		Expect(testJS.DeleteStream(ctx, "TALLY_"+ns+"_drift")).To(Succeed())
 		deleted := time.Now()
-		Eventually(func() bool { ok, c := streamExists(ns, "drift"); return ok && c }, "40s", "250ms").Should(BeTrue())
+		Eventually(func() bool { ok, c := streamExists(ns, "drift"); return ok && c }).Should(BeTrue())
 		AddReportEntry("deleted stream re-created after", time.Since(deleted).Round(time.Millisecond).String())
-		Eventually(func() []string { return eventReasons(ns, "drift") }, "10s").Should(ContainElement("StreamRecreated"))
+		Eventually(func() []string { return eventReasons(ns, "drift") }).Should(ContainElement("StreamRecreated"))
 		Expect(readyReason(key)()).To(Equal("True/" + controllers.ReasonSucceeded))
 	})
 
 	It("writes nothing to the API server when a periodic re-check finds nothing changed", func() {
 		s := createSource(newSource(ns, "steady"), true)
 		key := client.ObjectKeyFromObject(s)
-		Eventually(readyReason(key), "20s").Should(Equal("False/" + controllers.ReasonRollingOut))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 		makeAllAvailable(s)
-		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
-		Consistently(readyReason(key), "2s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Eventually(readyReason(key)).Should(Equal("True/" + controllers.ReasonSucceeded))
+		Consistently(readyReason(key)).Should(Equal("True/" + controllers.ReasonSucceeded))
 		rv := getSource(key).ResourceVersion
 		applies, statusWrites := counterSum("tally_operator_applies_total"), counterSum("tally_operator_status_writes_total")
 		reconciles := counterSum("controller_runtime_reconcile_total")
 		// At least one periodic reconcile of every live source (interval 15 s ± 10%).
-		Eventually(func() float64 { return counterSum("controller_runtime_reconcile_total") }, "40s", "500ms").
+		Eventually(func() float64 { return counterSum("controller_runtime_reconcile_total") }).
 			Should(BeNumerically(">=", reconciles+1))
 		Expect(counterSum("tally_operator_applies_total")).To(Equal(applies), "server-side applies during periodic reconciles")
 		Expect(counterSum("tally_operator_status_writes_total")).To(Equal(statusWrites), "status writes during periodic reconciles")
@@ -636,24 +652,24 @@ var _ = Describe("SegmentSource", func() {
 	It("reports NATS down as Ready=False and recovers when NATS is back", Serial, func() {
 		s := createSource(newSource(ns, "outage"), true)
 		key := client.ObjectKeyFromObject(s)
-		Eventually(func() bool { ok, c := streamExists(ns, "outage"); return ok && c }, "20s").Should(BeTrue())
+		Eventually(func() bool { ok, c := streamExists(ns, "outage"); return ok && c }).Should(BeTrue())
 		makeAllAvailable(s)
-		Eventually(readyReason(key), "20s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Eventually(readyReason(key)).Should(Equal("True/" + controllers.ReasonSucceeded))
 
 		natsSrv.Shutdown()
 		natsSrv.WaitForShutdown()
-		Eventually(readyReason(key), "40s").Should(Equal("False/" + controllers.ReasonNATSUnavailable))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonNATSUnavailable))
 		got := getSource(key)
 		Expect(condition(got, tallyv1.ConditionReady).Message).To(ContainSubstring("not reachable"))
 		Expect(condition(got, tallyv1.ConditionStreamReady).Status).To(Equal(metav1.ConditionFalse))
 		Expect(condition(got, tallyv1.ConditionReconciling)).To(BeNil(), "the generation was observed already")
 		expectStatusCompliant(got)
 		Expect(kstatusOf(got)).To(Equal(status.InProgressStatus))
-		Eventually(func() []string { return eventReasons(ns, "outage") }, "10s").Should(ContainElement(controllers.ReasonNATSUnavailable))
+		Eventually(func() []string { return eventReasons(ns, "outage") }).Should(ContainElement(controllers.ReasonNATSUnavailable))
 
 		startNATS(natsPort)
 		restarted := time.Now()
-		Eventually(readyReason(key), "60s").Should(Equal("True/" + controllers.ReasonSucceeded))
+		Eventually(readyReason(key)).WithTimeout(natsRecoveryTimeout).Should(Equal("True/" + controllers.ReasonSucceeded))
 		AddReportEntry("Ready again after NATS restart", time.Since(restarted).Round(time.Millisecond).String())
 		expectStatusCompliant(getSource(key))
 	})

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/tallyhq/tally/controllers/manager"
 	"github.com/tallyhq/tally/controllers/resources"
+	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/natsserver"
 )
 
@@ -63,10 +63,24 @@ func TestControllers(t *testing.T) {
 	RunSpecs(t, "SegmentSource controller suite")
 }
 
+// Waits of the suite. The manager re-checks each source every testRequeueInterval (production:
+// 15s), so drift, Receiving and deletion show within a few seconds; one default timeout covers
+// every wait but the recovery from a NATS outage, which the operator's failure backoff (capped
+// at 30s) may stretch.
+const (
+	testRequeueInterval = 2 * time.Second
+	natsRecoveryTimeout = 45 * time.Second
+)
+
 var _ = BeforeSuite(func() {
+	SetDefaultEventuallyTimeout(20 * time.Second)
+	SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
+	SetDefaultConsistentlyDuration(2 * time.Second)
+	SetDefaultConsistentlyPollingInterval(100 * time.Millisecond)
 	ctx = context.Background()
 	ctrl.SetLogger(GinkgoLogr)
-	assets := envtestAssets()
+	assets, err := testenv.EnvtestAssets()
+	Expect(err).NotTo(HaveOccurred())
 	kubectlBin = filepath.Join(assets, "kubectl")
 
 	testEnv = &envtest.Environment{
@@ -76,7 +90,6 @@ var _ = BeforeSuite(func() {
 	}
 	// Stop even when Start fails half-way: it can leave etcd and kube-apiserver running.
 	DeferCleanup(func() { _ = testEnv.Stop() })
-	var err error
 	restCfg, err = testEnv.Start()
 	Expect(err).NotTo(HaveOccurred())
 
@@ -172,7 +185,7 @@ func startManager() {
 		DatabaseSecret:     databaseSecret,
 		DatabaseSecretKey:  "url",
 		ManagerNamespace:   managerNamespace,
-		RequeueInterval:    15 * time.Second,
+		RequeueInterval:    testRequeueInterval,
 		NATSTimeout:        2 * time.Second,
 		MetricsAddr:        "0",
 		ProbeAddr:          "0",
@@ -199,7 +212,7 @@ func startManager() {
 	}()
 	DeferCleanup(func() {
 		cancel()
-		Eventually(done, 30*time.Second).Should(BeClosed())
+		Eventually(done).Should(BeClosed())
 	})
 }
 
@@ -207,15 +220,4 @@ func startNATS(port int) {
 	var err error
 	natsSrv, err = natsserver.Start(natsserver.Options{Port: port, StoreDir: natsDir})
 	Expect(err).NotTo(HaveOccurred())
-}
-
-// envtestAssets is KUBEBUILDER_ASSETS, or what hack/envtest.sh builds (its last line).
-func envtestAssets() string {
-	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
-		return dir
-	}
-	out, err := exec.Command(filepath.Join("..", "hack", "envtest.sh")).Output()
-	Expect(err).NotTo(HaveOccurred(), "hack/envtest.sh")
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return lines[len(lines)-1]
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -28,6 +27,7 @@ import (
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/manager"
+	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/natsserver"
 )
 
@@ -107,13 +107,8 @@ func TestResourcesFlags(t *testing.T) {
 // elects itself, reconciles a SegmentSource, and serves health and per-object metrics.
 func TestManagerCommand(t *testing.T) {
 	g := NewWithT(t)
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	if assets == "" {
-		out, err := exec.Command(filepath.Join("..", "..", "hack", "envtest.sh")).Output()
-		g.Expect(err).NotTo(HaveOccurred())
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		assets = lines[len(lines)-1]
-	}
+	assets, err := testenv.EnvtestAssets()
+	g.Expect(err).NotTo(HaveOccurred())
 	env := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,

@@ -11,13 +11,12 @@ package deploy_test
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/tallyhq/tally/test/testenv"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
@@ -50,17 +49,9 @@ var _ = BeforeSuite(func() {
 	By("installing helm " + helmVersion + " from the Go module proxy")
 	installHelm(GinkgoT().TempDir())
 
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	if assets == "" {
-		By("building or finding the envtest binaries with hack/envtest.sh")
-		cmd := exec.Command(filepath.Join(repoRoot, "hack", "envtest.sh"))
-		cmd.Dir = repoRoot
-		cmd.Stderr = GinkgoWriter
-		out, err := cmd.Output()
-		Expect(err).NotTo(HaveOccurred(), "hack/envtest.sh")
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		assets = strings.TrimSpace(lines[len(lines)-1])
-	}
+	By("building or finding the envtest binaries with hack/envtest.sh")
+	assets, err := testenv.EnvtestAssets()
+	Expect(err).NotTo(HaveOccurred())
 	Expect(filepath.Join(assets, "kubectl")).To(BeAnExistingFile(), "kubectl in KUBEBUILDER_ASSETS")
 
 	By("starting the envtest API server")

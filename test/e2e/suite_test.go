@@ -27,6 +27,7 @@ import (
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/test/testdb"
+	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/natsserver"
 )
 
@@ -66,7 +67,8 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred(), string(out))
 
 	By("starting a real API server")
-	assets := envtestAssets()
+	assets, err := testenv.EnvtestAssets()
+	Expect(err).NotTo(HaveOccurred())
 	kubectlBin = filepath.Join(assets, "kubectl")
 	scheme := runtime.NewScheme()
 	Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
@@ -132,17 +134,6 @@ var _ = BeforeSuite(func() {
 	))
 	DeferCleanup(manager.stop)
 })
-
-// envtestAssets is KUBEBUILDER_ASSETS, or the directory hack/envtest.sh builds (its last line).
-func envtestAssets() string {
-	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
-		return dir
-	}
-	out, err := exec.Command(filepath.Join(repoRoot, "hack", "envtest.sh")).Output()
-	Expect(err).NotTo(HaveOccurred(), "hack/envtest.sh")
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return lines[len(lines)-1]
-}
 
 func stopNATS(ns *server.Server) {
 	ns.Shutdown()

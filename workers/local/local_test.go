@@ -18,6 +18,7 @@ import (
 	"github.com/onsi/gomega/gbytes"
 
 	"github.com/tallyhq/tally/test/testdb"
+	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 )
@@ -228,7 +229,7 @@ var _ = Describe("Run", func() {
 
 	It("refuses a manifests directory without a SegmentSource before starting anything", func(ctx SpecContext) {
 		err := Run(ctx, Options{Manifests: GinkgoT().TempDir(), Listen: "127.0.0.1:0", DataDir: GinkgoT().TempDir(),
-			DatabaseURL: "postgres://postgres@127.0.0.1:1/none?sslmode=disable", Logger: quietLogger(), Out: gbytes.NewBuffer()})
+			DatabaseURL: "postgres://postgres@127.0.0.1:1/none?sslmode=disable", Logger: testenv.QuietLogger(), Out: gbytes.NewBuffer()})
 		Expect(err).To(MatchError(ContainSubstring("no SegmentSource found")))
 	})
 })

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,6 +20,7 @@ import (
 	"github.com/onsi/gomega/gbytes"
 
 	"github.com/tallyhq/tally/test/testdb"
+	"github.com/tallyhq/tally/test/testenv"
 )
 
 func TestLocal(t *testing.T) {
@@ -58,7 +58,7 @@ func start(o Options) *running {
 	r := &running{banner: gbytes.NewBuffer(), done: make(chan error, 1)}
 	o.Out = r.banner
 	if o.Logger == nil {
-		o.Logger = quietLogger()
+		o.Logger = testenv.QuietLogger()
 	}
 	if o.Listen == "" {
 		o.Listen = "127.0.0.1:0"
@@ -150,12 +150,4 @@ func writeManifests(files map[string]string) string {
 		Expect(os.WriteFile(path, []byte(content), 0o644)).To(Succeed())
 	}
 	return dir
-}
-
-// quietLogger hides the pipeline's logs unless TALLY_TEST_VERBOSE is set.
-func quietLogger() *slog.Logger {
-	if os.Getenv("TALLY_TEST_VERBOSE") != "" {
-		return slog.Default()
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }

@@ -3,6 +3,7 @@ package worker
 import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/tallyhq/tally/test/testenv"
 )
 
 var _ = Describe("Mapping messages into the tally tables", func() {
@@ -249,7 +250,7 @@ var _ = Describe("Mapping messages into the tally tables", func() {
 
 		It("follows a change of ignoredEvents without a restart", func(ctx SpecContext) {
 			src := newSource(ctx, "", "Heartbeat")
-			w, err := New(Options{Pool: pool, JetStream: js, Source: src, Logger: quietLogger()})
+			w, err := New(Options{Pool: pool, JetStream: js, Source: src, Logger: testenv.QuietLogger()})
 			Expect(err).NotTo(HaveOccurred())
 			Expect(markIgnored(ctx, pool, src.Tenant, src.IgnoredEvents)).To(Succeed())
 			changed := *src

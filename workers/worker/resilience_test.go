@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tallyhq/tally/test/testdb"
+	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/stream"
 )
 
@@ -73,7 +74,7 @@ var _ = Describe("Failures", func() {
 		)
 		// The worker dies right after its first commit: none of its acks leave the process.
 		dying, die := context.WithCancel(ctx)
-		doomed, err := New(Options{Pool: pool, JetStream: js, Source: src, Logger: quietLogger(),
+		doomed, err := New(Options{Pool: pool, JetStream: js, Source: src, Logger: testenv.QuietLogger(),
 			Acknowledger: killedBeforeAck{die}})
 		Expect(err).NotTo(HaveOccurred())
 		died := make(chan error, 1)

@@ -4,9 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tallyhq/tally/test/testdb"
+	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/natsserver"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
@@ -84,7 +82,7 @@ func newSource(ctx context.Context, accountProperty string, ignored ...string) *
 // startWorker runs a worker on src until the spec ends; the returned func stops it and waits.
 func startWorker(src *source.Config, batchSize int, tweak ...func(*Worker)) (stop func() error) {
 	w, err := New(Options{Pool: pool, JetStream: js, Source: src, BatchSize: batchSize,
-		MaxWait: 50 * time.Millisecond, Logger: quietLogger(), Metrics: testMetrics})
+		MaxWait: 50 * time.Millisecond, Logger: testenv.QuietLogger(), Metrics: testMetrics})
 	Expect(err).NotTo(HaveOccurred())
 	for _, t := range tweak {
 		t(w)
@@ -195,11 +193,3 @@ func queryRow(ctx context.Context, sql string, args ...any) map[string]any {
 }
 
 func ts(s float64) time.Time { return baseTime.Add(time.Duration(s * float64(time.Second))) }
-
-// quietLogger hides the workers' logs unless TALLY_TEST_VERBOSE is set.
-func quietLogger() *slog.Logger {
-	if os.Getenv("TALLY_TEST_VERBOSE") != "" {
-		return slog.Default()
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}

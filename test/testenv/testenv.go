@@ -1,0 +1,45 @@
+// Package testenv holds what several test suites need from their surroundings: the envtest
+// binaries and a logger that stays quiet unless asked.
+package testenv
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+)
+
+// RepoRoot is the repository's top directory, found from this file's place in it.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// EnvtestAssets is KUBEBUILDER_ASSETS, or else the directory hack/envtest.sh builds kube-apiserver,
+// etcd and kubectl into (the last line it prints; the first run takes minutes).
+func EnvtestAssets() (string, error) {
+	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
+		return dir, nil
+	}
+	cmd := exec.Command(filepath.Join(RepoRoot(), "hack", "envtest.sh"))
+	cmd.Dir = RepoRoot()
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("hack/envtest.sh: %w", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return strings.TrimSpace(lines[len(lines)-1]), nil
+}
+
+// QuietLogger hides what the code under test logs unless TALLY_TEST_VERBOSE is set.
+func QuietLogger() *slog.Logger {
+	if os.Getenv("TALLY_TEST_VERBOSE") != "" {
+		return slog.Default()
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
