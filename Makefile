@@ -7,7 +7,11 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 IMG ?= ghcr.io/tallyhq/tally:$(VERSION)
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 CONTROLLER_GEN ?= $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+GOLANGCI_LINT_VERSION ?= v2.15.0
+GOLANGCI_LINT ?= $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 GINKGO_FLAGS ?=
+# Packages that start a real API server (envtest); every other package also runs under -race.
+ENVTEST_PACKAGES := ./controllers/... ./test/deploy/... ./test/e2e/...
 HELM_VERSION ?= v3.22.0
 # Helm from the Go module proxy (the Go build cache keeps the binary); HELM=/path/to/helm overrides.
 HELM ?= go run helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
@@ -40,10 +44,16 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 envtest: ## Build kube-apiserver, etcd and kubectl from Go modules once; prints KUBEBUILDER_ASSETS.
 	@./hack/envtest.sh
 
+.PHONY: lint
+lint: $(GOLANGCI_LINT) ## Run golangci-lint (.golangci.yml).
+	$(GOLANGCI_LINT) run ./...
+
 .PHONY: test
 test: ## Run every test against real Postgres, embedded NATS and an envtest API server.
 	@assets="$$(./hack/envtest.sh | tail -n 1)"; \
-	KUBEBUILDER_ASSETS="$$assets" CONTROLLER_GEN="$(CONTROLLER_GEN)" go test -count=1 -timeout 45m ./... $(GINKGO_FLAGS)
+	racy="$$(go list ./... | grep -v -e '/controllers' -e '/test/deploy' -e '/test/e2e')"; \
+	CONTROLLER_GEN="$(CONTROLLER_GEN)" go test -race -count=1 -timeout 30m $$racy $(GINKGO_FLAGS); \
+	KUBEBUILDER_ASSETS="$$assets" go test -count=1 -timeout 45m $(ENVTEST_PACKAGES) $(GINKGO_FLAGS)
 
 .PHONY: test-e2e
 test-e2e: build ## Run only the end-to-end test (part of `make test` too).
@@ -92,6 +102,10 @@ helm-template: ## Render the Helm chart; HELM_TEMPLATE_ARGS adds flags (e.g. --v
 test-deploy: ## Test the Helm chart and config/default: lint, render, server-side dry-run on envtest.
 	@assets="$$(./hack/envtest.sh | tail -n 1)"; \
 	KUBEBUILDER_ASSETS="$$assets" go test -count=1 ./test/deploy/ $(GINKGO_FLAGS)
+
+$(GOLANGCI_LINT):
+	GOBIN=$(BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv $(BIN)/golangci-lint $(GOLANGCI_LINT)
 
 $(CONTROLLER_GEN):
 	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)

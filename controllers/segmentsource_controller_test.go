@@ -721,7 +721,7 @@ var _ = Describe("SegmentSource validation by the API server", func() {
 // ownsReplicas reports whether the operator's field manager owns spec.replicas of a Deployment.
 func ownsReplicas(d *appsv1.Deployment) bool {
 	for _, mf := range d.ManagedFields {
-		if mf.Manager == controllers.FieldOwner && mf.FieldsV1 != nil && strings.Contains(string(mf.FieldsV1.Raw), `"f:replicas"`) {
+		if mf.Manager == controllers.FieldOwner && mf.FieldsV1 != nil && strings.Contains(mf.FieldsV1.GetRawString(), `"f:replicas"`) {
 			return true
 		}
 	}

@@ -14,9 +14,19 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/tallyhq/tally/test/testdb"
+	"github.com/tallyhq/tally/workers/source"
 )
 
 func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
 	var s Settings
 	var out, adminURL, modes string
 	var duration, freshDuration time.Duration
@@ -25,23 +35,21 @@ func main() {
 	flag.IntVar(&s.BatchSize, "batch-size", 100, "messages per /v1/batch request")
 	flag.IntVar(&s.FreshnessRate, "rate", 5000, "open-loop events/s of the freshness phase")
 	flag.DurationVar(&freshDuration, "freshness-duration", 30*time.Second, "length of the freshness phase")
-	flag.IntVar(&s.WorkerBatchSize, "worker-batch-size", 2000, "messages a worker commits per transaction")
+	flag.IntVar(&s.WorkerBatchSize, "worker-batch-size", source.DefaultBatchSize, "messages a worker commits per transaction")
 	flag.StringVar(&modes, "durability", "default,always", "JetStream sync modes to run: default, always, or both")
 	flag.BoolVar(&s.Quick, "quick", false, "short phases for a smoke run (under two minutes)")
 	flag.StringVar(&out, "out", "bench-results.json", "where to write the JSON report")
-	flag.StringVar(&adminURL, "database-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
+	flag.StringVar(&adminURL, "database-url", testdb.AdminURL(),
 		"Postgres server to create the bench's fresh database on")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (receiver, workers, embedded NATS, load) to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
+			return err
 		}
 		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
+			return err
 		}
 		defer pprof.StopCPUProfile()
 	}
@@ -63,9 +71,7 @@ func main() {
 			settings: s, log: log,
 		})
 		if err != nil {
-			pprof.StopCPUProfile()
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
+			return err
 		}
 		if mode == "always" && report.Durability != "" {
 			report.SyncAlways = res
@@ -78,10 +84,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: incomplete report:", err)
 	}
 	if err := report.WriteJSON(out); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
+		return err
 	}
 	fmt.Println("wrote", out)
+	return nil
 }
 
 // splitModes keeps the known modes of a comma-separated list, default first.

@@ -34,18 +34,18 @@ func argoHealth(object string) (status, message string) {
 }
 
 // toLua converts decoded JSON into Lua values as Argo CD does (objects and arrays become tables).
-func toLua(L *lua.LState, v any) lua.LValue {
+func toLua(state *lua.LState, v any) lua.LValue {
 	switch v := v.(type) {
 	case map[string]any:
-		t := L.NewTable()
+		t := state.NewTable()
 		for k, e := range v {
-			t.RawSetString(k, toLua(L, e))
+			t.RawSetString(k, toLua(state, e))
 		}
 		return t
 	case []any:
-		t := L.NewTable()
+		t := state.NewTable()
 		for _, e := range v {
-			t.Append(toLua(L, e))
+			t.Append(toLua(state, e))
 		}
 		return t
 	case string:

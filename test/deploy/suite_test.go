@@ -16,8 +16,9 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	"github.com/tallyhq/tally/test/testenv"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/tallyhq/tally/test/testenv"
 )
 
 func TestDeploy(t *testing.T) {

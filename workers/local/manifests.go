@@ -53,7 +53,7 @@ func LoadManifests(dir string) ([]*source.Config, error) {
 				if err := yaml.UnmarshalStrict(doc, &s); err != nil {
 					return nil, fmt.Errorf("%s: SegmentSource: %w", file, err)
 				}
-				defaultNamespace(&s.ObjectMeta.Namespace)
+				defaultNamespace(&s.Namespace)
 				sources = append(sources, s)
 			case meta.Kind == "Secret" && meta.APIVersion == "v1":
 				var s corev1.Secret

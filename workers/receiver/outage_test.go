@@ -45,7 +45,7 @@ var _ = Describe("When JetStream cannot take the messages", Ordered, func() {
 		slow := &source.Config{Namespace: "tenants", Name: "slow", Tenant: "x", WriteKeys: []string{"slow-key-0123456789abcdef0123456"}}
 		sink, err := nc.Subscribe(slow.Stream().MessageSubjects(), func(*nats.Msg) {})
 		Expect(err).NotTo(HaveOccurred())
-		defer sink.Unsubscribe()
+		DeferCleanup(sink.Unsubscribe)
 		r, err := receiver.New(receiver.Options{JetStream: js, PublishTimeout: 300 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(GinkgoWriter, nil))}, []*source.Config{slow})
 		Expect(err).NotTo(HaveOccurred())
 		s := httptest.NewServer(r.Handler())

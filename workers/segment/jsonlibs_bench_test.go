@@ -32,9 +32,11 @@ package segment_test
 //	go test ./workers/segment/ -run '^$' -bench BenchmarkJSON -benchtime 2s -count 6
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 	"time"
 	"unsafe"
@@ -477,4 +479,37 @@ func BenchmarkJSON(b *testing.B) {
 			return d.n, err
 		})
 	})
+}
+
+// TestJSONLibsDeepNesting is the other half of the comparison: a public endpoint must refuse a
+// request that nests deeper than encoding/json allows (10,000) without recursing into it. A
+// 500 KB body of brackets (the request limit) is refused by ParseRequest in constant stack, while
+// the validators of gjson and fastjson, the two libraries that come within 15% on speed, accept
+// it and recurse once per level (a 256 MB goroutine stack here: past a receiver's memory limit).
+// If either library gains a depth bound, this test fails and the choice deserves a new look.
+func TestJSONLibsDeepNesting(t *testing.T) {
+	const depth = 250_000
+	body := append(bytes.Repeat([]byte("["), depth), bytes.Repeat([]byte("]"), depth)...)
+	if json.Valid(body) {
+		t.Fatalf("encoding/json accepts %d levels: the validators' contract changed", depth)
+	}
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	done := make(chan error)
+	go func() { _, err := segment.ParseRequest(body, segment.Endpoint{Batch: true}); done <- err }()
+	if err := <-done; err == nil {
+		t.Fatalf("ParseRequest accepted %d levels of nesting", depth)
+	}
+	runtime.ReadMemStats(&after)
+	if grown := int64(after.StackSys) - int64(before.StackSys); grown > 1<<20 {
+		t.Errorf("refusing deep nesting grew the stacks by %d bytes", grown)
+	}
+
+	if !gjson.ValidBytes(body) {
+		t.Errorf("gjson now refuses %d levels of nesting: reconsider it for the receiver", depth)
+	}
+	if fastjson.ValidateBytes(body) != nil {
+		t.Errorf("fastjson now refuses %d levels of nesting: reconsider it for the receiver", depth)
+	}
 }

@@ -26,7 +26,7 @@ func appendMerged(b, base, over []byte, depth int) []byte {
 		baseMembers = append(baseMembers, rawMember{k, v, m})
 	}
 	var usedStack [16]bool
-	used := usedStack[:0]
+	var used []bool
 	if len(baseMembers) > len(usedStack) {
 		used = make([]bool, len(baseMembers))
 	} else {

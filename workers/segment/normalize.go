@@ -108,7 +108,8 @@ func (n *normalizer) message(raw []byte) (Accepted, *Rejection) {
 	b = append(b, `{"type":"`...)
 	b = append(b, typ...)
 	b = append(b, `","messageId":`...)
-	if acc.MessageID == "" {
+	switch {
+	case acc.MessageID == "":
 		// A message that names its own time is one occurrence: the same bytes sent again are a
 		// client retry, so its id comes from its content (Vitally's rule) and the retry dedupes.
 		// Without a timestamp, two identical calls are two events, as at Segment.
@@ -118,11 +119,11 @@ func (n *normalizer) message(raw []byte) (Accepted, *Rejection) {
 			acc.MessageID = randomID()
 		}
 		b = appendQuoted(b, acc.MessageID)
-	} else if isNumber(f[fMessageID]) {
+	case isNumber(f[fMessageID]):
 		b = append(b, '"')
 		b = append(b, f[fMessageID]...)
 		b = append(b, '"')
-	} else {
+	default:
 		b = append(b, f[fMessageID]...)
 	}
 	for _, id := range ids {

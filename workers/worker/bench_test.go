@@ -119,6 +119,8 @@ func BenchmarkWorker(b *testing.B) {
 	elapsed := time.Since(began)
 	b.StopTimer()
 	cancel()
-	<-done
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
 }

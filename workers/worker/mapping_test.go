@@ -3,6 +3,7 @@ package worker
 import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+
 	"github.com/tallyhq/tally/test/testenv"
 )
 

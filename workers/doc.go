@@ -1,0 +1,21 @@
+// Package workers holds no code: it is the home of Tally's data path, one package a job.
+//
+// The processes:
+//   - receiver: HTTP in (Segment's Tracking API), JetStream out. Never imports pgx.
+//   - worker: JetStream in, Postgres out; owns the schema, its migrations and all SQL.
+//   - local: `tally local`, the whole pipeline in one process on an embedded NATS server, reading
+//     the SegmentSource and Secret manifests a user would apply; its Pipeline is also what the
+//     bench measures.
+//   - dlq: `tally dlq`, a person's view of a source's dead letters.
+//
+// Shared with the operator (package controllers), so that the operator and the processes it
+// deploys cannot disagree:
+//   - stream: the names and configuration of a source's streams, consumer and dead letters,
+//     their set-up, inspection and counts, and the NATS connection every process opens.
+//   - source: a source's runtime settings, their defaults, and the files the operator mounts
+//     them as.
+//
+// Shared by receiver and worker only:
+//   - segment: the Segment message model (decode, validate, normalise).
+//   - natsserver: the embedded NATS server of tally local, the bench and the tests.
+package workers
