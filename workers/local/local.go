@@ -18,8 +18,10 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
+	"golang.org/x/net/netutil"
 
 	"github.com/tallyhq/tally/workers/natsserver"
+	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 	"github.com/tallyhq/tally/workers/worker"
@@ -86,6 +88,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	listener = netutil.LimitListener(listener, receiver.DefaultMaxConnections)
 	for _, src := range sources {
 		if _, err := p.StartWorkers(src, 1); err != nil {
 			return errors.Join(err, p.Stop(ctx))

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"golang.org/x/net/netutil"
 
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
@@ -34,6 +35,9 @@ type commandConfig struct {
 	shutdownDelay  time.Duration
 	shutdownGrace  time.Duration
 	atomicBatches  bool
+	maxRequests    int
+	maxBytes       int64
+	maxConnections int
 }
 
 // NewCommand is `tally receiver`: the receiver of one SegmentSource as the operator deploys it,
@@ -63,6 +67,9 @@ func NewCommand() *cobra.Command {
 	f.IntVar(&cfg.maxPending, "max-pending", DefaultMaxPending, "unacknowledged publishes one request may have in flight")
 	f.DurationVar(&cfg.shutdownDelay, "shutdown-delay", source.DefaultShutdownDelay, "on SIGTERM, how long to keep serving with /readyz at 503 before refusing new connections, so traffic moves to other receivers first")
 	f.DurationVar(&cfg.shutdownGrace, "shutdown-timeout", 30*time.Second, "how long shutdown waits for requests in flight (after --shutdown-delay)")
+	f.IntVar(&cfg.maxRequests, "max-requests-in-flight", DefaultMaxRequestsInFlight, "requests served at once; more are answered 429 with Retry-After")
+	f.Int64Var(&cfg.maxBytes, "max-bytes-in-flight", DefaultMaxBytesInFlight, "bytes of request bodies and their messages held at once; past it requests are answered 429 with Retry-After (the default suits a 256 MiB memory limit)")
+	f.IntVar(&cfg.maxConnections, "max-connections", DefaultMaxConnections, "open client connections; more wait in the listen backlog")
 	return cmd
 }
 
@@ -93,7 +100,8 @@ func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rcv, err := New(Options{JetStream: js, Conn: nc, PublishTimeout: cfg.publishTimeout, MaxPending: cfg.maxPending,
-		AtomicBatches: cfg.atomicBatches, Logger: log, Metrics: NewMetrics(reg), Gatherer: reg},
+		AtomicBatches: cfg.atomicBatches, Logger: log, Metrics: NewMetrics(reg), Gatherer: reg,
+		MaxRequestsInFlight: cfg.maxRequests, MaxBytesInFlight: cfg.maxBytes},
 		[]*source.Config{src})
 	if err != nil {
 		return err
@@ -102,6 +110,7 @@ func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready 
 	if err != nil {
 		return err
 	}
+	ln = netutil.LimitListener(ln, cfg.maxConnections)
 	srv := NewServer(cfg.listen, rcv.Handler(), cfg.publishTimeout)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

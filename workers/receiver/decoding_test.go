@@ -64,13 +64,6 @@ var _ = Describe("Request bodies", func() {
 			Expect(r.Body).To(HaveErrorCode(segment.CodeMessageTooLarge))
 		})
 
-		It("refuses a batch holding a message over 32 KB", func() {
-			big := fmt.Sprintf(`{"type":"track","userId":"u1","event":"Big","properties":{"p":%q}}`, strings.Repeat("x", 33*1024))
-			r := post("/v1/batch", []byte(`{"batch":[{"type":"track","userId":"u1","event":"Small"},`+big+`]}`), basic(acmeKey))
-			Expect(r.Status).To(Equal(http.StatusBadRequest))
-			Expect(r.Body).To(HaveErrorCode(segment.CodeMessageTooLarge))
-		})
-
 		It("refuses a request over 500 KB", func() {
 			item := fmt.Sprintf(`{"type":"track","userId":"u1","event":"E","properties":{"p":%q}}`, strings.Repeat("x", 20*1024))
 			r := post("/v1/batch", []byte(`{"batch":[`+strings.TrimSuffix(strings.Repeat(item+",", 26), ",")+`]}`), basic(acmeKey))
@@ -109,6 +102,20 @@ var _ = Describe("Request bodies", func() {
 			Expect(r.Status).To(Equal(http.StatusBadRequest))
 			Expect(r.Body).To(HaveErrorCode(segment.CodeInvalidBatch))
 		})
+	})
+	It("refuses a message over 32 KB on its own and stores the rest of its batch", func() {
+		from := mark(acme)
+		big := fmt.Sprintf(`{"type":"track","userId":"u1","event":"Big","properties":{"p":%q}}`, strings.Repeat("x", 33*1024))
+		r := post("/v1/batch", []byte(`{"batch":[{"type":"track","userId":"u1","event":"Small"},`+big+
+			`,{"type":"track","userId":"u1","event":"Also small"}]}`), basic(acmeKey))
+		Expect(r.Status).To(Equal(http.StatusOK))
+		Expect(r.Body).To(HaveKeyWithValue("accepted", BeEquivalentTo(2)))
+		Expect(r.Body["rejected"]).To(ConsistOf(And(HaveKeyWithValue("index", 1.0), HaveKeyWithValue("code", segment.CodeMessageTooLarge))))
+		var events []string
+		for _, m := range since(acme, from) {
+			events = append(events, m.Message.Event)
+		}
+		Expect(events).To(Equal([]string{"Small", "Also small"}))
 	})
 
 	It("accepts exactly 2500 messages", func() {

@@ -23,22 +23,56 @@ func (r *Receiver) ingestHandler(route string, ep segment.Endpoint) http.Handler
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		start := time.Now()
 		allowAnyOrigin(w.Header())
-		status := r.ingest(w, req, ep, limit)
-		r.metrics.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+		out := r.ingest(w, req, ep, limit)
+		r.metrics.requests.WithLabelValues(route, strconv.Itoa(out.status)).Inc()
 		r.metrics.requestDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		if out.status >= http.StatusBadRequest {
+			r.metrics.refusals.WithLabelValues(out.code).Inc()
+			// One line per refused request; never the write key or the body.
+			r.log.Info("request refused", "route", route, "status", out.status, "code", out.code,
+				"remote", req.RemoteAddr, "userAgent", req.UserAgent())
+		}
 	})
 }
 
-// ingest serves one Tracking API request and returns the status it answered with.
-func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.Endpoint, limit int) int {
-	fail := func(status int, code, msg string) int {
+// outcome is what ingest answered: the status, and the error code when it refused.
+type outcome struct {
+	status int
+	code   string
+}
+
+// Codes of refusals that are not about the request's content.
+const (
+	codeOverloaded  = "overloaded"
+	codeUnavailable = "unavailable"
+)
+
+// ingest serves one Tracking API request.
+func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.Endpoint, limit int) outcome {
+	fail := func(status int, code, msg string) outcome {
 		writeError(w, status, code, msg)
-		return status
+		return outcome{status, code}
 	}
+	shed := func(what string) outcome {
+		r.metrics.shed.WithLabelValues(what).Inc()
+		w.Header().Set("Retry-After", shedRetryAfterSeconds)
+		return fail(http.StatusTooManyRequests, codeOverloaded, "the receiver is at its limit of "+what+" in flight; retry shortly")
+	}
+	if !r.admission.enter() {
+		return shed("requests")
+	}
+	defer r.admission.leave()
+	held := reservation{a: r.admission}
+	defer held.release()
+	if !held.reserve(limit) {
+		return shed("bytes")
+	}
+
 	body, berr := readBody(req, limit)
 	if berr != nil {
 		return fail(berr.status, berr.code, berr.msg)
 	}
+	held.shrink(limit - body.Len())
 	parsed, err := segment.ParseRequest(body.Bytes(), ep)
 	if err != nil {
 		releaseBody(body)
@@ -52,8 +86,11 @@ func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.E
 	auth := r.authenticate(req, parsed)
 	if auth.none() {
 		releaseBody(body)
-		r.log.Debug("request without a valid write key", "path", req.URL.Path, "remote", req.RemoteAddr)
 		return fail(http.StatusUnauthorized, segment.CodeInvalidWriteKey, "no valid write key: send it as the Basic auth username or as writeKey in the body")
+	}
+	if !held.reserve(parsed.OutputBound()) {
+		releaseBody(body)
+		return shed("bytes")
 	}
 	res := parsed.Normalize(time.Now())
 	releaseBody(body) // the accepted messages live in their own buffer
@@ -70,13 +107,13 @@ func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.E
 		if err := r.publish(req.Context(), sorted.outgoing); err != nil {
 			r.log.Warn("publish failed; answering 503", "error", err, "messages", len(sorted.outgoing))
 			w.Header().Set("Retry-After", retryAfterSeconds)
-			return fail(http.StatusServiceUnavailable, "unavailable", "the event stream is unavailable; retry later")
+			return fail(http.StatusServiceUnavailable, codeUnavailable, "the event stream is unavailable; retry later")
 		}
 	}
 	sorted.countDecisions(r.metrics)
 	sorted.countAccepted(r.metrics)
 	writeSuccess(w, len(sorted.outgoing), sorted.ignored, res.Rejected)
-	return http.StatusOK
+	return outcome{status: http.StatusOK}
 }
 
 // authentication is the outcome of checking a request's write keys: either one source for the
@@ -138,7 +175,10 @@ type sortedMessages struct {
 	perSource map[*source.Config]*sourceCounts
 }
 
-type sourceCounts struct{ accepted, invalid, ignored int }
+type sourceCounts struct {
+	accepted, ignored, clamped int
+	invalid                    map[string]int // by rejection code
+}
 
 // sortMessages routes each accepted message to its source's subject, drops the source's ignored
 // track events, and turns messages whose own write key did not authenticate into rejections.
@@ -158,7 +198,11 @@ func (r *Receiver) sortMessages(auth authentication, res *segment.Result) sorted
 	unauthenticated := false
 	for _, rej := range res.Rejected {
 		if src := auth.of(rej.Index); src != nil {
-			counts(src).invalid++
+			c := counts(src)
+			if c.invalid == nil {
+				c.invalid = map[string]int{}
+			}
+			c.invalid[rej.Code]++
 		}
 	}
 	for _, m := range res.Accepted {
@@ -171,7 +215,11 @@ func (r *Receiver) sortMessages(auth authentication, res *segment.Result) sorted
 			counts(src).ignored++
 			s.ignored++
 		default:
-			counts(src).accepted++
+			c := counts(src)
+			c.accepted++
+			if m.Clamped {
+				c.clamped++
+			}
 			s.outgoing = append(s.outgoing, outgoing{source: src, subject: auth.sources.subject(src, m.Type), messageID: m.MessageID, data: m.JSON})
 		}
 	}
@@ -184,8 +232,12 @@ func (r *Receiver) sortMessages(auth authentication, res *segment.Result) sorted
 // countAccepted records the accepted messages once JetStream has stored them.
 func (s sortedMessages) countAccepted(m *Metrics) {
 	for src, c := range s.perSource {
+		name := src.String()
 		if c.accepted > 0 {
-			m.messages.WithLabelValues(src.String(), outcomeAccepted).Add(float64(c.accepted))
+			m.messages.WithLabelValues(name, outcomeAccepted).Add(float64(c.accepted))
+		}
+		if c.clamped > 0 {
+			m.clamped.WithLabelValues(name).Add(float64(c.clamped))
 		}
 	}
 }
@@ -195,8 +247,9 @@ func (s sortedMessages) countAccepted(m *Metrics) {
 func (s sortedMessages) countDecisions(m *Metrics) {
 	for src, c := range s.perSource {
 		name := src.String()
-		if c.invalid > 0 {
-			m.messages.WithLabelValues(name, outcomeInvalid).Add(float64(c.invalid))
+		for code, n := range c.invalid {
+			m.messages.WithLabelValues(name, outcomeInvalid).Add(float64(n))
+			m.rejected.WithLabelValues(name, code).Add(float64(n))
 		}
 		if c.ignored > 0 {
 			m.messages.WithLabelValues(name, outcomeIgnored).Add(float64(c.ignored))

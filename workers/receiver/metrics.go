@@ -9,6 +9,10 @@ type Metrics struct {
 	requests        *prometheus.CounterVec
 	requestDuration *prometheus.HistogramVec
 	messages        *prometheus.CounterVec
+	rejected        *prometheus.CounterVec
+	refusals        *prometheus.CounterVec
+	shed            *prometheus.CounterVec
+	clamped         *prometheus.CounterVec
 	publishDuration prometheus.Histogram
 }
 
@@ -28,13 +32,29 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tally_receiver_messages_total",
 			Help: "Messages per source (namespace/name) by outcome: accepted (acknowledged by JetStream), invalid (rejected by validation) or ignored (an ignored track event, dropped).",
 		}, []string{"source", "outcome"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_receiver_rejected_messages_total",
+			Help: "Messages refused on their own inside an accepted request, per source and rejection code (message_too_large, invalid_utf8, id_required...).",
+		}, []string{"source", "code"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_receiver_refused_requests_total",
+			Help: "Requests answered with an error, by code: invalid_json, request_too_large, invalid_write_key, overloaded (shed), unavailable (JetStream)...",
+		}, []string{"code"}),
+		shed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_receiver_shed_requests_total",
+			Help: "Requests answered 429 because the receiver held its limit of requests or bytes in flight, by the limit reached.",
+		}, []string{"limit"}),
+		clamped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_receiver_clamped_timestamps_total",
+			Help: "Accepted messages dated more than a day after their receipt, whose timestamp was clamped to the receipt time.",
+		}, []string{"source"}),
 		publishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tally_receiver_publish_duration_seconds",
 			Help:    "Time from a request's first JetStream publish to its last PubAck.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
 		}),
 	}
-	reg.MustRegister(m.requests, m.requestDuration, m.messages, m.publishDuration)
+	reg.MustRegister(m.requests, m.requestDuration, m.messages, m.rejected, m.refusals, m.shed, m.clamped, m.publishDuration)
 	return m
 }
 

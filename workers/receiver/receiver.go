@@ -47,6 +47,10 @@ type Options struct {
 	// Gatherer is what /metrics serves (the registry Metrics is registered with); nothing when
 	// nil.
 	Gatherer prometheus.Gatherer
+	// MaxRequestsInFlight and MaxBytesInFlight bound what the receiver holds at once (see
+	// admission); past them it answers 429 with Retry-After. Defaults when 0.
+	MaxRequestsInFlight int
+	MaxBytesInFlight    int64
 }
 
 // Receiver serves the Tracking API for one or more sources, routing each request to the source
@@ -55,8 +59,10 @@ type Receiver struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *Metrics
-	sources atomic.Pointer[sourceSet]
-	handler http.Handler
+	// admission bounds the requests and bytes in flight.
+	admission *admission
+	sources   atomic.Pointer[sourceSet]
+	handler   http.Handler
 	// draining is set once shutdown began: /readyz answers 503 so the pod leaves the Service's
 	// endpoints, while the Tracking API keeps serving whatever still arrives.
 	draining atomic.Bool
@@ -86,7 +92,14 @@ func New(opts Options, sources []*source.Config) (*Receiver, error) {
 	if opts.Gatherer == nil {
 		opts.Gatherer = prometheus.NewRegistry()
 	}
-	r := &Receiver{opts: opts, log: opts.Logger, metrics: opts.Metrics}
+	if opts.MaxRequestsInFlight <= 0 {
+		opts.MaxRequestsInFlight = DefaultMaxRequestsInFlight
+	}
+	if opts.MaxBytesInFlight <= 0 {
+		opts.MaxBytesInFlight = DefaultMaxBytesInFlight
+	}
+	r := &Receiver{opts: opts, log: opts.Logger, metrics: opts.Metrics,
+		admission: newAdmission(opts.MaxRequestsInFlight, opts.MaxBytesInFlight)}
 	if err := r.SetSources(sources); err != nil {
 		return nil, err
 	}

@@ -45,4 +45,5 @@ func (r *Receiver) notFound(w http.ResponseWriter, req *http.Request) {
 	allowAnyOrigin(w.Header())
 	writeError(w, http.StatusNotFound, "not_found", "no Tracking API endpoint at "+req.Method+" "+req.URL.Path)
 	r.metrics.requests.WithLabelValues("other", "404").Inc()
+	r.metrics.refusals.WithLabelValues("not_found").Inc()
 }

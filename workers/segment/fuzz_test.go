@@ -5,13 +5,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tallyhq/tally/workers/segment"
 )
 
 // FuzzDecodeRequest feeds arbitrary bodies to the decoder. It must never panic, and whatever it
-// accepts must be a message the workers can read, carry the type and messageId it reported, and
-// hold no write key.
+// accepts must be a message the workers can read, carry the type and messageId it reported, hold
+// no write key, fit in MaxMessageBytes as stored, and hold nothing Postgres refuses (invalid
+// UTF-8, NUL, unpaired surrogates).
 func FuzzDecodeRequest(f *testing.F) {
 	seeds := []string{
 		`{"batch":[{"type":"track","userId":"u","event":"E","writeKey":"k"}],"writeKey":"k","sentAt":"2024-05-01T10:00:00Z","context":{"library":{"name":"x"}}}`,
@@ -24,6 +26,10 @@ func FuzzDecodeRequest(f *testing.F) {
 		`{"batch":[{"type":"track","userId":"u","event":"E","context":{"a":{"b":{"c":1}}}}],"context":{"a":{"b":{"d":2},"e":3}}}`,
 		`{"type":"track","userId":"u","event":"E","messageId":"a\r\nb","timestamp":"0000-01-01T00:00:00-01:00"}`,
 		`{"batch":[]}`, `{}`, `[]`, `{"batch":`, ``,
+		`{"batch":[{"type":"track","userId":"u","event":"E","properties":{"p":"a\u0000b","q":"\ud83d\ude00","r":"\udc00"}}]}`,
+		"{\"batch\":[{\"type\":\"track\",\"userId\":\"u\",\"event\":\"\xff\"}]}",
+		`{"context":{"c":"` + strings.Repeat("c", 20000) + `"},"batch":[{"type":"track","userId":"u","event":"E","properties":{"p":"` + strings.Repeat("p", 13000) + `"}}]}`,
+		`{"batch":[{"type":"track","userId":"u","event":"E","properties":` + strings.Repeat("[", 65) + strings.Repeat("]", 65) + `}]}`,
 	}
 	for i, s := range seeds {
 		f.Add([]byte(s), uint8(i))
@@ -62,6 +68,19 @@ func FuzzDecodeRequest(f *testing.F) {
 			if m.UserID == "" && m.AnonymousID == "" {
 				t.Fatalf("accepted a message without user: %s", a.JSON)
 			}
+			if len(a.JSON) > segment.MaxMessageBytes {
+				t.Fatalf("accepted a message of %d bytes", len(a.JSON))
+			}
+			if !utf8.Valid(a.JSON) {
+				t.Fatalf("accepted invalid UTF-8: %q", a.JSON)
+			}
+			var decoded any
+			if err := json.Unmarshal(a.JSON, &decoded); err != nil {
+				t.Fatalf("not JSON: %v", err)
+			}
+			if s, ok := findUnstorable(decoded); ok {
+				t.Fatalf("accepted a string Postgres refuses: %q in %s", s, a.JSON)
+			}
 			var top map[string]json.RawMessage
 			if err := json.Unmarshal(a.JSON, &top); err != nil {
 				t.Fatalf("not an object: %v", err)
@@ -73,4 +92,30 @@ func FuzzDecodeRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// findUnstorable finds a key or string holding NUL, which Postgres refuses. (Unpaired surrogate
+// escapes decode to U+FFFD, which a sender may also send on purpose; the unit tests cover them.)
+func findUnstorable(v any) (string, bool) {
+	bad := func(s string) bool { return strings.ContainsRune(s, 0) }
+	switch v := v.(type) {
+	case string:
+		return v, bad(v)
+	case []any:
+		for _, e := range v {
+			if s, ok := findUnstorable(e); ok {
+				return s, true
+			}
+		}
+	case map[string]any:
+		for k, e := range v {
+			if bad(k) {
+				return k, true
+			}
+			if s, ok := findUnstorable(e); ok {
+				return s, true
+			}
+		}
+	}
+	return "", false
 }

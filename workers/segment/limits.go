@@ -1,10 +1,22 @@
 package segment
 
-// Segment's Tracking API limits. Sizes are of the JSON after any gzip decoding.
+import "time"
+
+// Segment's Tracking API limits. Sizes are of the JSON after any gzip decoding; a message's size
+// is that of the message as it will be stored, with the batch's context and integrations merged
+// in.
 const (
 	MaxMessageBytes  = 32 << 10
 	MaxRequestBytes  = 500 << 10
 	MaxBatchMessages = 2500
+	// MaxRequestOutputBytes bounds what one request may expand to once the batch-level context
+	// and integrations are merged into every message: four times the request limit is far above
+	// what clients send (a few hundred bytes of batch context), and keeps a 500 KB request from
+	// turning into 80 MB of messages.
+	MaxRequestOutputBytes = 4 * MaxRequestBytes
+	// FutureTolerance is how far past its receipt an event may be dated; a later timestamp is
+	// clamped to the receipt time (the client's value stays in originalTimestamp).
+	FutureTolerance = 24 * time.Hour
 )
 
 // Codes of request-level errors (the whole request is refused with 400).
@@ -40,6 +52,11 @@ const (
 	CodeMessageIDNotString    = "message_id_not_string"
 	CodeMessageIDTooLong      = "message_id_too_long"
 	CodeMessageIDInvalid      = "message_id_invalid"
+	// CodeMessageTooLarge (above) is also a per-message rejection inside a batch.
+	CodeInvalidUTF8      = "invalid_utf8"
+	CodeUnstorableString = "unstorable_string"
+	CodeNestingTooDeep   = "nesting_too_deep"
+	CodeRequestExpansion = "request_expansion_too_large"
 )
 
 // RequestError refuses a whole request.

@@ -1,6 +1,9 @@
 package segment
 
-import "time"
+import (
+	"strconv"
+	"time"
+)
 
 // Accepted is one valid message, normalised and ready to publish.
 type Accepted struct {
@@ -10,9 +13,16 @@ type Accepted struct {
 	MessageID string
 	// Event is the track event name ("" for other types).
 	Event string
+	// Clamped is set when the message was dated more than FutureTolerance past its receipt and
+	// its timestamp was clamped to the receipt time.
+	Clamped bool
 	// JSON is the normalised message; ParseNormalized reads it back.
 	JSON []byte
 }
+
+// messageOverhead is a generous bound on what normalising adds to a message: receivedAt, a
+// computed timestamp, a messageId, quotes around numeric ids.
+const messageOverhead = 256
 
 // Result is the outcome of normalising a request: what to publish and what was refused.
 type Result struct {
@@ -22,20 +32,27 @@ type Result struct {
 
 // Normalize validates every message and rewrites the valid ones into the form the workers read:
 // batch-level context and integrations merged in (the message's own values win), receivedAt
-// stamped, timestamp corrected for client clock skew, messageId assigned when missing, numeric
-// ids turned into strings, writeKey removed. All other fields are copied byte for byte.
+// stamped, timestamp corrected for client clock skew (and clamped when it lies in the future),
+// messageId assigned when missing, numeric ids turned into strings, writeKey removed. All other
+// fields are copied byte for byte. Each message is refused on its own when it breaks a rule,
+// also when it is too large as stored or holds what Postgres cannot store; the others stay.
 func (r *Request) Normalize(receivedAt time.Time) Result {
 	n := &normalizer{
 		req:        r,
 		receivedAt: receivedAt.UTC(),
-		// One arena for every output message: a single allocation in the common case.
-		buf: make([]byte, 0, r.bodySize+len(r.items)*256+len(r.rootContext)*len(r.items)),
+		// One arena for every output message: a single allocation in the common case, and never
+		// more than OutputBound.
+		buf: make([]byte, 0, r.OutputBound()),
 	}
 	n.receivedAtJSON = appendTimestamp(nil, n.receivedAt)
 	res := Result{Accepted: make([]Accepted, 0, len(r.items))}
 	for i, item := range r.items {
 		start := len(n.buf)
-		acc, rej := n.message(item)
+		acc, rej := n.checkedMessage(item)
+		if rej == nil && len(n.buf) > MaxRequestOutputBytes {
+			rej = reject(CodeRequestExpansion, "with the batch context merged into every message, the request grows past "+
+				strconv.Itoa(MaxRequestOutputBytes)+" bytes; send a smaller batch context")
+		}
 		if rej != nil {
 			n.buf = n.buf[:start]
 			rej.Index = i
@@ -47,6 +64,28 @@ func (r *Request) Normalize(receivedAt time.Time) Result {
 		res.Accepted = append(res.Accepted, acc)
 	}
 	return res
+}
+
+// checkedMessage appends the normalised form of one raw message to n.buf and checks it as it will
+// be stored: size, and strings and nesting Postgres can store.
+func (n *normalizer) checkedMessage(raw []byte) (Accepted, *Rejection) {
+	if len(raw) > MaxMessageBytes {
+		return Accepted{}, reject(CodeMessageTooLarge, "a message may hold at most "+strconv.Itoa(MaxMessageBytes)+" bytes")
+	}
+	start := len(n.buf)
+	acc, rej := n.message(raw)
+	if rej != nil {
+		return acc, rej
+	}
+	out := n.buf[start:]
+	if len(out) > MaxMessageBytes {
+		return acc, reject(CodeMessageTooLarge, "with the batch context merged in, the message holds more than "+
+			strconv.Itoa(MaxMessageBytes)+" bytes")
+	}
+	if code, msg := storable(out); code != "" {
+		return acc, reject(code, msg)
+	}
+	return acc, nil
 }
 
 type normalizer struct {
@@ -148,7 +187,7 @@ func (n *normalizer) message(raw []byte) (Accepted, *Rejection) {
 	}
 	b = n.appendMergedField(b, fContext, f[fContext], n.req.rootContext)
 	b = n.appendMergedField(b, fIntegrations, f[fIntegrations], n.req.rootIntegrations)
-	b = n.appendTimestamps(b, &f)
+	b, acc.Clamped = n.appendTimestamps(b, &f)
 	for _, m := range n.others {
 		b = append(b, ',')
 		b = append(b, m...)

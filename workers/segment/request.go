@@ -86,9 +86,7 @@ func ParseRequest(body []byte, ep Endpoint) (*Request, error) {
 		if len(r.items) == MaxBatchMessages {
 			return nil, &RequestError{CodeTooManyMessages, "a batch holds at most " + strconv.Itoa(MaxBatchMessages) + " messages"}
 		}
-		if len(item) > MaxMessageBytes {
-			return nil, messageTooLarge(len(r.items))
-		}
+		// A message over MaxMessageBytes is refused on its own by Normalize, not the whole batch.
 		r.items = append(r.items, item)
 	}
 	return r, nil
@@ -96,6 +94,14 @@ func ParseRequest(body []byte, ep Endpoint) (*Request, error) {
 
 func messageTooLarge(index int) error {
 	return &RequestError{CodeMessageTooLarge, "message " + strconv.Itoa(index) + " is larger than " + strconv.Itoa(MaxMessageBytes) + " bytes"}
+}
+
+// OutputBound is the most memory Normalize uses for the request's messages: its estimate of their
+// size with the batch context merged into each (and a margin for the fields it adds), never more
+// than MaxRequestOutputBytes plus one message. A receiver reserves it before normalising.
+func (r *Request) OutputBound() int {
+	perMessage := messageOverhead + len(r.rootContext) + len(r.rootIntegrations)
+	return min(r.bodySize+len(r.items)*perMessage, MaxRequestOutputBytes+MaxMessageBytes)
 }
 
 // ItemWriteKey is the writeKey a batch message carries itself, for senders that put the key on

@@ -5,7 +5,10 @@ import "time"
 // appendTimestamps writes timestamp, originalTimestamp, sentAt and receivedAt. The client's time
 // of the call (originalTimestamp, or the timestamp it set) is shifted by the client's clock skew,
 // measured as sentAt against our receivedAt: timestamp = receivedAt − (sentAt − originalTimestamp).
-func (n *normalizer) appendTimestamps(b []byte, f *[numFields][]byte) []byte {
+// A timestamp more than FutureTolerance after receivedAt is a lie that would win every later
+// update: it is clamped to receivedAt (clamped is set), and the client's value stays in
+// originalTimestamp.
+func (n *normalizer) appendTimestamps(b []byte, f *[numFields][]byte) (_ []byte, clamped bool) {
 	given, hasGiven := parseTimestampValue(f[fTimestamp])
 	original, hasOriginal := parseTimestampValue(f[fOriginalTimestamp])
 	if !hasOriginal {
@@ -24,6 +27,9 @@ func (n *normalizer) appendTimestamps(b []byte, f *[numFields][]byte) []byte {
 	case hasOriginal:
 		timestamp = original
 	}
+	if timestamp.Sub(n.receivedAt) > FutureTolerance {
+		timestamp, clamped = n.receivedAt, true
+	}
 	b = append(b, `,"timestamp":`...)
 	b = appendTimestamp(b, timestamp)
 	if hasOriginal {
@@ -35,7 +41,7 @@ func (n *normalizer) appendTimestamps(b []byte, f *[numFields][]byte) []byte {
 		b = appendTimestamp(b, sentAt)
 	}
 	b = append(b, `,"receivedAt":`...)
-	return append(b, n.receivedAtJSON...)
+	return append(b, n.receivedAtJSON...), clamped
 }
 
 // correct computes receivedAt − (sentAt − original) in whole seconds and nanoseconds, because a

@@ -16,7 +16,13 @@ import (
 // stays until a worker acknowledged it, however long Postgres is down or the source suspended.
 const (
 	DefaultDuplicateWindow = 10 * time.Minute // covers analytics-go's ~43 s of retries with room to spare
-	WorkerConsumer         = "workers"
+	// MaxMessageBytes is the largest message a source's stream stores, headers included: twice
+	// the receiver's 32 KB limit per message, so only a sender that bypasses the receiver meets it,
+	// and no worker fetch can be handed a giant.
+	MaxMessageBytes = 64 << 10
+	// maxDeadLetterBytes leaves room for the reason and origin headers of a dead letter.
+	maxDeadLetterBytes = MaxMessageBytes + 8<<10
+	WorkerConsumer     = "workers"
 	// DefaultAckWait bounds how long a worker may hold a batch before JetStream re-delivers it.
 	DefaultAckWait = 60 * time.Second
 )
@@ -93,6 +99,7 @@ func StreamConfig(src Source, st Settings) jetstream.StreamConfig {
 		MaxAge:      st.MaxAge,
 		Duplicates:  st.DuplicateWindow,
 		Replicas:    st.Replicas,
+		MaxMsgSize:  MaxMessageBytes,
 		// The receiver stores a multi-message request as atomic batches: a few fsyncs per batch
 		// instead of one per message when JetStream syncs every write. Servers before 2.12
 		// ignore it, and the receiver then publishes message by message.
@@ -111,6 +118,7 @@ func DeadLetterStreamConfig(src Source, st Settings) jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		Replicas:    st.Replicas,
+		MaxMsgSize:  maxDeadLetterBytes,
 	}
 }
 
@@ -184,6 +192,7 @@ func streamConfigEqual(got, want jetstream.StreamConfig) bool {
 		got.MaxAge == want.MaxAge &&
 		(want.Duplicates == 0 || got.Duplicates == want.Duplicates) &&
 		got.Replicas == want.Replicas &&
+		got.MaxMsgSize == want.MaxMsgSize &&
 		got.AllowAtomicPublish == want.AllowAtomicPublish
 }
 

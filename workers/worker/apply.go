@@ -4,6 +4,7 @@ import (
 	"context"
 	"hash/fnv"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -27,10 +28,12 @@ type applyResult struct {
 //
 // Events go in before accounts and users, so the entity upserts write last_seen_at once, already
 // including the events this transaction attributed to them.
-func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *folded) (applyResult, error) {
+func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *folded, bounds txBounds) (applyResult, error) {
 	var res applyResult
+	ctx, cancel := context.WithTimeout(ctx, bounds.deadline())
+	defer cancel()
 	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
-		a := newApplier(tenant, source)
+		a := newApplier(tenant, source, bounds)
 		rounds := [][]func(*pgx.Batch, *folded) error{
 			{a.lock, a.links, a.memberships},
 			{a.reresolve, a.events},                                      // needs the new links
@@ -56,11 +59,23 @@ func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *fo
 	return res, err
 }
 
-// lock takes the tenant's lock. JIT is off for the transaction: its statements each touch a
-// batch's rows through indexes, and compiling them (which stale statistics on a growing table
-// can trigger) costs more than it saves.
+// txBounds bound a batch transaction: each statement and lock wait (Postgres enforces them),
+// and the whole transaction (a context deadline, for a server that stops answering at all).
+type txBounds struct {
+	statement, lock time.Duration
+	batchBytes      int // of a fetch; not the transaction's, but the same worker setting
+}
+
+// deadline is the whole transaction's: its rounds of statements, each bounded, with room to spare.
+func (t txBounds) deadline() time.Duration { return 4*t.statement + t.lock }
+
+// lock sets the transaction's bounds and takes the tenant's lock. JIT is off for the
+// transaction: its statements each touch a batch's rows through indexes, and compiling them
+// (which stale statistics on a growing table can trigger) costs more than it saves.
 func (a *applier) lock(b *pgx.Batch, _ *folded) error {
-	b.Queue("SELECT set_config('jit', 'off', true), pg_advisory_xact_lock($1)", tenantLockKey(a.tenant))
+	b.Queue("SELECT set_config('jit', 'off', true), set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
+		strconv.FormatInt(a.bounds.statement.Milliseconds(), 10), strconv.FormatInt(a.bounds.lock.Milliseconds(), 10))
+	b.Queue("SELECT pg_advisory_xact_lock($1)", tenantLockKey(a.tenant))
 	return nil
 }
 
@@ -74,6 +89,7 @@ func tenantLockKey(tenant string) int64 {
 // applier holds what the statements of one transaction learn from each other's results.
 type applier struct {
 	tenant, source string
+	bounds         txBounds
 
 	// usersWithNewLinks maps a user to the oldest link or unlink this batch added for them: their
 	// stored fallback events from then on may have a different account now.
@@ -83,8 +99,8 @@ type applier struct {
 	inserted          int
 }
 
-func newApplier(tenant, source string) *applier {
-	return &applier{tenant: tenant, source: source,
+func newApplier(tenant, source string, bounds txBounds) *applier {
+	return &applier{tenant: tenant, source: source, bounds: bounds,
 		usersWithNewLinks: map[string]time.Time{}, seen: newLastSeenChanges(), catalogRows: map[string]*catalogRow{}}
 }
 

@@ -36,8 +36,8 @@ const configReloadInterval = 15 * time.Second
 
 func workerCommand() *cobra.Command {
 	var natsURL, natsCreds, databaseURL, sourceConfig, metricsListen string
-	var batchSize int
-	var maxWait time.Duration
+	var batchSize, batchBytes int
+	var maxWait, statementTimeout, lockTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Map one source's messages from JetStream into Postgres",
@@ -78,7 +78,8 @@ func workerCommand() *cobra.Command {
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			w, err := New(Options{Pool: pool, JetStream: js, Source: src,
-				BatchSize: batchSize, MaxWait: maxWait, Logger: log, Metrics: NewMetrics(reg)})
+				BatchSize: batchSize, MaxWait: maxWait, Logger: log, Metrics: NewMetrics(reg),
+				BatchBytes: batchBytes, StatementTimeout: statementTimeout, LockTimeout: lockTimeout})
 			if err != nil {
 				return err
 			}
@@ -96,6 +97,9 @@ func workerCommand() *cobra.Command {
 	f.StringVar(&sourceConfig, "source-config", "/etc/tally/source/"+source.ConfigFileName, "the source's settings file, re-read periodically")
 	f.IntVar(&batchSize, "batch-size", source.DefaultBatchSize, "messages per batch transaction")
 	f.DurationVar(&maxWait, "max-wait", source.DefaultMaxWait, "how long to wait for a full batch")
+	f.IntVar(&batchBytes, "batch-bytes", DefaultBatchBytes, "most bytes of messages fetched in one batch")
+	f.DurationVar(&statementTimeout, "statement-timeout", DefaultStatementTimeout, "Postgres statement_timeout of each statement of a batch transaction")
+	f.DurationVar(&lockTimeout, "lock-timeout", DefaultLockTimeout, "Postgres lock_timeout of each lock wait in a batch transaction (the tenant's lock included)")
 	f.StringVar(&metricsListen, "metrics-listen", ":9090", "address serving /metrics, /healthz and /readyz")
 	return cmd
 }

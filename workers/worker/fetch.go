@@ -52,7 +52,7 @@ func (w *Worker) fetchLoop(ctx context.Context, consumer jetstream.Consumer, out
 }
 
 func (w *Worker) fetch(consumer jetstream.Consumer) fetched {
-	batch, err := consumer.Fetch(w.batchSize, jetstream.FetchMaxWait(w.maxWait))
+	batch, err := consumer.Fetch(w.batchSize, jetstream.FetchMaxWait(w.maxWait), jetstream.FetchMaxBytes(w.bounds.batchBytes))
 	if err != nil {
 		return fetched{err: err}
 	}

@@ -140,10 +140,27 @@ var _ = DescribeTable("Classifying a failed batch transaction",
 	Entry("our own encoding failure", fmt.Errorf("%w: x", errLocalData), badData),
 	Entry("deadlock", &pgconn.PgError{Code: "40P01"}, contention),
 	Entry("serialization failure", &pgconn.PgError{Code: "40001"}, contention),
-	Entry("database refusing connections", &pgconn.PgError{Code: "55000"}, infrastructure),
+	Entry("a lock wait past lock_timeout", &pgconn.PgError{Code: "55P03"}, contention),
 	Entry("server shutting down", &pgconn.PgError{Code: "57P01"}, infrastructure),
+	Entry("disk full", &pgconn.PgError{Code: "53100"}, infrastructure),
+	Entry("a missing table (schema not migrated)", &pgconn.PgError{Code: "42P01"}, infrastructure),
+	Entry("a revoked grant", &pgconn.PgError{Code: "42501"}, infrastructure),
+	Entry("a failover's read-only primary", &pgconn.PgError{Code: "25006"}, infrastructure),
 	Entry("connection refused", errors.New("dial tcp 127.0.0.1:5432: connect: connection refused"), infrastructure),
+	Entry("a statement past statement_timeout", &pgconn.PgError{Code: "57014"}, unexplained),
+	Entry("an internal error", &pgconn.PgError{Code: "XX000"}, unexplained),
 )
+
+var _ = It("classifies whatever the server says while connecting as infrastructure", func(ctx SpecContext) {
+	cfg, err := pgconn.ParseConfig(databaseURL)
+	Expect(err).NotTo(HaveOccurred())
+	cfg.Database = "tally_no_such_database"
+	_, err = pgconn.ConnectConfig(ctx, cfg)
+	var pgErr *pgconn.PgError
+	Expect(errors.As(err, &pgErr)).To(BeTrue(), "the server answered: %v", err)
+	Expect(pgErr.Code).To(Equal("3D000"))
+	Expect(classify(err)).To(Equal(infrastructure))
+})
 
 var _ = Describe("Event JSON columns", func() {
 	It("keep an object as sent and store anything else as an empty object", func() {

@@ -87,7 +87,7 @@ func applyDirect(ctx context.Context, tenant string, msgs [][]byte, workers, max
 			for batch := range work {
 				f := fold(batch, "accountId")
 				for {
-					_, err := apply(ctx, pool, tenant, "test/shuffle", f)
+					_, err := apply(ctx, pool, tenant, "test/shuffle", f, testBounds)
 					if err != nil && classify(err) == contention {
 						continue
 					}

@@ -34,7 +34,9 @@ func TestWorker(t *testing.T) {
 var (
 	// testMetrics are the metrics of the workers startWorker runs; specs read the series of
 	// their own source.
-	testMetrics  = NewMetrics(prometheus.NewRegistry())
+	testMetrics = NewMetrics(prometheus.NewRegistry())
+	// testBounds are the production bounds of a batch transaction, for specs that call apply.
+	testBounds   = txBounds{statement: DefaultStatementTimeout, lock: DefaultLockTimeout, batchBytes: DefaultBatchBytes}
 	databaseURL  string
 	databaseName string
 	pool         *pgxpool.Pool

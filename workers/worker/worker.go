@@ -22,6 +22,22 @@ import (
 // maxBackoff stays below the consumer's AckWait, so InProgress keeps held messages.
 const maxBackoff = 30 * time.Second
 
+// Defaults of the worker's bounds.
+const (
+	// DefaultBatchBytes bounds a fetched batch by size as well as by count: 2,000 messages of up
+	// to 32 KB would be 64 MB, a worker holds two batches (one committing, one folding), and the
+	// operator's default worker pod has 512 MiB.
+	DefaultBatchBytes = 8 << 20
+	// DefaultStatementTimeout and DefaultLockTimeout bound every statement of a batch transaction
+	// and every lock wait in it (the tenant's lock included), so one hung statement cannot hold
+	// a tenant's lock forever.
+	DefaultStatementTimeout = 30 * time.Second
+	DefaultLockTimeout      = 30 * time.Second
+	// unexplainedAttempts is how often a batch is tried when it fails for no known reason
+	// before it is split to find and dead-letter the messages that fail alone.
+	unexplainedAttempts = 3
+)
+
 // Options configure a Worker.
 type Options struct {
 	Pool      *pgxpool.Pool
@@ -36,6 +52,12 @@ type Options struct {
 	// Acknowledger acknowledges each message once its batch has committed; JetStreamAcks when
 	// nil.
 	Acknowledger Acknowledger
+	// BatchBytes bounds a fetched batch's size; DefaultBatchBytes when 0.
+	BatchBytes int
+	// StatementTimeout and LockTimeout bound each statement and lock wait of a batch transaction
+	// (Postgres' statement_timeout and lock_timeout); the defaults when 0.
+	StatementTimeout time.Duration
+	LockTimeout      time.Duration
 }
 
 // Acknowledger tells JetStream that a message is done with, after its batch committed.
@@ -60,6 +82,7 @@ type Worker struct {
 	tenant    string
 	batchSize int
 	maxWait   time.Duration
+	bounds    txBounds
 	log       *slog.Logger
 	metrics   *Metrics
 	acks      Acknowledger
@@ -93,10 +116,20 @@ func New(o Options) (*Worker, error) {
 	if o.Acknowledger == nil {
 		o.Acknowledger = JetStreamAcks{}
 	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = DefaultBatchBytes
+	}
+	if o.StatementTimeout <= 0 {
+		o.StatementTimeout = DefaultStatementTimeout
+	}
+	if o.LockTimeout <= 0 {
+		o.LockTimeout = DefaultLockTimeout
+	}
 	w := &Worker{
 		pool: o.Pool, js: o.JetStream, stream: o.Source.Stream(), tenant: o.Source.Tenant,
 		batchSize: o.BatchSize, maxWait: o.MaxWait, metrics: o.Metrics, acks: o.Acknowledger,
-		log: o.Logger.With("source", o.Source.String()),
+		bounds: txBounds{statement: o.StatementTimeout, lock: o.LockTimeout, batchBytes: o.BatchBytes},
+		log:    o.Logger.With("source", o.Source.String()),
 	}
 	w.source.Store(o.Source)
 	return w, nil
@@ -219,7 +252,7 @@ func (w *Worker) handle(ctx context.Context, f fetched) error {
 		}
 	}
 	if len(f.items) > 0 {
-		if err := w.mapIsolating(ctx, f.items, f.prepared); err != nil {
+		if err := w.mapIsolating(ctx, f.items, f.prepared, unexplainedAttempts); err != nil {
 			return err
 		}
 	}
@@ -227,51 +260,73 @@ func (w *Worker) handle(ctx context.Context, f fetched) error {
 	return nil
 }
 
-// mapIsolating commits items in one transaction; when Postgres refuses a value it splits the
-// batch in halves until the refused messages stand alone, dead-letters them and commits the rest.
-// prepared is the fold of all items when the caller has it.
-func (w *Worker) mapIsolating(ctx context.Context, items []item, prepared *preparedFold) error {
-	err := w.commit(ctx, items, prepared)
-	if err == nil || classify(err) != badData {
+// mapIsolating commits items in one transaction; when Postgres refuses a value (or the batch
+// keeps failing for no known reason) it splits the batch in halves until the refused messages
+// stand alone, dead-letters them with the reason and commits the rest. prepared is the fold of
+// all items when the caller has it.
+func (w *Worker) mapIsolating(ctx context.Context, items []item, prepared *preparedFold, attempts int) error {
+	err := w.commit(ctx, items, prepared, attempts)
+	var refused *refusedError
+	if !errors.As(err, &refused) {
 		return err
 	}
 	if len(items) == 1 {
-		return w.deadLetter(ctx, items[0].msg, err)
+		return w.deadLetter(ctx, items[0].msg, refused.err)
 	}
 	half := len(items) / 2
-	if err := w.mapIsolating(ctx, items[:half], nil); err != nil {
+	// The halves are tried once each: what still fails for no known reason splits further.
+	if err := w.mapIsolating(ctx, items[:half], nil, 1); err != nil {
 		return err
 	}
-	return w.mapIsolating(ctx, items[half:], nil)
+	return w.mapIsolating(ctx, items[half:], nil, 1)
 }
+
+// refusedError is a batch Postgres will not take as it is: bad data, or a failure without a
+// known reason that outlasted its attempts.
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string { return e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
 
 // commit applies items in one transaction and acknowledges them. Contention is retried at once;
 // infrastructure errors are retried with a capped exponential backoff, the messages held with
-// InProgress meanwhile, until Postgres is back or ctx is cancelled. A bad-data error is returned.
-func (w *Worker) commit(ctx context.Context, items []item, prepared *preparedFold) error {
+// InProgress meanwhile, until Postgres is back or ctx is cancelled; an unexplained failure is
+// tried attempts times. Bad data, and an unexplained failure past its attempts, return a
+// *refusedError.
+func (w *Worker) commit(ctx context.Context, items []item, prepared *preparedFold, attempts int) error {
 	src := w.source.Load()
 	if prepared == nil || prepared.src != src {
 		prepared = &preparedFold{src: src, folded: fold(withoutIgnored(messagesOf(items), src), src.AccountProperty)}
 	}
 	folded := prepared.folded
 	// The transaction runs to its end even during shutdown; only waiting between tries stops.
+	// Its own deadline backs up statement_timeout should Postgres stop answering altogether.
 	txCtx := context.WithoutCancel(ctx)
-	var badDataErr error
+	var refused error
+	tries := 0
 	err := w.retry(ctx, "apply batch", func() error {
 		for {
-			res, err := apply(txCtx, w.pool, w.tenant, src.String(), folded)
+			tries++
+			res, err := apply(txCtx, w.pool, w.tenant, src.String(), folded, w.bounds)
 			if err == nil {
 				w.metrics.eventsInserted.WithLabelValues(w.stream.String()).Add(float64(res.EventsInserted))
 				return nil
 			}
 			switch classify(err) {
 			case badData:
-				badDataErr = err
+				refused = err
 				return nil
 			case contention:
 				w.metrics.retries.WithLabelValues(w.stream.String(), "contention").Inc()
 				sleep(ctx, time.Duration(10+rand.IntN(40))*time.Millisecond) // jitter: let the other side finish
 				continue
+			case unexplained:
+				w.metrics.retries.WithLabelValues(w.stream.String(), "unexplained").Inc()
+				if tries >= attempts {
+					refused = err
+					return nil
+				}
+				return fmt.Errorf("batch of %d messages failed (try %d of %d): %w", len(items), tries, attempts, err)
 			}
 			w.metrics.retries.WithLabelValues(w.stream.String(), "infrastructure").Inc()
 			w.ready.Store(false)
@@ -281,8 +336,8 @@ func (w *Worker) commit(ctx context.Context, items []item, prepared *preparedFol
 			return fmt.Errorf("holding %d messages while Postgres is unavailable: %w", len(items), err)
 		}
 	})
-	if badDataErr != nil {
-		return badDataErr
+	if refused != nil {
+		return &refusedError{refused}
 	}
 	if err != nil {
 		return err // shutting down: not acknowledged, JetStream redelivers after AckWait
