@@ -38,6 +38,7 @@ type commandConfig struct {
 	maxRequests    int
 	maxBytes       int64
 	maxConnections int
+	headerTimeout  time.Duration
 }
 
 // NewCommand is `tally receiver`: the receiver of one SegmentSource as the operator deploys it,
@@ -70,6 +71,7 @@ func NewCommand() *cobra.Command {
 	f.IntVar(&cfg.maxRequests, "max-requests-in-flight", DefaultMaxRequestsInFlight, "requests served at once; more are answered 429 with Retry-After")
 	f.Int64Var(&cfg.maxBytes, "max-bytes-in-flight", DefaultMaxBytesInFlight, "bytes of request bodies and their messages held at once; past it requests are answered 429 with Retry-After (the default suits a 256 MiB memory limit)")
 	f.IntVar(&cfg.maxConnections, "max-connections", DefaultMaxConnections, "open client connections; more wait in the listen backlog")
+	f.DurationVar(&cfg.headerTimeout, "read-header-timeout", DefaultReadHeaderTimeout, "how long a connection may take to send a request's headers (slow senders are cut off)")
 	return cmd
 }
 
@@ -112,6 +114,7 @@ func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready 
 	}
 	ln = netutil.LimitListener(ln, cfg.maxConnections)
 	srv := NewServer(cfg.listen, rcv.Handler(), cfg.publishTimeout)
+	srv.ReadHeaderTimeout = cfg.headerTimeout
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("receiver listening", "addr", ln.Addr().String(), "source", src.String(), "writeKeys", len(src.WriteKeys))
