@@ -60,11 +60,8 @@ var _ = BeforeSuite(func() {
 	workDir = GinkgoT().TempDir()
 
 	By("building the tally binary the pods run")
-	tallyBin = filepath.Join(workDir, "tally")
-	build := exec.Command("go", "build", "-o", tallyBin, ".")
-	build.Dir = repoRoot
-	out, err := build.CombinedOutput()
-	Expect(err).NotTo(HaveOccurred(), string(out))
+	tallyBin, err = testenv.BuildTally(workDir)
+	Expect(err).NotTo(HaveOccurred())
 
 	By("starting a real API server")
 	assets, err := testenv.EnvtestAssets()
