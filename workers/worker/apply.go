@@ -69,12 +69,16 @@ type txBounds struct {
 // deadline is the whole transaction's: its rounds of statements, each bounded, with room to spare.
 func (t txBounds) deadline() time.Duration { return 4*t.statement + t.lock }
 
+// statementSetting and lockSetting are the bounds as Postgres settings (milliseconds).
+func (t txBounds) statementSetting() string { return strconv.FormatInt(t.statement.Milliseconds(), 10) }
+func (t txBounds) lockSetting() string      { return strconv.FormatInt(t.lock.Milliseconds(), 10) }
+
 // lock sets the transaction's bounds and takes the tenant's lock. JIT is off for the
 // transaction: its statements each touch a batch's rows through indexes, and compiling them
 // (which stale statistics on a growing table can trigger) costs more than it saves.
 func (a *applier) lock(b *pgx.Batch, _ *folded) error {
 	b.Queue("SELECT set_config('jit', 'off', true), set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
-		strconv.FormatInt(a.bounds.statement.Milliseconds(), 10), strconv.FormatInt(a.bounds.lock.Milliseconds(), 10))
+		a.bounds.statementSetting(), a.bounds.lockSetting())
 	b.Queue("SELECT pg_advisory_xact_lock($1)", tenantLockKey(a.tenant))
 	return nil
 }
@@ -111,9 +115,15 @@ type catalogRow struct {
 
 // markIgnored keeps event_catalog.ignored equal to the source's ignoredEvents: the receiver drops
 // those events, so this is the only place they show up.
-func markIgnored(ctx context.Context, pool *pgxpool.Pool, tenant string, ignored []string) error {
+func markIgnored(ctx context.Context, pool *pgxpool.Pool, tenant string, ignored []string, bounds txBounds) error {
 	names := slices.Sorted(slices.Values(ignored))
+	ctx, cancel := context.WithTimeout(ctx, bounds.deadline())
+	defer cancel()
 	return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
+			bounds.statementSetting(), bounds.lockSetting()); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", tenantLockKey(tenant)); err != nil {
 			return err
 		}

@@ -253,7 +253,7 @@ var _ = Describe("Mapping messages into the tally tables", func() {
 			src := newSource(ctx, "", "Heartbeat")
 			w, err := New(Options{Pool: pool, JetStream: js, Source: src, Logger: testenv.QuietLogger()})
 			Expect(err).NotTo(HaveOccurred())
-			Expect(markIgnored(ctx, pool, src.Tenant, src.IgnoredEvents)).To(Succeed())
+			Expect(markIgnored(ctx, pool, src.Tenant, src.IgnoredEvents, testBounds)).To(Succeed())
 			changed := *src
 			changed.IgnoredEvents = []string{"Ping"}
 			Expect(w.UpdateSource(ctx, &changed)).To(Succeed())

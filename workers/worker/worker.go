@@ -145,7 +145,7 @@ func (w *Worker) UpdateSource(ctx context.Context, c *source.Config) error {
 	// Mark the catalog first and keep the old settings if that fails, so the next reload sees
 	// the difference again and retries instead of leaving the ignored flags wrong.
 	if !equalStrings(old.IgnoredEvents, c.IgnoredEvents) {
-		if err := markIgnored(ctx, w.pool, w.tenant, c.IgnoredEvents); err != nil {
+		if err := markIgnored(ctx, w.pool, w.tenant, c.IgnoredEvents, w.bounds); err != nil {
 			return err
 		}
 	}
@@ -160,7 +160,7 @@ func (w *Worker) Ready() bool { return w.ready.Load() }
 // connections, a deleted consumer or a missing stream are waited out, never fatal.
 func (w *Worker) Run(ctx context.Context) error {
 	_ = w.retry(ctx, "mark ignored events", func() error { // fails only when ctx ends
-		return markIgnored(ctx, w.pool, w.tenant, w.source.Load().IgnoredEvents)
+		return markIgnored(ctx, w.pool, w.tenant, w.source.Load().IgnoredEvents, w.bounds)
 	})
 	for ctx.Err() == nil {
 		consumer := w.bind(ctx)
