@@ -92,6 +92,7 @@ type reconcileState struct {
 
 	configHash   string
 	writeKeyHash string
+	sharedSecret *resources.SecretKey
 	database     resources.SecretKey
 	natsCreds    *resources.SecretKey
 	streamState  stream.State
@@ -141,6 +142,7 @@ func (r *SegmentSourceReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	steps := []subReconciler{
 		r.reconcileTenant,
 		r.reconcileWriteKey,
+		r.reconcileSharedSecret,
 		r.reconcileDatabaseSecret,
 		r.reconcileNATSCredsSecret,
 		r.reconcileConfig,

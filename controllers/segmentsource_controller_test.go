@@ -371,6 +371,36 @@ var _ = Describe("SegmentSource", func() {
 		Eventually(func() string { return getSource(client.ObjectKeyFromObject(s)).Status.WriteKeySecretVersion }).Should(Equal(secret.ResourceVersion))
 	})
 
+	It("mounts the destination's shared secret into the receivers, waits for it, and rolls them out on a rotation", func() {
+		s := newSource(ns, "signed")
+		s.Spec.Destination.SharedSecretRef = &tallyv1.SharedSecretRef{Name: "signed-webhook"}
+		createSource(s, true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonSecretNotFound))
+		Expect(getSource(key).Status.Conditions).To(ContainElement(And(
+			HaveField("Type", tallyv1.ConditionReady), HaveField("Message", ContainSubstring(`shared secret Secret "signed-webhook" not found`)))))
+
+		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "signed-webhook", Namespace: ns},
+			Data: map[string][]byte{"sharedSecret": []byte("old-secret\n")}}
+		Expect(k8s.Create(ctx, secret)).To(Succeed())
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
+		recv := deployment(ns, "signed-receiver")
+		c := recv.Spec.Template.Spec.Containers[0]
+		Expect(c.Args).To(ContainElement("--shared-secrets-file=/etc/tally/shared-secrets/sharedSecret"))
+		Expect(c.VolumeMounts).To(ContainElement(corev1.VolumeMount{Name: "shared-secrets", MountPath: "/etc/tally/shared-secrets", ReadOnly: true}))
+		Expect(recv.Spec.Template.Spec.Volumes).To(ContainElement(HaveField("Secret.SecretName", "signed-webhook")))
+		before := recv.Spec.Template.Annotations[resources.AnnotationSharedSecretHash]
+		Expect(before).NotTo(BeEmpty())
+
+		secret.Data["sharedSecret"] = []byte("old-secret\nnew-secret\n")
+		Expect(k8s.Update(ctx, secret)).To(Succeed())
+		Eventually(func() string {
+			return deployment(ns, "signed-receiver").Spec.Template.Annotations[resources.AnnotationSharedSecretHash]
+		}).ShouldNot(Equal(before))
+		Expect(deployment(ns, "signed-worker").Spec.Template.Spec.Volumes).NotTo(ContainElement(HaveField("Name", "shared-secrets")),
+			"workers never see the shared secret")
+	})
+
 	It("reverts edits to the fields it owns and keeps fields others add", func() {
 		s := createSource(newSource(ns, "drifted"), true)
 		depKey := types.NamespacedName{Namespace: ns, Name: "drifted-receiver"}

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"reflect"
+	"slices"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -36,10 +37,14 @@ func secretRefs(obj client.Object) []string {
 		return nil
 	}
 	names := []string{s.Spec.WriteKeySecretRef.Name}
-	if ref := s.Spec.Worker.DatabaseSecretRef; ref != nil && ref.Name != s.Spec.WriteKeySecretRef.Name {
+	if ref := s.Spec.Worker.DatabaseSecretRef; ref != nil {
 		names = append(names, ref.Name)
 	}
-	return names
+	if ref := s.Spec.Destination.SharedSecretRef; ref != nil {
+		names = append(names, ref.Name)
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }
 
 // SetupWithManager registers the controller and its watches.

@@ -64,6 +64,28 @@ func (r *SegmentSourceReconciler) reconcileWriteKey(ctx context.Context, st *rec
 	return nil
 }
 
+// reconcileSharedSecret checks the destination's shared secret Secret, when the source names one,
+// and hashes its secrets so a rotation rolls the receivers, as the write key does.
+func (r *SegmentSourceReconciler) reconcileSharedSecret(ctx context.Context, st *reconcileState) error {
+	ref := st.source.Spec.Destination.SharedSecretRef
+	if ref == nil {
+		st.sharedSecret = nil
+		return nil
+	}
+	value, err := r.readSecretKey(ctx, st.source.Namespace, ref.Name, ref.SharedSecretKey(), "shared secret")
+	if err != nil {
+		return err
+	}
+	secrets := source.ParseWriteKeys(string(value))
+	if len(secrets) == 0 {
+		return waiting(ReasonSecretKeyNotFound, waitForSecretRequeue,
+			"key %q of shared secret Secret %q holds no secret", ref.SharedSecretKey(), ref.Name)
+	}
+	st.sharedSecret = &resources.SecretKey{Name: ref.Name, Key: ref.SharedSecretKey(),
+		Hash: resources.Hash(map[string][]byte{"secrets": []byte(strings.Join(secrets, "\n"))})}
+	return nil
+}
+
 // reconcileDatabaseSecret resolves where workers read the Postgres URL: the source's own Secret,
 // or a copy of the manager's, owned by the source, in the source's namespace.
 func (r *SegmentSourceReconciler) reconcileDatabaseSecret(ctx context.Context, st *reconcileState) error {
@@ -175,6 +197,7 @@ func (r *SegmentSourceReconciler) inputs(st *reconcileState) resources.Inputs {
 		NATSURL:      r.Config.NATSURL,
 		ConfigHash:   st.configHash,
 		WriteKeyHash: st.writeKeyHash,
+		SharedSecret: st.sharedSecret,
 		Database:     st.database,
 		NATSCreds:    st.natsCreds,
 

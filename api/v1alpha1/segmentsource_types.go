@@ -29,6 +29,42 @@ const (
 // DefaultWriteKeyKey is the Secret key read when writeKeySecretRef.key is empty.
 const DefaultWriteKeyKey = "writeKey"
 
+// DefaultSharedSecretKey is the Secret key read when destination.sharedSecretRef.key is empty.
+const DefaultSharedSecretKey = "sharedSecret"
+
+// DestinationSpec configures Segment's deliveries to the receiver's `/v1/segment` route. They
+// authenticate with the write key (Basic or Bearer, as custom headers of a Webhooks destination)
+// or, with a shared secret, by Segment's X-Signature of the body.
+type DestinationSpec struct {
+	// SharedSecretRef names the Secret key holding the shared secret set on the Segment Webhooks
+	// destination; several newline-separated secrets are all accepted, for a rotation.
+	// +optional
+	SharedSecretRef *SharedSecretRef `json:"sharedSecretRef,omitempty"`
+}
+
+// SharedSecretRef names the Secret key of a destination's shared secret(s). Its own type, because
+// the key defaults to "sharedSecret".
+type SharedSecretRef struct {
+	// Name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// Key in the Secret's data.
+	// +kubebuilder:default=sharedSecret
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Key string `json:"key,omitempty"`
+}
+
+// SharedSecretKey is the Secret key holding the shared secrets, with its default applied.
+func (r *SharedSecretRef) SharedSecretKey() string {
+	if r.Key == "" {
+		return DefaultSharedSecretKey
+	}
+	return r.Key
+}
+
 // DefaultDatabaseURLKey is the Secret key read when worker.databaseSecretRef.key is empty.
 const DefaultDatabaseURLKey = "url"
 
@@ -183,6 +219,11 @@ type SegmentSourceSpec struct {
 	// +kubebuilder:validation:Pattern=`^[A-Za-z_$][A-Za-z0-9_$.-]*$`
 	// +optional
 	AccountProperty string `json:"accountProperty,omitempty"`
+
+	// Destination configures the route Segment itself delivers to (`/v1/segment`), for a Segment
+	// source connected through Segment's Webhooks destinations.
+	// +optional
+	Destination DestinationSpec `json:"destination,omitempty"`
 
 	// IgnoredEvents are track event names dropped at the receiver and never stored.
 	// +listType=set

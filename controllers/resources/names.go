@@ -46,6 +46,9 @@ const (
 	// AnnotationWriteKeyHash on the receiver's pod template is the hash of the write key Secret
 	// value: a key rotation rolls the receivers out (they also re-read the mounted file).
 	AnnotationWriteKeyHash = "tally.dev/write-key-hash"
+	// AnnotationSharedSecretHash on the receiver's pod template is the hash of the destination's
+	// shared secrets: a rotation rolls the receivers, as for the write keys.
+	AnnotationSharedSecretHash = "tally.dev/shared-secret-hash"
 	// AnnotationDatabaseHash on the worker's pod template is the hash of the database URL, which
 	// reaches the worker as an environment variable and so needs a rollout to change.
 	AnnotationDatabaseHash = "tally.dev/database-hash"
@@ -60,10 +63,12 @@ const (
 const (
 	ConfigMountPath    = "/etc/tally/source"
 	WriteKeysMountPath = "/etc/tally/write-keys"
-	NATSCredsMountPath = "/etc/tally/nats"
-	TmpMountPath       = "/tmp"
-	ReceiverPort       = 8080
-	WorkerMetricsPort  = 9090
+	// SharedSecretsMountPath holds the destination's shared secrets, when the source has any.
+	SharedSecretsMountPath = "/etc/tally/shared-secrets"
+	NATSCredsMountPath     = "/etc/tally/nats"
+	TmpMountPath           = "/tmp"
+	ReceiverPort           = 8080
+	WorkerMetricsPort      = 9090
 	// NonRootUID is the user and group pods run as (the distroless "nonroot" user), set explicitly so
 	// runAsNonRoot can be verified by the kubelet whatever the image declares.
 	NonRootUID = 65532

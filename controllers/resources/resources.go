@@ -38,6 +38,8 @@ type Inputs struct {
 	ConfigHash string
 	// WriteKeyHash is the hash of the write key Secret value.
 	WriteKeyHash string
+	// SharedSecret, when set, is the Secret key holding the destination's shared secrets.
+	SharedSecret *SecretKey
 	// Database is the Secret key the workers read the Postgres URL from.
 	Database SecretKey
 	// NATSCreds, when set, is a Secret in the source's namespace holding the NATS credentials file.
@@ -176,6 +178,15 @@ func ReceiverDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 	annotations := map[string]string{
 		AnnotationConfigHash:   in.ConfigHash,
 		AnnotationWriteKeyHash: in.WriteKeyHash,
+	}
+	if sec := in.SharedSecret; sec != nil {
+		args = append(args, "--shared-secrets-file="+SharedSecretsMountPath+"/"+sec.Key)
+		volumes = append(volumes, corev1ac.Volume().WithName("shared-secrets").WithSecret(corev1ac.SecretVolumeSource().
+			WithSecretName(sec.Name).
+			WithItems(corev1ac.KeyToPath().WithKey(sec.Key).WithPath(sec.Key)).
+			WithDefaultMode(0o440)))
+		mounts = append(mounts, corev1ac.VolumeMount().WithName("shared-secrets").WithMountPath(SharedSecretsMountPath).WithReadOnly(true))
+		annotations[AnnotationSharedSecretHash] = sec.Hash
 	}
 	args, volumes, mounts = withNATSCreds(in, args, volumes, mounts, annotations)
 

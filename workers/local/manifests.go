@@ -89,6 +89,17 @@ func LoadManifests(dir string) ([]*source.Config, error) {
 			return nil, fmt.Errorf("SegmentSource %s: Secret %q has no key %q", c, secret.Name, s.WriteKeyKey())
 		}
 		c.WriteKeys = source.ParseWriteKeys(value)
+		if ref := s.Spec.Destination.SharedSecretRef; ref != nil {
+			secret, ok := secrets[s.Namespace+"/"+ref.Name]
+			if !ok {
+				return nil, fmt.Errorf("SegmentSource %s: shared secret Secret %q not found in %s", c, ref.Name, dir)
+			}
+			value, ok := secretValue(&secret, ref.SharedSecretKey())
+			if !ok || len(source.ParseWriteKeys(value)) == 0 {
+				return nil, fmt.Errorf("SegmentSource %s: Secret %q holds no shared secret under %q", c, ref.Name, ref.SharedSecretKey())
+			}
+			c.SharedSecrets = source.ParseWriteKeys(value)
+		}
 		if err := c.Validate(); err != nil {
 			return nil, err
 		}

@@ -51,6 +51,17 @@ var _ = Describe("LoadManifests", func() {
 		Expect(s.WriteKeys).To(Equal([]string{"old-key-0123456789", "new-key-9876543210"}))
 	})
 
+	It("reads a destination's shared secrets, and refuses a source whose shared secret Secret is missing", func() {
+		withDestination := webSource + "  destination:\n    sharedSecretRef:\n      name: web-signing\n"
+		signing := "apiVersion: v1\nkind: Secret\nmetadata:\n  name: web-signing\n  namespace: shop\nstringData:\n  sharedSecret: |\n    old-secret\n    new-secret\n"
+		sources, err := LoadManifests(writeManifests(map[string]string{"web.yaml": webSecret + "---\n" + withDestination + "---\n" + signing}))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(sources[0].SharedSecrets).To(Equal([]string{"old-secret", "new-secret"}))
+
+		_, err = LoadManifests(writeManifests(map[string]string{"web.yaml": webSecret + "---\n" + withDestination}))
+		Expect(err).To(MatchError(ContainSubstring(`shared secret Secret "web-signing" not found`)))
+	})
+
 	It("reads JSON files, base64 data, defaults the namespace and finds manifests in subdirectories", func() {
 		encoded := base64.StdEncoding.EncodeToString([]byte("json-key-1\njson-key-2\n"))
 		dir := writeManifests(map[string]string{

@@ -71,7 +71,7 @@ func readBody(req *http.Request, limit int) (*bytes.Buffer, *bodyError) {
 }
 
 func releaseBody(buf *bytes.Buffer) {
-	if buf.Cap() <= 2*segment.MaxRequestBytes {
+	if buf.Cap() <= 2*segment.MaxRequestBytes { // a destination batch's large buffer is not kept
 		bodyBuffers.Put(buf)
 	}
 }

@@ -29,6 +29,7 @@ type commandConfig struct {
 	natsCreds      string
 	sourceConfig   string
 	writeKeysFile  string
+	sharedSecrets  string
 	publishTimeout time.Duration
 	reloadInterval time.Duration
 	maxPending     int
@@ -61,6 +62,7 @@ func NewCommand() *cobra.Command {
 	f.StringVar(&cfg.natsURL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
 	f.StringVar(&cfg.natsCreds, "nats-creds", "", "NATS credentials file (optional)")
 	f.StringVar(&cfg.sourceConfig, "source-config", "/etc/tally/source/"+source.ConfigFileName, "the source's settings, as the operator's ConfigMap mounts them")
+	f.StringVar(&cfg.sharedSecrets, "shared-secrets-file", "", "the secrets Segment signs its deliveries to /v1/segment with (X-Signature), one per line; none when empty")
 	f.StringVar(&cfg.writeKeysFile, "write-keys-file", "/etc/tally/write-keys/writeKey", "the source's write keys, one per line, as its Secret mounts them")
 	f.DurationVar(&cfg.publishTimeout, "publish-timeout", source.DefaultPublishTimeout, "how long a request waits for JetStream's acknowledgements before answering 503")
 	f.BoolVar(&cfg.atomicBatches, "atomic-batches", false, "publish each request as JetStream atomic batches; faster only when NATS fsyncs every write (sync_interval: always)")
@@ -81,7 +83,7 @@ func NewCommand() *cobra.Command {
 // PubAcks arrive), then drain the NATS connection. ready, when set, learns the address it
 // listens on.
 func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready func(addr string)) error {
-	files := &sourceFiles{configFile: cfg.sourceConfig, writeKeysFile: cfg.writeKeysFile}
+	files := &sourceFiles{configFile: cfg.sourceConfig, writeKeysFile: cfg.writeKeysFile, sharedSecretsFile: cfg.sharedSecrets}
 	src, err := files.load()
 	if err != nil {
 		return err

@@ -16,10 +16,7 @@ import (
 const retryAfterSeconds = "5"
 
 func (r *Receiver) ingestHandler(route string, ep segment.Endpoint) http.Handler {
-	limit := segment.MaxRequestBytes
-	if !ep.Batch {
-		limit = segment.MaxMessageBytes
-	}
+	limit := ep.RequestLimit()
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		start := time.Now()
 		allowAnyOrigin(w.Header())
@@ -83,7 +80,7 @@ func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.E
 		return fail(http.StatusBadRequest, segment.CodeInvalidJSON, err.Error())
 	}
 
-	auth := r.authenticate(req, parsed)
+	auth := r.authenticate(req, parsed, body.Bytes())
 	if auth.none() {
 		releaseBody(body)
 		return fail(http.StatusUnauthorized, segment.CodeInvalidWriteKey, "no valid write key: send it as the Basic auth username or as writeKey in the body")
@@ -96,7 +93,7 @@ func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.E
 	releaseBody(body) // the accepted messages live in their own buffer
 
 	sorted := r.sortMessages(auth, &res)
-	if !ep.Batch && len(res.Rejected) > 0 {
+	if !ep.Batch && !ep.Destination && len(res.Rejected) > 0 {
 		// A single call that is invalid has nothing else to accept; say why. (Client libraries
 		// validate before sending, so this reaches people trying the API by hand.)
 		sorted.countDecisions(r.metrics)
@@ -145,9 +142,12 @@ func (a authentication) of(index int) *source.Config {
 
 // authenticate picks the write key the way Segment documents it: the Basic auth username first,
 // then writeKey at the top of the body, then each message's own writeKey. A Bearer token is not
-// a write key; such requests carry writeKey in the body.
-func (r *Receiver) authenticate(req *http.Request, parsed *segment.Request) authentication {
+// a write key; such requests carry writeKey in the body. The destination route has its own rule.
+func (r *Receiver) authenticate(req *http.Request, parsed *segment.Request, body []byte) authentication {
 	sources := r.sources.Load()
+	if parsed.Destination() {
+		return authentication{sources: sources, source: sources.matchDestination(req, parsed, body)}
+	}
 	if key, ok := headerWriteKey(req.Header.Get("Authorization")); ok {
 		return authentication{sources: sources, source: sources.match(key)}
 	}

@@ -14,21 +14,33 @@ import (
 // (settings) and the Secret key holding the write keys. The kubelet updates both mounts in place
 // when the objects change, so polling them makes a key rotation take effect without a restart.
 type sourceFiles struct {
-	configFile    string
-	writeKeysFile string
-	last          [sha256.Size]byte
+	configFile        string
+	writeKeysFile     string
+	sharedSecretsFile string // optional: the secrets Segment signs deliveries with
+	last              [sha256.Size]byte
 }
 
 // load reads and validates the source, remembering the files' fingerprint.
 func (f *sourceFiles) load() (*source.Config, error) {
 	f.last, _ = f.fingerprint()
-	return source.LoadFiles(f.configFile, f.writeKeysFile)
+	return f.read()
+}
+
+func (f *sourceFiles) read() (*source.Config, error) {
+	c, err := source.LoadFiles(f.configFile, f.writeKeysFile)
+	if err != nil {
+		return nil, err
+	}
+	return c, source.LoadSharedSecrets(c, f.sharedSecretsFile)
 }
 
 // fingerprint hashes both files so a change is noticed without keeping the keys around.
 func (f *sourceFiles) fingerprint() ([sha256.Size]byte, error) {
 	h := sha256.New()
-	for _, name := range []string{f.configFile, f.writeKeysFile} {
+	for _, name := range []string{f.configFile, f.writeKeysFile, f.sharedSecretsFile} {
+		if name == "" {
+			continue
+		}
 		data, err := os.ReadFile(name)
 		if err != nil {
 			return [sha256.Size]byte{}, err
@@ -67,7 +79,7 @@ func (f *sourceFiles) watch(ctx context.Context, interval time.Duration, log *sl
 			continue
 		}
 		f.last = sum
-		c, err := source.LoadFiles(f.configFile, f.writeKeysFile)
+		c, err := f.read()
 		if err == nil {
 			err = apply(c)
 		}
@@ -75,6 +87,6 @@ func (f *sourceFiles) watch(ctx context.Context, interval time.Duration, log *sl
 			log.Error("invalid source configuration; keeping the current one", "error", err)
 			continue
 		}
-		log.Info("source configuration reloaded", "source", c.String(), "writeKeys", len(c.WriteKeys))
+		log.Info("source configuration reloaded", "source", c.String(), "writeKeys", len(c.WriteKeys), "sharedSecrets", len(c.SharedSecrets))
 	}
 }

@@ -8,6 +8,9 @@ import (
 	"github.com/tallyhq/tally/workers/segment"
 )
 
+// DestinationPath is where Segment itself delivers a source's events.
+const DestinationPath = "/v1/segment"
+
 // endpoints maps every Tracking API path to what its body holds. Browser and mobile SDKs use the
 // one-letter forms; Ruby, Java and classic Android still post batches to /v1/import.
 var endpoints = map[string]segment.Endpoint{
@@ -32,6 +35,12 @@ func (r *Receiver) routes() http.Handler {
 	mux := http.NewServeMux()
 	for path, ep := range endpoints {
 		mux.Handle("POST "+path, r.ingestHandler(path, ep))
+	}
+	// Segment's Webhooks destinations (classic and Actions) deliver here, with the method the
+	// customer picked.
+	destination := r.ingestHandler(DestinationPath, segment.Endpoint{Destination: true})
+	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodPatch} {
+		mux.Handle(method+" "+DestinationPath, destination)
 	}
 	mux.HandleFunc("OPTIONS /v1/", preflight)
 	mux.HandleFunc("/v1/", r.notFound)

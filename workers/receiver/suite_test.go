@@ -35,8 +35,9 @@ func TestReceiver(t *testing.T) {
 }
 
 const (
-	acmeKey = "acme-write-key-0123456789abcdef0"
-	betaKey = "beta-write-key-0123456789abcdef0"
+	acmeSecret = "acme-shared-secret"
+	acmeKey    = "acme-write-key-0123456789abcdef0"
+	betaKey    = "beta-write-key-0123456789abcdef0"
 )
 
 var (
@@ -53,7 +54,8 @@ var (
 )
 
 func newAcme() *source.Config {
-	return &source.Config{Namespace: "tenants", Name: "acme-web", Tenant: "acme", WriteKeys: []string{acmeKey}, IgnoredEvents: []string{"Heartbeat"}}
+	return &source.Config{Namespace: "tenants", Name: "acme-web", Tenant: "acme", WriteKeys: []string{acmeKey}, IgnoredEvents: []string{"Heartbeat"},
+		SharedSecrets: []string{acmeSecret}}
 }
 
 func newBeta() *source.Config {

@@ -14,10 +14,43 @@ const (
 	// what clients send (a few hundred bytes of batch context), and keeps a 500 KB request from
 	// turning into 80 MB of messages.
 	MaxRequestOutputBytes = 4 * MaxRequestBytes
+	// Segment's Webhooks (Actions) destination batches up to 4,000 events per request, with no
+	// byte limit of its own: the destination route takes them whole.
+	MaxDestinationRequestBytes  = 16 << 20
+	MaxDestinationBatchMessages = 4000
 	// FutureTolerance is how far past its receipt an event may be dated; a later timestamp is
 	// clamped to the receipt time (the client's value stays in originalTimestamp).
 	FutureTolerance = 24 * time.Hour
 )
+
+// RequestLimit is the most bytes a request to the endpoint may hold after decompression.
+func (ep Endpoint) RequestLimit() int {
+	switch {
+	case ep.Destination:
+		return MaxDestinationRequestBytes
+	case ep.Batch:
+		return MaxRequestBytes
+	}
+	return MaxMessageBytes
+}
+
+// messageLimit is the most messages a request to the endpoint may hold.
+func (ep Endpoint) messageLimit() int {
+	if ep.Destination {
+		return MaxDestinationBatchMessages
+	}
+	return MaxBatchMessages
+}
+
+// outputLimit is the most a request's messages may expand to once normalised: four times what
+// the client routes take (their batch context is merged into every message), or twice the body
+// on the destination route, where Segment sends messages whole.
+func (ep Endpoint) outputLimit() int {
+	if ep.Destination {
+		return 2 * MaxDestinationRequestBytes
+	}
+	return MaxRequestOutputBytes
+}
 
 // Codes of request-level errors (the whole request is refused with 400).
 const (
@@ -53,10 +86,11 @@ const (
 	CodeMessageIDTooLong      = "message_id_too_long"
 	CodeMessageIDInvalid      = "message_id_invalid"
 	// CodeMessageTooLarge (above) is also a per-message rejection inside a batch.
-	CodeInvalidUTF8      = "invalid_utf8"
-	CodeUnstorableString = "unstorable_string"
-	CodeNestingTooDeep   = "nesting_too_deep"
-	CodeRequestExpansion = "request_expansion_too_large"
+	CodeInvalidUTF8       = "invalid_utf8"
+	CodeUnstorableString  = "unstorable_string"
+	CodeNestingTooDeep    = "nesting_too_deep"
+	CodeRequestExpansion  = "request_expansion_too_large"
+	CodeDeleteUnsupported = "delete_not_supported"
 )
 
 // RequestError refuses a whole request.

@@ -49,9 +49,9 @@ func (r *Request) Normalize(receivedAt time.Time) Result {
 	for i, item := range r.items {
 		start := len(n.buf)
 		acc, rej := n.checkedMessage(item)
-		if rej == nil && len(n.buf) > MaxRequestOutputBytes {
+		if limit := r.endpoint.outputLimit(); rej == nil && len(n.buf) > limit {
 			rej = reject(CodeRequestExpansion, "with the batch context merged into every message, the request grows past "+
-				strconv.Itoa(MaxRequestOutputBytes)+" bytes; send a smaller batch context")
+				strconv.Itoa(limit)+" bytes; send a smaller batch context")
 		}
 		if rej != nil {
 			n.buf = n.buf[:start]
@@ -115,7 +115,11 @@ func (n *normalizer) message(raw []byte) (Accepted, *Rejection) {
 		switch field := fieldOf(key); field {
 		case fUnknown:
 			n.others = append(n.others, member)
-		case fShadow, fWriteKey, fReceivedAt:
+		case fShadow, fWriteKey:
+		case fReceivedAt:
+			if n.req.endpoint.Destination { // Segment's own receipt time; a client's is ignored
+				f[field] = value
+			}
 		default:
 			f[field] = value // the last occurrence wins, as with encoding/json
 		}

@@ -7,10 +7,13 @@ import (
 )
 
 // Endpoint is what a Tracking API path expects: a batch ({"batch":[...]}) or one message whose
-// type the path implies (Type, which the body may then omit).
+// type the path implies (Type, which the body may then omit). Destination is the route Segment
+// itself delivers to: one message of any type, a JSON array of messages or a batch, whose
+// timestamps Segment has already computed.
 type Endpoint struct {
-	Type  string
-	Batch bool
+	Type        string
+	Batch       bool
+	Destination bool
 }
 
 // Request is a request body split into its raw messages and batch-level fields, ready for
@@ -36,18 +39,30 @@ func (r *Request) Len() int { return len(r.items) }
 func ParseRequest(body []byte, ep Endpoint) (*Request, error) {
 	// Some HTTP stacks (.NET among them) prefix UTF-8 bodies with a byte-order mark.
 	body = bytes.TrimPrefix(body, []byte("\xEF\xBB\xBF"))
-	if len(body) > MaxRequestBytes {
-		return nil, &RequestError{CodeRequestTooLarge, "the request is larger than " + strconv.Itoa(MaxRequestBytes) + " bytes"}
+	if limit := max(ep.RequestLimit(), MaxRequestBytes); len(body) > limit {
+		return nil, &RequestError{CodeRequestTooLarge, "the request is larger than " + strconv.Itoa(limit) + " bytes"}
 	}
 	if !validJSON(body) {
 		return nil, &RequestError{CodeInvalidJSON, "the body is not valid JSON"}
+	}
+	r := &Request{endpoint: ep, bodySize: len(body)}
+	if ep.Destination {
+		if items, ok := newArrayIter(body); ok {
+			return r, r.addItems(items)
+		}
+		if !hasBatch(body) {
+			if len(body) > MaxMessageBytes {
+				return nil, messageTooLarge(0)
+			}
+			r.items = [][]byte{trimValue(body)}
+			return r, nil
+		}
 	}
 	root, ok := newObjectIter(body)
 	if !ok {
 		return nil, &RequestError{CodeInvalidJSON, "the body must be a JSON object"}
 	}
-	r := &Request{endpoint: ep, bodySize: len(body)}
-	if !ep.Batch {
+	if !ep.Batch && !ep.Destination {
 		if len(body) > MaxMessageBytes {
 			return nil, messageTooLarge(0)
 		}
@@ -78,18 +93,51 @@ func ParseRequest(body []byte, ep Endpoint) (*Request, error) {
 	if !ok {
 		return nil, &RequestError{CodeInvalidBatch, `a batch request needs a "batch" array`}
 	}
+	return r, r.addItems(items)
+}
+
+// addItems splits a batch array into its messages. A message over MaxMessageBytes is refused on
+// its own by Normalize, not the whole batch.
+func (r *Request) addItems(items arrayIter) error {
 	for {
 		item, ok := items.next()
 		if !ok {
-			break
+			return nil
 		}
-		if len(r.items) == MaxBatchMessages {
-			return nil, &RequestError{CodeTooManyMessages, "a batch holds at most " + strconv.Itoa(MaxBatchMessages) + " messages"}
+		if limit := r.endpoint.messageLimit(); len(r.items) == limit {
+			return &RequestError{CodeTooManyMessages, "a batch holds at most " + strconv.Itoa(limit) + " messages"}
 		}
-		// A message over MaxMessageBytes is refused on its own by Normalize, not the whole batch.
 		r.items = append(r.items, item)
 	}
-	return r, nil
+}
+
+// hasBatch reports whether an object has a top-level "batch" member.
+func hasBatch(body []byte) bool {
+	it, ok := newObjectIter(body)
+	if !ok {
+		return false
+	}
+	for {
+		key, _, _, ok := it.next()
+		if !ok {
+			return false
+		}
+		if string(key) == `"batch"` {
+			return true
+		}
+	}
+}
+
+// Destination reports whether the request came to the destination route.
+func (r *Request) Destination() bool { return r.endpoint.Destination }
+
+// FirstItem is the raw bytes of the request's first message (Segment's classic webhooks sign only
+// the first event of a batch).
+func (r *Request) FirstItem() []byte {
+	if len(r.items) == 0 {
+		return nil
+	}
+	return r.items[0]
 }
 
 func messageTooLarge(index int) error {
@@ -98,10 +146,10 @@ func messageTooLarge(index int) error {
 
 // OutputBound is the most memory Normalize uses for the request's messages: its estimate of their
 // size with the batch context merged into each (and a margin for the fields it adds), never more
-// than MaxRequestOutputBytes plus one message. A receiver reserves it before normalising.
+// than the endpoint's output limit plus one message. A receiver reserves it before normalising.
 func (r *Request) OutputBound() int {
 	perMessage := messageOverhead + len(r.rootContext) + len(r.rootIntegrations)
-	return min(r.bodySize+len(r.items)*perMessage, MaxRequestOutputBytes+MaxMessageBytes)
+	return min(r.bodySize+len(r.items)*perMessage, r.endpoint.outputLimit()+MaxMessageBytes)
 }
 
 // ItemWriteKey is the writeKey a batch message carries itself, for senders that put the key on

@@ -18,14 +18,31 @@ func (n *normalizer) appendTimestamps(b []byte, f *[numFields][]byte) (_ []byte,
 	if !hasSentAt {
 		sentAt, hasSentAt = n.req.rootSentAt, n.req.hasRootSentAt
 	}
+	receivedAt, receivedAtJSON := n.receivedAt, n.receivedAtJSON
 	timestamp := n.receivedAt
-	switch {
-	case hasOriginal && hasSentAt:
-		timestamp = correct(n.receivedAt, sentAt, original)
-	case hasGiven:
-		timestamp = given
-	case hasOriginal:
-		timestamp = original
+	if n.req.endpoint.Destination {
+		// Segment computed timestamp already, and a replay resends it as it was: keep it, and
+		// Segment's receivedAt with it. Only a message without one falls back to the times it has.
+		if t, ok := parseTimestampValue(f[fReceivedAt]); ok {
+			receivedAt, receivedAtJSON = t, appendTimestamp(nil, t)
+		}
+		switch {
+		case hasGiven:
+			timestamp = given
+		case hasOriginal:
+			timestamp = original
+		default:
+			timestamp = receivedAt
+		}
+	} else {
+		switch {
+		case hasOriginal && hasSentAt:
+			timestamp = correct(n.receivedAt, sentAt, original)
+		case hasGiven:
+			timestamp = given
+		case hasOriginal:
+			timestamp = original
+		}
 	}
 	if timestamp.Sub(n.receivedAt) > FutureTolerance {
 		timestamp, clamped = n.receivedAt, true
@@ -41,7 +58,7 @@ func (n *normalizer) appendTimestamps(b []byte, f *[numFields][]byte) (_ []byte,
 		b = appendTimestamp(b, sentAt)
 	}
 	b = append(b, `,"receivedAt":`...)
-	return append(b, n.receivedAtJSON...), clamped
+	return append(b, receivedAtJSON...), clamped
 }
 
 // correct computes receivedAt − (sentAt − original) in whole seconds and nanoseconds, because a

@@ -24,6 +24,9 @@ func (n *normalizer) messageType(v []byte) (string, *Rejection) {
 	if !isString {
 		return "", reject(CodeTypeInvalid, "type must be a string")
 	}
+	if text == "delete" && n.req.endpoint.Destination {
+		return "", reject(CodeDeleteUnsupported, "user-deletion requests are not applied yet: delete the user's rows from the tally tables by hand")
+	}
 	return "", reject(CodeTypeInvalid, "unknown type "+quoteForMessage(text))
 }
 

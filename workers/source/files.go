@@ -26,6 +26,23 @@ func LoadFiles(configFile, writeKeysFile string) (*Config, error) {
 	return c, c.Validate()
 }
 
+// LoadSharedSecrets adds the shared secrets Segment signs its deliveries with, one per line,
+// from the mounted Secret key file; an empty name means the source has none.
+func LoadSharedSecrets(c *Config, sharedSecretsFile string) error {
+	if sharedSecretsFile == "" {
+		return nil
+	}
+	data, err := os.ReadFile(sharedSecretsFile)
+	if err != nil {
+		return fmt.Errorf("shared secrets: %w", err)
+	}
+	c.SharedSecrets = ParseWriteKeys(string(data))
+	if len(c.SharedSecrets) == 0 {
+		return fmt.Errorf("source %s: the shared secrets file %s holds no secret", c, sharedSecretsFile)
+	}
+	return nil
+}
+
 // LoadConfigFile reads a source's settings without write keys (the workers' view: they never need
 // the keys).
 func LoadConfigFile(configFile string) (*Config, error) {

@@ -5,8 +5,11 @@
 package source
 
 import (
+	"crypto/hmac"
+	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -25,6 +28,9 @@ type Config struct {
 	StreamReplicas  int           `json:"streamReplicas,omitempty"`
 	// WriteKeys are secrets: they never appear in the ConfigMap (json:"-") and are never logged.
 	WriteKeys []string `json:"-"`
+	// SharedSecrets sign what Segment delivers to the destination route (X-Signature); secrets
+	// like the write keys, several during a rotation.
+	SharedSecrets []string `json:"-"`
 }
 
 // Stream identifies the source's JetStream objects.
@@ -59,6 +65,22 @@ func (c *Config) MatchesKey(key string) bool {
 	for _, k := range c.WriteKeys {
 		want := sha256.Sum256([]byte(k))
 		match |= subtle.ConstantTimeCompare(want[:], given[:])
+	}
+	return match == 1
+}
+
+// MatchesSignature checks an X-Signature header (lowercase hex HMAC-SHA1 of the signed bytes,
+// keyed with a shared secret) against every shared secret of the source, in constant time.
+func (c *Config) MatchesSignature(signed []byte, signature string) bool {
+	given, err := hex.DecodeString(strings.TrimSpace(signature))
+	if err != nil || len(given) != sha1.Size {
+		return false
+	}
+	match := 0
+	for _, secret := range c.SharedSecrets {
+		mac := hmac.New(sha1.New, []byte(secret))
+		mac.Write(signed)
+		match |= subtle.ConstantTimeCompare(mac.Sum(nil), given)
 	}
 	return match == 1
 }

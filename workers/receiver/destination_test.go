@@ -1,0 +1,150 @@
+package receiver_test
+
+import (
+	"crypto/hmac"
+	"crypto/sha1"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/tallyhq/tally/workers/segment"
+)
+
+// forwarded is a message as Segment's Webhooks destinations deliver it (the shape of Segment's
+// destination docs: Segment's receivedAt, sentAt, originalTimestamp, computed timestamp,
+// projectId, version, context.library).
+func forwarded(id, typ, extra string) string {
+	return `{"type":"` + typ + `","messageId":"` + id + `","userId":"97980cfea0067","anonymousId":"507f191e810c19729de860ea",` +
+		`"context":{"ip":"8.8.8.8","library":{"name":"analytics.js","version":"2.11.1"}},"integrations":{},` +
+		`"originalTimestamp":"2025-05-03T10:14:02.117Z","sentAt":"2025-05-03T10:14:02.120Z",` +
+		`"receivedAt":"2025-05-03T10:14:03.025Z","timestamp":"2025-05-03T10:14:03.022Z",` +
+		`"projectId":"q5Vb3pPT3d","version":2` + extra + `}`
+}
+
+// signature is Segment's X-Signature: lowercase hex HMAC-SHA1 of the body, keyed with the secret.
+func signature(secret, body string) string {
+	mac := hmac.New(sha1.New, []byte(secret))
+	mac.Write([]byte(body))
+	return hex.EncodeToString(mac.Sum(nil))
+}
+
+func send(method, body string, opts ...reqOpt) response {
+	GinkgoHelper()
+	req, err := http.NewRequest(method, srv.URL+"/v1/segment", strings.NewReader(body))
+	Expect(err).NotTo(HaveOccurred())
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "Segment.io/1.0")
+	for _, o := range opts {
+		o(req)
+	}
+	return do(req)
+}
+
+var _ = Describe("The destination route, /v1/segment", func() {
+	It("takes a signed message of any type by POST, as the classic Webhooks destination sends it, and keeps Segment's times", func() {
+		from := mark(acme)
+		body := forwarded("fw-track-1", "track", `,"event":"Report Exported","properties":{"format":"csv"}`)
+		r := send(http.MethodPost, body, header("X-Signature", signature(acmeSecret, body)))
+		Expect(r.Status).To(Equal(http.StatusOK), r.Raw)
+		Expect(r.Body).To(Equal(success))
+		msgs := since(acme, from)
+		Expect(msgs).To(HaveLen(1))
+		Expect(msgs[0].MsgID).To(Equal("fw-track-1"))
+		Expect(msgs[0].Message.Timestamp).To(BeTemporally("==", time.Date(2025, 5, 3, 10, 14, 3, 22e6, time.UTC)), "not recomputed from Tally's clock")
+		Expect(msgs[0].Fields).To(HaveKeyWithValue("receivedAt", "2025-05-03T10:14:03.025Z"))
+		Expect(msgs[0].Fields).To(HaveKeyWithValue("originalTimestamp", "2025-05-03T10:14:02.117Z"))
+		Expect(msgs[0].Fields).To(HaveKeyWithValue("projectId", "q5Vb3pPT3d"))
+	})
+
+	DescribeTable("takes Webhooks (Actions) deliveries: PUT or PATCH, arrays, the write key as Basic or Bearer",
+		func(method string, auth reqOpt) {
+			from := mark(acme)
+			body := `[` + forwarded("fw-"+method+"-1", "identify", `,"traits":{"plan":"pro"}`) + `,` +
+				forwarded("fw-"+method+"-2", "group", `,"groupId":"acc-1","traits":{"name":"Acme"}`) + `]`
+			r := send(method, body, auth)
+			Expect(r.Status).To(Equal(http.StatusOK), r.Raw)
+			Expect(msgIDs(since(acme, from))).To(Equal([]string{"fw-" + method + "-1", "fw-" + method + "-2"}))
+		},
+		Entry("POST with Basic", http.MethodPost, basic(acmeKey)),
+		Entry("PUT with Bearer", http.MethodPut, header("Authorization", "Bearer "+acmeKey)),
+		Entry("PATCH with Bearer", http.MethodPatch, header("Authorization", "Bearer "+acmeKey)),
+	)
+
+	It("takes a {\"batch\": [...]} body and a batch of 3,000 events (Actions batches up to 4,000)", func() {
+		from := mark(acme)
+		Expect(send(http.MethodPost, `{"batch":[`+forwarded("fw-b-1", "page", `,"name":"Home"`)+`]}`, basic(acmeKey)).Status).To(Equal(http.StatusOK))
+		var items []string
+		for i := range 3000 {
+			items = append(items, forwarded(fmt.Sprintf("fw-big-%04d", i), "track", `,"event":"Clicked"`))
+		}
+		r := send(http.MethodPost, "["+strings.Join(items, ",")+"]", basic(acmeKey))
+		Expect(r.Status).To(Equal(http.StatusOK), r.Raw)
+		Expect(since(acme, from)).To(HaveLen(3001))
+	})
+
+	It("accepts a batch signed over its first event, as the classic destination signs batches", func() {
+		first := forwarded("fw-first-1", "track", `,"event":"A"`)
+		body := `[` + first + `,` + forwarded("fw-first-2", "track", `,"event":"B"`) + `]`
+		Expect(send(http.MethodPost, body, header("X-Signature", signature(acmeSecret, first))).Status).To(Equal(http.StatusOK))
+	})
+
+	It("answers 401 to a wrong signature, a signature of other bytes, a wrong key and no credentials", func() {
+		from := mark(acme)
+		body := forwarded("fw-bad", "track", `,"event":"E"`)
+		for _, auth := range []reqOpt{
+			header("X-Signature", signature("not-the-secret", body)),
+			header("X-Signature", signature(acmeSecret, body+" ")),
+			header("X-Signature", "zz"),
+			header("Authorization", "Bearer wrong-key"),
+			func(*http.Request) {},
+		} {
+			r := send(http.MethodPost, body, auth)
+			Expect(r.Status).To(Equal(http.StatusUnauthorized))
+			Expect(r.Body).To(HaveErrorCode(segment.CodeInvalidWriteKey))
+		}
+		Expect(since(acme, from)).To(BeEmpty())
+	})
+
+	It("answers 200 with the rejected list for a bad message, even alone (a 4xx would make Segment drop the good ones)", func() {
+		from := mark(acme)
+		r := send(http.MethodPost, `[{"type":"track","messageId":"no-user","event":"E"},`+forwarded("fw-ok", "track", `,"event":"E"`)+`]`, basic(acmeKey))
+		Expect(r.Status).To(Equal(http.StatusOK))
+		Expect(r.Body["rejected"]).To(ConsistOf(HaveKeyWithValue("code", segment.CodeIDRequired)))
+		r = send(http.MethodPost, `{"type":"delete","userId":"u1","messageId":"del-1"}`, basic(acmeKey))
+		Expect(r.Status).To(Equal(http.StatusOK))
+		Expect(r.Body["rejected"]).To(ConsistOf(HaveKeyWithValue("code", segment.CodeDeleteUnsupported)))
+		Expect(msgIDs(since(acme, from))).To(Equal([]string{"fw-ok"}))
+	})
+})
+
+var _ = Describe("tally receiver with shared secrets", func() {
+	It("reads them from a file and picks up a rotation without a restart", func() {
+		dir := GinkgoT().TempDir()
+		secrets := filepath.Join(dir, "sharedSecret")
+		Expect(os.WriteFile(secrets, []byte("old-secret\n"), 0o600)).To(Succeed())
+		rc := startCommand("--shared-secrets-file", secrets, "--reload-interval", "20ms", "--shutdown-delay", "0s")
+		post := func(secret string) int {
+			body := forwarded("rot-"+secret, "track", `,"event":"E"`)
+			req, _ := http.NewRequest(http.MethodPost, rc.base+"/v1/segment", strings.NewReader(body))
+			req.Header.Set("X-Signature", signature(secret, body))
+			return statusOf(http.DefaultClient.Do(req))
+		}
+		Expect(post("old-secret")).To(Equal(http.StatusOK))
+		Expect(post("new-secret")).To(Equal(http.StatusUnauthorized))
+
+		By("both secrets during the rotation, then only the new one")
+		Expect(os.WriteFile(secrets, []byte("old-secret\nnew-secret\n"), 0o600)).To(Succeed())
+		Eventually(func() int { return post("new-secret") }).Should(Equal(http.StatusOK))
+		Expect(post("old-secret")).To(Equal(http.StatusOK))
+		Expect(os.WriteFile(secrets, []byte("new-secret\n"), 0o600)).To(Succeed())
+		Eventually(func() int { return post("old-secret") }).Should(Equal(http.StatusUnauthorized))
+		Expect(post("new-secret")).To(Equal(http.StatusOK))
+	})
+})
