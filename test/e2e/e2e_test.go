@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"crypto/hmac"
+	"crypto/sha1"
+	"encoding/hex"
 	"errors"
 	"net/http"
 	"strings"
@@ -20,9 +23,10 @@ import (
 )
 
 const (
-	tenantNS = "tenants"
-	keyV1    = "e2e-write-key-v1-0123456789abcdef"
-	keyV2    = "e2e-write-key-v2-fedcba9876543210"
+	sharedSecret = "e2e-segment-webhook-secret"
+	tenantNS     = "tenants"
+	keyV1        = "e2e-write-key-v1-0123456789abcdef"
+	keyV2        = "e2e-write-key-v2-fedcba9876543210"
 )
 
 func manifests(writeKey string) string {
@@ -36,6 +40,7 @@ kind: Secret
 metadata: {name: acme-segment, namespace: tenants}
 stringData:
   writeKey: ` + writeKey + `
+  sharedSecret: ` + sharedSecret + `
 ---
 apiVersion: tally.dev/v1alpha1
 kind: SegmentSource
@@ -43,6 +48,8 @@ metadata: {name: acme-web, namespace: tenants}
 spec:
   tenant: acme
   writeKeySecretRef: {name: acme-segment, key: writeKey}
+  destination:
+    sharedSecretRef: {name: acme-segment}
   accountProperty: accountId
   ignoredEvents: ["Heartbeat"]
 `
@@ -138,6 +145,29 @@ var _ = Describe("from kubectl apply to rows in Postgres", Ordered, func() {
 		var heartbeats int
 		Expect(db.QueryRow(ctx, `SELECT count(*) FROM tally.events WHERE tenant = 'acme' AND event = 'Heartbeat'`).Scan(&heartbeats)).To(Succeed())
 		Expect(heartbeats).To(BeZero(), "ignored events are never stored")
+	})
+
+	It("maps a signed delivery of Segment's Webhooks destination, dated as Segment dated it", func() {
+		body := `{"type":"identify","messageId":"fw-e2e-1","userId":"u-forwarded","traits":{"plan":"enterprise"},` +
+			`"context":{"library":{"name":"analytics.js","version":"2.11.1"}},"projectId":"q5Vb3pPT3d","version":2,` +
+			`"originalTimestamp":"2025-05-03T10:14:02.117Z","sentAt":"2025-05-03T10:14:02.120Z",` +
+			`"receivedAt":"2025-05-03T10:14:03.025Z","timestamp":"2025-05-03T10:14:03.022Z"}`
+		mac := hmac.New(sha1.New, []byte(sharedSecret))
+		mac.Write([]byte(body))
+		req, err := http.NewRequest(http.MethodPost, receiver.url(8080)+"/v1/segment", strings.NewReader(body))
+		Expect(err).NotTo(HaveOccurred())
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Signature", hex.EncodeToString(mac.Sum(nil)))
+		resp, err := http.DefaultClient.Do(req)
+		Expect(err).NotTo(HaveOccurred())
+		resp.Body.Close()
+		Expect(resp.StatusCode).To(Equal(http.StatusOK))
+
+		Eventually(func() (time.Time, error) {
+			var created time.Time
+			err := db.QueryRow(ctx, `SELECT created_at FROM tally.users WHERE tenant = 'acme' AND user_id = 'u-forwarded'`).Scan(&created)
+			return created, err
+		}).WithTimeout(30 * time.Second).Should(BeTemporally("==", time.Date(2025, 5, 3, 10, 14, 3, 22e6, time.UTC)))
 	})
 
 	It("reports Receiving once messages reached the stream", func() {
