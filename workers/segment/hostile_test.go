@@ -96,6 +96,18 @@ var _ = Describe("Hostile input", func() {
 		Expect(res.Rejected).To(HaveEach(HaveField("Code", segment.CodeUnstorableString)))
 	})
 
+	It("forwards numeric ids as the string of their integer form, so 12345, 12345.0 and 1.2345e4 are one account", func() {
+		res := normalize(`{"batch":[`+
+			`{"type":"group","userId":"u","groupId":12345.0},{"type":"group","userId":"u","groupId":1.2345e4},`+
+			`{"type":"group","userId":"u","groupId":12345},{"type":"group","userId":"u","groupId":2.5},`+
+			`{"type":"group","userId":"u","groupId":"12345.0"}]}`, batch)
+		var ids []any
+		for _, a := range res.Accepted {
+			ids = append(ids, decoded(a)["groupId"])
+		}
+		Expect(ids).To(Equal([]any{"12345", "12345", "12345", "2.5", "12345.0"}), "a string id stays as sent")
+	})
+
 	Describe("far-future timestamps", func() {
 		received := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 		at := func(body string) (map[string]any, bool) {

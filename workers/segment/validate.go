@@ -2,6 +2,8 @@ package segment
 
 import (
 	"bytes"
+	"math"
+	"strconv"
 	"unicode/utf8"
 )
 
@@ -161,4 +163,18 @@ func quoteForMessage(s string) string {
 		s = s[:40] + "…"
 	}
 	return `"` + s + `"`
+}
+
+// integralText is the plain decimal form of a JSON number that holds an integer (12345.0 and
+// 1.2345e4 give 12345), so an id sent as any of them names one account; other numbers keep their
+// text. Only the receiver can do this: it sees that the id was a number, not a string.
+func integralText(raw []byte) []byte {
+	if bytes.IndexAny(raw, ".eE") < 0 {
+		return raw
+	}
+	f, err := strconv.ParseFloat(string(raw), 64)
+	if err != nil || f != math.Trunc(f) || math.Abs(f) >= 1<<53 {
+		return raw
+	}
+	return strconv.AppendInt(nil, int64(f), 10)
 }

@@ -14,6 +14,9 @@ import (
 // applyResult is what a committed batch did, for metrics.
 type applyResult struct {
 	EventsInserted int
+	// UnnamedAccountsCreated: accounts this batch created without a name (a group call without
+	// name for an unknown account), each counted once, when its row is inserted.
+	UnnamedAccountsCreated int
 }
 
 // apply writes a folded batch in one transaction with one set-based statement per table, sent in
@@ -22,9 +25,11 @@ type applyResult struct {
 //
 // Transactions of one tenant take a transaction-scoped advisory lock first, so they run one after
 // the other: each then sees every row committed before it, which the cross-row parts of the
-// mapping need (a track's fallback account reads associations; re-resolving fallback events reads
-// events; last_seen_at of a row created now reads the events stored before it). Sources of
-// different tenants never wait for each other.
+// mapping need (a track's fallback account reads associations, its user the anonymousId's tie;
+// re-resolving and re-attributing events reads events; last_seen_at of a row created now reads
+// the events stored before it). Sources of different tenants never wait for each other. Within a
+// round, statements run in order: re-attributed events already have their final account when
+// re-resolution looks at them.
 //
 // Events go in before accounts and users, so the entity upserts write last_seen_at once, already
 // including the events this transaction attributed to them.
@@ -35,8 +40,8 @@ func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *fo
 	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
 		a := newApplier(tenant, source, bounds)
 		rounds := [][]func(*pgx.Batch, *folded) error{
-			{a.lock, a.links, a.memberships},
-			{a.reresolve, a.events},                                      // needs the new links
+			{a.lock, a.links, a.memberships, a.ties},
+			{a.restitch, a.reresolve, a.events},                          // needs the new links and ties
 			{a.catalog, a.accounts, a.users, a.raiseLastSeen, a.aliases}, // needs the inserted events
 			{a.recomputeLastSeen},                                        // needs the created rows
 		}
@@ -53,7 +58,7 @@ func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *fo
 				}
 			}
 		}
-		res.EventsInserted = a.inserted
+		res.EventsInserted, res.UnnamedAccountsCreated = a.inserted, a.unnamedCreated
 		return nil
 	})
 	return res, err
@@ -98,14 +103,19 @@ type applier struct {
 	// usersWithNewLinks maps a user to the oldest link or unlink this batch added for them: their
 	// stored fallback events from then on may have a different account now.
 	usersWithNewLinks map[string]time.Time
-	seen              lastSeenChanges
-	catalogRows       map[string]*catalogRow
-	inserted          int
+	// tiedAnonymous: the anonymousIds whose tie this batch set; their stored events are
+	// attributed again.
+	tiedAnonymous  map[string]bool
+	seen           lastSeenChanges
+	catalogRows    map[string]*catalogRow
+	inserted       int
+	unnamedCreated int
 }
 
 func newApplier(tenant, source string, bounds txBounds) *applier {
 	return &applier{tenant: tenant, source: source, bounds: bounds,
-		usersWithNewLinks: map[string]time.Time{}, seen: newLastSeenChanges(), catalogRows: map[string]*catalogRow{}}
+		usersWithNewLinks: map[string]time.Time{}, tiedAnonymous: map[string]bool{},
+		seen: newLastSeenChanges(), catalogRows: map[string]*catalogRow{}}
 }
 
 type catalogRow struct {

@@ -62,8 +62,25 @@ func (a *applier) accounts(b *pgx.Batch, f *folded) error {
 	markAll(a.seen.upsertedAccounts, e.ids)
 	b.Queue(upsertAccountsSQL, a.tenant, e.ids, e.names, e.nameVersions, e.traits, e.versions,
 		e.oldest, e.newest, e.first, e.last, e.seen, e.lastSeen,
-	).Query(func(rows pgx.Rows) error { return collectInserted(rows, a.seen.recomputeAccounts) })
+	).Query(a.collectInsertedAccounts)
 	return nil
+}
+
+// collectInsertedAccounts notes the accounts this upsert inserted (their last_seen_at is
+// recomputed) and counts those inserted without a name.
+func (a *applier) collectInsertedAccounts(rows pgx.Rows) error {
+	var id string
+	var inserted, unnamed bool
+	_, err := pgx.ForEachRow(rows, []any{&id, &inserted, &unnamed}, func() error {
+		if inserted {
+			a.seen.recomputeAccounts[id] = true
+			if unnamed {
+				a.unnamedCreated++
+			}
+		}
+		return nil
+	})
+	return err
 }
 
 func (a *applier) users(b *pgx.Batch, f *folded) error {

@@ -28,25 +28,39 @@ func (a *applier) events(b *pgx.Batch, f *folded) error {
 	}
 	b.Queue(`
 		INSERT INTO tally.events AS ev (tenant, message_id, type, event, user_id, anonymous_id, account_id,
-			properties, context, timestamp, received_at, source, account_from)
-		SELECT $1, t.message_id, t.type, t.event, t.user_id, t.anonymous_id,
+			properties, context, timestamp, received_at, source, account_from, user_from)
+		SELECT $1, t.message_id, t.type, t.event, u.user_id, t.anonymous_id,
 			CASE WHEN t.account_id IS NOT NULL THEN t.account_id
 			     WHEN newest.linked THEN newest.account_id
-			     WHEN NOT newest.linked THEN tally.account_at($1, t.user_id, t.ts) END,
+			     WHEN newest.account_id IS NULL THEN first_link.account_id
+			     ELSE tally.account_at($1, u.user_id, t.ts) END,
 			t.properties::jsonb, t.context::jsonb, t.ts, t.received_at, $2,
 			CASE WHEN t.account_id IS NOT NULL THEN t.account_from
-			     WHEN t.user_id IS NOT NULL THEN 'user' END
+			     WHEN u.user_id IS NOT NULL THEN 'user' END,
+			CASE WHEN t.user_id IS NULL AND u.user_id IS NOT NULL THEN 'anonymous' END
 		FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
 			$10::text[], $11::text[], $12::timestamptz[], $13::timestamptz[])
 			AS t(message_id, type, event, user_id, anonymous_id, account_id, account_from, properties, context, ts, received_at)
-		-- tally.account_at's first step inline, the cheap common case: the user's newest link or
-		-- unlink at the event's time; when it is a link, that is the account.
+		-- An event without a userId belongs to the user its anonymousId is tied to.
+		CROSS JOIN LATERAL (
+			SELECT coalesce(t.user_id, (SELECT ti.user_id FROM tally.anonymous_ties ti
+				WHERE t.user_id IS NULL AND ti.tenant = $1 AND ti.anonymous_id = t.anonymous_id)) AS user_id
+		) u
+		-- tally.account_at's first steps inline, the cheap common cases: the user's newest link or
+		-- unlink at the event's time; when it is a link, that is the account; when there is none,
+		-- the event precedes the user's first link, whose account it takes (if any yet).
 		LEFT JOIN LATERAL (
 			SELECT a.account_id, a.linked FROM tally.associations a
-			WHERE t.account_id IS NULL AND a.tenant = $1 AND a.user_id = t.user_id AND a.at <= t.ts
+			WHERE t.account_id IS NULL AND a.tenant = $1 AND a.user_id = u.user_id AND a.at <= t.ts
 			ORDER BY a.at DESC, a.version DESC, a.account_id DESC
 			LIMIT 1
 		) newest ON true
+		LEFT JOIN LATERAL (
+			SELECT a.account_id FROM tally.associations a
+			WHERE t.account_id IS NULL AND newest.account_id IS NULL AND a.tenant = $1 AND a.user_id = u.user_id AND a.linked
+			ORDER BY a.at, a.version, a.account_id
+			LIMIT 1
+		) first_link ON true
 		ORDER BY t.message_id
 		ON CONFLICT (tenant, message_id) DO NOTHING
 		RETURNING ev.type, ev.event, ev.timestamp, ev.user_id, ev.account_id`,

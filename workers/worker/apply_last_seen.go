@@ -13,7 +13,8 @@ import (
 // events attributed to it. It is kept as a running maximum, which arrival order cannot change (max
 // is commutative and idempotent), and recomputed from the events only where a maximum is not
 // enough: a row created now (events about it may have been stored before it existed) and an
-// account a re-resolved event moved away from (that event may have been its newest).
+// account or user a re-resolved or re-attributed event moved away from (that event may have been
+// its newest).
 
 // lastSeenChanges collects what this transaction did to last_seen_at, for the steps that write it.
 type lastSeenChanges struct {

@@ -72,7 +72,9 @@ func (a *applier) memberships(b *pgx.Batch, f *folded) error {
 }
 
 // reresolve gives stored fallback events the account they would have had if this batch's links
-// had arrived first: the user's events from the oldest new link on are resolved again.
+// had arrived first: the user's events from the oldest new link or unlink on are resolved again,
+// and all of them when the user has no older link (events before the first link take its account,
+// and this batch may have added it).
 func (a *applier) reresolve(b *pgx.Batch, _ *folded) error {
 	if len(a.usersWithNewLinks) == 0 {
 		return nil
@@ -89,8 +91,13 @@ func (a *applier) reresolve(b *pgx.Batch, _ *folded) error {
 				tally.account_at($1, c.user_id, e.timestamp) AS new_account
 			FROM unnest($2::text[], $3::timestamptz[]) AS c(user_id, since)
 			CROSS JOIN LATERAL (
+				SELECT CASE WHEN EXISTS (SELECT 1 FROM tally.associations a
+					WHERE a.tenant = $1 AND a.user_id = c.user_id AND a.at < c.since AND a.linked)
+					THEN c.since ELSE '-infinity' END AS since
+			) s
+			CROSS JOIN LATERAL (
 				SELECT ev.message_id, ev.account_id, ev.timestamp FROM tally.events ev
-				WHERE ev.tenant = $1 AND ev.user_id = c.user_id AND ev.timestamp >= c.since AND ev.account_from = 'user'
+				WHERE ev.tenant = $1 AND ev.user_id = c.user_id AND ev.timestamp >= s.since AND ev.account_from = 'user'
 				OFFSET 0
 			) e
 		)

@@ -21,7 +21,8 @@ const mergeTraitsSQL = `
 			traits_oldest = least(r.traits_oldest, EXCLUDED.traits_oldest),
 			traits_newest = greatest(r.traits_newest, EXCLUDED.traits_newest),`
 
-// A name is set only by a named call, and the newest named call wins.
+// A name is set only by a named call, and the newest named call wins. The upsert returns whether
+// each row was inserted, and without a name, for the count of unnamed accounts created.
 const upsertAccountsSQL = `
 		INSERT INTO tally.accounts AS r
 			(tenant, account_id, name, name_version, traits, trait_versions, traits_oldest, traits_newest,
@@ -40,7 +41,7 @@ const upsertAccountsSQL = `
 			updated_at = greatest(r.updated_at, EXCLUDED.updated_at),
 			seen_at = greatest(r.seen_at, EXCLUDED.seen_at),
 			last_seen_at = greatest(r.last_seen_at, EXCLUDED.last_seen_at)
-		RETURNING r.account_id, r.xmax = 0`
+		RETURNING r.account_id, r.xmax = 0, r.name IS NULL`
 
 const upsertUsersSQL = `
 		INSERT INTO tally.users AS r (tenant, user_id, traits, trait_versions, traits_oldest, traits_newest,

@@ -108,6 +108,13 @@ type aliasChange struct {
 	FirstAt, LastAt    time.Time
 }
 
+// tieChange ties an anonymousId to a userId (identify with both, alias previousId to userId).
+// An anonymousId keeps the tie of the oldest version, so two conflicting ties settle the same way
+// in any order.
+type tieChange struct {
+	AnonymousID, UserID, Version string
+}
+
 // folded is one batch, folded: each slice sorted by key so that concurrent transactions lock rows
 // in the same order.
 type folded struct {
@@ -117,6 +124,7 @@ type folded struct {
 	Memberships []*membershipChange
 	Events      []eventRow
 	Aliases     []*aliasChange
+	Ties        []tieChange
 }
 
 // withoutIgnored drops the source's ignored track events. The receiver drops them already; these
@@ -143,6 +151,7 @@ func fold(msgs []*segment.Message, accountProperty string) *folded {
 		memberships: map[[2]string]*membershipChange{},
 		events:      map[string]eventRow{},
 		aliases:     map[[2]string]*aliasChange{},
+		ties:        map[string]tieChange{},
 	}
 	for _, m := range msgs {
 		f.add(m, accountProperty)
@@ -157,6 +166,7 @@ type folder struct {
 	memberships map[[2]string]*membershipChange
 	events      map[string]eventRow
 	aliases     map[[2]string]*aliasChange
+	ties        map[string]tieChange // by anonymousId
 }
 
 func (f *folder) add(m *segment.Message, accountProperty string) {
@@ -179,8 +189,9 @@ func (f *folder) group(m *segment.Message, active bool) {
 	if m.GroupID == "" {
 		return
 	}
+	accountID := m.GroupID
 	traits := object(m.Traits)
-	a := f.account(m.GroupID)
+	a := f.account(accountID)
 	a.touch(m, active)
 	a.Traits.merge(traits, versionOf(m))
 	if name, ok := nonEmptyString(traits["name"]); ok {
@@ -188,7 +199,7 @@ func (f *folder) group(m *segment.Message, active bool) {
 	}
 	if m.UserID != "" {
 		f.user(m.UserID).touch(m, active)
-		f.link(m, m.GroupID, true)
+		f.link(m, accountID, true)
 	}
 }
 
@@ -196,17 +207,18 @@ func (f *folder) identify(m *segment.Message, active bool) {
 	if m.UserID == "" {
 		return // users are keyed on userId; an anonymous identify has nothing to attach to
 	}
+	f.tie(m.AnonymousID, m)
 	traits := object(m.Traits)
+	company := object(traits["company"])
 	u := f.user(m.UserID)
 	u.touch(m, active)
-	u.Traits.merge(traits, versionOf(m))
+	u.Traits.merge(withoutRemoveMarker(traits, company), versionOf(m))
 
-	company := object(traits["company"])
 	accountID, ok := idFromJSON(company["id"])
 	if !ok {
 		return
 	}
-	if isTrue(company["remove"]) {
+	if isTrueOrTrueString(company["remove"]) {
 		f.link(m, accountID, false)
 		return
 	}
@@ -249,7 +261,7 @@ func (f *folder) event(m *segment.Message, ctx map[string]json.RawMessage, accou
 	if id, ok := idFromJSON(ctx["groupId"]); ok {
 		row.AccountID, row.AccountFrom = &id, optional("context")
 	} else if accountProperty != "" {
-		if id, ok := idFromJSON(object(m.Properties)[accountProperty]); ok {
+		if id, ok := pathValue(object(m.Properties), accountProperty); ok {
 			row.AccountID, row.AccountFrom = &id, optional("property")
 		}
 	}
@@ -268,6 +280,35 @@ func (f *folder) alias(m *segment.Message) {
 	}
 	a.FirstAt = minTime(a.FirstAt, m.Timestamp)
 	a.LastAt = maxTime(a.LastAt, m.Timestamp)
+	f.tie(m.PreviousID, m)
+}
+
+// tie ties anonymousID to m's userId, keeping the oldest tie of each anonymousId.
+func (f *folder) tie(anonymousID string, m *segment.Message) {
+	if anonymousID == "" || m.UserID == "" || anonymousID == m.UserID {
+		return
+	}
+	t := tieChange{AnonymousID: anonymousID, UserID: m.UserID, Version: versionOf(m)}
+	if old, ok := f.ties[anonymousID]; !ok || t.Version < old.Version {
+		f.ties[anonymousID] = t
+	}
+}
+
+// withoutRemoveMarker is an identify's traits with company.remove left out: it is an instruction
+// (unlink), not a fact about the user's company, so the stored company trait never carries it.
+func withoutRemoveMarker(traits, company map[string]json.RawMessage) map[string]json.RawMessage {
+	if _, ok := company["remove"]; !ok {
+		return traits
+	}
+	company = maps.Clone(company)
+	delete(company, "remove")
+	encoded, err := json.Marshal(company)
+	if err != nil {
+		return traits // values decoded from valid JSON always encode again
+	}
+	traits = maps.Clone(traits)
+	traits["company"] = encoded
+	return traits
 }
 
 func (f *folder) account(id string) *entityChange {
@@ -326,6 +367,7 @@ func (f *folder) result() *folded {
 		Aliases: slices.SortedFunc(maps.Values(f.aliases), func(a, b *aliasChange) int {
 			return cmp.Or(strings.Compare(a.PreviousID, b.PreviousID), strings.Compare(a.UserID, b.UserID))
 		}),
+		Ties: slices.SortedFunc(maps.Values(f.ties), func(a, b tieChange) int { return strings.Compare(a.AnonymousID, b.AnonymousID) }),
 	}
 }
 

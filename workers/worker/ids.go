@@ -9,9 +9,9 @@ import (
 )
 
 // idFromJSON reads an id that may be a JSON string or a JSON number (Vitally's own unlink example
-// sends a numeric company id) and returns it as the string the tables key on. Integers, however
-// they were written (12345, 12345.0, 1.2345e4), give their plain decimal form, so the same account
-// is found whether a client sent "12345" or 12345.
+// sends a numeric company id) and returns it as the string the tables key on: a string as sent,
+// a number in the form the receiver gives numeric ids (canonicalNumber), so 12345, 12345.0 and
+// "12345" name one account wherever they arrive.
 func idFromJSON(raw json.RawMessage) (string, bool) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 {
@@ -29,16 +29,21 @@ func idFromJSON(raw json.RawMessage) (string, bool) {
 		if json.Unmarshal(raw, &n) != nil {
 			return "", false
 		}
-		if i, err := n.Int64(); err == nil {
-			return strconv.FormatInt(i, 10), true
-		}
-		// 12345.0 or 1.2345e4: integral values within float64's exact range read as integers.
-		if f, err := n.Float64(); err == nil && f == math.Trunc(f) && math.Abs(f) < 1<<53 {
-			return strconv.FormatInt(int64(f), 10), true
-		}
-		return n.String(), true
+		return canonicalNumber(n), true
 	}
 	return "", false
+}
+
+// canonicalNumber is an integer's plain decimal form (12345.0 and 1.2345e4 give "12345"), within
+// float64's exact range; other numbers keep their JSON text.
+func canonicalNumber(n json.Number) string {
+	if i, err := n.Int64(); err == nil {
+		return strconv.FormatInt(i, 10)
+	}
+	if f, err := n.Float64(); err == nil && f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+		return strconv.FormatInt(int64(f), 10)
+	}
+	return n.String()
 }
 
 // object decodes a JSON object into its top-level keys; anything else (absent, null, an array)
@@ -49,6 +54,23 @@ func object(raw json.RawMessage) map[string]json.RawMessage {
 		return nil
 	}
 	return m
+}
+
+// pathValue reads key from obj: the key itself when obj has it and it holds an id (a property
+// may be named "account.id"), else the dotted path through nested objects ("account.id" reads
+// obj.account.id).
+func pathValue(obj map[string]json.RawMessage, key string) (string, bool) {
+	if id, ok := idFromJSON(obj[key]); ok {
+		return id, true
+	}
+	parts := strings.Split(key, ".")
+	if len(parts) < 2 {
+		return "", false
+	}
+	for _, p := range parts[:len(parts)-1] {
+		obj = object(obj[p])
+	}
+	return idFromJSON(obj[parts[len(parts)-1]])
 }
 
 // nonEmptyString returns raw as a string when it is a non-blank JSON string.
@@ -62,6 +84,11 @@ func nonEmptyString(raw json.RawMessage) (string, bool) {
 
 // isTrue reports whether raw is the JSON literal true.
 func isTrue(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "true" }
+
+// isTrueOrTrueString reports whether raw is true or "true": some clients send flags as strings.
+func isTrueOrTrueString(raw json.RawMessage) bool {
+	return isTrue(raw) || string(bytes.TrimSpace(raw)) == `"true"`
+}
 
 // isFalse reports whether raw is the JSON literal false.
 func isFalse(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "false" }

@@ -63,7 +63,7 @@ var _ = Describe("The fallback account", func() {
 		rows := queryRows(ctx, `SELECT message_id, account_id FROM tally.events WHERE tenant = $1 ORDER BY message_id`, src.Tenant)
 		Expect(rows).To(Equal([]map[string]any{
 			{"message_id": "t-after-unlinks", "account_id": "acme"},
-			{"message_id": "t-before-any", "account_id": nil},
+			{"message_id": "t-before-any", "account_id": "acme"}, // before the first link: that link's account
 			{"message_id": "t-initech", "account_id": "initech"},
 		}))
 	})

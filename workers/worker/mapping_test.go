@@ -1,10 +1,16 @@
 package worker
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tallyhq/tally/test/testenv"
+	"github.com/tallyhq/tally/workers/source"
 )
 
 var _ = Describe("Mapping messages into the tally tables", func() {
@@ -110,6 +116,29 @@ var _ = Describe("Mapping messages into the tally tables", func() {
 			Expect(u["traits"]).To(HaveKey("company"))
 		})
 
+		It("unlinks with company.remove true or \"true\" and keeps no remove marker in the user's company trait", func(ctx SpecContext) {
+			src := newSource(ctx, "")
+			startWorker(src, 100)
+			publish(ctx, src,
+				identify("i1", "u1", 10, map[string]any{"company": map[string]any{"id": "acme", "name": "Acme"}}),
+				identify("i2", "u1", 20, map[string]any{"company": map[string]any{"id": "acme", "remove": "true"}}),
+				identify("i3", "u2", 10, map[string]any{"company": map[string]any{"id": "acme"}}),
+				identify("i4", "u2", 20, map[string]any{"company": map[string]any{"id": "acme", "remove": true}}),
+				identify("i5", "u3", 20, map[string]any{"company": map[string]any{"id": "acme", "remove": "no"}}),
+			)
+			drained(ctx, src)
+			Expect(queryRows(ctx, `SELECT user_id, linked FROM tally.account_users WHERE tenant = $1 ORDER BY user_id`, src.Tenant)).To(Equal([]map[string]any{
+				{"user_id": "u1", "linked": false},
+				{"user_id": "u2", "linked": false},
+				{"user_id": "u3", "linked": true},
+			}))
+			Expect(queryRows(ctx, `SELECT user_id, traits->'company' AS company FROM tally.users WHERE tenant = $1 ORDER BY user_id`, src.Tenant)).To(Equal([]map[string]any{
+				{"user_id": "u1", "company": map[string]any{"id": "acme"}},
+				{"user_id": "u2", "company": map[string]any{"id": "acme"}},
+				{"user_id": "u3", "company": map[string]any{"id": "acme"}},
+			}))
+		})
+
 		DescribeTable("unlinks with company.remove and relinks, whatever order the calls arrive in",
 			func(ctx SpecContext, order []string) {
 				src := newSource(ctx, "")
@@ -159,7 +188,7 @@ var _ = Describe("Mapping messages into the tally tables", func() {
 			Expect(rows).To(Equal([]map[string]any{
 				{"message_id": "t-anon", "account_id": nil},
 				{"message_id": "t-ctx", "account_id": "hooli"},
-				{"message_id": "t-early", "account_id": nil},
+				{"message_id": "t-early", "account_id": "acme"}, // before the first link: that link's account
 				{"message_id": "t-late", "account_id": "globex"},
 				{"message_id": "t-mid", "account_id": "acme"},
 				{"message_id": "t-num", "account_id": "42"},
@@ -216,6 +245,153 @@ var _ = Describe("Mapping messages into the tally tables", func() {
 		}))
 	})
 
+	Describe("the account property", func() {
+		It("reads a dotted name as a path into properties, preferring a property whose own name has the dot", func(ctx SpecContext) {
+			src := newSource(ctx, "account.id")
+			startWorker(src, 100)
+			publish(ctx, src,
+				track("t-path", "u9", "E", 1, map[string]any{"account": map[string]any{"id": "acme"}}, nil),
+				track("t-key", "u9", "E", 2, map[string]any{"account.id": "globex"}, nil),
+				track("t-both", "u9", "E", 3, map[string]any{"account.id": "globex", "account": map[string]any{"id": "acme"}}, nil),
+				track("t-null-key", "u9", "E", 4, map[string]any{"account.id": nil, "account": map[string]any{"id": "acme"}}, nil),
+				track("t-num", "u9", "E", 5, map[string]any{"account": map[string]any{"id": json.Number("42.0")}}, nil),
+				track("t-none", "u9", "E", 6, map[string]any{"account": "acme"}, nil),
+			)
+			drained(ctx, src)
+			Expect(eventAccounts(ctx, src)).To(Equal(map[string]any{
+				"t-path": "acme", "t-key": "globex", "t-both": "globex", "t-null-key": "acme", "t-num": "42", "t-none": nil,
+			}))
+		})
+	})
+
+	Describe("the fallback account before a user's first link", func() {
+		calls := map[string]msg{
+			"t1":  track("t1", "u1", "Signed Up", 1, nil, nil),
+			"t5":  track("t5", "u1", "Onboarded", 5, nil, nil),
+			"t15": track("t15", "u1", "Clicked", 15, nil, nil),
+			"t25": track("t25", "u1", "Clicked", 25, nil, nil),
+			"g3":  group("g3", "u1", "initech", 3, map[string]any{"name": "Initech"}),
+			"g10": group("g10", "u1", "acme", 10, map[string]any{"name": "Acme"}),
+			"g20": group("g20", "u1", "globex", 20, map[string]any{"name": "Globex"}),
+			// u2 is unlinked before ever being linked, then linked and unlinked again.
+			"u2-off2":  identify("u2-off2", "u2", 2, map[string]any{"company": map[string]any{"id": "acme", "remove": true}}),
+			"u2-on10":  identify("u2-on10", "u2", 10, map[string]any{"company": map[string]any{"id": "acme"}}),
+			"u2-off20": identify("u2-off20", "u2", 20, map[string]any{"company": map[string]any{"id": "acme", "remove": true}}),
+			"u2-t1":    track("u2-t1", "u2", "Signed Up", 1, nil, nil),
+			"u2-t3":    track("u2-t3", "u2", "Onboarded", 3, nil, nil),
+			"u2-t25":   track("u2-t25", "u2", "Clicked", 25, nil, nil),
+		}
+		DescribeTable("is that link's account, a track after links keeps the account at its time, whatever the order",
+			func(ctx SpecContext, order []string) {
+				src := newSource(ctx, "")
+				startWorker(src, 1)
+				publishInOrder(ctx, src, calls, order...)
+				Expect(eventAccounts(ctx, src)).To(Equal(map[string]any{
+					"t1": "initech", "t5": "initech", "t15": "acme", "t25": "globex",
+					"u2-t1": "acme", "u2-t3": "acme", "u2-t25": nil,
+				}))
+				// last_seen_at follows the events wherever a late first link moved them.
+				Expect(lastSeen(ctx, src, "accounts", "account_id")).To(Equal(map[string]float64{"acme": 15, "globex": 25, "initech": 5}))
+			},
+			Entry("tracks first", []string{"t1", "t5", "t15", "t25", "u2-t1", "u2-t3", "u2-t25", "g3", "g10", "g20", "u2-off2", "u2-on10", "u2-off20"}),
+			Entry("links first", []string{"g20", "g10", "g3", "u2-off20", "u2-on10", "u2-off2", "t25", "t15", "t5", "t1", "u2-t25", "u2-t3", "u2-t1"}),
+			Entry("the first link last", []string{"g10", "t1", "t5", "t25", "u2-off2", "u2-t1", "g20", "t15", "u2-t3", "u2-off20", "u2-t25", "u2-on10", "g3"}),
+		)
+	})
+
+	Describe("ids sent as numbers", func() {
+		It("are one account whether they arrive as groupId, traits.company.id, context.groupId or the account property", func(ctx SpecContext) {
+			src := newSource(ctx, "accountId")
+			startWorker(src, 100)
+			publish(ctx, src,
+				group("g1", "", "12345", 10, map[string]any{"name": "Numeric"}), // the receiver forwards groupId 12345.0 as "12345"
+				identify("i1", "u1", 11, map[string]any{"company": map[string]any{"id": json.Number("12345.0")}}),
+				track("t-ctx", "u2", "E", 12, nil, map[string]any{"groupId": json.Number("12345.0")}),
+				track("t-prop", "u2", "E", 13, map[string]any{"accountId": json.Number("1.2345e4")}, nil),
+				group("g2", "u3", "12345", 14, map[string]any{"plan": "pro"}),
+				group("g3", "", "2.5", 15, map[string]any{"name": "Fraction"}),
+				track("t-frac", "u2", "E", 16, nil, map[string]any{"groupId": 2.5}),
+			)
+			drained(ctx, src)
+			Expect(queryRows(ctx, `SELECT account_id, name, traits FROM tally.accounts WHERE tenant = $1 ORDER BY account_id`, src.Tenant)).To(Equal([]map[string]any{
+				{"account_id": "12345", "name": "Numeric", "traits": map[string]any{"name": "Numeric", "plan": "pro"}},
+				{"account_id": "2.5", "name": "Fraction", "traits": map[string]any{"name": "Fraction"}},
+			}))
+			Expect(queryRows(ctx, `SELECT account_id, user_id FROM tally.account_users WHERE tenant = $1 ORDER BY user_id`, src.Tenant)).To(Equal([]map[string]any{
+				{"account_id": "12345", "user_id": "u1"},
+				{"account_id": "12345", "user_id": "u3"},
+			}))
+			Expect(eventAccounts(ctx, src)).To(Equal(map[string]any{"t-ctx": "12345", "t-prop": "12345", "t-frac": "2.5"}))
+		})
+	})
+
+	Describe("unnamed accounts", func() {
+		It("are counted once per account created without a name, per source, and reported per tenant", func(ctx SpecContext) {
+			src := newSource(ctx, "")
+			other := newSource(ctx, "")
+			startWorker(src, 100)
+			startWorker(other, 100)
+			unnamed := func() float64 { return testutil.ToFloat64(testMetrics.unnamed.WithLabelValues(src.String())) }
+			first := group("g1", "", "acme", 10, map[string]any{"plan": "trial"})
+			publish(ctx, src,
+				first,
+				group("g2", "u1", "globex", 11, map[string]any{"name": "Globex"}),
+				identify("i1", "u1", 12, map[string]any{"company": map[string]any{"id": "hooli"}}), // links, creates nothing
+				group("g3", "", "initech", 13, nil),
+			)
+			publish(ctx, other, group("o1", "", "acme", 10, map[string]any{"name": "Acme"}))
+			drained(ctx, src)
+			drained(ctx, other)
+			Expect(unnamed()).To(BeEquivalentTo(2))
+			Expect(UnnamedAccounts(ctx, pool, src.Tenant)).To(BeEquivalentTo(2))
+
+			// Named later: no longer unnamed, still counted as created unnamed; a redelivery adds nothing.
+			publish(ctx, src, group("g4", "", "initech", 20, map[string]any{"name": "Initech"}))
+			data, err := json.Marshal(first)
+			Expect(err).NotTo(HaveOccurred())
+			publishRaw(ctx, src, "group", "g1-redelivered", data)
+			drained(ctx, src)
+			Expect(unnamed()).To(BeEquivalentTo(2))
+			Expect(UnnamedAccounts(ctx, pool, src.Tenant)).To(BeEquivalentTo(1))
+			Expect(UnnamedAccounts(ctx, pool, other.Tenant)).To(BeZero())
+			Expect(testutil.ToFloat64(testMetrics.unnamed.WithLabelValues(other.String()))).To(BeZero())
+		})
+	})
+
+	Describe("identity stitching", func() {
+		calls := map[string]msg{
+			"link":     group("g1", "u1", "acme", 1, map[string]any{"name": "Acme"}),
+			"tie":      withAnonymousID(identify("i1", "u1", 10, nil), "anon-1"),
+			"late-tie": withAnonymousID(identify("i2", "u3", 20, nil), "anon-1"), // a newer tie of the same anonymousId: loses
+			"alias":    {"type": "alias", "messageId": "a1", "userId": "u2", "previousId": "anon-2", "timestamp": at(10), "receivedAt": at(11)},
+			"track":    anonymousTrack("t-anon", "anon-1", 30, nil),
+			"page":     {"type": "page", "messageId": "p-anon", "anonymousId": "anon-1", "name": "Pricing", "timestamp": at(6), "receivedAt": at(7)},
+			"ctx":      anonymousTrack("t-ctx", "anon-1", 7, map[string]any{"groupId": "hooli"}),
+			"aliased":  anonymousTrack("t-aliased", "anon-2", 4, nil),
+			"untied":   anonymousTrack("t-untied", "anon-9", 5, nil),
+		}
+		DescribeTable("attributes anonymous events to the user their anonymousId is first tied to, whatever the order",
+			func(ctx SpecContext, order []string) {
+				src := newSource(ctx, "")
+				startWorker(src, 1)
+				publishInOrder(ctx, src, calls, order...)
+				Expect(queryRows(ctx, `SELECT message_id, anonymous_id, user_id, account_id FROM tally.events WHERE tenant = $1 ORDER BY message_id`, src.Tenant)).To(Equal([]map[string]any{
+					{"message_id": "p-anon", "anonymous_id": "anon-1", "user_id": "u1", "account_id": "acme"},
+					{"message_id": "t-aliased", "anonymous_id": "anon-2", "user_id": "u2", "account_id": nil},
+					{"message_id": "t-anon", "anonymous_id": "anon-1", "user_id": "u1", "account_id": "acme"},
+					{"message_id": "t-ctx", "anonymous_id": "anon-1", "user_id": "u1", "account_id": "hooli"},
+					{"message_id": "t-untied", "anonymous_id": "anon-9", "user_id": nil, "account_id": nil},
+				}))
+				// last_seen_at counts the stitched events, and drops them from a user that lost the tie.
+				Expect(lastSeen(ctx, src, "users", "user_id")).To(Equal(map[string]float64{"u1": 30, "u3": 20}))
+				Expect(lastSeen(ctx, src, "accounts", "account_id")).To(Equal(map[string]float64{"acme": 30}))
+			},
+			Entry("ties first", []string{"link", "tie", "late-tie", "alias", "track", "page", "ctx", "aliased", "untied"}),
+			Entry("events first", []string{"track", "page", "ctx", "aliased", "untied", "late-tie", "alias", "tie", "link"}),
+			Entry("the losing tie first", []string{"late-tie", "track", "page", "ctx", "link", "tie", "aliased", "alias", "untied"}),
+		)
+	})
+
 	Describe("event_catalog", func() {
 		It("counts each event once per messageId, keeps first and last seen, and marks ignored events", func(ctx SpecContext) {
 			src := newSource(ctx, "", "Heartbeat")
@@ -264,3 +440,49 @@ var _ = Describe("Mapping messages into the tally tables", func() {
 		})
 	})
 })
+
+// publishInOrder publishes the named calls one at a time, each mapped before the next is sent.
+func publishInOrder(ctx context.Context, src *source.Config, calls map[string]msg, order ...string) {
+	Expect(order).To(ConsistOf(keysOf(calls)), "every call exactly once")
+	for _, name := range order {
+		publish(ctx, src, calls[name])
+		drained(ctx, src)
+	}
+}
+
+func keysOf(m map[string]msg) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// eventAccounts maps each of src's events to its account.
+func eventAccounts(ctx context.Context, src *source.Config) map[string]any {
+	out := map[string]any{}
+	for _, r := range queryRows(ctx, `SELECT message_id, account_id FROM tally.events WHERE tenant = $1`, src.Tenant) {
+		out[r["message_id"].(string)] = r["account_id"]
+	}
+	return out
+}
+
+func withAnonymousID(m msg, anonymousID string) msg {
+	m["anonymousId"] = anonymousID
+	return m
+}
+
+// anonymousTrack is a track sent with only an anonymousId.
+func anonymousTrack(id, anonymousID string, ts float64, context map[string]any) msg {
+	return withAnonymousID(track(id, "", "Clicked", ts, nil, context), anonymousID)
+}
+
+// lastSeen maps each row of src's table to its last_seen_at, in seconds after baseTime (as ts).
+func lastSeen(ctx context.Context, src *source.Config, table, idColumn string) map[string]float64 {
+	out := map[string]float64{}
+	for _, r := range queryRows(ctx, fmt.Sprintf(`SELECT %s AS id, extract(epoch FROM last_seen_at - $2::timestamptz)::float8 AS s
+		FROM tally.%s WHERE tenant = $1`, idColumn, table), src.Tenant, baseTime) {
+		out[r["id"].(string)] = r["s"].(float64)
+	}
+	return out
+}

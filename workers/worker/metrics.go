@@ -10,6 +10,7 @@ type Metrics struct {
 	batches        *prometheus.CounterVec
 	messages       *prometheus.CounterVec
 	eventsInserted *prometheus.CounterVec
+	unnamed        *prometheus.CounterVec
 	deadLetters    *prometheus.CounterVec
 	retries        *prometheus.CounterVec
 	pending        *prometheus.GaugeVec
@@ -31,6 +32,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "tally", Subsystem: "worker", Name: "events_inserted_total",
 			Help: "Rows inserted into tally.events; fewer than the tracks, pages and screens mapped when duplicates arrive.",
 		}, []string{"source"}),
+		unnamed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tally", Subsystem: "worker", Name: "unnamed_accounts_created_total",
+			Help: "Accounts created without a name (a group call without name for an unknown account); they stay nameless until a named call arrives.",
+		}, []string{"source"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "tally", Subsystem: "worker", Name: "dead_letters_total",
 			Help: "Messages published to the source's dead-letter subject.",
@@ -49,6 +54,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.002, 2, 14),
 		}, []string{"source"}),
 	}
-	reg.MustRegister(m.batches, m.messages, m.eventsInserted, m.deadLetters, m.retries, m.pending, m.batchSeconds)
+	reg.MustRegister(m.batches, m.messages, m.eventsInserted, m.unnamed, m.deadLetters, m.retries, m.pending, m.batchSeconds)
 	return m
 }

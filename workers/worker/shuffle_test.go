@@ -1,10 +1,13 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -28,6 +31,7 @@ var _ = Describe("Order independence", func() {
 			applyDirect(ctx, reference, msgs, 1, len(msgs), nil)
 			want := dumpTenant(ctx, reference)
 			Expect(want).To(ContainSubstring("account_users"), "the generated set should produce memberships")
+			expectEveryRuleExercised(ctx, reference, msgs, want)
 
 			rng := rand.New(rand.NewPCG(seed, 99))
 			for run := range 6 {
@@ -42,7 +46,7 @@ var _ = Describe("Order independence", func() {
 			}
 
 			By("through JetStream, published shuffled, with three workers on one source")
-			src := newSource(ctx, "accountId")
+			src := newSource(ctx, shuffleAccountProperty)
 			order := append([][]byte(nil), msgs...)
 			rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 			for i, data := range order {
@@ -85,7 +89,7 @@ func applyDirect(ctx context.Context, tenant string, msgs [][]byte, workers, max
 			defer GinkgoRecover()
 			defer wg.Done()
 			for batch := range work {
-				f := fold(batch, "accountId")
+				f := fold(batch, shuffleAccountProperty)
 				for {
 					_, err := apply(ctx, pool, tenant, "test/shuffle", f, testBounds)
 					if err != nil && classify(err) == contention {
@@ -115,6 +119,7 @@ func dumpTenant(ctx context.Context, tenant string) string {
 		{"events", "message_id"},
 		{"event_catalog", "event"},
 		{"aliases", "previous_id, user_id"},
+		{"anonymous_ties", "anonymous_id"},
 	}
 	var b strings.Builder
 	for _, t := range tables {
@@ -128,23 +133,105 @@ func dumpTenant(ctx context.Context, tenant string) string {
 		}
 		Expect(rows.Err()).NotTo(HaveOccurred())
 	}
+	unnamed, err := UnnamedAccounts(ctx, pool, tenant)
+	Expect(err).NotTo(HaveOccurred())
+	fmt.Fprintf(&b, "unnamed accounts %d\n", unnamed)
 	return b.String()
 }
 
+// shuffleAccountProperty is a dotted path: the generated tracks name their account by the
+// property "account.id", by properties.account.id, or both.
+const shuffleAccountProperty = "account.id"
+
+// expectEveryRuleExercised checks that the generated set reaches the rules whose order
+// independence the property is about, so a change of the generator cannot quietly drop one.
+func expectEveryRuleExercised(ctx context.Context, tenant string, msgs [][]byte, dump string) {
+	count := func(sql string) int64 {
+		var n int64
+		Expect(pool.QueryRow(ctx, sql, tenant).Scan(&n)).To(Succeed())
+		return n
+	}
+	Expect(count(`SELECT count(*) FROM tally.events e WHERE e.tenant = $1 AND e.account_from = 'user'
+		AND e.account_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tally.associations a
+			WHERE a.tenant = e.tenant AND a.user_id = e.user_id AND a.at <= e.timestamp AND a.linked)`)).
+		To(BeNumerically(">", 0), "tracks before their user's first link")
+	Expect(count(`SELECT count(*) FROM tally.events WHERE tenant = $1 AND user_from = 'anonymous'`)).
+		To(BeNumerically(">", 0), "anonymous events attributed through a tie")
+	Expect(count(`SELECT count(*) FROM tally.events WHERE tenant = $1 AND account_from = 'property'`)).
+		To(BeNumerically(">", 0), "accounts from the dotted account property")
+	Expect(conflictingTies(msgs)).To(BeNumerically(">", 0), "anonymousIds tied to two users")
+	joined := string(bytes.Join(msgs, nil))
+	Expect(joined).To(ContainSubstring(`"id":100.0`), "a numeric company id or account property with a fraction")
+	Expect(joined).To(ContainSubstring(`"remove":"true"`), "company.remove as a string")
+	Expect(dump).NotTo(ContainSubstring(`"remove"`), "no remove marker stored")
+	Expect(dump).NotTo(ContainSubstring(`"100.0"`), "numeric ids keyed on their integer form")
+}
+
+// conflictingTies counts the anonymousIds the messages tie to more than one userId.
+func conflictingTies(msgs [][]byte) int {
+	users := map[string]map[string]bool{}
+	for _, data := range msgs {
+		m, err := segment.ParseNormalized(data)
+		Expect(err).NotTo(HaveOccurred())
+		anon := m.AnonymousID
+		if m.Type == segment.TypeAlias {
+			anon = m.PreviousID
+		} else if m.Type != segment.TypeIdentify {
+			continue
+		}
+		if anon != "" && m.UserID != "" {
+			if users[anon] == nil {
+				users[anon] = map[string]bool{}
+			}
+			users[anon][m.UserID] = true
+		}
+	}
+	n := 0
+	for _, u := range users {
+		if len(u) > 1 {
+			n++
+		}
+	}
+	return n
+}
+
 // generateMessages makes a message set over a few users and accounts with every kind of call, null
-// traits, links and unlinks with string and numeric ids, the three ways a track finds its account,
-// many equal timestamps, and some messages repeated as they are.
+// traits, links and unlinks with string and numeric ids (100, "100", 100.0, 1e2, 2.5), company.remove
+// as true and "true", the three ways a track finds its account (the property by its dotted name, by
+// path, or both), users whose links all come late (tracks before their first link), anonymous
+// tracks and pages tied to users by identify and alias (a few anonymousIds, so some are tied to
+// two users), many equal timestamps, and some messages repeated as they are.
 func generateMessages(seed uint64, n int) [][]byte {
 	rng := rand.New(rand.NewPCG(seed, 7))
-	users := []string{"u0", "u1", "u2", "u3", "u4"}
-	accounts := []any{"acme", "globex", 100, "initech"} // 100 sometimes travels as "100"
+	// late0 and late1 are linked only from ts 15 on: their earlier tracks precede their first link.
+	users := []string{"u0", "u1", "u2", "u3", "u4", "late0", "late1"}
+	anonymousIDs := []string{"anon-a", "anon-b", "anon-c", "anon-d"}
+	accounts := []any{"acme", "globex", 100, "initech", json.Number("2.5")}
 	pick := func(xs []string) string { return xs[rng.IntN(len(xs))] }
 	accountID := func() any {
 		a := accounts[rng.IntN(len(accounts))]
-		if a == 100 && rng.IntN(2) == 0 {
-			return "100"
+		if a == 100 {
+			return []any{100, "100", json.Number("100.0"), json.Number("1e2")}[rng.IntN(4)]
 		}
 		return a
+	}
+	linkTime := func(user string, ts float64) float64 {
+		if strings.HasPrefix(user, "late") {
+			return 15 + ts/2
+		}
+		return ts
+	}
+	accountProperty := func() map[string]any {
+		switch rng.IntN(4) {
+		case 0:
+			return map[string]any{"account.id": accountID()}
+		case 1:
+			return map[string]any{"account": map[string]any{"id": accountID()}}
+		case 2: // the property named with the dot wins over the path
+			return map[string]any{"account.id": accountID(), "account": map[string]any{"id": accountID()}}
+		default: // ... unless it holds no id
+			return map[string]any{"account.id": nil, "account": map[string]any{"id": accountID()}}
+		}
 	}
 	value := func() any { return []any{"x", "y", 1, 2.5, nil, true, map[string]any{"nested": 1}}[rng.IntN(7)] }
 	traits := func(keys ...string) map[string]any {
@@ -171,16 +258,23 @@ func generateMessages(seed uint64, n int) [][]byte {
 				company := map[string]any{"id": accountID()}
 				switch rng.IntN(3) {
 				case 0:
-					company["remove"] = true
+					company["remove"] = []any{true, "true"}[rng.IntN(2)]
 				case 1:
 					company["name"] = fmt.Sprintf("Company %d", rng.IntN(3))
 					company["industry"] = value()
 				}
 				t["company"] = company
 			}
-			m = identify(id, pick(users), ts, t)
+			user := pick(users)
+			if _, links := t["company"]; links {
+				ts = linkTime(user, ts)
+			}
+			m = identify(id, user, ts, t)
 			if rng.IntN(8) == 0 {
 				m["context"] = map[string]any{"active": false}
+			}
+			if rng.IntN(3) == 0 {
+				m["anonymousId"] = pick(anonymousIDs)
 			}
 		case r < 50:
 			t := traits("plan", "tier", "mrr")
@@ -190,32 +284,63 @@ func generateMessages(seed uint64, n int) [][]byte {
 			user := ""
 			if rng.IntN(3) > 0 {
 				user = pick(users)
+				ts = linkTime(user, ts)
 			}
-			m = group(id, user, fmt.Sprint(accountID()), ts, t)
+			// The receiver forwards a numeric groupId as a string of its integer form.
+			m = group(id, user, receiverID(accountID()), ts, t)
 		case r < 90:
 			var props, context map[string]any
 			switch rng.IntN(4) {
 			case 0:
 				context = map[string]any{"groupId": accountID()}
 			case 1:
-				props = map[string]any{"accountId": accountID(), "value": value()}
+				props = accountProperty()
+				props["value"] = value()
 			}
 			user := pick(users)
-			if rng.IntN(10) == 0 {
+			if rng.IntN(5) == 0 {
 				user = ""
 			}
 			m = track(id, user, fmt.Sprintf("Event %d", rng.IntN(4)), ts, props, context)
-			if user == "" {
-				m["anonymousId"] = "anon-" + id
+			if user == "" || rng.IntN(10) == 0 { // anonymous, or with both ids (its userId stays)
+				m["anonymousId"] = anonymousID(rng, anonymousIDs, id)
 			}
 		case r < 95:
 			m = msg{"type": "page", "messageId": id, "userId": pick(users), "name": "Pricing", "timestamp": at(ts), "receivedAt": at(ts + 1)}
+			if rng.IntN(2) == 0 {
+				delete(m, "userId")
+				m["anonymousId"] = anonymousID(rng, anonymousIDs, id)
+			}
 		default:
-			m = msg{"type": "alias", "messageId": id, "userId": pick(users), "previousId": "anon-" + pick(users), "timestamp": at(ts), "receivedAt": at(ts + 1)}
+			previous := pick(anonymousIDs)
+			if rng.IntN(3) == 0 {
+				previous = "anon-" + pick(users)
+			}
+			m = msg{"type": "alias", "messageId": id, "userId": pick(users), "previousId": previous, "timestamp": at(ts), "receivedAt": at(ts + 1)}
 		}
 		data, err := json.Marshal(m)
 		Expect(err).NotTo(HaveOccurred())
 		out = append(out, data)
 	}
 	return out
+}
+
+// anonymousID is mostly one of the shared anonymousIds (which identify and alias tie), sometimes
+// one never tied.
+func anonymousID(rng *rand.Rand, shared []string, messageID string) string {
+	if rng.IntN(4) == 0 {
+		return "anon-" + messageID
+	}
+	return shared[rng.IntN(len(shared))]
+}
+
+// receiverID is a groupId as the receiver forwards it: strings as sent, numbers as the string of
+// their integer form (workers/segment's integralText).
+func receiverID(id any) string {
+	if n, ok := id.(json.Number); ok {
+		if f, err := n.Float64(); err == nil && f == math.Trunc(f) {
+			return strconv.FormatInt(int64(f), 10)
+		}
+	}
+	return fmt.Sprint(id)
 }

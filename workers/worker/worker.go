@@ -310,6 +310,7 @@ func (w *Worker) commit(ctx context.Context, items []item, prepared *preparedFol
 			res, err := apply(txCtx, w.pool, w.tenant, src.String(), folded, w.bounds)
 			if err == nil {
 				w.metrics.eventsInserted.WithLabelValues(w.stream.String()).Add(float64(res.EventsInserted))
+				w.metrics.unnamed.WithLabelValues(w.stream.String()).Add(float64(res.UnnamedAccountsCreated))
 				return nil
 			}
 			switch classify(err) {
