@@ -169,7 +169,7 @@ func quoteForMessage(s string) string {
 // 1.2345e4 give 12345), so an id sent as any of them names one account; other numbers keep their
 // text. Only the receiver can do this: it sees that the id was a number, not a string.
 func integralText(raw []byte) []byte {
-	if bytes.IndexAny(raw, ".eE") < 0 {
+	if !bytes.ContainsAny(raw, ".eE") {
 		return raw
 	}
 	f, err := strconv.ParseFloat(string(raw), 64)
