@@ -83,6 +83,10 @@ func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.E
 	auth := r.authenticate(req, parsed, body.Bytes())
 	if auth.none() {
 		releaseBody(body)
+		if ep.Destination {
+			return fail(http.StatusUnauthorized, segment.CodeInvalidWriteKey,
+				"no valid credentials: send the write key as Basic username or Bearer token, or sign with the source's shared secret (X-Signature)")
+		}
 		return fail(http.StatusUnauthorized, segment.CodeInvalidWriteKey, "no valid write key: send it as the Basic auth username or as writeKey in the body")
 	}
 	if !held.reserve(parsed.OutputBound()) {
