@@ -78,8 +78,17 @@ type SegmentSourceReconciler struct {
 	NATS      NATS
 	Config    Config
 	Metrics   *Metrics
+	// Rows reads what the status reports about the tenant's rows; nil when the manager has no
+	// database.
+	Rows TenantRows
 
 	applied appliedVersions
+}
+
+// TenantRows reads what the operator reports about a tenant's rows. Its SQL lives with the schema
+// (package worker): the operator calls it and writes none itself.
+type TenantRows interface {
+	UnnamedAccounts(ctx context.Context, tenant string) (int64, error)
 }
 
 // reconcileState is what one reconcile learns, passed along the sub-reconcilers.

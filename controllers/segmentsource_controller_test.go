@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -399,6 +400,21 @@ var _ = Describe("SegmentSource", func() {
 		}).ShouldNot(Equal(before))
 		Expect(deployment(ns, "signed-worker").Spec.Template.Spec.Volumes).NotTo(ContainElement(HaveField("Name", "shared-secrets")),
 			"workers never see the shared secret")
+	})
+
+	It("reports the tenant's unnamed accounts, read through the worker package", func() {
+		s := createSource(newSource(ns, "unnamed"), true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(func() *int64 { return getSource(key).Status.UnnamedAccounts }).Should(HaveValue(BeZero()))
+
+		db, err := pgx.Connect(ctx, databaseURL)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(db.Close, context.Background())
+		_, err = db.Exec(ctx, `INSERT INTO tally.accounts (tenant, account_id, name, traits, created_at, updated_at)
+			VALUES ($1, 'a1', NULL, '{}', now(), now()), ($1, 'a2', NULL, '{}', now(), now()), ($1, 'a3', 'Named', '{}', now(), now()),
+			       ('someone-else', 'a4', NULL, '{}', now(), now())`, ns)
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(func() *int64 { return getSource(key).Status.UnnamedAccounts }).Should(HaveValue(Equal(int64(2))))
 	})
 
 	It("reverts edits to the fields it owns and keeps fields others add", func() {

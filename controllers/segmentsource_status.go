@@ -22,8 +22,9 @@ import (
 
 // observe records what is really running: whether the Deployments are available, the message
 // times and backlog from JetStream, and whether any message has arrived (Receiving).
-func (r *SegmentSourceReconciler) observe(_ context.Context, st *reconcileState) error {
+func (r *SegmentSourceReconciler) observe(ctx context.Context, st *reconcileState) error {
 	obj := st.source
+	r.observeRows(ctx, obj)
 	setDeploymentCondition(obj, tallyv1.ConditionReceiverAvailable, "receiver", st.receiver)
 	setDeploymentCondition(obj, tallyv1.ConditionWorkerAvailable, "worker", st.worker)
 
@@ -53,6 +54,25 @@ func (r *SegmentSourceReconciler) observe(_ context.Context, st *reconcileState)
 	}
 	return nil
 }
+
+// observeRows reports the tenant's unnamed accounts. The database is a nice-to-have here: when
+// it does not answer, the last count stays and nothing else waits for it.
+func (r *SegmentSourceReconciler) observeRows(ctx context.Context, obj *tallyv1.SegmentSource) {
+	if r.Rows == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, rowsTimeout)
+	defer cancel()
+	n, err := r.Rows.UnnamedAccounts(ctx, obj.Spec.Tenant)
+	if err != nil {
+		log.FromContext(ctx).V(1).Info("tenant rows not read", "error", err)
+		return
+	}
+	obj.Status.UnnamedAccounts = &n
+}
+
+// rowsTimeout bounds the status's look at the tenant's rows.
+const rowsTimeout = 2 * time.Second
 
 // setDeploymentCondition reports a Deployment as available only when it has observed its latest
 // spec, every replica runs that spec, and all of them are available: a rollout in progress is not

@@ -27,8 +27,10 @@ import (
 
 	"github.com/tallyhq/tally/controllers/manager"
 	"github.com/tallyhq/tally/controllers/resources"
+	"github.com/tallyhq/tally/test/testdb"
 	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/natsserver"
+	"github.com/tallyhq/tally/workers/worker"
 )
 
 // The suite runs the real manager (caches, watches, field index, the reconciler) against a real
@@ -56,6 +58,8 @@ var (
 	testJS     jetstream.JetStream
 	kubeconfig string
 	kubectlBin string
+	// databaseURL is the manager's database (its database Secret).
+	databaseURL string
 )
 
 func TestControllers(t *testing.T) {
@@ -116,9 +120,15 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 
 	Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: managerNamespace}})).To(Succeed())
+	// A real database, so the status can report on the tenants' rows.
+	dbURL, drop, err := testdb.Fresh(ctx, "controllers")
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(drop)
+	Expect(worker.Migrate(ctx, dbURL)).To(Succeed())
+	databaseURL = dbURL
 	Expect(k8s.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: databaseSecret, Namespace: managerNamespace},
-		StringData: map[string]string{"url": "postgres://tally@db.example:5432/tally"},
+		StringData: map[string]string{"url": dbURL},
 	})).To(Succeed())
 
 	managerCfg = managerIdentity()

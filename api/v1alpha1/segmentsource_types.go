@@ -279,6 +279,11 @@ type SegmentSourceStatus struct {
 	// +optional
 	Backlog int64 `json:"backlog,omitempty"`
 
+	// UnnamedAccounts counts the tenant's accounts without a name: group calls for them carried
+	// no name trait. Absent until the operator could read the tenant's rows.
+	// +optional
+	UnnamedAccounts *int64 `json:"unnamedAccounts,omitempty"`
+
 	// WriteKeySecretVersion is the resourceVersion of the write key Secret last rolled out.
 	// +optional
 	WriteKeySecretVersion string `json:"writeKeySecretVersion,omitempty"`

@@ -241,6 +241,9 @@ func SetupWithMetrics(mgr ctrl.Manager, o *Options, n controllers.NATS, m *contr
 			WorkerResources:    o.WorkerResources,
 		},
 	}
+	if o.DatabaseSecret != "" {
+		r.Rows = newTenantRows(mgr.GetAPIReader(), o.ManagerNamespace, o.DatabaseSecret, o.DatabaseSecretKey)
+	}
 	return r.SetupWithManager(mgr)
 }
 
