@@ -62,6 +62,8 @@ type Config struct {
 	Interval time.Duration
 	// NATSTimeout bounds each JetStream request.
 	NATSTimeout time.Duration
+	// StreamMaxBytes is a stream's size when its SegmentSource sets no spec.stream.maxBytes.
+	StreamMaxBytes int64
 	// ReceiverResources and WorkerResources are the containers' resources for a source whose spec
 	// sets none of its own.
 	ReceiverResources corev1.ResourceRequirements

@@ -417,6 +417,60 @@ var _ = Describe("SegmentSource", func() {
 		Eventually(func() *int64 { return getSource(key).Status.UnnamedAccounts }).Should(HaveValue(Equal(int64(2))))
 	})
 
+	It("bounds the stream by spec.stream.maxBytes (else the manager's default) and says when it is nearly full", func() {
+		s := newSource(ns, "bounded")
+		limit := resource.MustParse("64Ki")
+		s.Spec.Stream.MaxBytes = &limit
+		createSource(s, true)
+		key := client.ObjectKeyFromObject(s)
+		src := stream.Source{Namespace: ns, Name: "bounded"}
+		Eventually(func() (int64, error) {
+			st, err := testJS.Stream(ctx, src.StreamName())
+			if err != nil {
+				return 0, err
+			}
+			return st.CachedInfo().Config.MaxBytes, nil
+		}).Should(Equal(int64(64 << 10)))
+
+		payload := []byte(`{"type":"track","p":"` + strings.Repeat("x", 4<<10) + `"}`)
+		DeferCleanup(func() { // no worker will consume them; deletion would wait for them
+			if st, err := testJS.Stream(ctx, src.StreamName()); err == nil {
+				_ = st.Purge(ctx)
+			}
+		})
+		for range 14 { // about 88% of 64 KiB; no worker consumes in envtest
+			_, err := testJS.Publish(ctx, src.Subject("track"), payload)
+			Expect(err).NotTo(HaveOccurred())
+		}
+		Eventually(func() *metav1.Condition { return condition(getSource(key), tallyv1.ConditionStreamReady) }).Should(And(
+			HaveField("Status", metav1.ConditionTrue), HaveField("Reason", controllers.ReasonStreamNearlyFull),
+			HaveField("Message", ContainSubstring("% full"))))
+
+		other := createSource(newSource(ns, "unbounded"), true)
+		Eventually(func() (int64, error) {
+			st, err := testJS.Stream(ctx, stream.Source{Namespace: ns, Name: other.Name}.StreamName())
+			if err != nil {
+				return 0, err
+			}
+			return st.CachedInfo().Config.MaxBytes, nil
+		}).Should(Equal(int64(stream.DefaultMaxBytes)), "the manager's default, 1Gi")
+	})
+
+	It("refuses a stream of another tenant with its name instead of adopting it, without naming that tenant", func() {
+		src := stream.Source{Namespace: ns, Name: "squat"}
+		Expect(stream.Ensure(ctx, testJS, src, stream.Settings{Tenant: "someone-else"})).To(Succeed())
+		DeferCleanup(func() { _ = stream.Delete(ctx, testJS, src) })
+		s := createSource(newSource(ns, "squat"), true)
+		key := client.ObjectKeyFromObject(s)
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonStreamOfOtherTenant))
+		got := getSource(key)
+		Expect(condition(got, tallyv1.ConditionStalled)).NotTo(BeNil())
+		for _, c := range got.Status.Conditions {
+			Expect(c.Message).NotTo(ContainSubstring("someone-else"))
+		}
+		Expect(eventReasons(ns, "squat")).NotTo(BeEmpty())
+	})
+
 	It("reverts edits to the fields it owns and keeps fields others add", func() {
 		s := createSource(newSource(ns, "drifted"), true)
 		depKey := types.NamespacedName{Namespace: ns, Name: "drifted-receiver"}

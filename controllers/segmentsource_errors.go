@@ -21,6 +21,8 @@ const (
 	ReasonResourceConflict    = "ResourceConflict"
 	ReasonStreamNotFound      = "StreamNotFound"
 	ReasonStreamReady         = "StreamReady"
+	ReasonStreamNearlyFull    = "StreamNearlyFull"
+	ReasonStreamOfOtherTenant = "StreamOfOtherTenant"
 	ReasonAvailable           = "Available"
 	ReasonUnavailable         = "Unavailable"
 	ReasonRollingOut          = "RollingOut"

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"regexp"
 
@@ -36,6 +37,9 @@ func (r *SegmentSourceReconciler) reconcileStream(ctx context.Context, st *recon
 	js := r.NATS.JetStream()
 
 	settings := resources.SourceConfig(obj).StreamSettings()
+	if settings.MaxBytes == 0 {
+		settings.MaxBytes = r.Config.StreamMaxBytes
+	}
 	state, err := stream.Inspect(nctx, js, src)
 	missing := errors.Is(err, jetstream.ErrStreamNotFound)
 	if err != nil && !missing {
@@ -44,6 +48,11 @@ func (r *SegmentSourceReconciler) reconcileStream(ctx context.Context, st *recon
 	if missing || !stream.InSync(src, settings, state) {
 		specChanged := obj.Status.ObservedGeneration != obj.Generation
 		if err := stream.Ensure(nctx, js, src, settings); err != nil {
+			if errors.Is(err, stream.ErrOtherTenant) {
+				// Never name the other tenant: the stream is retained from a source of another team.
+				return r.streamUnavailable(st, stalled(ReasonStreamOfOtherTenant,
+					"a stream named %s exists and belongs to another tenant; it is not adopted (rename this SegmentSource or ask the platform team)", src.StreamName()))
+			}
 			if refusedConfig(err) {
 				return r.streamUnavailable(st, stalled(ReasonStreamRejected,
 					"JetStream refused the stream configuration (fix spec.stream): %s", redactError(err)))
@@ -68,9 +77,29 @@ func (r *SegmentSourceReconciler) reconcileStream(ctx context.Context, st *recon
 		}
 	}
 	st.streamState = state
+	if full := nearlyFull(state); full > 0 {
+		setCondition(obj, tallyv1.ConditionStreamReady, metav1.ConditionTrue, ReasonStreamNearlyFull, fmt.Sprintf(
+			"stream %s is %d%% full (%d of %d bytes): once full, this source's senders get 503 until its workers catch up or spec.stream.maxBytes grows",
+			src.StreamName(), full, state.Bytes, state.MaxBytes))
+		return nil
+	}
 	setCondition(obj, tallyv1.ConditionStreamReady, metav1.ConditionTrue, ReasonStreamReady,
 		"stream "+src.StreamName()+" and consumer "+stream.WorkerConsumer+" exist")
 	return nil
+}
+
+// nearlyFullPercent is the share of its byte limit at which a stream is reported nearly full.
+const nearlyFullPercent = 80
+
+// nearlyFull is how full the stream is, in percent, when past nearlyFullPercent; 0 otherwise.
+func nearlyFull(s stream.State) int {
+	if s.MaxBytes <= 0 {
+		return 0
+	}
+	if pct := int(s.Bytes * 100 / uint64(s.MaxBytes)); pct >= nearlyFullPercent {
+		return pct
+	}
+	return 0
 }
 
 // natsURL is the NATS server list for messages a person reads (status, Events, logs), with any

@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 )
@@ -183,6 +184,12 @@ type StreamSpec struct {
 	// +kubebuilder:validation:XValidation:rule="duration(self) == duration('0s') || duration(self) >= duration('1m')",message="maxAge must be at least 1m (or 0: no age limit)"
 	// +optional
 	MaxAge metav1.Duration `json:"maxAge,omitempty"`
+
+	// MaxBytes is the most the stream may hold (the manager's --stream-max-bytes, 1Gi, when
+	// unset). A full stream refuses new messages, so this source's senders get 503 and retry
+	// while every other source flows; its dead-letter stream gets a tenth of it (at least 16Mi).
+	// +optional
+	MaxBytes *resource.Quantity `json:"maxBytes,omitempty"`
 
 	// Replicas of the stream in a clustered NATS.
 	// +kubebuilder:validation:Minimum=1

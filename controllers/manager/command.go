@@ -21,6 +21,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -56,7 +57,9 @@ type Options struct {
 	ManagerNamespace   string
 	WatchNamespace     string
 	RequeueInterval    time.Duration
-	NATSTimeout        time.Duration
+	// StreamMaxBytes is the size of a source's stream when its SegmentSource sets none.
+	StreamMaxBytes resource.Quantity
+	NATSTimeout    time.Duration
 	// ReceiverResources and WorkerResources apply to sources whose spec sets no resources.
 	ReceiverResources corev1.ResourceRequirements
 	WorkerResources   corev1.ResourceRequirements
@@ -110,6 +113,8 @@ account or ~/.kube/config, in that order. Every flag may also be set as TALLY_<F
 	f.StringVar(&o.DatabaseSecretKey, "database-secret-key", "url", "key of --database-secret holding the Postgres URL")
 	f.StringVar(&o.ManagerNamespace, "manager-namespace", envOr("POD_NAMESPACE", "tally-system"), "namespace of the manager's Secrets and leader election Lease; defaults to $POD_NAMESPACE")
 	f.StringVar(&o.WatchNamespace, "watch-namespace", "", "reconcile SegmentSources of this namespace only (default: all)")
+	o.StreamMaxBytes = resource.MustParse("1Gi")
+	f.Var(quantityFlag{&o.StreamMaxBytes}, "stream-max-bytes", "the most a source's stream may hold when its SegmentSource sets no spec.stream.maxBytes (a full stream refuses that source's new messages; others flow)")
 	f.DurationVar(&o.RequeueInterval, "requeue-interval", 15*time.Second, "how often each source's stream, consumer and message status are re-checked (±10% jitter)")
 	f.DurationVar(&o.NATSTimeout, "nats-timeout", 5*time.Second, "timeout of each JetStream request")
 	f.Var(resourcesFlag{&o.ReceiverResources}, "receiver-resources", "resources (JSON ResourceRequirements) of receiver containers whose SegmentSource sets none in spec.receiver.resources; {} for none")
@@ -236,6 +241,7 @@ func SetupWithMetrics(mgr ctrl.Manager, o *Options, n controllers.NATS, m *contr
 			NATSCredsSecret:    o.NATSCredsSecret,
 			NATSCredsSecretKey: o.NATSCredsSecretKey,
 			Interval:           o.RequeueInterval,
+			StreamMaxBytes:     o.StreamMaxBytes.Value(),
 			NATSTimeout:        o.NATSTimeout,
 			ReceiverResources:  o.ReceiverResources,
 			WorkerResources:    o.WorkerResources,
@@ -297,3 +303,27 @@ func must(err error) {
 		panic(err)
 	}
 }
+
+// quantityFlag reads a flag as a Kubernetes quantity ("1Gi", "500Mi").
+type quantityFlag struct{ q *resource.Quantity }
+
+func (f quantityFlag) String() string {
+	if f.q == nil {
+		return ""
+	}
+	return f.q.String()
+}
+
+func (f quantityFlag) Set(s string) error {
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return err
+	}
+	if q.Sign() <= 0 {
+		return fmt.Errorf("must be positive")
+	}
+	*f.q = q
+	return nil
+}
+
+func (quantityFlag) Type() string { return "quantity" }

@@ -448,5 +448,8 @@ func SourceConfig(s *tallyv1.SegmentSource) *source.Config {
 		StreamMaxAge:    s.Spec.Stream.MaxAge.Duration,
 		StreamReplicas:  int(s.Spec.Stream.Replicas),
 	}
+	if q := s.Spec.Stream.MaxBytes; q != nil {
+		c.StreamMaxBytes = q.Value()
+	}
 	return c
 }

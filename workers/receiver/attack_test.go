@@ -20,6 +20,7 @@ import (
 	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/segment"
 	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
 )
 
 // amplificationBatch is the attack of the issue: a 300 KB batch context and 2,500 tiny messages,
@@ -195,6 +196,28 @@ var _ = Describe("Attacks with nothing but a write key", func() {
 			Expect(testutil.ToFloat64(m.ShedCounter("bytes"))).To(BeNumerically(">=", 6))
 			Expect(postTo(s.URL, "/v1/track", []byte(`{"userId":"u1","event":"After"}`), basic(acmeKey)).Status).To(Equal(http.StatusOK))
 		})
+	})
+
+	It("refuses a tenant whose stream is full with 503 and Retry-After, while the other tenants flow", func(ctx SpecContext) {
+		full := &source.Config{Namespace: "tenants", Name: "full", Tenant: "full", WriteKeys: []string{"full-key-0123456789abcdef0123456"}, StreamMaxBytes: 64 << 10}
+		Expect(stream.Ensure(ctx, js, full.Stream(), full.StreamSettings())).To(Succeed())
+		r, err := receiver.New(receiver.Options{JetStream: js, Conn: nc, PublishTimeout: 2 * time.Second,
+			Logger: slog.New(slog.NewTextHandler(GinkgoWriter, nil))}, []*source.Config{full, acme})
+		Expect(err).NotTo(HaveOccurred())
+		s := httptest.NewServer(r.Handler())
+		DeferCleanup(s.Close)
+
+		item := `{"type":"track","userId":"u1","event":"E","properties":{"p":"` + strings.Repeat("x", 4<<10) + `"}}`
+		body := []byte(`{"batch":[` + strings.TrimSuffix(strings.Repeat(item+",", 4), ",") + `]}`)
+		var last response
+		for range 40 {
+			if last = postTo(s.URL, "/v1/batch", body, basic(full.WriteKeys[0])); last.Status != http.StatusOK {
+				break
+			}
+		}
+		Expect(last.Status).To(Equal(http.StatusServiceUnavailable))
+		Expect(last.Header.Get("Retry-After")).NotTo(BeEmpty())
+		Expect(postTo(s.URL, "/v1/track", []byte(`{"userId":"u1","event":"Other tenant"}`), basic(acmeKey)).Status).To(Equal(http.StatusOK))
 	})
 
 	Describe("connections that never finish a request", func() {

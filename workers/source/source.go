@@ -26,6 +26,7 @@ type Config struct {
 	IgnoredEvents   []string      `json:"ignoredEvents,omitempty"`
 	StreamMaxAge    time.Duration `json:"streamMaxAge,omitempty"`
 	StreamReplicas  int           `json:"streamReplicas,omitempty"`
+	StreamMaxBytes  int64         `json:"streamMaxBytes,omitempty"`
 	// WriteKeys are secrets: they never appear in the ConfigMap (json:"-") and are never logged.
 	WriteKeys []string `json:"-"`
 	// SharedSecrets sign what Segment delivers to the destination route (X-Signature); secrets
@@ -40,7 +41,7 @@ func (c *Config) Stream() stream.Source {
 
 // StreamSettings shapes the source's streams.
 func (c *Config) StreamSettings() stream.Settings {
-	return stream.Settings{MaxAge: c.StreamMaxAge, Replicas: c.StreamReplicas}
+	return stream.Settings{MaxAge: c.StreamMaxAge, Replicas: c.StreamReplicas, MaxBytes: c.StreamMaxBytes, Tenant: c.Tenant}
 }
 
 // String names the source without revealing its keys.

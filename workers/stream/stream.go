@@ -63,7 +63,26 @@ type Settings struct {
 	MaxAge          time.Duration
 	DuplicateWindow time.Duration
 	Replicas        int
+	// MaxBytes is the most the source's stream may hold (DefaultMaxBytes when 0): when it is full
+	// the stream refuses new messages (the receiver answers 503 and clients retry) while every
+	// other tenant's stream flows. The dead-letter stream gets a tenth of it.
+	MaxBytes int64
+	// Tenant is recorded in the streams' metadata: a stream of another tenant with the same name
+	// (a retained one) is refused, never adopted.
+	Tenant string
 }
+
+// DefaultMaxBytes is a source stream's size when its SegmentSource and the manager set none.
+const DefaultMaxBytes = 1 << 30
+
+// minDeadLetterBytes is the least a dead-letter stream may hold.
+const minDeadLetterBytes = 16 << 20
+
+// MetadataTenant is the stream metadata key naming the tenant a stream belongs to.
+const MetadataTenant = "tally.dev/tenant"
+
+// ErrOtherTenant refuses a stream that belongs to another tenant.
+var ErrOtherTenant = errors.New("the stream belongs to another tenant")
 
 func (st Settings) withDefaults() Settings {
 	if st.MaxAge < 0 {
@@ -78,6 +97,9 @@ func (st Settings) withDefaults() Settings {
 	}
 	if st.Replicas <= 0 {
 		st.Replicas = 1
+	}
+	if st.MaxBytes <= 0 {
+		st.MaxBytes = DefaultMaxBytes
 	}
 	return st
 }
@@ -100,6 +122,8 @@ func StreamConfig(src Source, st Settings) jetstream.StreamConfig {
 		Duplicates:  st.DuplicateWindow,
 		Replicas:    st.Replicas,
 		MaxMsgSize:  MaxMessageBytes,
+		MaxBytes:    st.MaxBytes,
+		Metadata:    tenantMetadata(st.Tenant),
 		// The receiver stores a multi-message request as atomic batches: a few fsyncs per batch
 		// instead of one per message when JetStream syncs every write. Servers before 2.12
 		// ignore it, and the receiver then publishes message by message.
@@ -117,8 +141,11 @@ func DeadLetterStreamConfig(src Source, st Settings) jetstream.StreamConfig {
 		Subjects:    []string{src.DeadLetterSubject()},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew, // a full dead-letter stream holds the worker back; it never drops a letter
 		Replicas:    st.Replicas,
 		MaxMsgSize:  maxDeadLetterBytes,
+		MaxBytes:    max(st.MaxBytes/10, minDeadLetterBytes),
+		Metadata:    tenantMetadata(st.Tenant),
 	}
 }
 
@@ -145,6 +172,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, src Source, st Settings
 		existing = &s.CachedInfo().Config
 	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("stream %s: %w", src.StreamName(), err)
+	}
+	if existing != nil && !sameTenant(existing.Metadata, st.Tenant) {
+		return fmt.Errorf("stream %s: %w", src.StreamName(), ErrOtherTenant)
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, desiredStreamConfig(src, st, existing)); err != nil {
 		return fmt.Errorf("stream %s: %w", src.StreamName(), err)
@@ -193,6 +223,8 @@ func streamConfigEqual(got, want jetstream.StreamConfig) bool {
 		(want.Duplicates == 0 || got.Duplicates == want.Duplicates) &&
 		got.Replicas == want.Replicas &&
 		got.MaxMsgSize == want.MaxMsgSize &&
+		got.MaxBytes == want.MaxBytes &&
+		got.Metadata[MetadataTenant] == want.Metadata[MetadataTenant] &&
 		got.AllowAtomicPublish == want.AllowAtomicPublish
 }
 
@@ -205,6 +237,20 @@ func consumerConfigEqual(got, want jetstream.ConsumerConfig) bool {
 		got.MaxDeliver == want.MaxDeliver &&
 		got.MaxAckPending == want.MaxAckPending &&
 		got.MaxWaiting == want.MaxWaiting
+}
+
+func tenantMetadata(tenant string) map[string]string {
+	if tenant == "" {
+		return nil
+	}
+	return map[string]string{MetadataTenant: tenant}
+}
+
+// sameTenant reports whether a stream with metadata may serve tenant: it names the same tenant,
+// or none (a stream made before tenants were recorded is claimed by the first to ensure it).
+func sameTenant(metadata map[string]string, tenant string) bool {
+	owner := metadata[MetadataTenant]
+	return owner == "" || tenant == "" || owner == tenant
 }
 
 // Delete removes the source's consumer and streams. Missing objects are not an error.
@@ -224,6 +270,9 @@ func Delete(ctx context.Context, js jetstream.JetStream, src Source) error {
 // State is what the operator reports about a source's stream.
 type State struct {
 	Messages uint64
+	// Bytes is what the stream holds, against its MaxBytes.
+	Bytes    uint64
+	MaxBytes int64
 	// LastSequence is the stream's last sequence: above 0 once anything ever arrived, even when
 	// the workers have consumed every message since (a work queue keeps no acknowledged message).
 	LastSequence uint64
@@ -258,6 +307,7 @@ func Inspect(ctx context.Context, js jetstream.JetStream, src Source) (State, er
 	}
 	state.StreamConfig = &info.Config
 	state.Messages = info.State.Msgs
+	state.Bytes, state.MaxBytes = info.State.Bytes, info.Config.MaxBytes
 	state.LastSequence = info.State.LastSeq
 	if info.State.LastSeq > 0 {
 		state.LastMessageAt = info.State.LastTime
