@@ -36,9 +36,12 @@ func newNamespace() string {
 	return name
 }
 
+// sourceSecretLabels opt a Secret in to being named by a SegmentSource.
+var sourceSecretLabels = map[string]string{resources.LabelSourceSecret: "true"}
+
 func writeKeySecret(ns, name, value string) *corev1.Secret {
 	return &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: sourceSecretLabels},
 		Data:       map[string][]byte{"writeKey": []byte(value)},
 	}
 }

@@ -320,7 +320,7 @@ var _ = Describe("SegmentSource", func() {
 		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonSecretNotFound))
 		Expect(condition(getSource(key), tallyv1.ConditionReady).Message).To(ContainSubstring(`database Secret "owndb-postgres" not found`))
 
-		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "owndb-postgres", Namespace: ns},
+		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "owndb-postgres", Namespace: ns, Labels: sourceSecretLabels},
 			StringData: map[string]string{"url": "postgres://own@db/tally"}})).To(Succeed())
 		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 		env := deployment(ns, "owndb-worker").Spec.Template.Spec.Containers[0].Env
@@ -381,7 +381,7 @@ var _ = Describe("SegmentSource", func() {
 		Expect(getSource(key).Status.Conditions).To(ContainElement(And(
 			HaveField("Type", tallyv1.ConditionReady), HaveField("Message", ContainSubstring(`shared secret Secret "signed-webhook" not found`)))))
 
-		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "signed-webhook", Namespace: ns},
+		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "signed-webhook", Namespace: ns, Labels: sourceSecretLabels},
 			Data: map[string][]byte{"sharedSecret": []byte("old-secret\n")}}
 		Expect(k8s.Create(ctx, secret)).To(Succeed())
 		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
@@ -469,6 +469,25 @@ var _ = Describe("SegmentSource", func() {
 			Expect(c.Message).NotTo(ContainSubstring("someone-else"))
 		}
 		Expect(eventReasons(ns, "squat")).NotTo(BeEmpty())
+	})
+
+	It("is Stalled on a Secret not labelled for it, mounts nothing from it, and goes on once it is labelled", func() {
+		s := newSource(ns, "unlabelled")
+		createSource(s, false)
+		secret := writeKeySecret(ns, "unlabelled-segment", "key-one\n")
+		secret.Labels = nil
+		Expect(k8s.Create(ctx, secret)).To(Succeed())
+		key := client.ObjectKeyFromObject(s)
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonSecretNotLabelled))
+		got := getSource(key)
+		Expect(condition(got, tallyv1.ConditionStalled)).NotTo(BeNil())
+		Expect(condition(got, tallyv1.ConditionReady).Message).To(ContainSubstring(resources.LabelSourceSecret))
+		Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "unlabelled-receiver"}, &appsv1.Deployment{}))).To(BeTrue())
+		Eventually(func() []string { return eventReasons(ns, "unlabelled") }).Should(ContainElement(controllers.ReasonSecretNotLabelled))
+
+		secret.Labels = sourceSecretLabels
+		Expect(k8s.Update(ctx, secret)).To(Succeed())
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 	})
 
 	It("reverts edits to the fields it owns and keeps fields others add", func() {

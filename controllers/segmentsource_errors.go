@@ -22,6 +22,7 @@ const (
 	ReasonStreamNotFound      = "StreamNotFound"
 	ReasonStreamReady         = "StreamReady"
 	ReasonStreamNearlyFull    = "StreamNearlyFull"
+	ReasonSecretNotLabelled   = "SecretNotLabelled"
 	ReasonStreamOfOtherTenant = "StreamOfOtherTenant"
 	ReasonAvailable           = "Available"
 	ReasonUnavailable         = "Unavailable"

@@ -49,6 +49,9 @@ func (r *SegmentSourceReconciler) reconcileWriteKey(ctx context.Context, st *rec
 		}
 		return transient(ReasonReconcileError, err, "reading write key Secret %q", ref.Name)
 	}
+	if err := sourceSecretLabelled(secret, "write key"); err != nil {
+		return err
+	}
 	value, ok := secret.Data[obj.WriteKeyKey()]
 	if !ok {
 		return waiting(ReasonSecretKeyNotFound, waitForSecretRequeue,
@@ -72,7 +75,7 @@ func (r *SegmentSourceReconciler) reconcileSharedSecret(ctx context.Context, st 
 		st.sharedSecret = nil
 		return nil
 	}
-	value, err := r.readSecretKey(ctx, st.source.Namespace, ref.Name, ref.SharedSecretKey(), "shared secret")
+	value, err := r.readSourceSecretKey(ctx, st.source.Namespace, ref.Name, ref.SharedSecretKey(), "shared secret")
 	if err != nil {
 		return err
 	}
@@ -91,7 +94,7 @@ func (r *SegmentSourceReconciler) reconcileSharedSecret(ctx context.Context, st 
 func (r *SegmentSourceReconciler) reconcileDatabaseSecret(ctx context.Context, st *reconcileState) error {
 	obj := st.source
 	if ref := obj.Spec.Worker.DatabaseSecretRef; ref != nil {
-		value, err := r.readSecretKey(ctx, obj.Namespace, ref.Name, ref.DatabaseURLKey(), "database")
+		value, err := r.readSourceSecretKey(ctx, obj.Namespace, ref.Name, ref.DatabaseURLKey(), "database")
 		if err != nil {
 			return err
 		}
@@ -208,13 +211,39 @@ func (r *SegmentSourceReconciler) inputs(st *reconcileState) resources.Inputs {
 
 // readSecretKey reads one key of a Secret from the API server; a missing Secret or key is a
 // dependency to wait for, with a message naming it.
+// readSourceSecretKey is readSecretKey for a Secret a SegmentSource names: it must carry the
+// label tally.dev/source-secret: "true", so a SegmentSource cannot make the operator mount some
+// other Secret of its namespace into a pod.
+func (r *SegmentSourceReconciler) readSourceSecretKey(ctx context.Context, namespace, name, key, what string) ([]byte, error) {
+	return r.readKey(ctx, namespace, name, key, what, true)
+}
+
+// readSecretKey reads one key of a Secret the manager itself was configured with.
 func (r *SegmentSourceReconciler) readSecretKey(ctx context.Context, namespace, name, key, what string) ([]byte, error) {
+	return r.readKey(ctx, namespace, name, key, what, false)
+}
+
+// sourceSecretLabelled refuses a Secret a SegmentSource names without the opt-in label.
+func sourceSecretLabelled(secret *corev1.Secret, what string) error {
+	if secret.Labels[resources.LabelSourceSecret] == "true" {
+		return nil
+	}
+	return stalled(ReasonSecretNotLabelled, "%s Secret %q lacks the label %s: \"true\"; the operator mounts only Secrets labelled for it",
+		what, secret.Name, resources.LabelSourceSecret)
+}
+
+func (r *SegmentSourceReconciler) readKey(ctx context.Context, namespace, name, key, what string, sourceSecret bool) ([]byte, error) {
 	secret := &corev1.Secret{}
 	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, secret); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, waiting(ReasonSecretNotFound, waitForSecretRequeue, "%s Secret %q not found in namespace %q", what, name, namespace)
 		}
 		return nil, transient(ReasonReconcileError, err, "reading %s Secret %q", what, name)
+	}
+	if sourceSecret {
+		if err := sourceSecretLabelled(secret, what); err != nil {
+			return nil, err
+		}
 	}
 	value, ok := secret.Data[key]
 	if !ok || len(value) == 0 {

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/controllers/resources"
 )
 
 func kstatus(t *testing.T, s *tallyv1.SegmentSource) status.Status {
@@ -122,7 +123,8 @@ func TestReconcileStallsWithoutDatabase(t *testing.T) {
 		Spec:       tallyv1.SegmentSourceSpec{Tenant: "t", WriteKeySecretRef: tallyv1.SecretKeyRef{Name: "keys"}},
 	}
 	src.Status.ObservedGeneration = -1
-	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "keys", Namespace: "n"}, Data: map[string][]byte{"writeKey": []byte("k")}}
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "keys", Namespace: "n", Labels: map[string]string{resources.LabelSourceSecret: "true"}},
+		Data: map[string][]byte{"writeKey": []byte("k")}}
 	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(src, secret).WithStatusSubresource(src).
 		WithIndex(&tallyv1.SegmentSource{}, tenantIndex, tenantOf).Build()
 	rec := events.NewFakeRecorder(10)

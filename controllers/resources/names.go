@@ -46,6 +46,9 @@ const (
 	// AnnotationWriteKeyHash on the receiver's pod template is the hash of the write key Secret
 	// value: a key rotation rolls the receivers out (they also re-read the mounted file).
 	AnnotationWriteKeyHash = "tally.dev/write-key-hash"
+	// LabelSourceSecret must be "true" on every Secret a SegmentSource names (write keys, shared
+	// secret, database URL): the owner of a Secret opts it in to being mounted by the operator.
+	LabelSourceSecret = "tally.dev/source-secret"
 	// AnnotationSharedSecretHash on the receiver's pod template is the hash of the destination's
 	// shared secrets: a rotation rolls the receivers, as for the write keys.
 	AnnotationSharedSecretHash = "tally.dev/shared-secret-hash"

@@ -37,7 +37,7 @@ metadata: {name: tenants}
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: acme-segment, namespace: tenants}
+metadata: {name: acme-segment, namespace: tenants, labels: {tally.dev/source-secret: "true"}}
 stringData:
   writeKey: ` + writeKey + `
   sharedSecret: ` + sharedSecret + `
