@@ -27,6 +27,7 @@ import (
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/manager"
+	"github.com/tallyhq/tally/controllers/resources"
 	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/natsserver"
 )
@@ -175,7 +176,7 @@ func TestManagerCommand(t *testing.T) {
 	}, "30s").Should(Succeed(), "leader election lease")
 	g.Eventually(func() (int, error) { return httpStatus("http://" + probeAddr + "/readyz") }, "10s").Should(Equal(http.StatusOK))
 
-	g.Expect(c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "web-segment", Namespace: "tenants"},
+	g.Expect(c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "web-segment", Namespace: "tenants", Labels: map[string]string{resources.LabelSourceSecret: "true"}},
 		StringData: map[string]string{"writeKey": "k1"}})).To(Succeed())
 	src := &tallyv1.SegmentSource{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "tenants"},
