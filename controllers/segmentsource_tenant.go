@@ -41,10 +41,11 @@ func (r *SegmentSourceReconciler) reconcileTenant(ctx context.Context, st *recon
 		}
 	}
 	if other := owner; other != nil && other.Namespace != obj.Namespace {
+		// Never name the owner: that would tell a squatter whose tenant it found.
 		return stalled(ReasonTenantClaimed,
-			"tenant %q belongs to namespace %s (SegmentSource %s/%s was created first); a source in namespace %s may not write its rows: "+
-				"re-create this source with another tenant, or create it in namespace %s",
-			obj.Spec.Tenant, other.Namespace, other.Namespace, other.Name, obj.Namespace, other.Namespace)
+			"tenant %q belongs to another namespace; a source in namespace %s may not write its rows: "+
+				"re-create this source with another tenant, or ask the platform team",
+			obj.Spec.Tenant, obj.Namespace)
 	}
 	return nil
 }
