@@ -80,25 +80,29 @@ func LoadManifests(dir string) ([]*source.Config, error) {
 			return nil, fmt.Errorf("SegmentSource %s is defined twice", c)
 		}
 		seen[c.String()] = true
-		secret, ok := secrets[s.Namespace+"/"+s.Spec.WriteKeySecretRef.Name]
-		if !ok {
-			return nil, fmt.Errorf("SegmentSource %s: Secret %q not found in %s", c, s.Spec.WriteKeySecretRef.Name, dir)
-		}
-		value, ok := secretValue(&secret, s.WriteKeyKey())
-		if !ok {
-			return nil, fmt.Errorf("SegmentSource %s: Secret %q has no key %q", c, secret.Name, s.WriteKeyKey())
-		}
-		c.WriteKeys = source.ParseWriteKeys(value)
-		if ref := s.Spec.Destination.SharedSecretRef; ref != nil {
-			secret, ok := secrets[s.Namespace+"/"+ref.Name]
+		// lines reads a Secret key of the source's namespace as newline-separated values.
+		lines := func(what, name, key string) ([]string, error) {
+			secret, ok := secrets[s.Namespace+"/"+name]
 			if !ok {
-				return nil, fmt.Errorf("SegmentSource %s: shared secret Secret %q not found in %s", c, ref.Name, dir)
+				return nil, fmt.Errorf("SegmentSource %s: %sSecret %q not found in %s", c, what, name, dir)
 			}
-			value, ok := secretValue(&secret, ref.SharedSecretKey())
-			if !ok || len(source.ParseWriteKeys(value)) == 0 {
+			value, ok := secretValue(&secret, key)
+			if !ok {
+				return nil, fmt.Errorf("SegmentSource %s: Secret %q has no key %q", c, name, key)
+			}
+			return source.ParseWriteKeys(value), nil
+		}
+		var err error
+		if c.WriteKeys, err = lines("", s.Spec.WriteKeySecretRef.Name, s.WriteKeyKey()); err != nil {
+			return nil, err
+		}
+		if ref := s.Spec.Destination.SharedSecretRef; ref != nil {
+			if c.SharedSecrets, err = lines("shared secret ", ref.Name, ref.SharedSecretKey()); err != nil {
+				return nil, err
+			}
+			if len(c.SharedSecrets) == 0 {
 				return nil, fmt.Errorf("SegmentSource %s: Secret %q holds no shared secret under %q", c, ref.Name, ref.SharedSecretKey())
 			}
-			c.SharedSecrets = source.ParseWriteKeys(value)
 		}
 		if err := c.Validate(); err != nil {
 			return nil, err
