@@ -178,7 +178,7 @@ func (n *normalizer) message(raw []byte) (Accepted, *Rejection) {
 		b = append(b, '"', ':')
 		if id.numeric {
 			b = append(b, '"')
-			b = append(b, integralText(id.value)...)
+			b = append(b, IntegralText(id.value)...)
 			b = append(b, '"')
 		} else {
 			b = append(b, id.value...)

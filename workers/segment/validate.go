@@ -165,10 +165,11 @@ func quoteForMessage(s string) string {
 	return `"` + s + `"`
 }
 
-// integralText is the plain decimal form of a JSON number that holds an integer (12345.0 and
+// IntegralText is the plain decimal form of a JSON number that holds an integer (12345.0 and
 // 1.2345e4 give 12345), so an id sent as any of them names one account; other numbers keep their
-// text. Only the receiver can do this: it sees that the id was a number, not a string.
-func integralText(raw []byte) []byte {
+// text. The receiver applies it to numeric ids (it sees they were numbers, not strings), the
+// worker to the numeric ids inside traits, context and properties.
+func IntegralText(raw []byte) []byte {
 	if !bytes.ContainsAny(raw, ".eE") {
 		return raw
 	}

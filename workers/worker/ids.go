@@ -3,14 +3,14 @@ package worker
 import (
 	"bytes"
 	"encoding/json"
-	"math"
-	"strconv"
 	"strings"
+
+	"github.com/tallyhq/tally/workers/segment"
 )
 
 // idFromJSON reads an id that may be a JSON string or a JSON number (Vitally's own unlink example
 // sends a numeric company id) and returns it as the string the tables key on: a string as sent,
-// a number in the form the receiver gives numeric ids (canonicalNumber), so 12345, 12345.0 and
+// a number in the form the receiver gives numeric ids (segment.IntegralText), so 12345, 12345.0 and
 // "12345" name one account wherever they arrive.
 func idFromJSON(raw json.RawMessage) (string, bool) {
 	raw = bytes.TrimSpace(raw)
@@ -29,21 +29,9 @@ func idFromJSON(raw json.RawMessage) (string, bool) {
 		if json.Unmarshal(raw, &n) != nil {
 			return "", false
 		}
-		return canonicalNumber(n), true
+		return string(segment.IntegralText([]byte(n))), true
 	}
 	return "", false
-}
-
-// canonicalNumber is an integer's plain decimal form (12345.0 and 1.2345e4 give "12345"), within
-// float64's exact range; other numbers keep their JSON text.
-func canonicalNumber(n json.Number) string {
-	if i, err := n.Int64(); err == nil {
-		return strconv.FormatInt(i, 10)
-	}
-	if f, err := n.Float64(); err == nil && f == math.Trunc(f) && math.Abs(f) < 1<<53 {
-		return strconv.FormatInt(int64(f), 10)
-	}
-	return n.String()
 }
 
 // object decodes a JSON object into its top-level keys; anything else (absent, null, an array)

@@ -335,7 +335,7 @@ func anonymousID(rng *rand.Rand, shared []string, messageID string) string {
 }
 
 // receiverID is a groupId as the receiver forwards it: strings as sent, numbers as the string of
-// their integer form (workers/segment's integralText).
+// their integer form (segment.IntegralText).
 func receiverID(id any) string {
 	if n, ok := id.(json.Number); ok {
 		if f, err := n.Float64(); err == nil && f == math.Trunc(f) {
