@@ -13,6 +13,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/source"
 )
@@ -37,10 +38,8 @@ func startCommand(extraArgs ...string) *runningCommand {
 	Expect(os.WriteFile(configFile, settings, 0o600)).To(Succeed())
 	Expect(os.WriteFile(keysFile, []byte(acmeKey+"\n"), 0o600)).To(Succeed())
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testenv.FreeAddr()
 	Expect(err).NotTo(HaveOccurred())
-	addr := ln.Addr().String()
-	Expect(ln.Close()).To(Succeed())
 
 	cmd := receiver.NewCommand()
 	cmd.SetArgs(append([]string{"--listen", addr, "--nats-url", ns.ClientURL(),

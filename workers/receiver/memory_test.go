@@ -2,7 +2,6 @@ package receiver_test
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,12 +34,11 @@ var _ = Describe("The receiver process under attack", Serial, func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(os.WriteFile(filepath.Join(dir, "source.json"), settings, 0o600)).To(Succeed())
 		Expect(os.WriteFile(filepath.Join(dir, "writeKey"), []byte(key+"\n"), 0o600)).To(Succeed())
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		addr, err := testenv.FreeAddr()
 		Expect(err).NotTo(HaveOccurred())
-		base := "http://" + ln.Addr().String()
-		Expect(ln.Close()).To(Succeed())
+		base := "http://" + addr
 
-		cmd := exec.Command(bin, "receiver", "--listen", strings.TrimPrefix(base, "http://"), "--nats-url", ns.ClientURL(),
+		cmd := exec.Command(bin, "receiver", "--listen", addr, "--nats-url", ns.ClientURL(),
 			"--source-config", filepath.Join(dir, "source.json"), "--write-keys-file", filepath.Join(dir, "writeKey"),
 			"--shutdown-delay", "0s")
 		cmd.Stdout, cmd.Stderr = GinkgoWriter, GinkgoWriter

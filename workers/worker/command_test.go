@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/source"
 )
 
@@ -38,10 +38,8 @@ var _ = Describe("tally worker and tally migrate", func() {
 		Expect(err).NotTo(HaveOccurred())
 		file := filepath.Join(dir, source.ConfigFileName)
 		Expect(os.WriteFile(file, settings, 0o600)).To(Succeed())
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		addr, err := testenv.FreeAddr()
 		Expect(err).NotTo(HaveOccurred())
-		addr := l.Addr().String()
-		Expect(l.Close()).To(Succeed())
 
 		runCtx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,10 +36,8 @@ var _ = Describe("The worker process with a backlog of large messages", Serial, 
 			publish(ctx, src, track(fmt.Sprintf("big-%04d", i), fmt.Sprintf("u%d", i%50), "Uploaded", float64(i), map[string]any{"blob": blob}, nil))
 		}
 
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		metricsAddr, err := testenv.FreeAddr()
 		Expect(err).NotTo(HaveOccurred())
-		metricsAddr := ln.Addr().String()
-		Expect(ln.Close()).To(Succeed())
 		cmd := exec.Command(bin, "worker", "--nats-url", natsSrv.ClientURL(), "--database-url", databaseURL,
 			"--source-config", config, "--metrics-listen", metricsAddr)
 		cmd.Stdout, cmd.Stderr = GinkgoWriter, GinkgoWriter
