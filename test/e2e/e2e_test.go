@@ -147,27 +147,36 @@ var _ = Describe("from kubectl apply to rows in Postgres", Ordered, func() {
 		Expect(heartbeats).To(BeZero(), "ignored events are never stored")
 	})
 
-	It("maps a signed delivery of Segment's Webhooks destination, dated as Segment dated it", func() {
-		body := `{"type":"identify","messageId":"fw-e2e-1","userId":"u-forwarded","traits":{"plan":"enterprise"},` +
+	It("maps a signed delivery of Segment's Webhooks destination, dated as Segment dated it, and applies its deletion requests", func() {
+		deliver := func(body string) {
+			mac := hmac.New(sha1.New, []byte(sharedSecret))
+			mac.Write([]byte(body))
+			req, err := http.NewRequest(http.MethodPost, receiver.url(8080)+"/v1/segment", strings.NewReader(body))
+			Expect(err).NotTo(HaveOccurred())
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("X-Signature", hex.EncodeToString(mac.Sum(nil)))
+			resp, err := http.DefaultClient.Do(req)
+			Expect(err).NotTo(HaveOccurred())
+			resp.Body.Close()
+			Expect(resp.StatusCode).To(Equal(http.StatusOK))
+		}
+		deliver(`{"type":"identify","messageId":"fw-e2e-1","userId":"u-forwarded","traits":{"plan":"enterprise"},` +
 			`"context":{"library":{"name":"analytics.js","version":"2.11.1"}},"projectId":"q5Vb3pPT3d","version":2,` +
 			`"originalTimestamp":"2025-05-03T10:14:02.117Z","sentAt":"2025-05-03T10:14:02.120Z",` +
-			`"receivedAt":"2025-05-03T10:14:03.025Z","timestamp":"2025-05-03T10:14:03.022Z"}`
-		mac := hmac.New(sha1.New, []byte(sharedSecret))
-		mac.Write([]byte(body))
-		req, err := http.NewRequest(http.MethodPost, receiver.url(8080)+"/v1/segment", strings.NewReader(body))
-		Expect(err).NotTo(HaveOccurred())
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("X-Signature", hex.EncodeToString(mac.Sum(nil)))
-		resp, err := http.DefaultClient.Do(req)
-		Expect(err).NotTo(HaveOccurred())
-		resp.Body.Close()
-		Expect(resp.StatusCode).To(Equal(http.StatusOK))
-
+			`"receivedAt":"2025-05-03T10:14:03.025Z","timestamp":"2025-05-03T10:14:03.022Z"}`)
 		Eventually(func() (time.Time, error) {
 			var created time.Time
 			err := db.QueryRow(ctx, `SELECT created_at FROM tally.users WHERE tenant = 'acme' AND user_id = 'u-forwarded'`).Scan(&created)
 			return created, err
 		}).WithTimeout(30 * time.Second).Should(BeTemporally("==", time.Date(2025, 5, 3, 10, 14, 3, 22e6, time.UTC)))
+
+		deliver(`{"type":"delete","messageId":"fw-e2e-del","userId":"u-forwarded","context":{},"projectId":"q5Vb3pPT3d",` +
+			`"receivedAt":"2025-06-01T00:00:01Z","timestamp":"2025-06-01T00:00:00Z"}`)
+		Eventually(func() (int, error) {
+			var n int
+			err := db.QueryRow(ctx, `SELECT count(*) FROM tally.users WHERE tenant = 'acme' AND user_id = 'u-forwarded'`).Scan(&n)
+			return n, err
+		}).WithTimeout(30 * time.Second).Should(BeZero())
 	})
 
 	It("reports Receiving once messages reached the stream", func() {

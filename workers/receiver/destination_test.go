@@ -117,10 +117,15 @@ var _ = Describe("The destination route, /v1/segment", func() {
 		r := send(http.MethodPost, `[{"type":"track","messageId":"no-user","event":"E"},`+forwarded("fw-ok", "track", `,"event":"E"`)+`]`, basic(acmeKey))
 		Expect(r.Status).To(Equal(http.StatusOK))
 		Expect(r.Body["rejected"]).To(ConsistOf(HaveKeyWithValue("code", segment.CodeIDRequired)))
-		r = send(http.MethodPost, `{"type":"delete","userId":"u1","messageId":"del-1"}`, basic(acmeKey))
-		Expect(r.Status).To(Equal(http.StatusOK))
-		Expect(r.Body["rejected"]).To(ConsistOf(HaveKeyWithValue("code", segment.CodeDeleteUnsupported)))
 		Expect(msgIDs(since(acme, from))).To(Equal([]string{"fw-ok"}))
+	})
+
+	It("stores Segment's user-deletion requests like any message, answering 200 once JetStream has them", func() {
+		from := mark(acme)
+		r := send(http.MethodPost, `{"type":"delete","userId":"u1","messageId":"del-1","timestamp":"2025-03-04T05:06:07Z","context":{}}`, basic(acmeKey))
+		Expect(r.Status).To(Equal(http.StatusOK))
+		Expect(r.Body).NotTo(HaveKey("rejected"))
+		Expect(msgIDs(since(acme, from))).To(Equal([]string{"del-1"}))
 	})
 })
 

@@ -77,10 +77,18 @@ var _ = Describe("Messages Segment forwards (the destination route)", func() {
 		Expect(decoded(res.Accepted[0])["timestamp"]).To(Equal("2026-12-01T12:00:00Z"))
 	})
 
-	It("refuses user-deletion requests by name, since they are not applied yet", func() {
-		res := normalizeAt(`[{"type":"delete","userId":"u1","messageId":"del-1"},` + forwardedTrack + `]`)
-		Expect(res.Accepted).To(HaveLen(1))
-		Expect(res.Rejected).To(ConsistOf(And(HaveField("Index", 0), HaveField("Code", segment.CodeDeleteUnsupported))))
+	It("takes Segment's user-deletion requests, which need a userId, and only from Segment", func() {
+		res := normalizeAt(`[{"type":"delete","userId":"u1","messageId":"del-1","timestamp":"2025-03-04T05:06:07.089Z","context":{},"projectId":"p1"},` +
+			`{"type":"delete","anonymousId":"a1","messageId":"del-2"},` + forwardedTrack + `]`)
+		Expect(res.Accepted).To(HaveLen(2))
+		del := decoded(res.Accepted[0])
+		Expect(del).To(And(HaveKeyWithValue("type", "delete"), HaveKeyWithValue("userId", "u1"),
+			HaveKeyWithValue("timestamp", "2025-03-04T05:06:07.089Z")))
+		Expect(res.Rejected).To(ConsistOf(And(HaveField("Index", 1), HaveField("Code", segment.CodeUserIDRequired))))
+
+		req, err := segment.ParseRequest([]byte(`{"batch":[{"type":"delete","userId":"u1"}]}`), segment.Endpoint{Batch: true})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(req.Normalize(received).Rejected).To(ConsistOf(HaveField("Code", segment.CodeDeleteNotHere)))
 	})
 
 	It("leaves the client routes' rule alone: a client's receivedAt is ignored and skew is corrected", func() {

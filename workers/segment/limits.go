@@ -86,11 +86,11 @@ const (
 	CodeMessageIDTooLong      = "message_id_too_long"
 	CodeMessageIDInvalid      = "message_id_invalid"
 	// CodeMessageTooLarge (above) is also a per-message rejection inside a batch.
-	CodeInvalidUTF8       = "invalid_utf8"
-	CodeUnstorableString  = "unstorable_string"
-	CodeNestingTooDeep    = "nesting_too_deep"
-	CodeRequestExpansion  = "request_expansion_too_large"
-	CodeDeleteUnsupported = "delete_not_supported"
+	CodeInvalidUTF8      = "invalid_utf8"
+	CodeUnstorableString = "unstorable_string"
+	CodeNestingTooDeep   = "nesting_too_deep"
+	CodeRequestExpansion = "request_expansion_too_large"
+	CodeDeleteNotHere    = "delete_only_from_segment"
 )
 
 // RequestError refuses a whole request.

@@ -65,6 +65,9 @@ const (
 	TypePage     = "page"
 	TypeScreen   = "screen"
 	TypeAlias    = "alias"
+	// TypeDelete is a user-deletion (privacy) request, which only Segment sends: it is accepted on
+	// the destination route alone.
+	TypeDelete = "delete"
 )
 
 // MaxMessageIDLength is Segment's limit on messageId.
@@ -78,7 +81,7 @@ func ParseNormalized(data []byte) (Message, error) {
 		return m, fmt.Errorf("not a normalised Segment message: %w", err)
 	}
 	switch m.Type {
-	case TypeIdentify, TypeTrack, TypeGroup, TypePage, TypeScreen, TypeAlias:
+	case TypeIdentify, TypeTrack, TypeGroup, TypePage, TypeScreen, TypeAlias, TypeDelete:
 	default:
 		return m, fmt.Errorf("unknown message type %q", m.Type)
 	}

@@ -26,8 +26,11 @@ func (n *normalizer) messageType(v []byte) (string, *Rejection) {
 	if !isString {
 		return "", reject(CodeTypeInvalid, "type must be a string")
 	}
-	if text == "delete" && n.req.endpoint.Destination {
-		return "", reject(CodeDeleteUnsupported, "user-deletion requests are not applied yet: delete the user's rows from the tally tables by hand")
+	if text == TypeDelete {
+		if n.req.endpoint.Destination {
+			return TypeDelete, nil
+		}
+		return "", reject(CodeDeleteNotHere, "user-deletion requests (type delete) are taken only from Segment's destination route, /v1/segment")
 	}
 	return "", reject(CodeTypeInvalid, "unknown type "+quoteForMessage(text))
 }
@@ -91,6 +94,8 @@ func checkIDs(typ string, f *[numFields][]byte) ([4]idValue, *Rejection) {
 	switch {
 	case typ == TypeAlias && userID == nil:
 		return ids, reject(CodeUserIDRequired, "an alias call needs a userId")
+	case typ == TypeDelete && userID == nil:
+		return ids, reject(CodeUserIDRequired, "a user-deletion request needs a userId")
 	case typ == TypeAlias && previousID == nil:
 		return ids, reject(CodePreviousIDRequired, "an alias call needs a previousId")
 	case typ != TypeAlias && userID == nil && anonymousID == nil:

@@ -28,7 +28,7 @@ const (
 )
 
 // MessageTypes are the Segment call types a stream carries, one subject each.
-var MessageTypes = []string{"identify", "track", "group", "page", "screen", "alias"}
+var MessageTypes = []string{"identify", "track", "group", "page", "screen", "alias", "delete"}
 
 // Source identifies a SegmentSource: its namespace and name. Both are DNS labels, so they contain
 // neither '.' nor '_', which keeps the names below unambiguous.

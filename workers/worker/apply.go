@@ -17,6 +17,8 @@ type applyResult struct {
 	// UnnamedAccountsCreated: accounts this batch created without a name (a group call without
 	// name for an unknown account), each counted once, when its row is inserted.
 	UnnamedAccountsCreated int
+	// UsersDeleted: deletion requests applied (not those an equal or newer one had applied).
+	UsersDeleted int
 }
 
 // apply writes a folded batch in one transaction with one set-based statement per table, sent in
@@ -39,29 +41,47 @@ func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *fo
 	defer cancel()
 	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
 		a := newApplier(tenant, source, bounds)
+		// Deletions first: the tombstones in force, the batch's own deletions applied to the
+		// stored rows, and the batch folded again without the messages they void.
+		if err := a.send(ctx, tx, f, a.lock, a.lookUpTombstones); err != nil {
+			return err
+		}
+		if err := a.send(ctx, tx, f, a.forget); err != nil {
+			return err
+		}
+		if a.void.voidsAny(f.messages) {
+			f = foldWithout(f.messages, f.accountProperty, a.void)
+		}
 		rounds := [][]func(*pgx.Batch, *folded) error{
-			{a.lock, a.links, a.memberships, a.ties},
+			{a.links, a.memberships, a.ties},
 			{a.restitch, a.reresolve, a.events},                          // needs the new links and ties
 			{a.catalog, a.accounts, a.users, a.raiseLastSeen, a.aliases}, // needs the inserted events
 			{a.recomputeLastSeen},                                        // needs the created rows
 		}
 		for _, round := range rounds {
-			b := &pgx.Batch{}
-			for _, queue := range round {
-				if err := queue(b, f); err != nil {
-					return err
-				}
-			}
-			if b.Len() > 0 {
-				if err := tx.SendBatch(ctx, b).Close(); err != nil {
-					return err
-				}
+			if err := a.send(ctx, tx, f, round...); err != nil {
+				return err
 			}
 		}
-		res.EventsInserted, res.UnnamedAccountsCreated = a.inserted, a.unnamedCreated
+		res.EventsInserted, res.UnnamedAccountsCreated, res.UsersDeleted = a.inserted, a.unnamedCreated, a.usersDeleted
 		return nil
 	})
 	return res, err
+}
+
+// send queues a round of statements that need nothing from each other's results and sends them
+// in one round trip.
+func (a *applier) send(ctx context.Context, tx pgx.Tx, f *folded, round ...func(*pgx.Batch, *folded) error) error {
+	b := &pgx.Batch{}
+	for _, queue := range round {
+		if err := queue(b, f); err != nil {
+			return err
+		}
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	return tx.SendBatch(ctx, b).Close()
 }
 
 // txBounds bound a batch transaction: each statement and lock wait (Postgres enforces them),
@@ -105,7 +125,12 @@ type applier struct {
 	usersWithNewLinks map[string]time.Time
 	// tiedAnonymous: the anonymousIds whose tie this batch set; their stored events are
 	// attributed again.
-	tiedAnonymous  map[string]bool
+	tiedAnonymous map[string]bool
+	// void: the deletions in force; forgotten: the users this batch deleted, whose remaining
+	// fallback events are all resolved again (the links they had may be gone).
+	void           tombstones
+	forgotten      map[string]bool
+	usersDeleted   int
 	seen           lastSeenChanges
 	catalogRows    map[string]*catalogRow
 	inserted       int
@@ -114,7 +139,7 @@ type applier struct {
 
 func newApplier(tenant, source string, bounds txBounds) *applier {
 	return &applier{tenant: tenant, source: source, bounds: bounds,
-		usersWithNewLinks: map[string]time.Time{}, tiedAnonymous: map[string]bool{},
+		usersWithNewLinks: map[string]time.Time{}, tiedAnonymous: map[string]bool{}, forgotten: map[string]bool{},
 		seen: newLastSeenChanges(), catalogRows: map[string]*catalogRow{}}
 }
 

@@ -76,13 +76,17 @@ func (a *applier) memberships(b *pgx.Batch, f *folded) error {
 // and all of them when the user has no older link (events before the first link take its account,
 // and this batch may have added it).
 func (a *applier) reresolve(b *pgx.Batch, _ *folded) error {
-	if len(a.usersWithNewLinks) == 0 {
+	if len(a.usersWithNewLinks) == 0 && len(a.forgotten) == 0 {
 		return nil
 	}
-	users := slices.Sorted(maps.Keys(a.usersWithNewLinks))
+	from := maps.Clone(a.usersWithNewLinks)
+	for u := range a.forgotten {
+		from[u] = time.Time{} // older than any link: all of the user's fallback events
+	}
+	users := slices.Sorted(maps.Keys(from))
 	since := make([]time.Time, len(users))
 	for i, u := range users {
-		since[i] = a.usersWithNewLinks[u]
+		since[i] = from[u]
 	}
 	b.Queue(`
 		WITH candidates AS MATERIALIZED (

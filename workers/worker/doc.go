@@ -38,6 +38,15 @@
 //     account. An anonymousId keeps the tie of the oldest version (tally.anonymous_ties); a batch
 //     that sets a tie re-attributes the anonymousId's stored events (events.user_from 'anonymous').
 //   - Events are unique per (tenant, messageId); event_catalog counts only inserted rows.
+//   - A user-deletion request (type delete) at version D voids every message about its userId of
+//     version D or older, and the anonymous events of the anonymousIds tied to the user then: the
+//     stored rows are trimmed to what newer messages wrote (tally.forget_user: events, links,
+//     trait keys, the row itself when nothing newer wrote it; accounts keep what void calls said
+//     about them) and a tombstone (tally.deletions) keeps void messages of later batches out. The
+//     rows are those of the message set without the void messages, except two estimates when a
+//     deletion arrives after newer messages of its user: created_at (from the newer part's trait
+//     versions, links and activity) and an alias's first_aliased_at. An anonymousId tied to the
+//     deleted user and to another one settles by arrival order, as ties keep only the oldest.
 //
 // A tenant's transactions take a transaction-scoped advisory lock, so the cross-row steps (the
 // fallback account, ties, re-resolution, last_seen_at of new rows) always see every earlier commit.

@@ -115,6 +115,14 @@ type tieChange struct {
 	AnonymousID, UserID, Version string
 }
 
+// deletion is a user-deletion request: every message about the user of Version or older is void.
+type deletion struct {
+	UserID    string
+	Version   string
+	At        time.Time
+	MessageID string
+}
+
 // folded is one batch, folded: each slice sorted by key so that concurrent transactions lock rows
 // in the same order.
 type folded struct {
@@ -125,6 +133,14 @@ type folded struct {
 	Events      []eventRow
 	Aliases     []*aliasChange
 	Ties        []tieChange
+	Deletes     []deletion // the newest per user
+
+	// The ids a deletion could void (userIds and previousIds; anonymousIds of events without a
+	// userId), looked up in the stored tombstones; and what is needed to fold the batch again
+	// without the void messages.
+	UserIDs, AnonymousIDs []string
+	messages              []*segment.Message
+	accountProperty       string
 }
 
 // withoutIgnored drops the source's ignored track events. The receiver drops them already; these
@@ -144,7 +160,13 @@ func withoutIgnored(msgs []*segment.Message, src *source.Config) []*segment.Mess
 // fold maps a batch of messages onto the changes it makes. accountProperty is the source's track
 // property naming the account ("" for none).
 func fold(msgs []*segment.Message, accountProperty string) *folded {
+	return foldWithout(msgs, accountProperty, tombstones{})
+}
+
+// foldWithout folds the batch leaving out what the tombstones void.
+func foldWithout(msgs []*segment.Message, accountProperty string, void tombstones) *folded {
 	f := folder{
+		void:        void,
 		accounts:    map[string]*entityChange{},
 		users:       map[string]*entityChange{},
 		links:       map[[3]string]linkOp{},
@@ -152,14 +174,20 @@ func fold(msgs []*segment.Message, accountProperty string) *folded {
 		events:      map[string]eventRow{},
 		aliases:     map[[2]string]*aliasChange{},
 		ties:        map[string]tieChange{},
+		deletes:     map[string]deletion{},
+		userIDs:     map[string]bool{},
+		anonymous:   map[string]bool{},
 	}
 	for _, m := range msgs {
 		f.add(m, accountProperty)
 	}
-	return f.result()
+	res := f.result()
+	res.messages, res.accountProperty = msgs, accountProperty
+	return res
 }
 
 type folder struct {
+	void        tombstones
 	accounts    map[string]*entityChange
 	users       map[string]*entityChange
 	links       map[[3]string]linkOp // user, account, version
@@ -167,25 +195,59 @@ type folder struct {
 	events      map[string]eventRow
 	aliases     map[[2]string]*aliasChange
 	ties        map[string]tieChange // by anonymousId
+	deletes     map[string]deletion  // by userId
+	// the ids looked up in the tombstones
+	userIDs, anonymous map[string]bool
 }
 
 func (f *folder) add(m *segment.Message, accountProperty string) {
 	ctx := object(m.Context)
 	// context.active false marks a call that must not bump "last seen" (Segment's spec).
 	active := !isFalse(ctx["active"])
+	f.noteIDs(m)
+	// A message about a deleted user, as old as the deletion or older, is void: what it says
+	// about the user is dropped; what it says about an account (group traits, a named company)
+	// stays, as it would have stayed had it arrived before the deletion.
+	voidUser := f.void.voidsUser(m.UserID, m)
 	switch m.Type {
 	case segment.TypeGroup:
-		f.group(m, active)
+		f.group(m, active, voidUser)
 	case segment.TypeIdentify:
-		f.identify(m, active)
+		f.identify(m, active, voidUser)
 	case segment.TypeTrack, segment.TypePage, segment.TypeScreen:
-		f.event(m, ctx, accountProperty)
+		if !voidUser && !f.void.voidsAnonymousEvent(m) {
+			f.event(m, ctx, accountProperty)
+		}
 	case segment.TypeAlias:
-		f.alias(m)
+		if !voidUser && !f.void.voidsUser(m.PreviousID, m) {
+			f.alias(m)
+		}
+	case segment.TypeDelete:
+		f.delete(m)
 	}
 }
 
-func (f *folder) group(m *segment.Message, active bool) {
+// noteIDs records the ids of m that a stored tombstone could void.
+func (f *folder) noteIDs(m *segment.Message) {
+	if m.UserID != "" {
+		f.userIDs[m.UserID] = true
+	} else if m.AnonymousID != "" {
+		f.anonymous[m.AnonymousID] = true
+	}
+	if m.PreviousID != "" {
+		f.userIDs[m.PreviousID] = true
+	}
+}
+
+// delete keeps the newest deletion of each user.
+func (f *folder) delete(m *segment.Message) {
+	d := deletion{UserID: m.UserID, Version: versionOf(m), At: m.Timestamp, MessageID: m.MessageID}
+	if old, ok := f.deletes[m.UserID]; !ok || d.Version > old.Version {
+		f.deletes[m.UserID] = d
+	}
+}
+
+func (f *folder) group(m *segment.Message, active, voidUser bool) {
 	if m.GroupID == "" {
 		return
 	}
@@ -197,32 +259,38 @@ func (f *folder) group(m *segment.Message, active bool) {
 	if name, ok := nonEmptyString(traits["name"]); ok {
 		a.setName(name, versionOf(m))
 	}
-	if m.UserID != "" {
+	if m.UserID != "" && !voidUser {
 		f.user(m.UserID).touch(m, active)
 		f.link(m, accountID, true)
 	}
 }
 
-func (f *folder) identify(m *segment.Message, active bool) {
+func (f *folder) identify(m *segment.Message, active, voidUser bool) {
 	if m.UserID == "" {
 		return // users are keyed on userId; an anonymous identify has nothing to attach to
 	}
-	f.tie(m.AnonymousID, m)
 	traits := object(m.Traits)
 	company := object(traits["company"])
-	u := f.user(m.UserID)
-	u.touch(m, active)
-	u.Traits.merge(withoutRemoveMarker(traits, company), versionOf(m))
+	if !voidUser {
+		f.tie(m.AnonymousID, m)
+		u := f.user(m.UserID)
+		u.touch(m, active)
+		u.Traits.merge(withoutRemoveMarker(traits, company), versionOf(m))
+	}
 
 	accountID, ok := idFromJSON(company["id"])
 	if !ok {
 		return
 	}
 	if isTrueOrTrueString(company["remove"]) {
-		f.link(m, accountID, false)
+		if !voidUser {
+			f.link(m, accountID, false)
+		}
 		return
 	}
-	f.link(m, accountID, true)
+	if !voidUser {
+		f.link(m, accountID, true)
+	}
 	// A named company creates or updates the account: its fields, name included, become account
 	// traits, like a group call would; without a name the account is only linked, never created.
 	if name, ok := nonEmptyString(company["name"]); ok {
@@ -367,7 +435,10 @@ func (f *folder) result() *folded {
 		Aliases: slices.SortedFunc(maps.Values(f.aliases), func(a, b *aliasChange) int {
 			return cmp.Or(strings.Compare(a.PreviousID, b.PreviousID), strings.Compare(a.UserID, b.UserID))
 		}),
-		Ties: slices.SortedFunc(maps.Values(f.ties), func(a, b tieChange) int { return strings.Compare(a.AnonymousID, b.AnonymousID) }),
+		Ties:         slices.SortedFunc(maps.Values(f.ties), func(a, b tieChange) int { return strings.Compare(a.AnonymousID, b.AnonymousID) }),
+		Deletes:      slices.SortedFunc(maps.Values(f.deletes), func(a, b deletion) int { return strings.Compare(a.UserID, b.UserID) }),
+		UserIDs:      slices.Sorted(maps.Keys(f.userIDs)),
+		AnonymousIDs: slices.Sorted(maps.Keys(f.anonymous)),
 	}
 }
 

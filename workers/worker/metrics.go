@@ -11,6 +11,7 @@ type Metrics struct {
 	messages       *prometheus.CounterVec
 	eventsInserted *prometheus.CounterVec
 	unnamed        *prometheus.CounterVec
+	usersDeleted   *prometheus.CounterVec
 	deadLetters    *prometheus.CounterVec
 	retries        *prometheus.CounterVec
 	pending        *prometheus.GaugeVec
@@ -36,6 +37,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "tally", Subsystem: "worker", Name: "unnamed_accounts_created_total",
 			Help: "Accounts created without a name (a group call without name for an unknown account); they stay nameless until a named call arrives.",
 		}, []string{"source"}),
+		usersDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tally", Subsystem: "worker", Name: "users_deleted_total",
+			Help: "User-deletion requests applied (a repeated or older request for the same user counts once).",
+		}, []string{"source"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "tally", Subsystem: "worker", Name: "dead_letters_total",
 			Help: "Messages published to the source's dead-letter subject.",
@@ -54,6 +59,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.002, 2, 14),
 		}, []string{"source"}),
 	}
-	reg.MustRegister(m.batches, m.messages, m.eventsInserted, m.unnamed, m.deadLetters, m.retries, m.pending, m.batchSeconds)
+	reg.MustRegister(m.batches, m.messages, m.eventsInserted, m.unnamed, m.usersDeleted, m.deadLetters, m.retries, m.pending, m.batchSeconds)
 	return m
 }

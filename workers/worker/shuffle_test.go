@@ -120,6 +120,7 @@ func dumpTenant(ctx context.Context, tenant string) string {
 		{"event_catalog", "event"},
 		{"aliases", "previous_id, user_id"},
 		{"anonymous_ties", "anonymous_id"},
+		{"deletions", "kind, id"},
 	}
 	var b strings.Builder
 	for _, t := range tables {

@@ -311,6 +311,7 @@ func (w *Worker) commit(ctx context.Context, items []item, prepared *preparedFol
 			if err == nil {
 				w.metrics.eventsInserted.WithLabelValues(w.stream.String()).Add(float64(res.EventsInserted))
 				w.metrics.unnamed.WithLabelValues(w.stream.String()).Add(float64(res.UnnamedAccountsCreated))
+				w.metrics.usersDeleted.WithLabelValues(w.stream.String()).Add(float64(res.UsersDeleted))
 				return nil
 			}
 			switch classify(err) {
