@@ -46,12 +46,32 @@ func FreshOn(ctx context.Context, adminURL, prefix string) (string, func(), erro
 	drop := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		roles := tenantRoles(ctx, u.String())
 		if c, err := pgx.Connect(ctx, adminURL); err == nil {
 			_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+			for _, role := range roles { // roles are the server's, not the database's
+				_, _ = c.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{role}.Sanitize())
+			}
 			_ = c.Close(ctx)
 		}
 	}
 	return u.String(), drop, nil
+}
+
+// tenantRoles lists the login roles the database's tenants were given (none when it has no tally
+// schema).
+func tenantRoles(ctx context.Context, databaseURL string) []string {
+	c, err := pgx.Connect(ctx, databaseURL)
+	if err != nil {
+		return nil
+	}
+	defer c.Close(ctx)
+	rows, err := c.Query(ctx, "SELECT role_name FROM tally.tenant_roles")
+	if err != nil {
+		return nil
+	}
+	roles, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+	return roles
 }
 
 func sanitize(s string) string {

@@ -75,8 +75,11 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer pool.Close()
 
+	tenants := newTenantPools(pool, o.DatabaseURL, log)
+	defer tenants.Close()
+
 	// With fsync on every write, one atomic batch per request saves an fsync per message.
-	p, err := NewPipeline(PipelineOptions{Conn: nc, Pool: pool, AtomicBatches: o.SyncAlways,
+	p, err := NewPipeline(PipelineOptions{Conn: nc, Pool: pool, TenantPool: tenants.Pool, AtomicBatches: o.SyncAlways,
 		BatchSize: o.BatchSize, MaxWait: o.MaxWait, Logger: log})
 	if err != nil {
 		return err

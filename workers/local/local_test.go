@@ -180,6 +180,14 @@ var _ = Describe("Run", func() {
 			{"tenant": "globex", "account_id": "acc-1"},
 		}))
 		Expect(query(ctx, dbURL, `select count(*) as n from tally.events where tenant = 'paused' or event = 'Nope'`)).To(Equal([]map[string]any{{"n": int64(0)}}))
+
+		By("each tenant's workers write with the tenant's own Postgres login, as in a cluster")
+		Expect(query(ctx, dbURL, `select r.tenant, count(a.pid) > 0 as connected from tally.tenant_roles r
+			left join pg_stat_activity a on a.usename = r.role_name and a.datname = current_database()
+			group by r.tenant order by r.tenant`)).To(Equal([]map[string]any{
+			{"tenant": "acme", "connected": true},
+			{"tenant": "globex", "connected": true},
+		}))
 	})
 
 	It("shuts down cleanly on cancel and keeps a request accepted just before it", func(ctx SpecContext) {

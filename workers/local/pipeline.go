@@ -25,6 +25,9 @@ import (
 type PipelineOptions struct {
 	Conn *nats.Conn
 	Pool *pgxpool.Pool
+	// TenantPool, when set, gives the workers of a tenant their own pool (tally local: on the
+	// tenant's own login, as the operator does); else every worker uses Pool.
+	TenantPool func(ctx context.Context, tenant string) (*pgxpool.Pool, error)
 	// AtomicBatches publishes each request as atomic batches: worth it when NATS fsyncs every
 	// write (see receiver.Options.AtomicBatches).
 	AtomicBatches bool
@@ -114,8 +117,15 @@ func (p *Pipeline) StartWorkers(src *source.Config, n int) (stop func(), err err
 	run := &runningWorkers{}
 	ctx, cancel := context.WithCancel(context.Background())
 	run.cancel = cancel
+	pool := p.opts.Pool
+	if p.opts.TenantPool != nil {
+		if pool, err = p.opts.TenantPool(ctx, src.Tenant); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
 	for range n {
-		w, err := worker.New(worker.Options{Pool: p.opts.Pool, JetStream: p.js, Source: src,
+		w, err := worker.New(worker.Options{Pool: pool, JetStream: p.js, Source: src,
 			BatchSize: p.opts.BatchSize, MaxWait: p.opts.MaxWait, Logger: p.opts.Logger, Metrics: p.metrics})
 		if err != nil {
 			cancel()

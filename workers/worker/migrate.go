@@ -21,36 +21,55 @@ const schemaLockID int64 = 0x74616c6c79736368 // "tallysch"
 
 // Migrate brings the tally schema of the database at databaseURL up to date. Several processes may
 // call it at once: goose holds a Postgres advisory lock while it migrates, and the others wait for
-// it and then find nothing left to do.
+// it and then find nothing left to do. A schema already up to date is only read, so a tenant's
+// role (which may not migrate) passes; the manager migrates for them.
 func Migrate(ctx context.Context, databaseURL string) error {
 	db, err := sql.Open("pgx", databaseURL)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if err := createSchema(ctx, db); err != nil {
-		return fmt.Errorf("create schema tally: %w", err)
-	}
-	migrations, err := fs.Sub(migrationFiles, "migrations")
+	check, err := newMigrationProvider(db)
 	if err != nil {
 		return err
+	}
+	current, target, versionErr := check.GetVersions(ctx)
+	if versionErr == nil && current >= target {
+		return nil
+	}
+	cannot := func(err error) error {
+		if versionErr == nil {
+			return fmt.Errorf("the tally schema is at version %d, this build needs %d, and it could not migrate it "+
+				"(a tenant's login cannot: the manager migrates): %w", current, target, err)
+		}
+		return err
+	}
+	if err := createSchema(ctx, db); err != nil {
+		return cannot(fmt.Errorf("create schema tally: %w", err))
 	}
 	locker, err := lock.NewPostgresSessionLocker()
 	if err != nil {
 		return err
 	}
-	provider, err := goose.NewProvider(goose.DialectPostgres, db, migrations,
-		goose.WithSessionLocker(locker),
-		goose.WithTableName("tally.goose_db_version"),
-		goose.WithDisableGlobalRegistry(true),
-	)
+	provider, err := newMigrationProvider(db, goose.WithSessionLocker(locker))
 	if err != nil {
 		return err
 	}
 	if _, err := provider.Up(ctx); err != nil {
-		return fmt.Errorf("migrate: %w", err)
+		return cannot(fmt.Errorf("migrate: %w", err))
 	}
 	return nil
+}
+
+func newMigrationProvider(db *sql.DB, opts ...goose.ProviderOption) (*goose.Provider, error) {
+	migrations, err := fs.Sub(migrationFiles, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	return goose.NewProvider(goose.DialectPostgres, db, migrations, append(opts,
+		goose.WithTableName("tally.goose_db_version"),
+		goose.WithDisableGlobalRegistry(true),
+	)...)
 }
 
 // createSchema runs CREATE SCHEMA IF NOT EXISTS under a transaction-scoped advisory lock: two such

@@ -83,6 +83,11 @@ func newSource(ctx context.Context, accountProperty string, ignored ...string) *
 
 // startWorker runs a worker on src until the spec ends; the returned func stops it and waits.
 func startWorker(src *source.Config, batchSize int, tweak ...func(*Worker)) (stop func() error) {
+	return startWorkerOn(pool, src, batchSize, tweak...)
+}
+
+// startWorkerOn is startWorker with the worker's own database pool.
+func startWorkerOn(pool *pgxpool.Pool, src *source.Config, batchSize int, tweak ...func(*Worker)) (stop func() error) {
 	w, err := New(Options{Pool: pool, JetStream: js, Source: src, BatchSize: batchSize,
 		MaxWait: 50 * time.Millisecond, Logger: testenv.QuietLogger(), Metrics: testMetrics})
 	Expect(err).NotTo(HaveOccurred())

@@ -1,0 +1,36 @@
+package manager
+
+import (
+	"context"
+
+	"github.com/tallyhq/tally/workers/worker"
+)
+
+// EnsureTenantRole gives the tenant its own Postgres login (controllers.TenantDatabaseRoles),
+// through the worker package, which owns the schema, its policies and their SQL.
+func (t *tenantRows) EnsureTenantRole(ctx context.Context, tenant, rotation string) (string, error) {
+	roles, err := t.currentRoles(ctx)
+	if err != nil {
+		return "", err
+	}
+	return roles.Ensure(ctx, tenant, rotation)
+}
+
+// DropTenantRole removes the tenant's login; its rows stay.
+func (t *tenantRows) DropTenantRole(ctx context.Context, tenant string) error {
+	roles, err := t.currentRoles(ctx)
+	if err != nil {
+		return err
+	}
+	return roles.Drop(ctx, tenant)
+}
+
+func (t *tenantRows) currentRoles(ctx context.Context) (*worker.TenantRoles, error) {
+	pool, err := t.currentPool(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return worker.NewTenantRoles(pool, t.url), nil
+}

@@ -1,0 +1,145 @@
+package worker
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// TenantRoles manages the per-tenant login roles of migration 00005 with an administrator's pool
+// (the schema's owner, with CREATEROLE). A tenant's role may read and write only that tenant's rows
+// and owns nothing; the operator hands its URL to the tenant's workers.
+//
+// Passwords are not stored anywhere: each is an HMAC of the tenant and its generation keyed with
+// the administrator's URL, so every manager replica derives the same one, a rotation (a new
+// generation) changes it, and changing the administrator's credentials changes them all.
+type TenantRoles struct {
+	pool     *pgxpool.Pool
+	adminURL string
+}
+
+// NewTenantRoles manages tenant roles through pool, connected with adminURL.
+func NewTenantRoles(pool *pgxpool.Pool, adminURL string) *TenantRoles {
+	return &TenantRoles{pool: pool, adminURL: adminURL}
+}
+
+// rolesLockKey serialises role changes: CREATE ROLE of two racing managers would otherwise fail.
+var rolesLockKey = tenantLockKey("\x00roles")
+
+// Ensure creates the tenant's role if it is missing, rotates its password when rotation is a
+// request not applied before (the operator passes an annotation's value: several sources of one
+// tenant may carry different ones, and each rotates once), and returns the URL the tenant's
+// workers connect with: the administrator's, with the role's name and password.
+func (t *TenantRoles) Ensure(ctx context.Context, tenant, rotation string) (string, error) {
+	var role string
+	var generation int
+	err := pgx.BeginTxFunc(ctx, t.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", rolesLockKey); err != nil {
+			return err
+		}
+		var applied bool
+		err := tx.QueryRow(ctx, `SELECT role_name, generation, $2 = '' OR $2 = ANY (rotations) FROM tally.tenant_roles WHERE tenant = $1`,
+			tenant, rotation).Scan(&role, &generation, &applied)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			if err := tx.QueryRow(ctx, `SELECT 'tally_t_' || left(encode(sha256(convert_to(current_database() || '/' || $1, 'UTF8')), 'hex'), 24)`,
+				tenant).Scan(&role); err != nil {
+				return err
+			}
+			generation = 1
+			if _, err := tx.Exec(ctx, `INSERT INTO tally.tenant_roles (tenant, role_name, rotations) VALUES ($1, $2, array_remove(ARRAY[$3], ''))`,
+				tenant, role, rotation); err != nil {
+				return err
+			}
+			return t.createRole(ctx, tx, role, t.password(tenant, generation))
+		case err != nil:
+			return err
+		case !applied:
+			generation++
+			if _, err := tx.Exec(ctx, `UPDATE tally.tenant_roles SET generation = $2, rotations = rotations || $3::text WHERE tenant = $1`,
+				tenant, generation, rotation); err != nil {
+				return err
+			}
+			return t.setPassword(ctx, tx, role, t.password(tenant, generation))
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("role of tenant %q: %w", tenant, err)
+	}
+	return t.roleURL(role, t.password(tenant, generation))
+}
+
+// Drop removes the tenant's role; its rows stay (they belong to the schema's owner).
+func (t *TenantRoles) Drop(ctx context.Context, tenant string) error {
+	return pgx.BeginTxFunc(ctx, t.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", rolesLockKey); err != nil {
+			return err
+		}
+		var role string
+		err := tx.QueryRow(ctx, `DELETE FROM tally.tenant_roles WHERE tenant = $1 RETURNING role_name`, tenant).Scan(&role)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		return execFormatted(ctx, tx, `SELECT format('DROP ROLE IF EXISTS %I', $1::text)`, role)
+	})
+}
+
+func (t *TenantRoles) createRole(ctx context.Context, tx pgx.Tx, role, password string) error {
+	var exists bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, role).Scan(&exists); err != nil {
+		return err
+	}
+	// The role's privileges are the group's, and only those.
+	const attributes = "LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+	if !exists {
+		return execFormatted(ctx, tx, `SELECT format('CREATE ROLE %I `+attributes+` PASSWORD %L IN ROLE tally_tenant', $1::text, $2::text)`, role, password)
+	}
+	// Left by an earlier install of this database: taken over, with the group's privileges only.
+	if err := execFormatted(ctx, tx, `SELECT format('ALTER ROLE %I `+attributes+` PASSWORD %L', $1::text, $2::text)`, role, password); err != nil {
+		return err
+	}
+	return execFormatted(ctx, tx, `SELECT format('GRANT tally_tenant TO %I', $1::text)`, role)
+}
+
+func (t *TenantRoles) setPassword(ctx context.Context, tx pgx.Tx, role, password string) error {
+	return execFormatted(ctx, tx, `SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)`, role, password)
+}
+
+// execFormatted builds a utility statement with Postgres's own quoting (format's %I and %L: role
+// statements take no parameters) and runs it. The statement holds a password: never logged.
+func execFormatted(ctx context.Context, tx pgx.Tx, builder string, args ...any) error {
+	var stmt string
+	if err := tx.QueryRow(ctx, builder, args...).Scan(&stmt); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, stmt)
+	return err
+}
+
+// password derives the tenant's password of a generation.
+func (t *TenantRoles) password(tenant string, generation int) string {
+	mac := hmac.New(sha256.New, []byte(t.adminURL))
+	fmt.Fprintf(mac, "tally tenant role\x00%s\x00%d", tenant, generation)
+	return hex.EncodeToString(mac.Sum(nil))
+}
+
+// roleURL is the administrator's URL with the role's credentials.
+func (t *TenantRoles) roleURL(role, password string) (string, error) {
+	u, err := url.Parse(t.adminURL)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		// Never the URL itself in the error: it holds a password.
+		return "", errors.New("tenant roles need the database as a postgres:// URL")
+	}
+	u.User = url.UserPassword(role, password)
+	return u.String(), nil
+}

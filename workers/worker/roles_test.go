@@ -1,0 +1,164 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/tallyhq/tally/workers/source"
+)
+
+// The walls between tenants in Postgres, attacked with the login a tenant's workers receive.
+var _ = Describe("Tenant roles", func() {
+	var roles *TenantRoles
+	BeforeEach(func() { roles = NewTenantRoles(pool, databaseURL) })
+
+	connectAs := func(ctx context.Context, url string) *pgx.Conn {
+		conn, err := pgx.Connect(ctx, url)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func(ctx SpecContext) { _ = conn.Close(ctx) })
+		return conn
+	}
+	sqlState := func(err error) string {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			return pgErr.Code
+		}
+		return fmt.Sprint(err)
+	}
+
+	It("see and change only their own tenant's rows, whatever the query, and cannot change the schema", func(ctx SpecContext) {
+		// Two tenants with rows, written by their own workers logged in with their own roles.
+		mine, theirs := newSource(ctx, ""), newSource(ctx, "")
+		for cfg, user := range map[*source.Config]string{mine: "u-mine", theirs: "u-theirs"} {
+			url, err := roles.Ensure(ctx, cfg.Tenant, "")
+			Expect(err).NotTo(HaveOccurred())
+			Expect(Migrate(ctx, url)).To(Succeed(), "an up-to-date schema is only read")
+			rolePool, err := pgxpool.New(ctx, url)
+			Expect(err).NotTo(HaveOccurred())
+			DeferCleanup(rolePool.Close)
+			startWorkerOn(rolePool, cfg, 100)
+			publish(ctx, cfg, identify("i-"+user, user, 10, map[string]any{"plan": "pro"}),
+				group("g-"+user, user, "acct-"+user, 11, map[string]any{"name": "A"}),
+				track("t-"+user, user, "E", 12, nil, nil))
+			drained(ctx, cfg)
+		}
+		url, err := roles.Ensure(ctx, mine.Tenant, "")
+		Expect(err).NotTo(HaveOccurred())
+		conn := connectAs(ctx, url)
+
+		By("reading: every table shows the tenant's rows only, even asked for the other tenant by name")
+		for _, table := range []string{"accounts", "users", "account_users", "associations", "events", "event_catalog"} {
+			var own, other int
+			Expect(conn.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FILTER (WHERE tenant = $1), count(*) FILTER (WHERE tenant <> $1) FROM tally.%s`, table),
+				mine.Tenant).Scan(&own, &other)).To(Succeed())
+			Expect(own).To(BeNumerically(">", 0), table)
+			Expect(other).To(BeZero(), table)
+		}
+		var n int
+		Expect(conn.QueryRow(ctx, `SELECT count(*) FROM tally.users WHERE tenant = $1`, theirs.Tenant).Scan(&n)).To(Succeed())
+		Expect(n).To(BeZero())
+
+		By("writing: another tenant's rows are out of reach, and no row can be written for it")
+		tag, err := conn.Exec(ctx, `UPDATE tally.users SET traits = '{}' WHERE tenant = $1`, theirs.Tenant)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(tag.RowsAffected()).To(BeZero())
+		tag, err = conn.Exec(ctx, `DELETE FROM tally.events`)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(tag.RowsAffected()).To(BeEquivalentTo(1), "its own event only")
+		_, err = conn.Exec(ctx, `INSERT INTO tally.users (tenant, user_id, created_at, updated_at) VALUES ($1, 'planted', now(), now())`, theirs.Tenant)
+		Expect(sqlState(err)).To(Equal("42501"), "row-level security refuses the row")
+		_, err = conn.Exec(ctx, `UPDATE tally.users SET tenant = $1 WHERE tenant = $2`, theirs.Tenant, mine.Tenant)
+		Expect(sqlState(err)).To(Equal("42501"), "a row cannot be moved to another tenant")
+
+		By("widening: settings, SET ROLE and the role table do not help")
+		_, err = conn.Exec(ctx, `SELECT set_config('tally.tenant', $1, false)`, theirs.Tenant)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = conn.Exec(ctx, `SET ROLE tally_tenant`)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(conn.QueryRow(ctx, `SELECT count(*) FROM tally.users WHERE tenant = $1`, theirs.Tenant).Scan(&n)).To(Succeed())
+		Expect(n).To(BeZero())
+		_, err = conn.Exec(ctx, `RESET ROLE`)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = conn.Exec(ctx, `SELECT * FROM tally.tenant_roles`)
+		Expect(sqlState(err)).To(Equal("42501"))
+		_, err = conn.Exec(ctx, `UPDATE tally.tenant_roles SET tenant = $1`, theirs.Tenant)
+		Expect(sqlState(err)).To(Equal("42501"))
+
+		By("DDL: refused")
+		for _, ddl := range []string{
+			`DROP TABLE tally.events`,
+			`TRUNCATE tally.users`,
+			`ALTER TABLE tally.users DISABLE ROW LEVEL SECURITY`,
+			`DROP POLICY tenant_rows ON tally.users`,
+			`CREATE TABLE tally.mine (x int)`,
+			`CREATE SCHEMA mine`,
+			`CREATE OR REPLACE FUNCTION tally.current_tenant() RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$`,
+			`DELETE FROM tally.goose_db_version`,
+		} {
+			_, err := conn.Exec(ctx, ddl)
+			Expect(sqlState(err)).To(Equal("42501"), ddl)
+		}
+
+		By("the other tenant's rows are intact")
+		Expect(pool.QueryRow(ctx, `SELECT count(*) FROM tally.events WHERE tenant = $1`, theirs.Tenant).Scan(&n)).To(Succeed())
+		Expect(n).To(Equal(1))
+	})
+
+	It("rotate the password on a new request, keep it otherwise, and go with their tenant while its rows stay", func(ctx SpecContext) {
+		src := newSource(ctx, "")
+		first, err := roles.Ensure(ctx, src.Tenant, "")
+		Expect(err).NotTo(HaveOccurred())
+		again, err := roles.Ensure(ctx, src.Tenant, "")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(again).To(Equal(first))
+		Expect(NewTenantRoles(pool, databaseURL).Ensure(ctx, src.Tenant, "")).To(Equal(first), "another manager derives the same")
+		password := func() string {
+			var p string
+			Expect(pool.QueryRow(ctx, `SELECT a.rolpassword FROM pg_authid a JOIN tally.tenant_roles r ON r.role_name = a.rolname WHERE r.tenant = $1`,
+				src.Tenant).Scan(&p)).To(Succeed())
+			return p
+		}
+		before := password()
+
+		rotated, err := roles.Ensure(ctx, src.Tenant, "2026-12-01")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(rotated).NotTo(Equal(first))
+		Expect(password()).NotTo(Equal(before), "the role's password changed in Postgres")
+		Expect(roles.Ensure(ctx, src.Tenant, "2026-12-01")).To(Equal(rotated))
+
+		conn := connectAs(ctx, rotated)
+		_, err = conn.Exec(ctx, `INSERT INTO tally.users (tenant, user_id, created_at, updated_at) VALUES ($1, 'kept', now(), now())`, src.Tenant)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(conn.Close(ctx)).To(Succeed())
+
+		Expect(roles.Drop(ctx, src.Tenant)).To(Succeed())
+		Expect(roles.Drop(ctx, src.Tenant)).To(Succeed(), "dropping twice is fine")
+		var roleLeft, rowsLeft int
+		Expect(pool.QueryRow(ctx, `SELECT count(*) FROM pg_roles WHERE rolname IN (SELECT 'tally_t_' || left(encode(sha256(convert_to(current_database() || '/' || $1, 'UTF8')), 'hex'), 24))`,
+			src.Tenant).Scan(&roleLeft)).To(Succeed())
+		Expect(roleLeft).To(BeZero())
+		Expect(pool.QueryRow(ctx, `SELECT count(*) FROM tally.users WHERE tenant = $1`, src.Tenant).Scan(&rowsLeft)).To(Succeed())
+		Expect(rowsLeft).To(Equal(1))
+	})
+
+	It("protect every tenant table of the schema", func(ctx SpecContext) {
+		rows := queryRows(ctx, `
+			SELECT c.relname AS table, c.relrowsecurity AS rls,
+				EXISTS (SELECT 1 FROM pg_policies p WHERE p.schemaname = 'tally' AND p.tablename = c.relname) AS policy
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant'
+			WHERE n.nspname = 'tally' AND c.relkind = 'r' AND c.relname <> 'tenant_roles'`)
+		Expect(len(rows)).To(BeNumerically(">=", 9))
+		for _, r := range rows {
+			Expect(r["rls"]).To(BeTrue(), "%v", r["table"])
+			Expect(r["policy"]).To(BeTrue(), "%v", r["table"])
+		}
+	})
+})
