@@ -27,6 +27,16 @@ func (a *applier) events(b *pgx.Batch, f *folded) error {
 		ts[i], received[i] = e.Timestamp, e.ReceivedAt
 	}
 	b.Queue(`
+		-- An event without a userId belongs to the user its anonymousId is tied to. Resolved first,
+		-- in a step of its own, so the lookups below compare plain columns: under row-level security
+		-- (a tenant's login) a condition holding a subquery cannot use an index.
+		WITH t AS MATERIALIZED (
+			SELECT t.*, coalesce(t.user_id, (SELECT ti.user_id FROM tally.anonymous_ties ti
+				WHERE t.user_id IS NULL AND ti.tenant = $1 AND ti.anonymous_id = t.anonymous_id)) AS resolved_user
+			FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+				$10::text[], $11::text[], $12::timestamptz[], $13::timestamptz[])
+				AS t(message_id, type, event, user_id, anonymous_id, account_id, account_from, properties, context, ts, received_at)
+		)
 		INSERT INTO tally.events AS ev (tenant, message_id, type, event, user_id, anonymous_id, account_id,
 			properties, context, timestamp, received_at, source, account_from, user_from)
 		SELECT $1, t.message_id, t.type, t.event, u.user_id, t.anonymous_id,
@@ -38,14 +48,7 @@ func (a *applier) events(b *pgx.Batch, f *folded) error {
 			CASE WHEN t.account_id IS NOT NULL THEN t.account_from
 			     WHEN u.user_id IS NOT NULL THEN 'user' END,
 			CASE WHEN t.user_id IS NULL AND u.user_id IS NOT NULL THEN 'anonymous' END
-		FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
-			$10::text[], $11::text[], $12::timestamptz[], $13::timestamptz[])
-			AS t(message_id, type, event, user_id, anonymous_id, account_id, account_from, properties, context, ts, received_at)
-		-- An event without a userId belongs to the user its anonymousId is tied to.
-		CROSS JOIN LATERAL (
-			SELECT coalesce(t.user_id, (SELECT ti.user_id FROM tally.anonymous_ties ti
-				WHERE t.user_id IS NULL AND ti.tenant = $1 AND ti.anonymous_id = t.anonymous_id)) AS user_id
-		) u
+		FROM t CROSS JOIN LATERAL (SELECT t.resolved_user AS user_id) u
 		-- tally.account_at's first steps inline, the cheap common cases: the user's newest link or
 		-- unlink at the event's time; when it is a link, that is the account; when there is none,
 		-- the event precedes the user's first link, whose account it takes (if any yet).

@@ -22,10 +22,16 @@ import (
 
 // BenchmarkWorker measures mapped messages per second of one worker, from a stream already holding
 // b.N messages (70% track, 20% identify, 10% group over 5,000 users and 500 accounts) until every
-// one is committed and acknowledged. Run it with:
+// one is committed and acknowledged: logged in as the tenant's own role (row-level security, as
+// the operator runs workers) and as the schema's owner (policies bypassed). Run it with:
 //
 //	go test ./workers/worker/ -run '^$' -bench BenchmarkWorker -benchtime 50000x
 func BenchmarkWorker(b *testing.B) {
+	b.Run("tenant-role", func(b *testing.B) { benchmarkWorker(b, true) })
+	b.Run("owner", func(b *testing.B) { benchmarkWorker(b, false) })
+}
+
+func benchmarkWorker(b *testing.B, tenantRole bool) {
 	ctx := context.Background()
 	url, drop, err := testdb.Fresh(ctx, "worker_bench")
 	if err != nil {
@@ -34,6 +40,17 @@ func BenchmarkWorker(b *testing.B) {
 	defer drop()
 	if err := Migrate(ctx, url); err != nil {
 		b.Fatal(err)
+	}
+	if tenantRole {
+		admin, err := pgxpool.New(ctx, url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		url, err = NewTenantRoles(admin, url).Ensure(ctx, "bench", "")
+		admin.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
 	}
 	benchPool, err := pgxpool.New(ctx, url)
 	if err != nil {
