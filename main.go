@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tallyhq/tally/controllers/manager"
+	"github.com/tallyhq/tally/workers/catalog"
 	"github.com/tallyhq/tally/workers/dlq"
 	"github.com/tallyhq/tally/workers/local"
 	"github.com/tallyhq/tally/workers/receiver"
@@ -31,6 +32,7 @@ func main() {
 	}
 	root.AddCommand(worker.Commands()...)
 	root.AddCommand(dlq.NewCommand())
+	root.AddCommand(catalog.NewCommand())
 	root.AddCommand(receiver.NewCommand())
 	root.AddCommand(local.NewCommand())
 	root.AddCommand(manager.NewCommand())
