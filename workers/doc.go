@@ -14,8 +14,11 @@
 //     their set-up, inspection and counts, and the NATS connection every process opens.
 //   - source: a source's runtime settings, their defaults, and the files the operator mounts
 //     them as.
+//   - natsauth: the NATS users of a source's receiver and workers (permissions, inbox prefixes,
+//     issuing with an account signing key), for NATS in decentralized JWT mode.
 //
 // Shared by receiver and worker only:
 //   - segment: the Segment message model (decode, validate, normalise).
-//   - natsserver: the embedded NATS server of tally local, the bench and the tests.
+//   - natsserver: the embedded NATS server of tally local, the bench and the tests, with or
+//     without decentralized JWT auth.
 package workers

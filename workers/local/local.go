@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"path/filepath"
 	"time"
 
 	"github.com/jackc/pgerrcode"
@@ -20,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"golang.org/x/net/netutil"
 
+	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/natsserver"
 	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/source"
@@ -52,12 +54,31 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
-	ns, err := natsserver.Start(natsserver.Options{Port: o.NATSPort, StoreDir: o.DataDir, SyncAlways: o.SyncAlways})
+	// NATS in decentralized JWT mode, as a cluster with per-source NATS users runs it: this
+	// connection (the admin) creates the streams, the receiver and each source's workers
+	// connect as users of their own.
+	auth, adminCreds, err := natsAuth(o.DataDir, log)
+	if err != nil {
+		return err
+	}
+	ns, err := natsserver.Start(natsserver.Options{Port: o.NATSPort, StoreDir: o.DataDir, SyncAlways: o.SyncAlways, Auth: auth})
 	if err != nil {
 		return err
 	}
 	defer ns.Shutdown()
-	nc, err := nats.Connect(ns.ClientURL(), nats.Name("tally-local"), nats.MaxReconnects(-1))
+	adminOpts := []nats.Option{nats.Name("tally-local"), nats.MaxReconnects(-1)}
+	var users *natsUsers
+	if auth != nil {
+		opt, err := natsauth.CredsOption(adminCreds)
+		if err != nil {
+			return err
+		}
+		adminOpts = append(adminOpts, opt)
+		if users, err = newNATSUsers(ns.ClientURL(), auth); err != nil {
+			return err
+		}
+	}
+	nc, err := nats.Connect(ns.ClientURL(), adminOpts...)
 	if err != nil {
 		return err
 	}
@@ -79,8 +100,16 @@ func Run(ctx context.Context, o Options) error {
 	defer tenants.Close()
 
 	// With fsync on every write, one atomic batch per request saves an fsync per message.
-	p, err := NewPipeline(PipelineOptions{Conn: nc, Pool: pool, TenantPool: tenants.Pool, AtomicBatches: o.SyncAlways,
-		BatchSize: o.BatchSize, MaxWait: o.MaxWait, Logger: log})
+	popts := PipelineOptions{Conn: nc, Pool: pool, TenantPool: tenants.Pool, AtomicBatches: o.SyncAlways,
+		BatchSize: o.BatchSize, MaxWait: o.MaxWait, Logger: log}
+	if users != nil {
+		if popts.ReceiverConn, err = users.receiver(sources); err != nil {
+			return err
+		}
+		defer func() { _ = users.drain(context.Background()) }() // on an early return; a no-op after the drain below
+		popts.WorkerConn = users.worker
+	}
+	p, err := NewPipeline(popts)
 	if err != nil {
 		return err
 	}
@@ -99,6 +128,10 @@ func Run(ctx context.Context, o Options) error {
 	}
 	p.Start(listener)
 	printBanner(o.Out, listener.Addr().String(), ns.ClientURL(), o.DatabaseURL, sources)
+	if users != nil {
+		fmt.Fprintf(o.Out, "NATS checks users: each source's workers and the receiver have their own; every permission: %s\n",
+			filepath.Join(o.DataDir, AdminCredsFile))
+	}
 
 	select {
 	case <-ctx.Done():
@@ -110,6 +143,11 @@ func Run(ctx context.Context, o Options) error {
 	defer cancel()
 	if e := p.Stop(shutdownCtx); e != nil {
 		log.Warn("http shutdown", "err", e)
+	}
+	if users != nil {
+		if e := users.drain(shutdownCtx); e != nil {
+			log.Warn("nats drain", "err", e)
+		}
 	}
 	// Wait until the workers' last acks and naks are flushed before the embedded server stops,
 	// or the held messages wait out the ack wait after a restart.

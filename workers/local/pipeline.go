@@ -28,6 +28,11 @@ type PipelineOptions struct {
 	// TenantPool, when set, gives the workers of a tenant their own pool (tally local: on the
 	// tenant's own login, as the operator does); else every worker uses Pool.
 	TenantPool func(ctx context.Context, tenant string) (*pgxpool.Pool, error)
+	// ReceiverConn and WorkerConn, when set, are the NATS connections of the receiver and of a
+	// source's workers (tally local: NATS users of their own, as the operator issues them); else
+	// both use Conn, which also creates the streams. The caller closes them.
+	ReceiverConn *nats.Conn
+	WorkerConn   func(src *source.Config) (*nats.Conn, error)
 	// AtomicBatches publishes each request as atomic batches: worth it when NATS fsyncs every
 	// write (see receiver.Options.AtomicBatches).
 	AtomicBatches bool
@@ -75,7 +80,14 @@ func NewPipeline(o PipelineOptions) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	rcv, err := receiver.New(receiver.Options{JetStream: js, Conn: o.Conn, AtomicBatches: o.AtomicBatches,
+	rcvConn, rcvJS := o.Conn, js
+	if o.ReceiverConn != nil {
+		rcvConn = o.ReceiverConn
+		if rcvJS, err = jetstream.New(rcvConn, jetstream.WithPublishAsyncTimeout(source.DefaultPublishTimeout)); err != nil {
+			return nil, err
+		}
+	}
+	rcv, err := receiver.New(receiver.Options{JetStream: rcvJS, Conn: rcvConn, AtomicBatches: o.AtomicBatches,
 		Logger: o.Logger, Metrics: receiver.NewMetrics(o.Registry), Gatherer: o.Registry}, nil)
 	if err != nil {
 		return nil, err
@@ -124,8 +136,19 @@ func (p *Pipeline) StartWorkers(src *source.Config, n int) (stop func(), err err
 			return nil, err
 		}
 	}
+	js := p.js
+	if p.opts.WorkerConn != nil {
+		nc, err := p.opts.WorkerConn(src)
+		if err == nil {
+			js, err = jetstream.New(nc)
+		}
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+	}
 	for range n {
-		w, err := worker.New(worker.Options{Pool: pool, JetStream: p.js, Source: src,
+		w, err := worker.New(worker.Options{Pool: pool, JetStream: js, Source: src,
 			BatchSize: p.opts.BatchSize, MaxWait: p.opts.MaxWait, Logger: p.opts.Logger, Metrics: p.metrics})
 		if err != nil {
 			cancel()

@@ -21,6 +21,7 @@ import (
 
 	"github.com/tallyhq/tally/test/testdb"
 	"github.com/tallyhq/tally/test/testenv"
+	"github.com/tallyhq/tally/workers/natsauth"
 )
 
 func TestLocal(t *testing.T) {
@@ -34,6 +35,8 @@ type running struct {
 	banner *gbytes.Buffer // Run writes it from its goroutine while the spec reads it
 	cancel context.CancelFunc
 	done   chan error
+
+	dataDir string // Options.DataDir, where the admin's NATS creds are
 }
 
 var (
@@ -45,7 +48,12 @@ var (
 func (r *running) jetStream() jetstream.JetStream {
 	m := natsLine.FindStringSubmatch(string(r.banner.Contents()))
 	Expect(m).To(HaveLen(2), string(r.banner.Contents()))
-	nc, err := nats.Connect(m[1], nats.MaxReconnects(0))
+	// The embedded server checks users: connect as the admin tally local writes into its data dir.
+	creds, err := os.ReadFile(filepath.Join(r.dataDir, AdminCredsFile))
+	Expect(err).NotTo(HaveOccurred())
+	admin, err := natsauth.CredsOption(creds)
+	Expect(err).NotTo(HaveOccurred())
+	nc, err := nats.Connect(m[1], nats.MaxReconnects(0), admin)
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(nc.Close)
 	js, err := jetstream.New(nc)
@@ -55,7 +63,7 @@ func (r *running) jetStream() jetstream.JetStream {
 
 // start runs local.Run with o until the spec ends and returns once the banner names the address.
 func start(o Options) *running {
-	r := &running{banner: gbytes.NewBuffer(), done: make(chan error, 1)}
+	r := &running{banner: gbytes.NewBuffer(), done: make(chan error, 1), dataDir: o.DataDir}
 	o.Out = r.banner
 	if o.Logger == nil {
 		o.Logger = testenv.QuietLogger()

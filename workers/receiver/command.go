@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/net/netutil"
 
+	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 )
@@ -88,7 +89,7 @@ func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready 
 	if err != nil {
 		return err
 	}
-	nc, err := connectNATS(cfg, log)
+	nc, err := connectNATS(cfg, src, log)
 	if err != nil {
 		return err
 	}
@@ -157,8 +158,10 @@ func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready 
 	return stream.Drain(shutdownCtx, nc)
 }
 
-func connectNATS(cfg commandConfig, log *slog.Logger) (*nats.Conn, error) {
+func connectNATS(cfg commandConfig, src *source.Config, log *slog.Logger) (*nats.Conn, error) {
 	// Publishing while disconnected fails at once (a quick 503) instead of queueing messages
-	// that the request has already given up on.
-	return stream.Connect(cfg.natsURL, cfg.natsCreds, "tally-receiver", log, nats.ReconnectBufSize(-1))
+	// that the request has already given up on. PubAcks arrive on the source's receiver inbox,
+	// the only one its NATS user may subscribe to.
+	return stream.Connect(cfg.natsURL, cfg.natsCreds, "tally-receiver", log, nats.ReconnectBufSize(-1),
+		natsauth.InboxOption(src.Stream(), natsauth.Receiver))
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 )
@@ -60,7 +61,9 @@ func workerCommand() *cobra.Command {
 				return err
 			}
 			defer pool.Close()
-			nc, err := stream.Connect(natsURL, natsCreds, "tally-worker", log)
+			// Replies (fetched messages among them) arrive on the source's worker inbox, the only
+			// one its NATS user may subscribe to.
+			nc, err := stream.Connect(natsURL, natsCreds, "tally-worker", log, natsauth.InboxOption(src.Stream(), natsauth.Worker))
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,64 @@
+package local
+
+import (
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/tallyhq/tally/workers/natsauth"
+	"github.com/tallyhq/tally/workers/natsserver"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+var _ = Describe("NATS users in tally local", func() {
+	It("runs NATS in JWT mode: the pipeline works with a user per source and nothing gets in without one", func(ctx SpecContext) {
+		dbURL := freshDatabase(ctx, "local_nats_users")
+		data := GinkgoT().TempDir()
+		r := start(Options{Manifests: manifests(), DataDir: data, DatabaseURL: dbURL})
+		Expect(string(r.banner.Contents())).To(ContainSubstring(filepath.Join(data, AdminCredsFile)))
+
+		By("an anonymous client is refused")
+		m := natsLine.FindStringSubmatch(string(r.banner.Contents()))
+		Expect(m).To(HaveLen(2))
+		_, err := nats.Connect(m[1], nats.MaxReconnects(0))
+		Expect(err).To(MatchError(ContainSubstring("Authorization Violation")))
+
+		By("events flow through the receiver's and the workers' own users")
+		code, body := r.post("/v1/track", acmeKey1, `{"messageId":"nats-users-1","userId":"u1","event":"Signed In"}`)
+		Expect(code).To(Equal(http.StatusOK), body)
+		Eventually(func() []map[string]any {
+			return query(ctx, dbURL, `select message_id from tally.events where tenant = 'acme'`)
+		}).WithTimeout(30 * time.Second).Should(Equal([]map[string]any{{"message_id": "nats-users-1"}}))
+
+		By("a worker user of one source, issued with the keys kept in the data dir, cannot read another's")
+		auth, err := natsserver.LoadOrCreateAuth(filepath.Join(data, NATSKeysFile))
+		Expect(err).NotTo(HaveOccurred())
+		issuer, err := auth.Issuer()
+		Expect(err).NotTo(HaveOccurred())
+		acme, globex := stream.Source{Namespace: "default", Name: "acme-web"}, stream.Source{Namespace: "globex", Name: "globex-app"}
+		creds, err := issuer.Issue(acme, natsauth.Worker, time.Now().Add(time.Hour))
+		Expect(err).NotTo(HaveOccurred())
+		opt, err := natsauth.CredsOption(creds)
+		Expect(err).NotTo(HaveOccurred())
+		violations := make(chan error, 10)
+		nc, err := nats.Connect(m[1], opt, natsauth.InboxOption(acme, natsauth.Worker), nats.MaxReconnects(0),
+			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(nc.Close)
+		_, err = nc.Request("$JS.API.CONSUMER.INFO."+globex.StreamName()+"."+stream.WorkerConsumer, nil, time.Second)
+		Expect(err).To(HaveOccurred())
+		Eventually(violations).Should(Receive(MatchError(ContainSubstring(`Publish to "$JS.API.CONSUMER.INFO.` + globex.StreamName()))))
+
+		By("the keys stay with the data: only the data dir's owner reads them")
+		for _, f := range []string{NATSKeysFile, AdminCredsFile} {
+			info, err := os.Stat(filepath.Join(data, f))
+			Expect(err).NotTo(HaveOccurred())
+			Expect(info.Mode().Perm()).To(Equal(os.FileMode(0o600)), f)
+		}
+	})
+})

@@ -1,0 +1,247 @@
+package natsauth_test
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/tallyhq/tally/workers/natsauth"
+	"github.com/tallyhq/tally/workers/receiver"
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+// The attacks a tenant with shell access to its own pods could make with the credentials mounted
+// there: each must be refused by the server, never merely not attempted by Tally's code.
+
+var _ = Describe("a source's receiver user", func() {
+	var c *conn
+	var js jetstream.JetStream
+
+	BeforeEach(func() {
+		c = podConn(acme, natsauth.Receiver)
+		var err error
+		// Refused requests wait for their timeout: keep it short.
+		js, err = jetstream.New(c.Conn, jetstream.WithPublishAsyncTimeout(2*time.Second), jetstream.WithDefaultTimeout(time.Second))
+		Expect(err).NotTo(HaveOccurred())
+	})
+
+	It("stores what the real receiver publishes, message by message and as atomic batches", func() {
+		for _, atomic := range []bool{false, true} {
+			before := messages(acme)
+			rcv, err := receiver.New(receiver.Options{JetStream: js, Conn: c.Conn, AtomicBatches: atomic}, []*source.Config{acme})
+			Expect(err).NotTo(HaveOccurred())
+			srv := httptest.NewServer(rcv.Handler())
+			req, err := http.NewRequest(http.MethodPost, srv.URL+"/v1/batch", strings.NewReader(`{"batch":[
+				{"type":"track","userId":"u1","event":"Signed In"},
+				{"type":"identify","userId":"u1","traits":{"plan":"pro"}}]}`))
+			Expect(err).NotTo(HaveOccurred())
+			req.SetBasicAuth(acme.WriteKeys[0], "")
+			resp, err := http.DefaultClient.Do(req)
+			Expect(err).NotTo(HaveOccurred())
+			resp.Body.Close()
+			srv.Close()
+			Expect(resp.StatusCode).To(Equal(http.StatusOK), "atomic batches: %v", atomic)
+			Expect(messages(acme)).To(Equal(before + 2))
+		}
+		Expect(c.errors()).To(BeEmpty())
+	})
+
+	It("cannot publish into another source's stream", func() {
+		before := messages(globex)
+		_, err := js.Publish(ctx, globex.Stream().Subject("track"), []byte(`{"type":"track","event":"forged"}`),
+			jetstream.WithRetryAttempts(0))
+		Expect(err).To(HaveOccurred())
+		haveViolation(c, "publish", globex.Stream().Subject("track"))
+		Expect(messages(globex)).To(Equal(before))
+
+		By("nor into its own dead letters, nor any subject but its own messages")
+		for _, subject := range []string{acme.Stream().DeadLetterSubject(), "tally.acme-ns.web.other", "anything"} {
+			Expect(c.Publish(subject, []byte("x"))).To(Succeed()) // refused asynchronously
+			haveViolation(c, "publish", subject)
+		}
+	})
+
+	It("cannot read another source's stream, nor its own", func() {
+		for _, src := range allPeers {
+			name := src.Stream().StreamName()
+			_, err := js.Consumer(ctx, name, stream.WorkerConsumer)
+			Expect(err).To(HaveOccurred())
+			haveViolation(c, "publish", "$JS.API.CONSUMER.INFO."+name+"."+stream.WorkerConsumer)
+
+			_, err = js.CreateOrUpdateConsumer(ctx, name, jetstream.ConsumerConfig{Name: "spy", AckPolicy: jetstream.AckNonePolicy})
+			Expect(err).To(HaveOccurred())
+			haveViolation(c, "publish", "$JS.API.CONSUMER.CREATE."+name+".spy")
+
+			_, err = c.Request("$JS.API.CONSUMER.MSG.NEXT."+name+"."+stream.WorkerConsumer, []byte(`{"batch":1}`), time.Second)
+			Expect(err).To(HaveOccurred())
+			haveViolation(c, "publish", "$JS.API.CONSUMER.MSG.NEXT."+name+"."+stream.WorkerConsumer)
+
+			_, err = c.Request("$JS.API.STREAM.MSG.GET."+name, []byte(`{"seq":1}`), time.Second)
+			Expect(err).To(HaveOccurred())
+			haveViolation(c, "publish", "$JS.API.STREAM.MSG.GET."+name)
+
+			_, err = c.Request("$JS.API.DIRECT.GET."+name, []byte(`{"seq":1}`), time.Second)
+			Expect(err).To(HaveOccurred())
+			haveViolation(c, "publish", "$JS.API.DIRECT.GET."+name)
+		}
+
+		By("nor listen to the messages as they are published, nor to other users' replies")
+		for _, subject := range []string{"tally.>", globex.Stream().MessageSubjects(), "_INBOX.>",
+			natsauth.InboxPrefix(globex.Stream(), natsauth.Worker) + ".>", natsauth.InboxPrefix(acme.Stream(), natsauth.Worker) + ".>"} {
+			_, err := c.SubscribeSync(subject)
+			Expect(err).NotTo(HaveOccurred()) // refused asynchronously
+			haveViolation(c, "subscription", subject)
+		}
+	})
+
+	It("cannot delete, purge, change or create a stream", func() {
+		for _, src := range allPeers {
+			name := src.Stream().StreamName()
+			Expect(js.DeleteStream(ctx, name)).NotTo(Succeed())
+			haveViolation(c, "publish", "$JS.API.STREAM.DELETE."+name)
+			_, err := c.Request("$JS.API.STREAM.PURGE."+name, nil, time.Second)
+			Expect(err).To(HaveOccurred())
+			haveViolation(c, "publish", "$JS.API.STREAM.PURGE."+name)
+			Expect(streamExists(name)).To(BeTrue())
+		}
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "HIJACK", Subjects: []string{"tally.>"}})
+		Expect(err).To(HaveOccurred())
+		haveViolation(c, "publish", "$JS.API.STREAM.CREATE.HIJACK")
+		Expect(streamExists("HIJACK")).To(BeFalse())
+	})
+})
+
+var _ = Describe("a source's worker user", func() {
+	var c *conn
+	var js jetstream.JetStream
+
+	BeforeEach(func() {
+		c = podConn(acme, natsauth.Worker)
+		var err error
+		js, err = jetstream.New(c.Conn, jetstream.WithDefaultTimeout(time.Second))
+		Expect(err).NotTo(HaveOccurred())
+	})
+
+	It("consumes its own consumer and publishes dead letters, as the worker does", func() {
+		By("the admin publishing three messages to the source")
+		for _, id := range []string{"w1", "w2", "w3"} {
+			_, err := adminJS.Publish(ctx, acme.Stream().Subject("track"), []byte(`{"type":"track"}`), jetstream.WithMsgID("worker-"+id))
+			Expect(err).NotTo(HaveOccurred())
+		}
+		Eventually(func() uint64 { return messages(acme) }).Should(BeNumerically(">=", 3))
+		deadBefore := deadLetters(acme)
+
+		consumer, err := js.Consumer(ctx, acme.Stream().StreamName(), stream.WorkerConsumer) // the worker's bind
+		Expect(err).NotTo(HaveOccurred())
+		var got []jetstream.Msg
+		for len(got) < int(messages(acme)) {
+			batch, err := consumer.Fetch(100, jetstream.FetchMaxWait(time.Second), jetstream.FetchMaxBytes(8<<20))
+			Expect(err).NotTo(HaveOccurred())
+			for m := range batch.Messages() {
+				got = append(got, m)
+			}
+			Expect(batch.Error()).To(Or(Not(HaveOccurred()), MatchError(nats.ErrTimeout)))
+		}
+		Expect(got[0].InProgress()).To(Succeed())
+		Expect(got[1].NakWithDelay(time.Nanosecond)).To(Succeed())
+
+		By("dead-lettering one, acknowledging the rest")
+		dead := stream.NewDeadLetter(acme.Stream(), acme.Tenant, got[0], errors.New("unmappable"))
+		_, err = js.PublishMsg(ctx, dead)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(got[0].DoubleAck(ctx)).To(Succeed())
+		Expect(deadLetters(acme)).To(Equal(deadBefore + 1))
+		Eventually(func() error {
+			batch, err := consumer.Fetch(100, jetstream.FetchMaxWait(time.Second))
+			if err != nil {
+				return err
+			}
+			for m := range batch.Messages() {
+				if err := m.Ack(); err != nil {
+					return err
+				}
+			}
+			return nil
+		}).Should(Succeed())
+		for _, m := range got[2:] {
+			Expect(m.Ack()).To(Succeed())
+		}
+		Eventually(func() uint64 { return messages(acme) }).Should(BeZero(), "a work queue keeps nothing acknowledged")
+		Expect(c.errors()).To(BeEmpty())
+	})
+
+	It("cannot read another source's consumer or stream", func() {
+		name := globex.Stream().StreamName()
+		_, err := js.Consumer(ctx, name, stream.WorkerConsumer)
+		Expect(err).To(HaveOccurred())
+		haveViolation(c, "publish", "$JS.API.CONSUMER.INFO."+name+"."+stream.WorkerConsumer)
+		_, err = c.Request("$JS.API.CONSUMER.MSG.NEXT."+name+"."+stream.WorkerConsumer, []byte(`{"batch":1}`), time.Second)
+		Expect(err).To(HaveOccurred())
+		haveViolation(c, "publish", "$JS.API.CONSUMER.MSG.NEXT."+name+"."+stream.WorkerConsumer)
+		_, err = js.CreateOrUpdateConsumer(ctx, acme.Stream().StreamName(), jetstream.ConsumerConfig{Name: "spy"})
+		Expect(err).To(HaveOccurred())
+		haveViolation(c, "publish", "$JS.API.CONSUMER.CREATE."+acme.Stream().StreamName()+".spy")
+		_, err = c.Request("$JS.API.STREAM.MSG.GET."+acme.Stream().DeadLetterStreamName(), []byte(`{"seq":1}`), time.Second)
+		Expect(err).To(HaveOccurred())
+		haveViolation(c, "publish", "$JS.API.STREAM.MSG.GET."+acme.Stream().DeadLetterStreamName())
+		_, err = c.SubscribeSync(natsauth.InboxPrefix(globex.Stream(), natsauth.Worker) + ".>")
+		Expect(err).NotTo(HaveOccurred())
+		haveViolation(c, "subscription", natsauth.InboxPrefix(globex.Stream(), natsauth.Worker)+".>")
+	})
+
+	It("cannot publish messages, another source's dead letters, or delete a stream or consumer", func() {
+		for _, subject := range []string{acme.Stream().Subject("track"), globex.Stream().DeadLetterSubject()} {
+			Expect(c.Publish(subject, []byte("x"))).To(Succeed())
+			haveViolation(c, "publish", subject)
+		}
+		for _, src := range allPeers {
+			name := src.Stream().StreamName()
+			Expect(js.DeleteStream(ctx, name)).NotTo(Succeed())
+			haveViolation(c, "publish", "$JS.API.STREAM.DELETE."+name)
+			Expect(js.DeleteConsumer(ctx, name, stream.WorkerConsumer)).NotTo(Succeed())
+			haveViolation(c, "publish", "$JS.API.CONSUMER.DELETE."+name+"."+stream.WorkerConsumer)
+			Expect(streamExists(name)).To(BeTrue())
+		}
+	})
+})
+
+var _ = Describe("issued users", func() {
+	It("are current for the issuer until a third of their life is left, and never for another key or role", func() {
+		creds, err := issuer.Issue(acme.Stream(), natsauth.Worker, time.Now().Add(90*time.Minute))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(issuer.Current(creds, acme.Stream(), natsauth.Worker, time.Now().Add(30*time.Minute))).To(BeTrue())
+		Expect(issuer.Current(creds, acme.Stream(), natsauth.Worker, time.Now().Add(2*time.Hour))).To(BeFalse(), "renewal due")
+		Expect(issuer.Current(creds, acme.Stream(), natsauth.Receiver, time.Time{})).To(BeFalse(), "another role")
+		Expect(issuer.Current(creds, globex.Stream(), natsauth.Worker, time.Time{})).To(BeFalse(), "another source")
+		Expect(issuer.Current([]byte("garbage"), acme.Stream(), natsauth.Worker, time.Time{})).To(BeFalse())
+
+		other, err := natsauth.NewIssuer([]byte(auth.AccountSeed), "")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(other.Account()).To(Equal(issuer.Account()))
+		Expect(other.Current(creds, acme.Stream(), natsauth.Worker, time.Time{})).To(BeFalse(), "a rotated signing key re-issues")
+	})
+
+	It("are refused by the server once expired", func() {
+		creds, err := issuer.Issue(acme.Stream(), natsauth.Receiver, time.Now().Add(-time.Minute))
+		Expect(err).NotTo(HaveOccurred())
+		opt, err := natsauth.CredsOption(creds)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = nats.Connect(ns.ClientURL(), opt)
+		Expect(err).To(MatchError(ContainSubstring("Authorization Violation")))
+	})
+
+	It("need a signing key of an account", func() {
+		_, err := natsauth.NewIssuer([]byte(auth.OperatorSeed), "")
+		Expect(err).To(MatchError(ContainSubstring("not an account key")))
+		_, err = natsauth.NewIssuer([]byte("not a seed"), "")
+		Expect(err).To(HaveOccurred())
+	})
+})
