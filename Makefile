@@ -49,8 +49,9 @@ lint: $(GOLANGCI_LINT) ## Run golangci-lint (.golangci.yml).
 	$(GOLANGCI_LINT) run ./...
 
 .PHONY: test
-test: ## Run every test against real Postgres, embedded NATS and an envtest API server.
-	@assets="$$(./hack/envtest.sh | tail -n 1)"; \
+test: ## Run every test against real Postgres, embedded NATS, an envtest API server and headless Chromium.
+	@./hack/browser-deps.sh; \
+	assets="$$(./hack/envtest.sh | tail -n 1)"; \
 	racy="$$(go list ./... | grep -v -e '/controllers' -e '/test/deploy' -e '/test/e2e')"; \
 	CONTROLLER_GEN="$(CONTROLLER_GEN)" go test -race -count=1 -timeout 30m $$racy $(GINKGO_FLAGS); \
 	KUBEBUILDER_ASSETS="$$assets" go test -count=1 -timeout 45m $(ENVTEST_PACKAGES) $(GINKGO_FLAGS)
@@ -59,6 +60,11 @@ test: ## Run every test against real Postgres, embedded NATS and an envtest API 
 test-e2e: build ## Run only the end-to-end test (part of `make test` too).
 	@assets="$$(./hack/envtest.sh | tail -n 1)"; \
 	KUBEBUILDER_ASSETS="$$assets" go test -count=1 -timeout 20m ./test/e2e/ -v -args -ginkgo.v
+
+.PHONY: test-browser
+test-browser: ## Run only the browser test: Segment's analytics.js from npm in headless Chromium against tally local (part of `make test` too).
+	@./hack/browser-deps.sh
+	go test -count=1 -timeout 10m ./test/browser/ -v -args -ginkgo.v
 
 .PHONY: test-generated
 test-generated: manifests generate ## Fail when generated files are stale.

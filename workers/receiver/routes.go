@@ -42,6 +42,7 @@ func (r *Receiver) routes() http.Handler {
 	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodPatch} {
 		mux.Handle(method+" "+DestinationPath, destination)
 	}
+	mux.HandleFunc("GET "+SettingsPath, r.settings)
 	mux.HandleFunc("OPTIONS /v1/", preflight)
 	mux.HandleFunc("/v1/", r.notFound)
 	mux.HandleFunc("GET /healthz", healthz)
