@@ -21,6 +21,14 @@ import (
 var version = "dev"
 
 func main() {
+	if err := newRootCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "tally:", err)
+		os.Exit(1)
+	}
+}
+
+// newRootCommand is tally with every subcommand.
+func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "tally",
 		Short:         "Segment-compatible ingestion of accounts, users and product events into Postgres",
@@ -36,10 +44,7 @@ func main() {
 	root.AddCommand(receiver.NewCommand())
 	root.AddCommand(local.NewCommand())
 	root.AddCommand(manager.NewCommand())
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "tally:", err)
-		os.Exit(1)
-	}
+	return root
 }
 
 // flagsFromEnv sets every flag not given on the command line from its TALLY_* variable.

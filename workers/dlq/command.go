@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"time"
 
@@ -21,7 +20,9 @@ import (
 // It talks only to JetStream, through the stream package's helpers.
 func NewCommand() *cobra.Command {
 	var natsURL, natsCreds, sourceName string
-	cmd := &cobra.Command{Use: "dlq", Short: "Look at and re-drive a source's dead letters"}
+	cmd := &cobra.Command{Use: "dlq", Short: "Look at and re-drive a source's dead letters",
+		Example: `  tally dlq list --nats-url nats://nats:4222 --source acme/acme-web
+  tally dlq redrive --nats-url nats://nats:4222 --source acme/acme-web --all`}
 	cmd.PersistentFlags().StringVar(&natsURL, "nats-url", nats.DefaultURL, "NATS server URL")
 	cmd.PersistentFlags().StringVar(&natsCreds, "nats-creds", "", "NATS credentials file (optional)")
 	cmd.PersistentFlags().StringVar(&sourceName, "source", "", "the SegmentSource, namespace/name")
@@ -41,6 +42,8 @@ func NewCommand() *cobra.Command {
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List dead letters with their reasons",
+		Example: `  # Each dead letter with its sequence, reason and original message
+  tally dlq list --nats-url nats://nats:4222 --source acme/acme-web`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			nc, js, src, err := open()
 			if err != nil {
@@ -65,6 +68,11 @@ func NewCommand() *cobra.Command {
 	redrive := &cobra.Command{
 		Use:   "redrive",
 		Short: "Publish dead letters back to their original subject and remove them from the dead-letter stream",
+		Example: `  # Every dead letter, with progress on stderr (after fixing what refused them)
+  tally dlq redrive --nats-url nats://nats:4222 --source acme/acme-web --all
+
+  # Two of them, by sequence (from tally dlq list)
+  tally dlq redrive --nats-url nats://nats:4222 --source acme/acme-web --seq 12 --seq 15`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if all == (len(seqs) > 0) {
 				return errors.New("give either --all or --seq")
@@ -88,12 +96,17 @@ func NewCommand() *cobra.Command {
 					targets = append(targets, uint64(s))
 				}
 			}
-			for _, seq := range targets {
+			// Progress on stderr at every tenth of the way, the outcome on stdout.
+			step := max(len(targets)/10, 1)
+			for i, seq := range targets {
 				if err := stream.Redrive(cmd.Context(), js, src, seq); err != nil {
-					return err
+					return fmt.Errorf("after re-driving %d of %d: %w", i, len(targets), err)
 				}
-				fmt.Fprintln(cmd.OutOrStdout(), "re-driven", strconv.FormatUint(seq, 10))
+				if done := i + 1; done%step == 0 && done < len(targets) {
+					fmt.Fprintf(cmd.ErrOrStderr(), "re-driving: %d of %d (%d%%)\n", done, len(targets), 100*done/len(targets))
+				}
 			}
+			fmt.Fprintf(cmd.OutOrStdout(), "re-driven %d of %d dead letter(s) of %s\n", len(targets), len(targets), src)
 			return nil
 		},
 	}

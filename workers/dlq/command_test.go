@@ -3,6 +3,8 @@ package dlq
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,12 +77,31 @@ var _ = Describe("tally dlq", func() {
 
 		out, err = run(ctx, "redrive", "--nats-url", natsURL, "--source", src.String(), "--all")
 		Expect(err).NotTo(HaveOccurred())
-		Expect(out).To(ContainSubstring("re-driven 1"))
+		Expect(out).To(ContainSubstring("re-driven 1 of 1 dead letter(s) of " + src.String()))
 		Expect(stream.ListDeadLetters(ctx, js, src)).To(BeEmpty())
 		messages, deadLetters, err := stream.Undelivered(ctx, js, src)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(messages).To(Equal(uint64(1)), "the message waits in the source's stream again")
 		Expect(deadLetters).To(BeZero())
+	})
+
+	It("shows progress while re-driving a large backlog", func(ctx SpecContext) {
+		for i := range 30 {
+			deadLetter(ctx, fmt.Sprintf(`{"type":"identify","userId":"u%d"}`, i))
+		}
+		var stdout, stderr bytes.Buffer
+		cmd := NewCommand()
+		cmd.SetArgs([]string{"redrive", "--nats-url", natsURL, "--source", src.String(), "--all"})
+		cmd.SetOut(&stdout)
+		cmd.SetErr(&stderr)
+		Expect(cmd.ExecuteContext(ctx)).To(Succeed())
+		Expect(strings.Split(strings.TrimSpace(stderr.String()), "\n")).To(Equal([]string{
+			"re-driving: 3 of 30 (10%)", "re-driving: 6 of 30 (20%)", "re-driving: 9 of 30 (30%)",
+			"re-driving: 12 of 30 (40%)", "re-driving: 15 of 30 (50%)", "re-driving: 18 of 30 (60%)",
+			"re-driving: 21 of 30 (70%)", "re-driving: 24 of 30 (80%)", "re-driving: 27 of 30 (90%)",
+		}))
+		Expect(stdout.String()).To(Equal("re-driven 30 of 30 dead letter(s) of " + src.String() + "\n"))
+		Expect(stream.ListDeadLetters(ctx, js, src)).To(BeEmpty())
 	})
 
 	It("re-drives single sequences and refuses unclear or wrong arguments", func(ctx SpecContext) {

@@ -20,6 +20,11 @@ func NewCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "local",
 		Short: "Run receiver, workers and an embedded NATS server in one process against the local Postgres",
+		Example: `  # The README's first command (make local): the sample SegmentSource and its write key
+  tally local --manifests config/samples
+
+  # Your own manifests, another database, the receiver on another port
+  tally local --manifests ./tenants --database-url postgres://postgres@127.0.0.1:5432/tally_dev --listen :9000`,
 		Long: `Runs the whole pipeline on this machine: an embedded NATS server with JetStream (files under
 --data-dir), one receiver on --listen serving every SegmentSource found under --manifests (routed by
 write key), and one worker per source writing into --database-url. Reads the same SegmentSource and
@@ -30,6 +35,7 @@ Secret manifests you would kubectl apply.`,
 			defer stop()
 			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 			o.Out = cmd.OutOrStdout()
+			o.Version = cmd.Root().Version
 			return Run(ctx, o)
 		},
 	}

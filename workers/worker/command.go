@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -18,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/tallyhq/tally/workers/insights"
 	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
@@ -36,12 +39,15 @@ func Commands() []*cobra.Command {
 const configReloadInterval = 15 * time.Second
 
 func workerCommand() *cobra.Command {
-	var natsURL, natsCreds, databaseURL, sourceConfig, metricsListen string
+	var natsURL, natsCreds, databaseURL, sourceConfig, metricsListen, insightsKeyFile string
 	var batchSize, batchBytes int
 	var maxWait, statementTimeout, lockTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Map one source's messages from JetStream into Postgres",
+		Example: `  # What the operator runs in a source's worker pods (the URL comes from TALLY_DATABASE_URL there)
+  tally worker --nats-url nats://nats:4222 --source-config /etc/tally/source/source.json \
+    --database-url postgres://tally_t_1234@db:5432/tally`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -89,6 +95,13 @@ func workerCommand() *cobra.Command {
 			srv := serveMetrics(metricsListen, reg, w, pool, log)
 			defer srv.Close()
 			go reloadSource(ctx, w, sourceConfig, log)
+			if src.Insights != nil {
+				stopInsights, err := runInsights(ctx, src, databaseURL, insightsKeyFile, cmd.Root().Version, reg, log)
+				if err != nil {
+					return err
+				}
+				defer stopInsights()
+			}
 			log.Info("worker started", "source", src.String(), "tenant", src.Tenant)
 			return w.Run(ctx)
 		},
@@ -104,7 +117,46 @@ func workerCommand() *cobra.Command {
 	f.DurationVar(&statementTimeout, "statement-timeout", DefaultStatementTimeout, "Postgres statement_timeout of each statement of a batch transaction")
 	f.DurationVar(&lockTimeout, "lock-timeout", DefaultLockTimeout, "Postgres lock_timeout of each lock wait in a batch transaction (the tenant's lock included)")
 	f.StringVar(&metricsListen, "metrics-listen", ":9090", "address serving /metrics, /healthz and /readyz")
+	f.StringVar(&insightsKeyFile, "insights-write-key-file", "", "file holding the write key insights are pushed with (needed when the source settings have insights)")
 	return cmd
+}
+
+// runInsights runs the source's insights pusher beside the worker, on a connection of its own,
+// until the returned stop. Of all the worker replicas, the one holding the source's lock pushes.
+func runInsights(ctx context.Context, src *source.Config, databaseURL, keyFile, version string,
+	reg prometheus.Registerer, log *slog.Logger,
+) (stop func(), err error) {
+	if keyFile == "" {
+		return nil, errors.New("the source settings have insights: --insights-write-key-file is required")
+	}
+	data, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("insights write key: %w", err)
+	}
+	keys := source.ParseWriteKeys(string(data))
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("insights write key: %s holds no key", keyFile)
+	}
+	conn, err := pgx.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, errors.New("--database-url does not parse") // never the URL: it holds a password
+	}
+	settings := *src.Insights
+	settings.WriteKey = keys[0]
+	withKey := *src
+	withKey.Insights = &settings
+	p, err := insights.New(insights.Options{Source: &withKey, Conn: conn, LibraryVersion: version,
+		Logger: log, Metrics: insights.NewMetrics(reg)})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = p.Run(ctx)
+	}()
+	return func() { cancel(); <-done }, nil
 }
 
 func reloadSource(ctx context.Context, w *Worker, file string, log *slog.Logger) {
@@ -158,11 +210,13 @@ func migrateCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "migrate",
 		Short: "Create or upgrade the tally schema in Postgres",
+		Example: `  # As the schema's owner (the operator's manager does this by itself at start)
+  tally migrate --database-url postgres://tally:secret@db:5432/tally`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if databaseURL == "" {
 				return errors.New("--database-url (or TALLY_DATABASE_URL) is required")
 			}
-			return Migrate(cmd.Context(), databaseURL)
+			return MigrateWithProgress(cmd.Context(), databaseURL, cmd.OutOrStdout())
 		},
 	}
 	cmd.Flags().StringVar(&databaseURL, "database-url", "", "Postgres URL (or TALLY_DATABASE_URL)")

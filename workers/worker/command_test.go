@@ -3,15 +3,19 @@ package worker
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"github.com/tallyhq/tally/test/testdb"
 	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/source"
 )
@@ -71,9 +75,21 @@ var _ = Describe("tally worker and tally migrate", func() {
 		Expect(metrics).To(ContainSubstring(`tally_worker_consumer_pending_messages{source="` + src.String() + `"} 0`))
 	})
 
-	It("migrates from the command line, idempotently", func(ctx SpecContext) {
-		_, err := run(ctx, "migrate", "--database-url", databaseURL)
+	It("migrates from the command line, one migration at a time with progress, idempotently", func(ctx SpecContext) {
+		url, drop, err := testdb.Fresh(ctx, "migrate_cmd")
 		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(drop)
+		out, err := run(ctx, "migrate", "--database-url", url)
+		Expect(err).NotTo(HaveOccurred())
+		files, err := fs.Glob(migrationFiles, "migrations/*.sql")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(out).To(HavePrefix(fmt.Sprintf("%d migration(s) to apply\n", len(files))))
+		Expect(out).To(MatchRegexp(`applied 00001_schema\.sql \(1 of %d\) in \d`, len(files)))
+		Expect(strings.Count(out, "applied ")).To(Equal(len(files)))
+
+		out, err = run(ctx, "migrate", "--database-url", url)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(out).To(Equal(fmt.Sprintf("the tally schema is up to date (version %d)\n", len(files))))
 		_, err = run(ctx, "migrate")
 		Expect(err).To(MatchError(ContainSubstring("--database-url")))
 	})

@@ -4,8 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"path/filepath"
+	"time"
 
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -24,6 +28,12 @@ const schemaLockID int64 = 0x74616c6c79736368 // "tallysch"
 // it and then find nothing left to do. A schema already up to date is only read, so a tenant's
 // role (which may not migrate) passes; the manager migrates for them.
 func Migrate(ctx context.Context, databaseURL string) error {
+	return MigrateWithProgress(ctx, databaseURL, io.Discard)
+}
+
+// MigrateWithProgress is Migrate telling progress what it applies, one line per migration as it
+// completes (some build indexes over large tables and take a while).
+func MigrateWithProgress(ctx context.Context, databaseURL string, progress io.Writer) error {
 	db, err := sql.Open("pgx", databaseURL)
 	if err != nil {
 		return err
@@ -35,6 +45,7 @@ func Migrate(ctx context.Context, databaseURL string) error {
 	}
 	current, target, versionErr := check.GetVersions(ctx)
 	if versionErr == nil && current >= target {
+		fmt.Fprintf(progress, "the tally schema is up to date (version %d)\n", current)
 		return nil
 	}
 	cannot := func(err error) error {
@@ -55,10 +66,24 @@ func Migrate(ctx context.Context, databaseURL string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := provider.Up(ctx); err != nil {
-		return cannot(fmt.Errorf("migrate: %w", err))
+	// One at a time, so a long one shows which it is.
+	pending := 0
+	for _, s := range provider.ListSources() {
+		if s.Version > current {
+			pending++
+		}
 	}
-	return nil
+	fmt.Fprintf(progress, "%d migration(s) to apply\n", pending)
+	for done := 1; ; done++ {
+		res, err := provider.UpByOne(ctx)
+		if errors.Is(err, goose.ErrNoNextVersion) {
+			return nil
+		}
+		if err != nil {
+			return cannot(fmt.Errorf("migrate: %w", err))
+		}
+		fmt.Fprintf(progress, "applied %s (%d of %d) in %s\n", filepath.Base(res.Source.Path), done, pending, res.Duration.Round(time.Millisecond))
+	}
 }
 
 func newMigrationProvider(db *sql.DB, opts ...goose.ProviderOption) (*goose.Provider, error) {
