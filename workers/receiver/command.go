@@ -54,7 +54,7 @@ func NewCommand() *cobra.Command {
 		Example: `  # What the operator runs in a source's receiver pods
   tally receiver --listen :8080 --nats-url nats://nats:4222 --source-config /etc/tally/source/source.json \
     --write-keys-file /etc/tally/write-keys/writeKey`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
