@@ -57,6 +57,17 @@ type Config struct {
 	// into each source's namespace and mounted into the pods.
 	NATSCredsSecret    string
 	NATSCredsSecretKey string
+	// NATSSigningKeySecret, when set, holds the signing key (an nkey seed, key
+	// NATSSigningKeySecretKey) of the NATS account the streams live in: the operator then issues
+	// each source's receiver and workers NATS users of their own (see package natsauth) instead of
+	// copying NATSCredsSecret. NATSAccount is the account's public key, needed when the signing
+	// key is not the account's identity key (else read from the Secret's key "account").
+	NATSSigningKeySecret    string
+	NATSSigningKeySecretKey string
+	NATSAccount             string
+	// NATSUserTTL is how long an issued NATS user is valid (0: forever); a user is re-issued, and
+	// the pods rolled, when a third of it is left.
+	NATSUserTTL time.Duration
 	// Interval is how often a healthy source is re-checked: stream and consumer drift (a deleted
 	// stream comes back, a NATS restart is noticed) and message times and backlog in status.
 	Interval time.Duration
@@ -109,6 +120,10 @@ type reconcileState struct {
 	streamState  stream.State
 	receiver     *appsv1.Deployment
 	worker       *appsv1.Deployment
+
+	// receiverNATSCreds and workerNATSCreds are the NATS users issued for the source's pods.
+	receiverNATSCreds *resources.SecretKey
+	workerNATSCreds   *resources.SecretKey
 }
 
 type subReconciler func(ctx context.Context, st *reconcileState) error
@@ -155,7 +170,7 @@ func (r *SegmentSourceReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		r.reconcileWriteKey,
 		r.reconcileSharedSecret,
 		r.reconcileDatabaseSecret,
-		r.reconcileNATSCredsSecret,
+		r.reconcileNATSAuth,
 		r.reconcileConfig,
 		r.reconcileStream,
 		r.reconcileReceiver,

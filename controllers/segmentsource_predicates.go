@@ -104,7 +104,8 @@ func sourceChanged() predicate.Predicate {
 
 // sourcesForSecret maps a Secret event to the sources that depend on it: those referencing it in
 // its namespace (through the index), the owner of a copy the operator made, and, for the
-// manager's own database or NATS credentials Secret, every source using a copy of it.
+// manager's own database or NATS credentials Secret, or its NATS account signing key (a rotation
+// re-issues every source's users), every source using it.
 func (r *SegmentSourceReconciler) sourcesForSecret(ctx context.Context, secret client.Object) []reconcile.Request {
 	var reqs []reconcile.Request
 	seen := map[types.NamespacedName]bool{}
@@ -126,7 +127,8 @@ func (r *SegmentSourceReconciler) sourcesForSecret(ctx context.Context, secret c
 		add(s.Namespace, s.Name)
 	}
 	if secret.GetNamespace() == r.Config.ManagerNamespace &&
-		(secret.GetName() == r.Config.DatabaseSecret || secret.GetName() == r.Config.NATSCredsSecret) {
+		(secret.GetName() == r.Config.DatabaseSecret || secret.GetName() == r.Config.NATSCredsSecret ||
+			secret.GetName() == r.Config.NATSSigningKeySecret) {
 		var all tallyv1.SegmentSourceList
 		if err := r.List(ctx, &all); err != nil {
 			log.FromContext(ctx).Error(err, "listing SegmentSources for the manager's Secret", "secret", secret.GetName())

@@ -204,6 +204,9 @@ func (r *SegmentSourceReconciler) inputs(st *reconcileState) resources.Inputs {
 		Database:     st.database,
 		NATSCreds:    st.natsCreds,
 
+		ReceiverNATSCreds: st.receiverNATSCreds,
+		WorkerNATSCreds:   st.workerNATSCreds,
+
 		ReceiverResources: r.Config.ReceiverResources,
 		WorkerResources:   r.Config.WorkerResources,
 	}

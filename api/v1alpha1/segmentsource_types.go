@@ -19,6 +19,12 @@ const (
 	ConditionStreamReady       = "StreamReady"
 	ConditionReceiverAvailable = "ReceiverAvailable"
 	ConditionWorkerAvailable   = "WorkerAvailable"
+
+	// ConditionNATSIsolated says whether the source's pods have NATS users of their own (True),
+	// or share the manager's static credentials or use none, so that any tenant's pod could
+	// publish into, read or delete another source's stream (False: a warning). Not part of Ready:
+	// small installs run this way on purpose.
+	ConditionNATSIsolated = "NATSIsolated"
 )
 
 // Stream deletion policies.

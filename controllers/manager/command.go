@@ -64,6 +64,15 @@ type Options struct {
 	ReceiverResources corev1.ResourceRequirements
 	WorkerResources   corev1.ResourceRequirements
 
+	// NATSSigningKeySecret names a Secret holding the NATS account signing key (an nkey seed under
+	// NATSSigningKeySecretKey): each source then gets NATS users of its own (see
+	// controllers.Config). NATSAccount is the account's public key, for a signing key that is not
+	// the account's own; NATSUserTTL bounds an issued user's life (0: no expiry).
+	NATSSigningKeySecret    string
+	NATSSigningKeySecretKey string
+	NATSAccount             string
+	NATSUserTTL             time.Duration
+
 	MetricsAddr       string
 	ProbeAddr         string
 	LeaderElect       bool
@@ -108,6 +117,10 @@ account or ~/.kube/config, in that order. Every flag may also be set as TALLY_<F
 	f.StringVar(&o.NATSCreds, "nats-creds", "", "NATS credentials file for the manager's own connection")
 	f.StringVar(&o.NATSCredsSecret, "nats-creds-secret", "", "Secret in the manager's namespace holding a NATS credentials file for the pods; copied into each source's namespace")
 	f.StringVar(&o.NATSCredsSecretKey, "nats-creds-secret-key", "nats.creds", "key of --nats-creds-secret holding the credentials file")
+	f.StringVar(&o.NATSSigningKeySecret, "nats-account-signing-key-secret", "", "Secret in the manager's namespace holding a signing key (nkey seed, SA...) of the NATS account the streams live in (NATS in JWT mode): each source's receiver and workers then get NATS users of their own that reach only that source's subjects, instead of --nats-creds-secret")
+	f.StringVar(&o.NATSSigningKeySecretKey, "nats-account-signing-key-secret-key", "seed", "key of --nats-account-signing-key-secret holding the seed")
+	f.StringVar(&o.NATSAccount, "nats-account", "", "public key (A...) of the NATS account, when the signing key is not the account's identity key; else read from the key \"account\" of --nats-account-signing-key-secret, else the signing key's own")
+	f.DurationVar(&o.NATSUserTTL, "nats-user-ttl", 90*24*time.Hour, "how long an issued NATS user is valid; it is re-issued (and the pods rolled) when a third is left; 0: no expiry")
 	f.StringVar(&o.WorkloadImage, "workload-image", envOr("TALLY_POD_IMAGE", DefaultImage), "image of the receiver and worker pods; defaults to $TALLY_POD_IMAGE (the manager's own image), else "+DefaultImage)
 	f.StringVar(&o.DatabaseSecret, "database-secret", "", "Secret in the manager's namespace with the Postgres URL, copied for sources that name none")
 	f.StringVar(&o.DatabaseSecretKey, "database-secret-key", "url", "key of --database-secret holding the Postgres URL")
@@ -245,6 +258,11 @@ func SetupWithMetrics(mgr ctrl.Manager, o *Options, n controllers.NATS, m *contr
 			NATSTimeout:        o.NATSTimeout,
 			ReceiverResources:  o.ReceiverResources,
 			WorkerResources:    o.WorkerResources,
+
+			NATSSigningKeySecret:    o.NATSSigningKeySecret,
+			NATSSigningKeySecretKey: o.NATSSigningKeySecretKey,
+			NATSAccount:             o.NATSAccount,
+			NATSUserTTL:             o.NATSUserTTL,
 		},
 	}
 	if o.DatabaseSecret != "" {

@@ -21,6 +21,8 @@ const (
 	ComponentConfig   = "config"
 	ComponentDatabase = "database"
 	ComponentNATS     = "nats-creds"
+	// ComponentNATSUser labels the Secrets of the source's own NATS users.
+	ComponentNATSUser = "nats-user"
 )
 
 // Standard labels (https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/).
@@ -92,6 +94,12 @@ func DatabaseSecretCopyName(s *tallyv1.SegmentSource) string { return s.Name + "
 
 // NATSCredsSecretCopyName is the copy of the manager's NATS credentials Secret.
 func NATSCredsSecretCopyName(s *tallyv1.SegmentSource) string { return s.Name + "-nats-creds" }
+
+// NATSUserSecretName holds the credentials of the NATS user the operator issued for one component
+// (ComponentReceiver or ComponentWorker) of the source.
+func NATSUserSecretName(s *tallyv1.SegmentSource, component string) string {
+	return s.Name + "-nats-" + component
+}
 
 // Endpoint is the in-cluster URL Segment clients send to.
 func Endpoint(s *tallyv1.SegmentSource) string {

@@ -42,8 +42,14 @@ type Inputs struct {
 	SharedSecret *SecretKey
 	// Database is the Secret key the workers read the Postgres URL from.
 	Database SecretKey
-	// NATSCreds, when set, is a Secret in the source's namespace holding the NATS credentials file.
+	// NATSCreds, when set, is a Secret in the source's namespace holding the NATS credentials file
+	// every pod of the source mounts (a copy of the manager's static credentials).
 	NATSCreds *SecretKey
+	// ReceiverNATSCreds and WorkerNATSCreds, when set, hold the NATS users the operator issued for
+	// the receiver and the workers: each pod mounts its own and nothing else (they win over
+	// NATSCreds).
+	ReceiverNATSCreds *SecretKey
+	WorkerNATSCreds   *SecretKey
 	// ReceiverResources and WorkerResources are the manager's defaults (--receiver-resources,
 	// --worker-resources), used for a source whose spec sets no resources of its own.
 	ReceiverResources corev1.ResourceRequirements
@@ -188,7 +194,7 @@ func ReceiverDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 		mounts = append(mounts, corev1ac.VolumeMount().WithName("shared-secrets").WithMountPath(SharedSecretsMountPath).WithReadOnly(true))
 		annotations[AnnotationSharedSecretHash] = sec.Hash
 	}
-	args, volumes, mounts = withNATSCreds(in, args, volumes, mounts, annotations)
+	args, volumes, mounts = withNATSCreds(natsCreds(in.ReceiverNATSCreds, in.NATSCreds), args, volumes, mounts, annotations)
 
 	container := corev1ac.Container().
 		WithName(ComponentReceiver).
@@ -241,7 +247,7 @@ func WorkerDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 		AnnotationConfigHash:   in.ConfigHash,
 		AnnotationDatabaseHash: in.Database.Hash,
 	}
-	args, volumes, mounts = withNATSCreds(in, args, volumes, mounts, annotations)
+	args, volumes, mounts = withNATSCreds(natsCreds(in.WorkerNATSCreds, in.NATSCreds), args, volumes, mounts, annotations)
 
 	container := corev1ac.Container().
 		WithName(ComponentWorker).
@@ -402,20 +408,30 @@ func configVolume(s *tallyv1.SegmentSource) *corev1ac.VolumeApplyConfiguration {
 		WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(ConfigMapName(s)))
 }
 
-// withNATSCreds mounts the NATS credentials, when the manager has any, and points the command at them.
-func withNATSCreds(in Inputs, args []string, volumes []*corev1ac.VolumeApplyConfiguration,
+// natsCreds is the component's own NATS user when the operator issued one, else the shared
+// credentials, else nil.
+func natsCreds(own, shared *SecretKey) *SecretKey {
+	if own != nil {
+		return own
+	}
+	return shared
+}
+
+// withNATSCreds mounts the NATS credentials, when there are any, and points the command at them.
+// A new user (re-issued, or another signing key) changes the hash and so rolls the pods.
+func withNATSCreds(creds *SecretKey, args []string, volumes []*corev1ac.VolumeApplyConfiguration,
 	mounts []*corev1ac.VolumeMountApplyConfiguration, annotations map[string]string,
 ) ([]string, []*corev1ac.VolumeApplyConfiguration, []*corev1ac.VolumeMountApplyConfiguration) {
-	if in.NATSCreds == nil {
+	if creds == nil {
 		return args, volumes, mounts
 	}
-	args = append(args, "--nats-creds="+NATSCredsMountPath+"/"+in.NATSCreds.Key)
+	args = append(args, "--nats-creds="+NATSCredsMountPath+"/"+creds.Key)
 	volumes = append(volumes, corev1ac.Volume().WithName("nats-creds").WithSecret(corev1ac.SecretVolumeSource().
-		WithSecretName(in.NATSCreds.Name).
-		WithItems(corev1ac.KeyToPath().WithKey(in.NATSCreds.Key).WithPath(in.NATSCreds.Key)).
+		WithSecretName(creds.Name).
+		WithItems(corev1ac.KeyToPath().WithKey(creds.Key).WithPath(creds.Key)).
 		WithDefaultMode(0o440)))
 	mounts = append(mounts, corev1ac.VolumeMount().WithName("nats-creds").WithMountPath(NATSCredsMountPath).WithReadOnly(true))
-	annotations[AnnotationNATSCredsHash] = in.NATSCreds.Hash
+	annotations[AnnotationNATSCredsHash] = creds.Hash
 	return args, volumes, mounts
 }
 

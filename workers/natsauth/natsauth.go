@@ -168,7 +168,8 @@ func (i *Issuer) IssueUser(name string, perms jwt.Permissions, expires time.Time
 }
 
 // Current reports whether creds are a user of the role that this issuer would issue now: signed by
-// its key for its account, with exactly the role's permissions, and not expiring before renewAt.
+// its key for its account, with exactly the role's permissions, and not expiring before renewAt
+// (zero renewAt: users that never expire are wanted, so one with an expiry is not current).
 // Anything else (another signing key after a rotation, older permissions, near expiry, garbage) is
 // re-issued.
 func (i *Issuer) Current(creds []byte, src stream.Source, role Role, renewAt time.Time) bool {
@@ -190,8 +191,8 @@ func (i *Issuer) Current(creds []byte, src stream.Source, role Role, renewAt tim
 	if claims.Issuer != i.signingKey || issuerAccount != i.account || claims.Name != UserName(src, role) {
 		return false
 	}
-	if claims.Expires != 0 && !renewAt.IsZero() && claims.Expires <= renewAt.Unix() {
-		return false
+	if renewAt.IsZero() != (claims.Expires == 0) || (claims.Expires != 0 && claims.Expires <= renewAt.Unix()) {
+		return false // an expiry where none is wanted, none where one is, or renewal due
 	}
 	want := Permissions(src, role)
 	return samePermission(claims.Pub, want.Pub) && samePermission(claims.Sub, want.Sub) && claims.Resp == nil &&

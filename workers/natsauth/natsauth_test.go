@@ -222,6 +222,11 @@ var _ = Describe("issued users", func() {
 		Expect(issuer.Current(creds, acme.Stream(), natsauth.Receiver, time.Time{})).To(BeFalse(), "another role")
 		Expect(issuer.Current(creds, globex.Stream(), natsauth.Worker, time.Time{})).To(BeFalse(), "another source")
 		Expect(issuer.Current([]byte("garbage"), acme.Stream(), natsauth.Worker, time.Time{})).To(BeFalse())
+		Expect(issuer.Current(creds, acme.Stream(), natsauth.Worker, time.Time{})).To(BeFalse(), "users are to live forever now")
+		forever, err := issuer.Issue(acme.Stream(), natsauth.Worker, time.Time{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(issuer.Current(forever, acme.Stream(), natsauth.Worker, time.Time{})).To(BeTrue())
+		Expect(issuer.Current(forever, acme.Stream(), natsauth.Worker, time.Now())).To(BeFalse(), "users are to expire now")
 
 		other, err := natsauth.NewIssuer([]byte(auth.AccountSeed), "")
 		Expect(err).NotTo(HaveOccurred())
