@@ -102,6 +102,8 @@ type SegmentSourceReconciler struct {
 // (package worker): the operator calls it and writes none itself.
 type TenantRows interface {
 	UnnamedAccounts(ctx context.Context, tenant string) (int64, error)
+	// Insights reads how a source's insight pushes went; found is false before its first push.
+	Insights(ctx context.Context, tenant, source string) (record InsightsRecord, found bool, err error)
 }
 
 // reconcileState is what one reconcile learns, passed along the sub-reconcilers.
@@ -124,6 +126,9 @@ type reconcileState struct {
 	// receiverNATSCreds and workerNATSCreds are the NATS users issued for the source's pods.
 	receiverNATSCreds *resources.SecretKey
 	workerNATSCreds   *resources.SecretKey
+
+	// insightsWriteKey is the Secret key of the insights write key, when insights are pushed.
+	insightsWriteKey *resources.SecretKey
 }
 
 type subReconciler func(ctx context.Context, st *reconcileState) error
@@ -169,6 +174,7 @@ func (r *SegmentSourceReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		r.reconcileTenant,
 		r.reconcileWriteKey,
 		r.reconcileSharedSecret,
+		r.reconcileInsightsSecret,
 		r.reconcileDatabaseSecret,
 		r.reconcileNATSAuth,
 		r.reconcileConfig,

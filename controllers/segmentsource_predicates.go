@@ -43,6 +43,9 @@ func secretRefs(obj client.Object) []string {
 	if ref := s.Spec.Destination.SharedSecretRef; ref != nil {
 		names = append(names, ref.Name)
 	}
+	if ins := s.Spec.Insights; ins != nil {
+		names = append(names, ins.WriteKeySecretRef.Name)
+	}
 	slices.Sort(names)
 	return slices.Compact(names)
 }

@@ -207,6 +207,8 @@ func (r *SegmentSourceReconciler) inputs(st *reconcileState) resources.Inputs {
 		ReceiverNATSCreds: st.receiverNATSCreds,
 		WorkerNATSCreds:   st.workerNATSCreds,
 
+		InsightsWriteKey: st.insightsWriteKey,
+
 		ReceiverResources: r.Config.ReceiverResources,
 		WorkerResources:   r.Config.WorkerResources,
 	}

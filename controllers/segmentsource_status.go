@@ -25,6 +25,7 @@ import (
 func (r *SegmentSourceReconciler) observe(ctx context.Context, st *reconcileState) error {
 	obj := st.source
 	r.observeRows(ctx, obj)
+	r.observeInsights(ctx, obj)
 	setDeploymentCondition(obj, tallyv1.ConditionReceiverAvailable, "receiver", st.receiver)
 	setDeploymentCondition(obj, tallyv1.ConditionWorkerAvailable, "worker", st.worker)
 

@@ -2,7 +2,9 @@
 //
 // The processes:
 //   - receiver: HTTP in (Segment's Tracking API), JetStream out. Never imports pgx.
-//   - worker: JetStream in, Postgres out; owns the schema, its migrations and all SQL.
+//   - worker: JetStream in, Postgres out; owns the schema, its migrations and the SQL of ingestion.
+//   - insights: account and user insights computed from the tally tables, pushed back to a
+//     Segment source (only changes, one pusher per source); its own SQL, on the worker's schema.
 //   - local: `tally local`, the whole pipeline in one process on an embedded NATS server, reading
 //     the SegmentSource and Secret manifests a user would apply; its Pipeline is also what the
 //     bench measures.

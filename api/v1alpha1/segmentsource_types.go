@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"time"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,6 +21,11 @@ const (
 	ConditionStreamReady       = "StreamReady"
 	ConditionReceiverAvailable = "ReceiverAvailable"
 	ConditionWorkerAvailable   = "WorkerAvailable"
+
+	// ConditionInsightsDelivered says whether the latest insights push delivered every change
+	// (spec.insights). Present only while spec.insights is set; not part of Ready, which is
+	// about ingestion.
+	ConditionInsightsDelivered = "InsightsDelivered"
 
 	// ConditionNATSIsolated says whether the source's pods have NATS users of their own (True),
 	// or share the manager's static credentials or use none, so that any tenant's pod could
@@ -70,6 +77,101 @@ func (r *SharedSecretRef) SharedSecretKey() string {
 		return DefaultSharedSecretKey
 	}
 	return r.Key
+}
+
+// DefaultInsightsEndpoint is where insights go when spec.insights.endpoint is empty: Segment's
+// Tracking API.
+const DefaultInsightsEndpoint = "https://api.segment.io"
+
+// DefaultInsightsInterval is the time between two insight pushes when spec.insights.interval is
+// not set.
+const DefaultInsightsInterval = time.Hour
+
+// InsightsSpec pushes what Tally computes about the tenant's accounts and users back to a Segment
+// source: per account a group call with tally_users, tally_active_users_7d/_30d,
+// tally_events_7d/_30d and tally_last_seen_at; per user an identify call with tally_events_30d,
+// tally_last_seen_at and tally_accounts. Only changed values are sent.
+type InsightsSpec struct {
+	// WriteKeySecretRef names the Secret key holding the write key of the Segment source that
+	// receives the insights (one key). The Secret needs the label tally.dev/source-secret: "true".
+	WriteKeySecretRef InsightsWriteKeyRef `json:"writeKeySecretRef"`
+
+	// Endpoint is the Segment-compatible Tracking API the insights are sent to (its /v1/batch):
+	// Segment's own by default, or e.g. a regional one or Tally's own receiver.
+	// +kubebuilder:default="https://api.segment.io"
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:Pattern=`^https?://[^\s/?#]+[^\s]*$`
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// Interval between two pushes; at least 5s.
+	// +kubebuilder:default="1h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('5s')",message="interval must be at least 5s"
+	// +optional
+	Interval *metav1.Duration `json:"interval,omitempty"`
+
+	// Suspend stops the pushes; what was delivered is remembered, so resuming sends only what
+	// changed meanwhile. A suspended insights spec needs no Secret.
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+}
+
+// InsightsWriteKeyRef names the Secret key of the insights write key.
+type InsightsWriteKeyRef struct {
+	// Name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// Key in the Secret's data.
+	// +kubebuilder:default=writeKey
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Key string `json:"key,omitempty"`
+}
+
+// WriteKeyKey is the Secret key holding the insights write key, with its default applied.
+func (r *InsightsWriteKeyRef) WriteKeyKey() string {
+	if r.Key == "" {
+		return DefaultWriteKeyKey
+	}
+	return r.Key
+}
+
+// EndpointOrDefault is the insights endpoint with its default applied.
+func (i *InsightsSpec) EndpointOrDefault() string {
+	if i.Endpoint == "" {
+		return DefaultInsightsEndpoint
+	}
+	return i.Endpoint
+}
+
+// IntervalOrDefault is the push interval with its default applied.
+func (i *InsightsSpec) IntervalOrDefault() time.Duration {
+	if i.Interval == nil || i.Interval.Duration <= 0 {
+		return DefaultInsightsInterval
+	}
+	return i.Interval.Duration
+}
+
+// InsightsStatus is how the insight pushes went, read from the database.
+type InsightsStatus struct {
+	// LastPushAt is when the latest push that delivered every change ended.
+	// +optional
+	LastPushAt *metav1.Time `json:"lastPushAt,omitempty"`
+
+	// LastAttemptAt is when the latest push ended, delivered or not.
+	// +optional
+	LastAttemptAt *metav1.Time `json:"lastAttemptAt,omitempty"`
+
+	// EntitiesPushed is the number of accounts and users the latest complete push delivered
+	// (0: nothing had changed).
+	// +optional
+	EntitiesPushed int64 `json:"entitiesPushed"`
+
+	// LastError is why the latest push failed; empty when it succeeded.
+	// +optional
+	LastError string `json:"lastError,omitempty"`
 }
 
 // DefaultDatabaseURLKey is the Secret key read when worker.databaseSecretRef.key is empty.
@@ -258,6 +360,10 @@ type SegmentSourceSpec struct {
 	// +optional
 	Stream StreamSpec `json:"stream,omitempty"`
 
+	// Insights, when set, has the workers push account and user insights to a Segment source.
+	// +optional
+	Insights *InsightsSpec `json:"insights,omitempty"`
+
 	// Suspend scales the receiver and workers to zero; stream and rows are kept.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
@@ -296,6 +402,10 @@ type SegmentSourceStatus struct {
 	// no name trait. Absent until the operator could read the tenant's rows.
 	// +optional
 	UnnamedAccounts *int64 `json:"unnamedAccounts,omitempty"`
+
+	// Insights is how the insight pushes went; absent while spec.insights is not set.
+	// +optional
+	Insights *InsightsStatus `json:"insights,omitempty"`
 
 	// WriteKeySecretVersion is the resourceVersion of the write key Secret last rolled out.
 	// +optional

@@ -11,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/tallyhq/tally/controllers"
+	"github.com/tallyhq/tally/workers/insights"
 	"github.com/tallyhq/tally/workers/worker"
 )
 
@@ -44,6 +46,20 @@ func (t *tenantRows) UnnamedAccounts(ctx context.Context, tenant string) (int64,
 		return 0, err
 	}
 	return worker.UnnamedAccounts(ctx, pool, tenant)
+}
+
+// Insights reads how the source's insight pushes went (package insights owns that SQL).
+func (t *tenantRows) Insights(ctx context.Context, tenant, source string) (controllers.InsightsRecord, bool, error) {
+	pool, err := t.currentPool(ctx)
+	if err != nil {
+		return controllers.InsightsRecord{}, false, err
+	}
+	s, found, err := insights.ReadStatus(ctx, pool, tenant, source)
+	if err != nil || !found {
+		return controllers.InsightsRecord{}, found, err
+	}
+	return controllers.InsightsRecord{LastAttemptAt: s.LastAttemptAt, LastPushAt: s.LastPushAt,
+		EntitiesPushed: s.EntitiesPushed, LastError: s.LastError}, true, nil
 }
 
 // currentPool is a small pool on the Secret's URL, made again when the URL changes.

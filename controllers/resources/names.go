@@ -59,6 +59,9 @@ const (
 	AnnotationDatabaseHash = "tally.dev/database-hash"
 	// AnnotationNATSCredsHash on both pod templates is the hash of the NATS credentials.
 	AnnotationNATSCredsHash = "tally.dev/nats-creds-hash"
+	// AnnotationInsightsWriteKeyHash on the worker's pod template is the hash of the insights
+	// write key: a new key rolls the workers, which read it once at start.
+	AnnotationInsightsWriteKeyHash = "tally.dev/insights-write-key-hash"
 	// AnnotationAppliedHash on every owned object is the hash of the configuration last applied,
 	// so a periodic reconcile that would apply the same thing again skips the write.
 	AnnotationAppliedHash = "tally.dev/applied-hash"
@@ -71,9 +74,11 @@ const (
 	// SharedSecretsMountPath holds the destination's shared secrets, when the source has any.
 	SharedSecretsMountPath = "/etc/tally/shared-secrets"
 	NATSCredsMountPath     = "/etc/tally/nats"
-	TmpMountPath           = "/tmp"
-	ReceiverPort           = 8080
-	WorkerMetricsPort      = 9090
+	// InsightsWriteKeyMountPath holds the insights write key, in the worker pods only.
+	InsightsWriteKeyMountPath = "/etc/tally/insights-write-key"
+	TmpMountPath              = "/tmp"
+	ReceiverPort              = 8080
+	WorkerMetricsPort         = 9090
 	// NonRootUID is the user and group pods run as (the distroless "nonroot" user), set explicitly so
 	// runAsNonRoot can be verified by the kubelet whatever the image declares.
 	NonRootUID = 65532

@@ -50,6 +50,9 @@ type Inputs struct {
 	// NATSCreds).
 	ReceiverNATSCreds *SecretKey
 	WorkerNATSCreds   *SecretKey
+	// InsightsWriteKey, when set, is the Secret key of the write key the workers push insights
+	// with (spec.insights, not suspended).
+	InsightsWriteKey *SecretKey
 	// ReceiverResources and WorkerResources are the manager's defaults (--receiver-resources,
 	// --worker-resources), used for a source whose spec sets no resources of its own.
 	ReceiverResources corev1.ResourceRequirements
@@ -248,6 +251,15 @@ func WorkerDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 		AnnotationDatabaseHash: in.Database.Hash,
 	}
 	args, volumes, mounts = withNATSCreds(natsCreds(in.WorkerNATSCreds, in.NATSCreds), args, volumes, mounts, annotations)
+	if key := in.InsightsWriteKey; key != nil {
+		args = append(args, "--insights-write-key-file="+InsightsWriteKeyMountPath+"/"+key.Key)
+		volumes = append(volumes, corev1ac.Volume().WithName("insights-write-key").WithSecret(corev1ac.SecretVolumeSource().
+			WithSecretName(key.Name).
+			WithItems(corev1ac.KeyToPath().WithKey(key.Key).WithPath(key.Key)).
+			WithDefaultMode(0o440)))
+		mounts = append(mounts, corev1ac.VolumeMount().WithName("insights-write-key").WithMountPath(InsightsWriteKeyMountPath).WithReadOnly(true))
+		annotations[AnnotationInsightsWriteKeyHash] = key.Hash
+	}
 
 	container := corev1ac.Container().
 		WithName(ComponentWorker).
@@ -466,6 +478,9 @@ func SourceConfig(s *tallyv1.SegmentSource) *source.Config {
 	}
 	if q := s.Spec.Stream.MaxBytes; q != nil {
 		c.StreamMaxBytes = q.Value()
+	}
+	if ins := s.Spec.Insights; ins != nil && !ins.Suspend {
+		c.Insights = &source.InsightsConfig{Endpoint: ins.EndpointOrDefault(), Interval: ins.IntervalOrDefault()}
 	}
 	return c
 }

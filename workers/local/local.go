@@ -43,6 +43,8 @@ type Options struct {
 	// Out receives the start-up banner (endpoint and write keys), meant for the person at the
 	// terminal, never for the logs.
 	Out io.Writer
+	// Version is Tally's version: context.library.version of the insights pushed.
+	Version string
 }
 
 // Run starts everything and blocks until ctx is cancelled, then shuts down in order: stop taking
@@ -127,6 +129,15 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 	p.Start(listener)
+	// After the receiver: insights may go to this very receiver.
+	for _, src := range sources {
+		if src.Insights == nil {
+			continue
+		}
+		if _, err := p.StartInsights(src, o.Version); err != nil {
+			return errors.Join(err, p.Stop(ctx))
+		}
+	}
 	printBanner(o.Out, listener.Addr().String(), ns.ClientURL(), o.DatabaseURL, sources)
 	if users != nil {
 		fmt.Fprintf(o.Out, "NATS checks users: each source's workers and the receiver have their own; every permission: %s\n",
@@ -189,6 +200,9 @@ func printBanner(out io.Writer, addr, natsURL, dbURL string, sources []*source.C
 		fmt.Fprintf(out, "  source %s (tenant %s)\n", s, s.Tenant)
 		for _, k := range s.WriteKeys {
 			fmt.Fprintf(out, "    write key: %s\n", k)
+		}
+		if s.Insights != nil {
+			fmt.Fprintf(out, "    insights:  to %s every %s\n", s.Insights.Endpoint, s.Insights.Interval)
 		}
 	}
 	fmt.Fprintf(out, "Send a first event:\n  curl -u '%s:' -H 'Content-Type: application/json' http://%s/v1/track -d '{\"userId\":\"u1\",\"event\":\"Signed In\"}'\n",

@@ -104,6 +104,17 @@ func LoadManifests(dir string) ([]*source.Config, error) {
 				return nil, fmt.Errorf("SegmentSource %s: Secret %q holds no shared secret under %q", c, ref.Name, ref.SharedSecretKey())
 			}
 		}
+		if c.Insights != nil { // spec.insights, not suspended
+			ref := s.Spec.Insights.WriteKeySecretRef
+			keys, err := lines("insights write key ", ref.Name, ref.WriteKeyKey())
+			if err != nil {
+				return nil, err
+			}
+			if len(keys) == 0 {
+				return nil, fmt.Errorf("SegmentSource %s: Secret %q holds no insights write key under %q", c, ref.Name, ref.WriteKeyKey())
+			}
+			c.Insights.WriteKey = keys[0]
+		}
 		if err := c.Validate(); err != nil {
 			return nil, err
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tallyhq/tally/workers/insights"
 	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
@@ -53,6 +54,7 @@ type Pipeline struct {
 	receiver *receiver.Receiver
 	server   *http.Server
 	metrics  *worker.Metrics
+	insights *insights.Metrics
 	errs     chan error
 
 	mu      sync.Mutex
@@ -94,9 +96,10 @@ func NewPipeline(o PipelineOptions) (*Pipeline, error) {
 	}
 	return &Pipeline{
 		opts: o, js: js, receiver: rcv,
-		server:  receiver.NewServer("", rcv.Handler(), source.DefaultPublishTimeout),
-		metrics: worker.NewMetrics(o.Registry),
-		errs:    make(chan error, 16),
+		server:   receiver.NewServer("", rcv.Handler(), source.DefaultPublishTimeout),
+		metrics:  worker.NewMetrics(o.Registry),
+		insights: insights.NewMetrics(o.Registry),
+		errs:     make(chan error, 16),
 	}, nil
 }
 

@@ -19,4 +19,9 @@ const (
 	// enough for the endpoints controller, kube-proxy and load balancers to stop sending it
 	// traffic.
 	DefaultShutdownDelay = 5 * time.Second
+	// DefaultInsightsEndpoint is Segment's public Tracking API, where insights go unless a
+	// SegmentSource names another endpoint.
+	DefaultInsightsEndpoint = "https://api.segment.io"
+	// DefaultInsightsInterval is the time between two insight pushes.
+	DefaultInsightsInterval = time.Hour
 )

@@ -32,6 +32,20 @@ type Config struct {
 	// SharedSecrets sign what Segment delivers to the destination route (X-Signature); secrets
 	// like the write keys, several during a rotation.
 	SharedSecrets []string `json:"-"`
+	// Insights, when set, has the workers push the tenant's account and user insights to a
+	// Segment source (package insights); nil when the source pushes none or they are suspended.
+	Insights *InsightsConfig `json:"insights,omitempty"`
+}
+
+// InsightsConfig says where and how often a source's insights go.
+type InsightsConfig struct {
+	// Endpoint is the Segment-compatible Tracking API the insights are sent to (/v1/batch).
+	Endpoint string `json:"endpoint"`
+	// Interval is the time between two pushes.
+	Interval time.Duration `json:"interval"`
+	// WriteKey is the write key of the Segment source receiving the insights: a secret, never in
+	// the ConfigMap (json:"-"); the workers read it from the mounted Secret key.
+	WriteKey string `json:"-"`
 }
 
 // Stream identifies the source's JetStream objects.
