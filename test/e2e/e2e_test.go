@@ -96,6 +96,9 @@ var _ = Describe("from kubectl apply to rows in Postgres", Ordered, func() {
 
 		out, err := kubectl("wait", "--for=condition=Ready", "segmentsource/acme-web", "-n", tenantNS, "--timeout=90s")
 		Expect(err).NotTo(HaveOccurred(), out)
+		// The receiver and the worker above ran with NATS users of their own (NATS checks them).
+		out, err = kubectl("wait", "--for=condition=NATSIsolated", "segmentsource/acme-web", "-n", tenantNS, "--timeout=10s")
+		Expect(err).NotTo(HaveOccurred(), out)
 	})
 
 	It("maps events sent with a real Segment client into the tables", func() {

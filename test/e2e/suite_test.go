@@ -89,12 +89,19 @@ var _ = BeforeSuite(func() {
 	kubeconfig = filepath.Join(workDir, "kubeconfig")
 	Expect(os.WriteFile(kubeconfig, kc, 0o600)).To(Succeed())
 
-	By("starting NATS with JetStream")
-	ns, err := natsserver.Start(natsserver.Options{StoreDir: filepath.Join(workDir, "nats")})
+	By("starting NATS with JetStream in decentralized JWT mode")
+	natsAuth, err := natsserver.NewAuth()
+	Expect(err).NotTo(HaveOccurred())
+	ns, err := natsserver.Start(natsserver.Options{StoreDir: filepath.Join(workDir, "nats"), Auth: natsAuth})
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(func() { stopNATS(ns) })
 	natsURL = ns.ClientURL()
-	nc, err := nats.Connect(natsURL)
+	// The account's full user: the manager's own connection, and the test's.
+	adminCreds, err := natsAuth.AdminCreds()
+	Expect(err).NotTo(HaveOccurred())
+	adminCredsFile := filepath.Join(workDir, "manager.creds")
+	Expect(os.WriteFile(adminCredsFile, adminCreds, 0o600)).To(Succeed())
+	nc, err := nats.Connect(natsURL, nats.UserCredentials(adminCredsFile))
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(nc.Close)
 	js, err = jetstream.New(nc)
@@ -115,11 +122,18 @@ var _ = BeforeSuite(func() {
 		ObjectMeta: metav1.ObjectMeta{Name: "tally-database", Namespace: managerNamespace},
 		StringData: map[string]string{"url": dbURL},
 	})).To(Succeed())
+	// The signing key the manager issues each source's receiver and worker NATS users with.
+	Expect(k8s.Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "tally-nats-signing-key", Namespace: managerNamespace},
+		StringData: map[string]string{"seed": natsAuth.SigningKeySeed, "account": natsAuth.AccountPublicKey()},
+	})).To(Succeed())
 
 	By("running tally manager as its own process")
 	manager := startProcess("manager", exec.Command(tallyBin, "manager",
 		"--kubeconfig="+kubeconfig,
 		"--nats-url="+natsURL,
+		"--nats-creds="+adminCredsFile,
+		"--nats-account-signing-key-secret=tally-nats-signing-key",
 		"--database-secret=tally-database",
 		"--manager-namespace="+managerNamespace,
 		"--workload-image=ghcr.io/tallyhq/tally:e2e",
