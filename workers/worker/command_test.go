@@ -72,6 +72,7 @@ var _ = Describe("tally worker and tally migrate", func() {
 		Expect(metrics).To(ContainSubstring(`tally_worker_messages_mapped_total{source="` + src.String() + `",type="track"} 1`))
 		Expect(metrics).To(ContainSubstring(`tally_worker_batches_total{source="` + src.String() + `"} 1`))
 		Expect(metrics).To(ContainSubstring(`tally_worker_batch_duration_seconds_count{source="` + src.String() + `"} 1`))
+		Expect(metrics).To(ContainSubstring(`tally_worker_end_to_end_seconds_count{source="` + src.String() + `"} 1`))
 		Expect(metrics).To(ContainSubstring(`tally_worker_consumer_pending_messages{source="` + src.String() + `"} 0`))
 	})
 

@@ -312,6 +312,7 @@ func (w *Worker) commit(ctx context.Context, items []item, prepared *preparedFol
 				w.metrics.eventsInserted.WithLabelValues(w.stream.String()).Add(float64(res.EventsInserted))
 				w.metrics.unnamed.WithLabelValues(w.stream.String()).Add(float64(res.UnnamedAccountsCreated))
 				w.metrics.usersDeleted.WithLabelValues(w.stream.String()).Add(float64(res.UsersDeleted))
+				w.metrics.observeEndToEnd(w.stream.String(), folded.messages, time.Now())
 				return nil
 			}
 			switch classify(err) {
