@@ -79,6 +79,9 @@ type Config struct {
 	// sets none of its own.
 	ReceiverResources corev1.ResourceRequirements
 	WorkerResources   corev1.ResourceRequirements
+	// RequireTenant refuses a source unless a Tenant lists its namespace; when false, the
+	// namespace of a tenant's first source claims it (recorded as a Tenant).
+	RequireTenant bool
 }
 
 // SegmentSourceReconciler reconciles SegmentSources.

@@ -33,6 +33,7 @@ const (
 	ReasonDeletionFailed      = "DeletionFailed"
 	ReasonDeletionBlocked     = "DeletionBlocked"
 	ReasonTenantClaimed       = "TenantClaimed"
+	ReasonTenantNotAllowed    = "TenantNotAllowed"
 	ReasonReconcileError      = "ReconcileError"
 	eventReasonStreamDeleted  = "StreamDeleted"
 	eventReasonStreamRetained = "StreamRetained"

@@ -82,6 +82,10 @@ func (r *SegmentSourceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 				UpdateFunc:  func(event.UpdateEvent) bool { return false },
 				GenericFunc: func(event.GenericEvent) bool { return false },
 			})).
+		// A source refused with TenantNotAllowed or TenantClaimed is not requeued; a Tenant
+		// created, edited or deleted is what changes its answer. Tenants are cluster-scoped: the
+		// cache watches them cluster-wide even when the manager watches one namespace.
+		Watches(&tallyv1.Tenant{}, handler.EnqueueRequestsFromMapFunc(r.sourcesForTenantObject)).
 		WithOptions(controller.Options{
 			// Backoff for transient failures (NATS unreachable, API conflicts): fast at first, capped
 			// at 30 s so a recovered NATS is noticed quickly.

@@ -2,8 +2,12 @@ package controllers
 
 import (
 	"context"
+	"regexp"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
@@ -21,18 +25,44 @@ func tenantOf(obj client.Object) []string {
 	return []string{s.Spec.Tenant}
 }
 
-// reconcileTenant refuses a tenant another namespace claimed first. The tenant is the key of the
-// rows in Postgres, and creating a SegmentSource is a namespace-level permission: without this
-// check anyone who may create one could write into another team's rows. A tenant belongs to the
-// namespace of its earliest SegmentSource; sources in that namespace share it freely (acme-web,
-// acme-backend). The refused source gets nothing: no stream, receiver or worker.
+// +kubebuilder:rbac:groups=tally.dev,resources=tenants,verbs=get;list;watch;create
+
+// reconcileTenant refuses a source whose namespace may not use its tenant. The tenant is the key
+// of the rows in Postgres, and creating a SegmentSource is a namespace-level permission: without
+// this check anyone who may create one could write into another team's rows. It runs before
+// anything is created for the source: a refused source gets no stream, Secret copy, receiver or
+// worker.
+//
+// A Tenant object (cluster-scoped, named after the tenant, written by cluster administrators)
+// lists the namespaces that may use the tenant. With Config.RequireTenant a tenant without one is
+// refused. Without it, the namespace of the tenant's first SegmentSource claims it, and the
+// operator records the claim as a Tenant of its own (label tally.dev/claim=first-source): the
+// claim outlives that source, so deleting and re-creating it never hands the tenant to a
+// namespace that was waiting for it. A cluster administrator edits or deletes that Tenant to
+// share or release the tenant.
+//
+// No message ever names another namespace or source: that would tell a squatter whose tenant it
+// found.
 func (r *SegmentSourceReconciler) reconcileTenant(ctx context.Context, st *reconcileState) error {
 	obj := st.source
-	var list tallyv1.SegmentSourceList
-	if err := r.List(ctx, &list, client.MatchingFields{tenantIndex: obj.Spec.Tenant}); err != nil {
-		return transient(ReasonReconcileError, err, "listing the SegmentSources of tenant %s", obj.Spec.Tenant)
+	name := obj.Spec.Tenant
+	tenant := &tallyv1.Tenant{}
+	err := r.Get(ctx, client.ObjectKey{Name: name}, tenant)
+	switch {
+	case err == nil:
+		return r.tenantAllows(tenant, obj)
+	case !apierrors.IsNotFound(err):
+		return transient(ReasonReconcileError, err, "reading Tenant %s", name)
+	case r.Config.RequireTenant:
+		return notAllowed(obj)
 	}
-	// The message names the tenant's first source, whichever order the cache lists them in.
+
+	// --require-tenant=false, and no Tenant yet: the first-claim rule over the live sources,
+	// then the claim is recorded.
+	var list tallyv1.SegmentSourceList
+	if err := r.List(ctx, &list, client.MatchingFields{tenantIndex: name}); err != nil {
+		return transient(ReasonReconcileError, err, "listing the SegmentSources of tenant %s", name)
+	}
 	var owner *tallyv1.SegmentSource
 	for i := range list.Items {
 		s := &list.Items[i]
@@ -40,15 +70,73 @@ func (r *SegmentSourceReconciler) reconcileTenant(ctx context.Context, st *recon
 			owner = s
 		}
 	}
-	if other := owner; other != nil && other.Namespace != obj.Namespace {
-		// Never name the owner: that would tell a squatter whose tenant it found.
-		return stalled(ReasonTenantClaimed,
-			"tenant %q belongs to another namespace; a source in namespace %s may not write its rows: "+
-				"re-create this source with another tenant, or ask the platform team",
-			obj.Spec.Tenant, obj.Namespace)
+	if owner != nil && owner.Namespace != obj.Namespace {
+		return claimed(obj)
 	}
-	return nil
+	if !tenantObjectName.MatchString(name) {
+		// A tenant with '_' cannot be a Tenant's name: its claim lasts as long as its sources.
+		log.FromContext(ctx).Info("tenant name cannot name a Tenant; its first-claim is not recorded", "tenant", name)
+		return nil
+	}
+	tenant = &tallyv1.Tenant{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:   name,
+			Labels: map[string]string{tallyv1.LabelTenantClaim: tallyv1.TenantClaimAutomatic},
+		},
+		Spec: tallyv1.TenantSpec{Namespaces: []string{obj.Namespace}},
+	}
+	err = r.Create(ctx, tenant, client.FieldOwner(FieldOwner))
+	switch {
+	case err == nil:
+		log.FromContext(ctx).Info("recorded the first claim of a tenant", "tenant", name)
+		return nil
+	case !apierrors.IsAlreadyExists(err):
+		return transient(ReasonReconcileError, err, "recording the claim of tenant %s", name)
+	}
+	// Created meanwhile (by a cluster administrator, or for another source our cache has not
+	// seen yet): the API server's copy decides.
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Name: name}, tenant); err != nil {
+		return transient(ReasonReconcileError, err, "reading Tenant %s", name)
+	}
+	return r.tenantAllows(tenant, obj)
 }
+
+// tenantAllows checks an existing Tenant. A Tenant the operator recorded for a first claim is
+// reported as claimed (TenantClaimed), one a cluster administrator wrote as not allowed.
+func (r *SegmentSourceReconciler) tenantAllows(tenant *tallyv1.Tenant, obj *tallyv1.SegmentSource) error {
+	if tenant.Allows(obj.Namespace) {
+		return nil
+	}
+	if tenant.ClaimedAutomatically() && !r.Config.RequireTenant {
+		return claimed(obj)
+	}
+	return notAllowed(obj)
+}
+
+// notAllowed reads the same whether the Tenant exists or not, so it does not even tell that the
+// tenant is in use.
+func notAllowed(obj *tallyv1.SegmentSource) error {
+	if !tenantObjectName.MatchString(obj.Spec.Tenant) {
+		return stalled(ReasonTenantNotAllowed,
+			"tenant %q cannot be bound to a namespace: a Tenant's name takes lower-case letters, digits and '-' only; "+
+				"re-create this source with such a tenant", obj.Spec.Tenant)
+	}
+	return stalled(ReasonTenantNotAllowed,
+		"no Tenant %q lists namespace %s: a source in this namespace may not write the tenant's rows until a "+
+			"cluster administrator adds the namespace to that Tenant's spec.namespaces (or re-create this source with another tenant)",
+		obj.Spec.Tenant, obj.Namespace)
+}
+
+func claimed(obj *tallyv1.SegmentSource) error {
+	return stalled(ReasonTenantClaimed,
+		"tenant %q belongs to another namespace; a source in namespace %s may not write its rows: "+
+			"re-create this source with another tenant, or ask the platform team",
+		obj.Spec.Tenant, obj.Namespace)
+}
+
+// tenantObjectName is what a Tenant's name may be (the CRD's rule): a SegmentSource tenant
+// without '_'.
+var tenantObjectName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 
 // claimedBefore orders sources by creation time, then namespace and name, so exactly one
 // namespace owns a tenant even when two sources were created in the same second.
@@ -64,21 +152,34 @@ func claimedBefore(a, b *tallyv1.SegmentSource) bool {
 }
 
 // sourcesOfTenant maps the deletion of a source to the other sources of its tenant: one of them
-// may own the tenant now.
+// may own the tenant now (a tenant whose claim could not be recorded as a Tenant).
 func (r *SegmentSourceReconciler) sourcesOfTenant(ctx context.Context, obj client.Object) []reconcile.Request {
 	tenants := tenantOf(obj)
 	if len(tenants) == 0 {
 		return nil
 	}
+	return r.sourcesNamingTenant(ctx, tenants[0], obj)
+}
+
+// sourcesForTenantObject maps a change of a Tenant (created, namespaces edited, deleted) to every
+// source naming that tenant: each may be allowed or refused now.
+func (r *SegmentSourceReconciler) sourcesForTenantObject(ctx context.Context, obj client.Object) []reconcile.Request {
+	return r.sourcesNamingTenant(ctx, obj.GetName(), nil)
+}
+
+// sourcesNamingTenant lists the sources of tenant, but except.
+func (r *SegmentSourceReconciler) sourcesNamingTenant(ctx context.Context, tenant string, except client.Object) []reconcile.Request {
 	var list tallyv1.SegmentSourceList
-	if err := r.List(ctx, &list, client.MatchingFields{tenantIndex: tenants[0]}); err != nil {
+	if err := r.List(ctx, &list, client.MatchingFields{tenantIndex: tenant}); err != nil {
+		log.FromContext(ctx).Error(err, "listing the SegmentSources of a tenant", "tenant", tenant)
 		return nil
 	}
 	var reqs []reconcile.Request
 	for _, s := range list.Items {
-		if s.Namespace != obj.GetNamespace() || s.Name != obj.GetName() {
-			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&s)})
+		if except != nil && s.Namespace == except.GetNamespace() && s.Name == except.GetName() {
+			continue
 		}
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&s)})
 	}
 	return reqs
 }

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/yaml"
 
+	"github.com/tallyhq/tally/controllers"
 	"github.com/tallyhq/tally/controllers/manager"
 	"github.com/tallyhq/tally/controllers/resources"
 	"github.com/tallyhq/tally/test/testdb"
@@ -132,7 +133,9 @@ var _ = BeforeSuite(func() {
 	})).To(Succeed())
 
 	managerCfg = managerIdentity()
-	startManager()
+	operatorMetrics = controllers.NewMetrics(metrics.Registry)
+	stopManager = startManager()
+	DeferCleanup(func() { stopManager() })
 })
 
 // managerIdentity is a user bound to nothing but the ClusterRole that `make manifests` generates
@@ -185,9 +188,18 @@ var _ = AfterSuite(func() {
 	GinkgoWriter.Print(b.String())
 })
 
+// operatorMetrics are the reconciler's metrics, registered once for every manager the suite starts.
+var operatorMetrics *controllers.Metrics
+
+// stopManager stops the running manager. The suite runs one with --require-tenant=false (the
+// first-claim rule, recorded as Tenants: sources need no Tenant); specs that need another one stop
+// it and start their own (see restartManager).
+var stopManager func()
+
 // startManager runs `tally manager`'s wiring (NewManager + Setup) with test settings: no leader
 // election, no metrics or probe listeners, and a NATS connection that reconnects quickly.
-func startManager() {
+// configure changes the options; the returned func stops the manager.
+func startManager(configure ...func(*manager.Options)) (stop func()) {
 	opts := &manager.Options{
 		NATSURL:            natsURL,
 		NATSCredsSecretKey: "nats.creds",
@@ -204,14 +216,18 @@ func startManager() {
 		// What `tally manager` runs with when neither --receiver-resources nor --worker-resources is given.
 		ReceiverResources: resources.DefaultReceiverResources(),
 		WorkerResources:   resources.DefaultWorkerResources(),
+		// The suite may stop the manager and start another one.
+		SkipControllerNameValidation: true,
+	}
+	for _, c := range configure {
+		c(opts)
 	}
 	mgr, err := manager.NewManager(managerCfg, opts)
 	Expect(err).NotTo(HaveOccurred())
 	nc, err := nats.Connect(natsURL, nats.Name("tally-manager-test"), nats.MaxReconnects(-1),
 		nats.ReconnectWait(200*time.Millisecond), nats.RetryOnFailedConnect(true))
 	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(nc.Close)
-	Expect(manager.Setup(mgr, opts, manager.NewNATS(nc, natsURL))).To(Succeed())
+	Expect(manager.SetupWithMetrics(mgr, opts, manager.NewNATS(nc, natsURL), operatorMetrics)).To(Succeed())
 
 	mctx, cancel := context.WithCancel(ctrl.LoggerInto(context.Background(), GinkgoLogr))
 	done := make(chan struct{})
@@ -220,10 +236,23 @@ func startManager() {
 		defer close(done)
 		Expect(mgr.Start(mctx)).To(Succeed())
 	}()
-	DeferCleanup(func() {
+	return func() {
 		cancel()
 		Eventually(done).Should(BeClosed())
+		nc.Close()
+	}
+}
+
+// restartManager replaces the suite's manager with one configured by configure until the
+// current container ends (call it from BeforeAll of a Serial, Ordered container), then brings
+// the suite's own back.
+func restartManager(configure func(*manager.Options)) {
+	stopManager()
+	DeferCleanup(func() {
+		stopManager()
+		stopManager = startManager()
 	})
+	stopManager = startManager(configure)
 }
 
 func startNATS(port int) {

@@ -1,4 +1,4 @@
-// Package v1alpha1 holds the SegmentSource API of group tally.dev.
+// Package v1alpha1 holds the SegmentSource and Tenant API of group tally.dev.
 // +kubebuilder:object:generate=true
 // +groupName=tally.dev
 package v1alpha1
@@ -20,7 +20,7 @@ var (
 )
 
 func addKnownTypes(scheme *runtime.Scheme) error {
-	scheme.AddKnownTypes(GroupVersion, &SegmentSource{}, &SegmentSourceList{})
+	scheme.AddKnownTypes(GroupVersion, &SegmentSource{}, &SegmentSourceList{}, &Tenant{}, &TenantList{})
 	metav1AddToGroupVersion(scheme)
 	return nil
 }

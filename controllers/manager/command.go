@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -63,6 +64,8 @@ type Options struct {
 	// ReceiverResources and WorkerResources apply to sources whose spec sets no resources.
 	ReceiverResources corev1.ResourceRequirements
 	WorkerResources   corev1.ResourceRequirements
+	// RequireTenant refuses a SegmentSource unless a Tenant lists its namespace.
+	RequireTenant bool
 
 	// NATSSigningKeySecret names a Secret holding the NATS account signing key (an nkey seed under
 	// NATSSigningKeySecretKey): each source then gets NATS users of its own (see
@@ -84,6 +87,10 @@ type Options struct {
 	LogFormat         string
 	GracefulShutdown  time.Duration
 	EventRecorderName string
+	// SkipControllerNameValidation lets a process start the manager more than once (tests that
+	// restart it with other options); controller-runtime otherwise refuses a second controller
+	// of the same name.
+	SkipControllerNameValidation bool
 }
 
 // NewCommand is `tally manager`.
@@ -126,6 +133,7 @@ account or ~/.kube/config, in that order. Every flag may also be set as TALLY_<F
 	f.StringVar(&o.DatabaseSecretKey, "database-secret-key", "url", "key of --database-secret holding the Postgres URL")
 	f.StringVar(&o.ManagerNamespace, "manager-namespace", envOr("POD_NAMESPACE", "tally-system"), "namespace of the manager's Secrets and leader election Lease; defaults to $POD_NAMESPACE")
 	f.StringVar(&o.WatchNamespace, "watch-namespace", "", "reconcile SegmentSources of this namespace only (default: all)")
+	f.BoolVar(&o.RequireTenant, "require-tenant", true, "refuse a SegmentSource unless a Tenant (cluster-scoped, written by cluster administrators) lists its namespace; false: a tenant belongs to the namespace of its first SegmentSource, recorded as a Tenant the operator creates")
 	o.StreamMaxBytes = resource.MustParse("1Gi")
 	f.Var(quantityFlag{&o.StreamMaxBytes}, "stream-max-bytes", "the most a source's stream may hold when its SegmentSource sets no spec.stream.maxBytes (a full stream refuses that source's new messages; others flow)")
 	f.DurationVar(&o.RequeueInterval, "requeue-interval", 15*time.Second, "how often each source's stream, consumer and message status are re-checked (±10% jitter)")
@@ -174,7 +182,7 @@ func Run(ctx context.Context, o *Options) error {
 		return err
 	}
 	setupLog.Info("starting manager", "natsURL", stream.RedactURL(o.NATSURL), "image", o.WorkloadImage,
-		"managerNamespace", o.ManagerNamespace, "watchNamespace", o.WatchNamespace, "leaderElect", o.LeaderElect)
+		"managerNamespace", o.ManagerNamespace, "watchNamespace", o.WatchNamespace, "requireTenant", o.RequireTenant, "leaderElect", o.LeaderElect)
 	return mgr.Start(ctx)
 }
 
@@ -219,6 +227,7 @@ func NewManager(restConfig *rest.Config, o *Options) (ctrl.Manager, error) {
 		RenewDeadline:                 &renewDeadline,
 		RetryPeriod:                   &retryPeriod,
 		GracefulShutdownTimeout:       &o.GracefulShutdown,
+		Controller:                    ctrlconfig.Controller{SkipNameValidation: &o.SkipControllerNameValidation},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating manager: %w", err)
@@ -258,6 +267,7 @@ func SetupWithMetrics(mgr ctrl.Manager, o *Options, n controllers.NATS, m *contr
 			NATSTimeout:        o.NATSTimeout,
 			ReceiverResources:  o.ReceiverResources,
 			WorkerResources:    o.WorkerResources,
+			RequireTenant:      o.RequireTenant,
 
 			NATSSigningKeySecret:    o.NATSSigningKeySecret,
 			NATSSigningKeySecretKey: o.NATSSigningKeySecretKey,

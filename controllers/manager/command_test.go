@@ -178,6 +178,9 @@ func TestManagerCommand(t *testing.T) {
 
 	g.Expect(c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "web-segment", Namespace: "tenants", Labels: map[string]string{resources.LabelSourceSecret: "true"}},
 		StringData: map[string]string{"writeKey": "k1"}})).To(Succeed())
+	// --require-tenant is on by default: the source needs a Tenant listing its namespace.
+	g.Expect(c.Create(ctx, &tallyv1.Tenant{ObjectMeta: metav1.ObjectMeta{Name: "acme"},
+		Spec: tallyv1.TenantSpec{Namespaces: []string{"tenants"}}})).To(Succeed())
 	src := &tallyv1.SegmentSource{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "tenants"},
 		Spec:       tallyv1.SegmentSourceSpec{Tenant: "acme", WriteKeySecretRef: tallyv1.SecretKeyRef{Name: "web-segment"}},

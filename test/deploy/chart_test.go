@@ -66,7 +66,7 @@ var _ = Describe("Helm chart", func() {
 			var schema map[string]any
 			Expect(json.Unmarshal([]byte(readFile("charts/tally/values.schema.json")), &schema)).To(Succeed())
 			Expect(schema).To(HaveKeyWithValue("additionalProperties", false))
-			for _, key := range []string{"image", "manager", "nats", "database", "workload", "crds", "metrics", "rbac", "serviceAccount"} {
+			for _, key := range []string{"image", "manager", "nats", "database", "workload", "crds", "metrics", "rbac", "serviceAccount", "tenants", "networkPolicy"} {
 				Expect(schema["properties"]).To(HaveKeyWithValue(key, HaveKeyWithValue("additionalProperties", false)), key)
 			}
 		})
@@ -77,15 +77,19 @@ var _ = Describe("Helm chart", func() {
 
 		BeforeEach(func() { meta = readChartMeta() })
 
-		It("renders exactly the manager, its RBAC, the metrics Service and the CRD", func() {
+		It("renders exactly the manager, its RBAC, its NetworkPolicy, the metrics Service and the CRDs", func() {
 			rendered := parseObjects(mustHelmTemplate(defaultNamespace))
 			Expect(kindsOf(rendered)).To(ConsistOf(
 				"CustomResourceDefinition/segmentsources.tally.dev",
+				"CustomResourceDefinition/tenants.tally.dev",
 				"ServiceAccount/tally-manager",
 				"ClusterRole/tally-manager",
 				"ClusterRoleBinding/tally-manager",
+				"ClusterRole/tally-manager-tenants",
+				"ClusterRoleBinding/tally-manager-tenants",
 				"Role/tally-leader-election",
 				"RoleBinding/tally-leader-election",
+				"NetworkPolicy/tally-manager",
 				"Service/tally-manager-metrics",
 				"Deployment/tally-manager",
 			))
@@ -119,6 +123,7 @@ var _ = Describe("Helm chart", func() {
 				"--stream-max-bytes=1Gi",
 				"--database-secret=tally-database",
 				"--database-secret-key=url",
+				"--require-tenant=true",
 				"--metrics-bind-address=:8080",
 				"--health-probe-bind-address=:8081",
 				"--leader-elect",
@@ -167,17 +172,18 @@ var _ = Describe("Helm chart", func() {
 			Expect(spec.SecurityContext.RunAsGroup).To(HaveValue(BeEquivalentTo(65532)))
 		})
 
-		It("installs the CRD exactly as generated in config/crd/bases, kept on uninstall", func() {
-			rendered := crdOf(find(parseObjects(mustHelmTemplate(defaultNamespace)), "CustomResourceDefinition", ""))
-			generated := generatedCRD()
-			Expect(rendered.Annotations).To(HaveKeyWithValue("helm.sh/resource-policy", "keep"))
-			Expect(rendered.Labels).To(HaveKeyWithValue("app.kubernetes.io/managed-by", "Helm"))
-			for k, v := range generated.Annotations {
-				Expect(rendered.Annotations).To(HaveKeyWithValue(k, v))
+		It("installs the CRDs exactly as generated in config/crd/bases, kept on uninstall", func() {
+			objects := parseObjects(mustHelmTemplate(defaultNamespace))
+			for _, generated := range generatedCRDs() {
+				rendered := crdOf(find(objects, "CustomResourceDefinition", generated.Name))
+				Expect(rendered.Annotations).To(HaveKeyWithValue("helm.sh/resource-policy", "keep"))
+				Expect(rendered.Labels).To(HaveKeyWithValue("app.kubernetes.io/managed-by", "Helm"))
+				for k, v := range generated.Annotations {
+					Expect(rendered.Annotations).To(HaveKeyWithValue(k, v))
+				}
+				Expect(equality.Semantic.DeepEqual(rendered.Spec, generated.Spec)).To(BeTrue(),
+					"the chart's CRD spec differs from config/crd/bases: run `make chart-crds`")
 			}
-			Expect(equality.Semantic.DeepEqual(rendered.Spec, generated.Spec)).To(BeTrue(),
-				"the chart's CRD spec differs from config/crd/bases: run `make chart-crds`")
-			Expect(rendered.Name).To(Equal(generated.Name))
 		})
 
 		It("keeps its copies of the generated CRD and role byte-for-byte in sync (make chart-crds)", func() {
@@ -196,10 +202,19 @@ var _ = Describe("Helm chart", func() {
 
 		It("grants the manager exactly the generated RBAC rules, plus a Lease in its namespace", func() {
 			rendered := parseObjects(mustHelmTemplate(defaultNamespace))
-			role := convert[rbacv1.ClusterRole](find(rendered, "ClusterRole", ""))
-			Expect(role.Rules).To(Equal(generatedRole().Rules))
+			role := convert[rbacv1.ClusterRole](find(rendered, "ClusterRole", "tally-manager"))
+			namespaced, tenants := splitTenantRule(generatedRole().Rules)
+			Expect(role.Rules).To(Equal(namespaced))
+			tenantsRole := convert[rbacv1.ClusterRole](find(rendered, "ClusterRole", "tally-manager-tenants"))
+			Expect(tenantsRole.Rules).To(Equal([]rbacv1.PolicyRule{{
+				APIGroups: []string{"tally.dev"}, Resources: []string{"tenants"}, Verbs: []string{"get", "list", "watch"},
+			}}), "with tenants.required the operator only reads Tenants")
+			Expect(tenants.Verbs).To(ContainElements("get", "list", "watch"))
 
-			binding := convert[rbacv1.ClusterRoleBinding](find(rendered, "ClusterRoleBinding", ""))
+			binding := convert[rbacv1.ClusterRoleBinding](find(rendered, "ClusterRoleBinding", "tally-manager"))
+			tenantsBinding := convert[rbacv1.ClusterRoleBinding](find(rendered, "ClusterRoleBinding", "tally-manager-tenants"))
+			Expect(tenantsBinding.RoleRef.Name).To(Equal(tenantsRole.Name))
+			Expect(tenantsBinding.Subjects).To(Equal(binding.Subjects))
 			Expect(binding.RoleRef).To(Equal(rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name}))
 			Expect(binding.Subjects).To(Equal([]rbacv1.Subject{{Kind: "ServiceAccount", Name: "tally-manager", Namespace: defaultNamespace}}))
 
@@ -233,9 +248,10 @@ var _ = Describe("Helm chart", func() {
 
 		It("is admitted by the API server in a restricted namespace (server-side dry-run)", func() {
 			rendered := parseObjects(mustHelmTemplate(defaultNamespace))
-			By("installing the chart's CRD for real")
-			kube.MustApply(toYAML(find(rendered, "CustomResourceDefinition", "")))
-			_, err := kube.Run("", "wait", "--for=condition=Established", "crd/segmentsources.tally.dev", "--timeout=60s")
+			By("installing the chart's CRDs for real")
+			kube.MustApply(toYAML(find(rendered, "CustomResourceDefinition", "segmentsources.tally.dev"),
+				find(rendered, "CustomResourceDefinition", "tenants.tally.dev")))
+			_, err := kube.Run("", "wait", "--for=condition=Established", "crd/segmentsources.tally.dev", "crd/tenants.tally.dev", "--timeout=60s")
 			Expect(err).NotTo(HaveOccurred())
 
 			By("dry-running every rendered object")
@@ -257,14 +273,22 @@ var _ = Describe("Helm chart", func() {
 				"--api-versions", "monitoring.coreos.com/v1"))
 		}
 
-		It("renders the optional objects and leaves out the CRD", func() {
+		It("renders the optional objects, Roles instead of a ClusterRole, and leaves out the CRDs", func() {
 			Expect(kindsOf(render())).To(ConsistOf(
 				"ServiceAccount/acme-operator",
 				"Secret/acme-db",
-				"ClusterRole/acme-tally-manager",
-				"ClusterRoleBinding/acme-tally-manager",
+				"Role/acme-tally-manager",
+				"RoleBinding/acme-tally-manager",
+				"Role/acme-tally-manager-secrets",
+				"RoleBinding/acme-tally-manager-secrets",
+				"ClusterRole/acme-tally-manager-tenants",
+				"ClusterRoleBinding/acme-tally-manager-tenants",
 				"Role/acme-tally-leader-election",
 				"RoleBinding/acme-tally-leader-election",
+				"NetworkPolicy/acme-tally-manager",
+				"NetworkPolicy/acme-tally-receivers",
+				"NetworkPolicy/acme-tally-workers",
+				"NetworkPolicy/acme-tally-nats-clients",
 				"Service/acme-tally-manager-metrics",
 				"Deployment/acme-tally-manager",
 				"ServiceMonitor/acme-tally-manager",
@@ -305,6 +329,7 @@ var _ = Describe("Helm chart", func() {
 				"--database-secret=acme-db",
 				"--database-secret-key=dsn",
 				"--watch-namespace=tenants",
+				"--require-tenant=false",
 				"--metrics-bind-address=:9090",
 				"--health-probe-bind-address=:9440",
 				"--leader-elect",
@@ -365,8 +390,10 @@ var _ = Describe("Helm chart", func() {
 
 	Describe("option switches", func() {
 		It("omits the keep annotation when crds.keep is false", func() {
-			crd := find(parseObjects(mustHelmTemplate(defaultNamespace, "--set", "crds.keep=false")), "CustomResourceDefinition", "")
-			Expect(crd.GetAnnotations()).NotTo(HaveKey("helm.sh/resource-policy"))
+			rendered := parseObjects(mustHelmTemplate(defaultNamespace, "--set", "crds.keep=false"))
+			for _, name := range []string{"segmentsources.tally.dev", "tenants.tally.dev"} {
+				Expect(find(rendered, "CustomResourceDefinition", name).GetAnnotations()).NotTo(HaveKey("helm.sh/resource-policy"), name)
+			}
 		})
 
 		It("creates no RBAC when rbac.create is false and no ServiceAccount when serviceAccount.create is false", func() {
@@ -374,6 +401,8 @@ var _ = Describe("Helm chart", func() {
 				"--set", "rbac.create=false", "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=existing"))
 			Expect(kindsOf(rendered)).To(ConsistOf(
 				"CustomResourceDefinition/segmentsources.tally.dev",
+				"CustomResourceDefinition/tenants.tally.dev",
+				"NetworkPolicy/tally-manager",
 				"Service/tally-manager-metrics",
 				"Deployment/tally-manager",
 			))

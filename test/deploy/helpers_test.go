@@ -221,6 +221,15 @@ func generatedCRD() *apiextensionsv1.CustomResourceDefinition {
 	return crdOf(find(parseObjects(readFile("config/crd/bases/tally.dev_segmentsources.yaml")), "CustomResourceDefinition", ""))
 }
 
+// generatedCRDs are the CRDs generated into config/crd/bases (SegmentSource, Tenant).
+func generatedCRDs() []*apiextensionsv1.CustomResourceDefinition {
+	GinkgoHelper()
+	return []*apiextensionsv1.CustomResourceDefinition{
+		generatedCRD(),
+		crdOf(find(parseObjects(readFile("config/crd/bases/tally.dev_tenants.yaml")), "CustomResourceDefinition", "")),
+	}
+}
+
 // podsFromTemplates turns the pod template of every Deployment into a Pod in the Deployment's
 // namespace. Pod Security admission only warns about Deployments but refuses violating Pods, so
 // dry-running these Pods proves the pods the Deployments create would be admitted.

@@ -28,11 +28,12 @@ func kustomizeBuild(dir string) []*unstructured.Unstructured {
 var _ = Describe("kustomize install (config/default)", func() {
 	const namespace = "tally-system"
 
-	It("renders the CRD, the manager's RBAC, the manager and its metrics Service in tally-system", func() {
+	It("renders the CRDs, the manager's RBAC, the manager and its metrics Service in tally-system", func() {
 		objects := kustomizeBuild("config/default")
 		Expect(kindsOf(objects)).To(ConsistOf(
 			"Namespace/tally-system",
 			"CustomResourceDefinition/segmentsources.tally.dev",
+			"CustomResourceDefinition/tenants.tally.dev",
 			"ServiceAccount/tally-controller-manager",
 			"ClusterRole/tally-manager-role",
 			"ClusterRoleBinding/tally-manager-rolebinding",
@@ -54,10 +55,12 @@ var _ = Describe("kustomize install (config/default)", func() {
 		Expect(ns.Labels).To(HaveKeyWithValue("pod-security.kubernetes.io/enforce", "restricted"))
 	})
 
-	It("installs the generated CRD unchanged and grants exactly the generated RBAC rules", func() {
+	It("installs the generated CRDs unchanged and grants exactly the generated RBAC rules", func() {
 		objects := kustomizeBuild("config/default")
-		crd := crdOf(find(objects, "CustomResourceDefinition", ""))
-		Expect(equality.Semantic.DeepEqual(crd.Spec, generatedCRD().Spec)).To(BeTrue())
+		for _, generated := range generatedCRDs() {
+			crd := crdOf(find(objects, "CustomResourceDefinition", generated.Name))
+			Expect(equality.Semantic.DeepEqual(crd.Spec, generated.Spec)).To(BeTrue(), generated.Name)
+		}
 
 		role := convert[rbacv1.ClusterRole](find(objects, "ClusterRole", ""))
 		Expect(role.Rules).To(Equal(generatedRole().Rules))
@@ -98,8 +101,9 @@ var _ = Describe("kustomize install (config/default)", func() {
 
 	It("is admitted by the API server (server-side dry-run), in its own restricted namespace", func() {
 		objects := kustomizeBuild("config/default")
-		By("creating its Namespace and CRD for real")
-		kube.MustApply(toYAML(find(objects, "Namespace", ""), find(objects, "CustomResourceDefinition", "")))
+		By("creating its Namespace and CRDs for real")
+		kube.MustApply(toYAML(find(objects, "Namespace", ""), find(objects, "CustomResourceDefinition", "segmentsources.tally.dev"),
+			find(objects, "CustomResourceDefinition", "tenants.tally.dev")))
 		live, err := kube.Run("", "get", "namespace", namespace, "-o", "jsonpath={.metadata.labels}")
 		Expect(err).NotTo(HaveOccurred())
 		Expect(live).To(ContainSubstring(`"pod-security.kubernetes.io/enforce":"restricted"`))
@@ -114,9 +118,9 @@ var _ = Describe("kustomize install (config/default)", func() {
 })
 
 var _ = Describe("samples (config/samples)", func() {
-	It("are admitted by the API server with the CRD installed (server-side dry-run)", func() {
-		kube.MustApply(readFile("config/crd/bases/tally.dev_segmentsources.yaml"))
-		_, err := kube.Run("", "wait", "--for=condition=Established", "crd/segmentsources.tally.dev", "--timeout=60s")
+	It("are admitted by the API server with the CRDs installed (server-side dry-run)", func() {
+		kube.MustApply(readFile("config/crd/bases/tally.dev_segmentsources.yaml") + "\n---\n" + readFile("config/crd/bases/tally.dev_tenants.yaml"))
+		_, err := kube.Run("", "wait", "--for=condition=Established", "crd/segmentsources.tally.dev", "crd/tenants.tally.dev", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred())
 
 		samples, err := filepath.Glob(filepath.Join(repoRoot, "config/samples/*.yaml"))

@@ -31,6 +31,8 @@ var (
 	repoRoot string
 	// kube runs kubectl against the envtest API server.
 	kube *kubectl
+	// env is the envtest API server, for identities of the tests' own (env.AddUser).
+	env *envtest.Environment
 )
 
 // Namespaces the tests install into. Both enforce and warn on the "restricted" Pod Security Standard.
@@ -39,6 +41,8 @@ const (
 	customNamespace  = "tally-ops"
 	watchedNamespace = "tenants"
 	installNamespace = "tally-helm"
+	// natsNamespace is where custom-values.yaml says NATS runs (its ingress NetworkPolicy goes there).
+	natsNamespace = "messaging"
 )
 
 var _ = BeforeSuite(func() {
@@ -56,7 +60,7 @@ var _ = BeforeSuite(func() {
 	Expect(filepath.Join(assets, "kubectl")).To(BeAnExistingFile(), "kubectl in KUBEBUILDER_ASSETS")
 
 	By("starting the envtest API server")
-	env := &envtest.Environment{BinaryAssetsDirectory: assets}
+	env = &envtest.Environment{BinaryAssetsDirectory: assets}
 	// Stop even when Start fails half-way: Start can leave etcd and kube-apiserver running.
 	DeferCleanup(env.Stop)
 	_, err = env.Start()
@@ -71,7 +75,7 @@ var _ = BeforeSuite(func() {
 	kube = &kubectl{path: filepath.Join(assets, "kubectl"), kubeconfig: kubeconfigPath}
 
 	By("creating namespaces that enforce the restricted Pod Security Standard")
-	for _, ns := range []string{defaultNamespace, customNamespace, watchedNamespace, installNamespace} {
+	for _, ns := range []string{defaultNamespace, customNamespace, watchedNamespace, installNamespace, natsNamespace} {
 		kube.MustApply(restrictedNamespace(ns))
 	}
 

@@ -35,6 +35,12 @@ apiVersion: v1
 kind: Namespace
 metadata: {name: tenants}
 ---
+# The manager runs with --require-tenant (its default): tenant acme is bound to namespace tenants.
+apiVersion: tally.dev/v1alpha1
+kind: Tenant
+metadata: {name: acme}
+spec: {namespaces: [tenants]}
+---
 apiVersion: v1
 kind: Secret
 metadata: {name: acme-segment, namespace: tenants, labels: {tally.dev/source-secret: "true"}}

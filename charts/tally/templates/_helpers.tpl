@@ -73,3 +73,17 @@ Whether the ServiceMonitor is rendered: asked for, metrics on, and the API prese
 true
 {{- end -}}
 {{- end -}}
+
+{{/*
+The Secrets of the release namespace the manager reads (a YAML list): with watchNamespace set it
+may read these and no other Secret there. Add a Secret here when the manager gets a flag naming one.
+*/}}
+{{- define "tally.managerSecretNames" -}}
+- {{ required "database.secretName is required" .Values.database.secretName | quote }}
+{{- with .Values.nats.credsSecret }}
+- {{ . | quote }}
+{{- end }}
+{{- with .Values.nats.accountSigningKeySecret }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}
