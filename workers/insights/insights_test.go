@@ -8,11 +8,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
 	"github.com/tallyhq/tally/workers/insights"
 	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/worker"
 )
 
 const day = 24 * time.Hour
@@ -314,6 +316,7 @@ var _ = Describe("Insights", func() {
 		fake.reset()
 		res, err = p2.Push(ctx)
 		Expect(err).NotTo(HaveOccurred())
+		Expect(res.Entities()).To(Equal(2))
 		Expect(entityKeys(fake.accepted())).To(ConsistOf("group:acc-2", "identify:u4"))
 		for _, r := range fake.all() {
 			Expect(r.key).To(Equal("key-of-p2"))
@@ -347,6 +350,47 @@ var _ = Describe("Insights", func() {
 			seen[r.key] = true
 		}
 		Expect(seen).To(HaveLen(1), "one pusher sent, the other stood by")
+	})
+})
+
+var _ = Describe("Insights under the tenant's own Postgres login", func() {
+	It("pushes through row-level security, and sees no other tenant's rows", func(ctx SpecContext) {
+		fake := newFakeSegment()
+		src := newSource(ctx, fake.URL())
+		other := newSource(ctx, fake.URL())
+		n := time.Now().UTC().Truncate(time.Second)
+		dataSet(ctx, src, n)
+		dataSet(ctx, other, n)
+		roles := worker.NewTenantRoles(pool, databaseURL)
+		url, err := roles.Ensure(ctx, src.Tenant, "")
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func() { _ = roles.Drop(context.Background(), src.Tenant) })
+
+		p := pusher(src, at(n.Add(time.Minute)), func(o *insights.Options) {
+			conn, err := pgx.ParseConfig(url)
+			Expect(err).NotTo(HaveOccurred())
+			o.Conn = conn
+		})
+		res, err := p.Push(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(res.Entities()).To(Equal(8))
+		Expect(fake.accepted()).To(HaveLen(8))
+		Expect(deliveredRows(ctx, src)).To(HaveLen(8))
+		status, ok, err := insights.ReadStatus(ctx, pool, src.Tenant, src.String())
+		Expect(err).NotTo(HaveOccurred())
+		Expect(ok).To(BeTrue())
+		Expect(status.LastError).To(BeEmpty())
+
+		By("a pusher of another tenant's source on this login finds nothing to send")
+		intruder := pusher(other, at(n.Add(time.Minute)), func(o *insights.Options) {
+			conn, err := pgx.ParseConfig(url)
+			Expect(err).NotTo(HaveOccurred())
+			o.Conn = conn
+		})
+		fake.reset()
+		_, err = intruder.Push(ctx)
+		Expect(err).To(HaveOccurred(), "it may not even record its status under another tenant")
+		Expect(fake.all()).To(BeEmpty())
 	})
 })
 
