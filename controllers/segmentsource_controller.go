@@ -97,6 +97,9 @@ type SegmentSourceReconciler struct {
 	// Rows reads what the status reports about the tenant's rows; nil when the manager has no
 	// database.
 	Rows TenantRows
+	// Roles gives each tenant its own Postgres login, whose URL the tenant's workers get instead
+	// of a copy of the manager's; nil: the copy (one login for every tenant).
+	Roles TenantDatabaseRoles
 
 	applied appliedVersions
 }
@@ -108,6 +111,20 @@ type TenantRows interface {
 	// Insights reads how a source's insight pushes went; found is false before its first push.
 	Insights(ctx context.Context, tenant, source string) (record InsightsRecord, found bool, err error)
 }
+
+// TenantDatabaseRoles manages the per-tenant Postgres logins that can reach only their tenant's
+// rows. Its SQL lives with the schema (package worker).
+type TenantDatabaseRoles interface {
+	// EnsureTenantRole creates the tenant's login if missing, rotates its password when rotation
+	// is a request not applied before (each value once), and returns the URL to connect with.
+	EnsureTenantRole(ctx context.Context, tenant, rotation string) (string, error)
+	// DropTenantRole removes the tenant's login; its rows stay.
+	DropTenantRole(ctx context.Context, tenant string) error
+}
+
+// RotateDatabaseCredentialsAnnotation: a new value rotates the password of the tenant's Postgres
+// login (every source of the tenant follows within a resync).
+const RotateDatabaseCredentialsAnnotation = "tally.dev/rotate-database-credentials"
 
 // reconcileState is what one reconcile learns, passed along the sub-reconcilers.
 type reconcileState struct {
@@ -263,6 +280,9 @@ func (r *SegmentSourceReconciler) reconcileDelete(ctx context.Context, st *recon
 	} else {
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, eventReasonStreamRetained, "Delete",
 			"kept stream %s (deletionPolicy Retain)", src.StreamName())
+	}
+	if err := r.dropTenantRoleIfLast(ctx, obj); err != nil {
+		return err
 	}
 	patch := client.MergeFromWithOptions(obj.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	controllerutil.RemoveFinalizer(obj, Finalizer)

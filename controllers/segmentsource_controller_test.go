@@ -21,6 +21,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers"
@@ -123,7 +124,7 @@ var _ = Describe("SegmentSource", func() {
 			Expect(notFound(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-receiver"}, &autoscalingv2.HorizontalPodAutoscaler{}))).To(BeTrue())
 		})
 
-		It("gets a worker Deployment with its own copy of the database Secret", func() {
+		It("gets a worker Deployment with the database URL of its tenant's own Postgres login", func() {
 			worker := deployment(ns, "acme-web-worker")
 			Expect(worker.OwnerReferences).To(ConsistOf(owner))
 			wc := worker.Spec.Template.Spec.Containers[0]
@@ -135,7 +136,24 @@ var _ = Describe("SegmentSource", func() {
 			dbCopy := &corev1.Secret{}
 			Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme-web-database"}, dbCopy)).To(Succeed())
 			Expect(dbCopy.OwnerReferences).To(ConsistOf(owner))
-			Expect(string(dbCopy.Data["url"])).To(HavePrefix("postgres://"))
+			tenantURL := string(dbCopy.Data["url"])
+			Expect(tenantURL).To(HavePrefix("postgres://tally_t_"))
+			Expect(tenantURL).NotTo(Equal(databaseURL))
+
+			By("the login reaches its tenant's rows and no other's")
+			admin, err := pgx.Connect(ctx, databaseURL)
+			Expect(err).NotTo(HaveOccurred())
+			defer admin.Close(ctx)
+			_, err = admin.Exec(ctx, `INSERT INTO tally.users (tenant, user_id, created_at, updated_at) VALUES ($1, 'u-own', now(), now()), ('someone-else', 'u-other', now(), now())`, ns)
+			Expect(err).NotTo(HaveOccurred())
+			conn, err := pgx.Connect(ctx, tenantURL)
+			Expect(err).NotTo(HaveOccurred())
+			defer conn.Close(ctx)
+			rows, err := conn.Query(ctx, `SELECT tenant || '/' || user_id FROM tally.users`)
+			Expect(err).NotTo(HaveOccurred())
+			seen, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			Expect(err).NotTo(HaveOccurred())
+			Expect(seen).To(ConsistOf(ns + "/u-own"))
 		})
 
 		It("gets its stream and the workers' consumer in NATS", func() {
@@ -417,6 +435,54 @@ var _ = Describe("SegmentSource", func() {
 		Eventually(func() *int64 { return getSource(key).Status.UnnamedAccounts }).Should(HaveValue(Equal(int64(2))))
 	})
 
+	It("rotates the tenant's Postgres login on request, for every source of the tenant, and drops it with the last one", func() {
+		a, b := createSource(newSource(ns, "rot-a"), true), createSource(newSource(ns, "rot-b"), true)
+		dbURL := func(name string) func() string {
+			return func() string {
+				secret := &corev1.Secret{}
+				if err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: name + "-database"}, secret); err != nil {
+					return ""
+				}
+				return string(secret.Data["url"])
+			}
+		}
+		Eventually(dbURL("rot-a")).ShouldNot(BeEmpty())
+		first := dbURL("rot-a")()
+		Eventually(dbURL("rot-b")).Should(Equal(first), "one login per tenant")
+		hash := func() string {
+			d := &appsv1.Deployment{}
+			if err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "rot-b-worker"}, d); err != nil {
+				return ""
+			}
+			return d.Spec.Template.Annotations[resources.AnnotationDatabaseHash]
+		}
+		Eventually(hash).ShouldNot(BeEmpty())
+		before := hash()
+
+		patch := client.MergeFrom(a.DeepCopy())
+		a.Annotations = map[string]string{controllers.RotateDatabaseCredentialsAnnotation: "2026-12-01"}
+		Expect(k8s.Patch(ctx, a, patch)).To(Succeed())
+		Eventually(dbURL("rot-a")).ShouldNot(Equal(first))
+		rotated := dbURL("rot-a")()
+		Eventually(dbURL("rot-b")).Should(Equal(rotated), "the tenant's other sources follow on their next pass")
+		Eventually(hash).ShouldNot(Equal(before), "their workers roll out with the new password")
+
+		db, err := pgx.Connect(ctx, databaseURL)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(db.Close, context.Background())
+		roles := func() (int, error) {
+			var n int
+			err := db.QueryRow(ctx, `SELECT count(*) FROM tally.tenant_roles r JOIN pg_roles p ON p.rolname = r.role_name WHERE r.tenant = $1`, ns).Scan(&n)
+			return n, err
+		}
+		Expect(roles()).To(Equal(1))
+		Expect(k8s.Delete(ctx, a)).To(Succeed())
+		Eventually(func() bool { return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(a), &tallyv1.SegmentSource{})) }).Should(BeTrue())
+		Expect(roles()).To(Equal(1), "the tenant still has a source")
+		Expect(k8s.Delete(ctx, b)).To(Succeed())
+		Eventually(roles).Should(BeZero())
+	})
+
 	It("bounds the stream by spec.stream.maxBytes (else the manager's default) and says when it is nearly full", func() {
 		s := newSource(ns, "bounded")
 		limit := resource.MustParse("64Ki")
@@ -565,6 +631,31 @@ var _ = Describe("SegmentSource", func() {
 		Expect(got.Status.LastMessageAt).NotTo(BeNil())
 		Expect(got.Status.Backlog).To(Equal(int64(1)))
 		first, last := *got.Status.FirstMessageAt, *got.Status.LastMessageAt
+
+		By("exporting what the dashboard and alerts read: backlog, stream bytes against the limit, last message time")
+		gauge := func(name string) func() float64 {
+			return func() float64 {
+				families, err := metrics.Registry.Gather()
+				Expect(err).NotTo(HaveOccurred())
+				for _, f := range families {
+					for _, m := range f.GetMetric() {
+						labels := map[string]string{}
+						for _, l := range m.GetLabel() {
+							labels[l.GetName()] = l.GetValue()
+						}
+						if f.GetName() == name && labels["namespace"] == ns && labels["name"] == "live" {
+							return m.GetGauge().GetValue()
+						}
+					}
+				}
+				return -1
+			}
+		}
+		Eventually(gauge("tally_segmentsource_backlog_messages")).Should(Equal(1.0))
+		Eventually(gauge("tally_segmentsource_stream_bytes")).Should(BeNumerically(">", 0))
+		Expect(gauge("tally_segmentsource_stream_max_bytes")()).To(Equal(float64(1 << 30)))
+		Expect(gauge("tally_segmentsource_dead_letters")()).To(BeZero())
+		Eventually(gauge("tally_segmentsource_last_message_timestamp_seconds")).Should(Equal(float64(last.Unix())))
 
 		By("keeping firstMessageAt and Receiving once a worker consumed the message out of the work queue")
 		ackAll(ns, "live", 1)

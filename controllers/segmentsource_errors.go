@@ -35,6 +35,7 @@ const (
 	ReasonTenantClaimed       = "TenantClaimed"
 	ReasonTenantNotAllowed    = "TenantNotAllowed"
 	ReasonReconcileError      = "ReconcileError"
+	ReasonDatabaseRoleFailed  = "DatabaseRoleFailed"
 	eventReasonStreamDeleted  = "StreamDeleted"
 	eventReasonStreamRetained = "StreamRetained"
 )

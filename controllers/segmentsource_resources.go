@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
+	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/resources"
 	"github.com/tallyhq/tally/workers/source"
 )
@@ -90,7 +91,8 @@ func (r *SegmentSourceReconciler) reconcileSharedSecret(ctx context.Context, st 
 }
 
 // reconcileDatabaseSecret resolves where workers read the Postgres URL: the source's own Secret,
-// or a copy of the manager's, owned by the source, in the source's namespace.
+// or a Secret owned by the source, in its namespace, with the URL of the tenant's own login (or,
+// without tenant roles, a copy of the manager's).
 func (r *SegmentSourceReconciler) reconcileDatabaseSecret(ctx context.Context, st *reconcileState) error {
 	obj := st.source
 	if ref := obj.Spec.Worker.DatabaseSecretRef; ref != nil {
@@ -112,12 +114,40 @@ func (r *SegmentSourceReconciler) reconcileDatabaseSecret(ctx context.Context, s
 	if err != nil {
 		return err
 	}
+	if r.Roles != nil {
+		url, err := r.Roles.EnsureTenantRole(ctx, obj.Spec.Tenant, obj.Annotations[RotateDatabaseCredentialsAnnotation])
+		if err != nil {
+			return transient(ReasonDatabaseRoleFailed, redacted(err), "creating the Postgres login of tenant %q", obj.Spec.Tenant)
+		}
+		value = []byte(url)
+	}
 	data := map[string][]byte{key: value}
 	name := resources.DatabaseSecretCopyName(obj)
 	if err := r.applySecretCopy(ctx, st, resources.SecretCopy(obj, name, resources.ComponentDatabase, data)); err != nil {
 		return err
 	}
 	st.database = resources.SecretKey{Name: name, Key: key, Hash: resources.Hash(data)}
+	return nil
+}
+
+// dropTenantRoleIfLast removes the tenant's Postgres login with the tenant's last source; the
+// rows stay. Sources of the tenant still deleting count as gone.
+func (r *SegmentSourceReconciler) dropTenantRoleIfLast(ctx context.Context, obj *tallyv1.SegmentSource) error {
+	if r.Roles == nil {
+		return nil
+	}
+	var list tallyv1.SegmentSourceList
+	if err := r.List(ctx, &list, client.MatchingFields{tenantIndex: obj.Spec.Tenant}); err != nil {
+		return transient(ReasonReconcileError, err, "listing the SegmentSources of tenant %s", obj.Spec.Tenant)
+	}
+	for _, s := range list.Items {
+		if s.UID != obj.UID && s.DeletionTimestamp.IsZero() {
+			return nil
+		}
+	}
+	if err := r.Roles.DropTenantRole(ctx, obj.Spec.Tenant); err != nil {
+		return transient(ReasonDatabaseRoleFailed, redacted(err), "dropping the Postgres login of tenant %q", obj.Spec.Tenant)
+	}
 	return nil
 }
 

@@ -77,6 +77,7 @@ func (r *SegmentSourceReconciler) reconcileStream(ctx context.Context, st *recon
 		}
 	}
 	st.streamState = state
+	r.Metrics.ObserveStream(obj, state)
 	if full := nearlyFull(state); full > 0 {
 		setCondition(obj, tallyv1.ConditionStreamReady, metav1.ConditionTrue, ReasonStreamNearlyFull, fmt.Sprintf(
 			"stream %s is %d%% full (%d of %d bytes): once full, this source's senders get 503 until its workers catch up or spec.stream.maxBytes grows",

@@ -55,9 +55,12 @@ type Options struct {
 	WorkloadImage      string
 	DatabaseSecret     string
 	DatabaseSecretKey  string
-	ManagerNamespace   string
-	WatchNamespace     string
-	RequeueInterval    time.Duration
+	// TenantDatabaseRoles: each tenant's workers get a login of their own (row-level security)
+	// instead of a copy of the manager's.
+	TenantDatabaseRoles bool
+	ManagerNamespace    string
+	WatchNamespace      string
+	RequeueInterval     time.Duration
 	// StreamMaxBytes is the size of a source's stream when its SegmentSource sets none.
 	StreamMaxBytes resource.Quantity
 	NATSTimeout    time.Duration
@@ -102,6 +105,9 @@ func NewCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "manager",
 		Short: "Run the operator: reconcile SegmentSources into receivers, workers and JetStream streams",
+		Example: `  # What the Helm chart runs (flags also read TALLY_<FLAG>)
+  tally manager --nats-url nats://nats.nats.svc:4222 --database-secret tally-database \
+    --manager-namespace tally-system --require-tenant`,
 		Long: `Run the operator. It reconciles every SegmentSource into a ConfigMap, a receiver Deployment and
 Service, a worker Deployment, a JetStream stream and consumer, and a status with Ready and Receiving
 conditions. The Kubernetes connection comes from --kubeconfig, $KUBECONFIG, the in-cluster service
@@ -131,6 +137,7 @@ account or ~/.kube/config, in that order. Every flag may also be set as TALLY_<F
 	f.StringVar(&o.WorkloadImage, "workload-image", envOr("TALLY_POD_IMAGE", DefaultImage), "image of the receiver and worker pods; defaults to $TALLY_POD_IMAGE (the manager's own image), else "+DefaultImage)
 	f.StringVar(&o.DatabaseSecret, "database-secret", "", "Secret in the manager's namespace with the Postgres URL, copied for sources that name none")
 	f.StringVar(&o.DatabaseSecretKey, "database-secret-key", "url", "key of --database-secret holding the Postgres URL")
+	f.BoolVar(&o.TenantDatabaseRoles, "tenant-database-roles", true, "give each tenant its own Postgres login that reaches only its rows (the --database-secret login must own the schema and have CREATEROLE); false: every source gets a copy of the manager's URL")
 	f.StringVar(&o.ManagerNamespace, "manager-namespace", envOr("POD_NAMESPACE", "tally-system"), "namespace of the manager's Secrets and leader election Lease; defaults to $POD_NAMESPACE")
 	f.StringVar(&o.WatchNamespace, "watch-namespace", "", "reconcile SegmentSources of this namespace only (default: all)")
 	f.BoolVar(&o.RequireTenant, "require-tenant", true, "refuse a SegmentSource unless a Tenant (cluster-scoped, written by cluster administrators) lists its namespace; false: a tenant belongs to the namespace of its first SegmentSource, recorded as a Tenant the operator creates")
@@ -276,7 +283,11 @@ func SetupWithMetrics(mgr ctrl.Manager, o *Options, n controllers.NATS, m *contr
 		},
 	}
 	if o.DatabaseSecret != "" {
-		r.Rows = newTenantRows(mgr.GetAPIReader(), o.ManagerNamespace, o.DatabaseSecret, o.DatabaseSecretKey)
+		rows := newTenantRows(mgr.GetAPIReader(), o.ManagerNamespace, o.DatabaseSecret, o.DatabaseSecretKey)
+		r.Rows = rows
+		if o.TenantDatabaseRoles {
+			r.Roles = rows
+		}
 	}
 	return r.SetupWithManager(mgr)
 }

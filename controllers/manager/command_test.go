@@ -28,6 +28,7 @@ import (
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/manager"
 	"github.com/tallyhq/tally/controllers/resources"
+	"github.com/tallyhq/tally/test/testdb"
 	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/natsserver"
 )
@@ -135,8 +136,12 @@ func TestManagerCommand(t *testing.T) {
 	for _, name := range []string{"tally-system", "tenants"} {
 		g.Expect(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})).To(Succeed())
 	}
+	// A real database: by default the manager migrates it and gives each tenant its own login.
+	dbURL, drop, err := testdb.Fresh(ctx, "manager_command")
+	g.Expect(err).NotTo(HaveOccurred())
+	t.Cleanup(drop)
 	g.Expect(c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tally-database", Namespace: "tally-system"},
-		StringData: map[string]string{"url": "postgres://db/tally"}})).To(Succeed())
+		StringData: map[string]string{"url": dbURL}})).To(Succeed())
 	g.Expect(c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "nats-creds", Namespace: "tally-system"},
 		StringData: map[string]string{"nats.creds": "-----BEGIN NATS USER JWT-----"}})).To(Succeed())
 

@@ -83,6 +83,10 @@ func (t *tenantRows) currentPool(ctx context.Context) (*pgxpool.Pool, error) {
 		return nil, fmt.Errorf("database Secret %s: the URL does not parse", t.secret) // never the URL: it holds a password
 	}
 	cfg.MaxConns = rowsMaxConns
+	// The manager migrates the schema: tenants' logins cannot.
+	if err := worker.Migrate(ctx, url); err != nil {
+		return nil, fmt.Errorf("database Secret %s: %w", t.secret, err)
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, err

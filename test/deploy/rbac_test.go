@@ -215,6 +215,7 @@ var _ = Describe("the chart's NetworkPolicies", func() {
 		Expect(workers.Spec.PolicyTypes).To(Equal([]networkingv1.PolicyType{networkingv1.PolicyTypeEgress}))
 		Expect(workers.Spec.Egress).To(Equal([]networkingv1.NetworkPolicyEgressRule{
 			dnsRule, {Ports: []networkingv1.NetworkPolicyPort{tcp(4222)}}, {Ports: []networkingv1.NetworkPolicyPort{tcp(5432)}},
+			{Ports: []networkingv1.NetworkPolicyPort{tcp(443)}}, // spec.insights: Segment's Tracking API
 		}))
 
 		By("selecting the pods the operator creates, by the labels it gives them")
@@ -239,7 +240,7 @@ var _ = Describe("the chart's NetworkPolicies", func() {
 		}))
 		Expect(networkPolicy(rendered, "acme-tally-workers").Spec.Egress).To(Equal([]networkingv1.NetworkPolicyEgressRule{
 			dnsRule, {Ports: []networkingv1.NetworkPolicyPort{tcp(4222)}, To: nats}, {Ports: []networkingv1.NetworkPolicyPort{tcp(5432)}, To: postgres},
-		}))
+		}), "no insights egress when networkPolicy.insights.ports is empty")
 
 		By("an ingress policy on the NATS pods: clients only from the manager and the watched namespace's receivers and workers")
 		ingress := networkPolicy(rendered, "acme-tally-nats-clients")

@@ -137,7 +137,7 @@ var _ = Describe("The Prometheus alerts", func() {
 					Expect(exists(families, name)).To(BeTrue(), "%s reads %s, which no Tally process registers", r.Alert, name)
 				}
 				Expect(string(readme)).To(ContainSubstring("### "+r.Alert), "runbook of %s", r.Alert)
-				Expect(r.Annotations["runbook_url"]).To(HaveSuffix("#"+strings.ToLower(r.Alert)))
+				Expect(r.Annotations["runbook_url"]).To(HaveSuffix("#" + strings.ToLower(r.Alert)))
 			}
 		}
 		Expect(n).To(Equal(7))
