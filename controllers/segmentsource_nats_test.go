@@ -66,7 +66,7 @@ var _ = Describe("per-source NATS users (--nats-account-signing-key-secret)", Se
 		jwtSrv, err = natsserver.Start(natsserver.Options{StoreDir: GinkgoT().TempDir(), Auth: auth})
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(jwtSrv.Shutdown)
-		adminCreds, err := auth.AdminCreds()
+		adminCreds, err := natsauth.EmbeddedAdminCreds(auth)
 		Expect(err).NotTo(HaveOccurred())
 		opt, err := natsauth.CredsOption(adminCreds)
 		Expect(err).NotTo(HaveOccurred())
@@ -273,7 +273,7 @@ func streamSourceOf(s *tallyv1.SegmentSource) stream.Source {
 
 func signingPublicKey(a *natsserver.Auth) string {
 	GinkgoHelper()
-	issuer, err := a.Issuer()
+	issuer, err := natsauth.EmbeddedIssuer(a)
 	Expect(err).NotTo(HaveOccurred())
 	return issuer.SigningKey()
 }

@@ -28,6 +28,7 @@ import (
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/test/testdb"
 	"github.com/tallyhq/tally/test/testenv"
+	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/natsserver"
 )
 
@@ -97,7 +98,7 @@ var _ = BeforeSuite(func() {
 	DeferCleanup(func() { stopNATS(ns) })
 	natsURL = ns.ClientURL()
 	// The account's full user: the manager's own connection, and the test's.
-	adminCreds, err := natsAuth.AdminCreds()
+	adminCreds, err := natsauth.EmbeddedAdminCreds(natsAuth)
 	Expect(err).NotTo(HaveOccurred())
 	adminCredsFile := filepath.Join(workDir, "manager.creds")
 	Expect(os.WriteFile(adminCredsFile, adminCreds, 0o600)).To(Succeed())

@@ -49,7 +49,7 @@ func natsAuth(dataDir string, log *slog.Logger) (*natsserver.Auth, []byte, error
 	if err != nil {
 		return nil, nil, err
 	}
-	admin, err := auth.AdminCreds()
+	admin, err := natsauth.EmbeddedAdminCreds(auth)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -69,7 +69,7 @@ type natsUsers struct {
 }
 
 func newNATSUsers(url string, auth *natsserver.Auth) (*natsUsers, error) {
-	issuer, err := auth.Issuer()
+	issuer, err := natsauth.EmbeddedIssuer(auth)
 	if err != nil {
 		return nil, err
 	}

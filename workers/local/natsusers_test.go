@@ -38,7 +38,7 @@ var _ = Describe("NATS users in tally local", func() {
 		By("a worker user of one source, issued with the keys kept in the data dir, cannot read another's")
 		auth, err := natsserver.LoadOrCreateAuth(filepath.Join(data, NATSKeysFile))
 		Expect(err).NotTo(HaveOccurred())
-		issuer, err := auth.Issuer()
+		issuer, err := natsauth.EmbeddedIssuer(auth)
 		Expect(err).NotTo(HaveOccurred())
 		acme, globex := stream.Source{Namespace: "default", Name: "acme-web"}, stream.Source{Namespace: "globex", Name: "globex-app"}
 		creds, err := issuer.Issue(acme, natsauth.Worker, time.Now().Add(time.Hour))

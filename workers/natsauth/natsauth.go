@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/tallyhq/tally/workers/natsserver"
 	"github.com/tallyhq/tally/workers/stream"
 )
 
@@ -233,4 +234,21 @@ func CredsOption(creds []byte) (nats.Option, error) {
 		return nil, err
 	}
 	return nats.UserJWTAndSeed(token, string(seed)), nil
+}
+
+// EmbeddedIssuer signs users with the signing key of an embedded server's account
+// (natsserver.Auth), as the operator does with the signing key of its Secret.
+func EmbeddedIssuer(a *natsserver.Auth) (*Issuer, error) {
+	return NewIssuer([]byte(a.SigningKeySeed), a.AccountPublicKey())
+}
+
+// EmbeddedAdminCreds is a creds file for a user with every permission of an embedded server's
+// account, signed by the account's identity key: the manager's own connection (or tally local's),
+// which creates and deletes streams.
+func EmbeddedAdminCreds(a *natsserver.Auth) ([]byte, error) {
+	issuer, err := NewIssuer([]byte(a.AccountSeed), "")
+	if err != nil {
+		return nil, err
+	}
+	return issuer.IssueUser("tally-admin", jwt.Permissions{}, time.Time{})
 }

@@ -45,10 +45,10 @@ var _ = BeforeSuite(func() {
 	ns, err = natsserver.Start(natsserver.Options{StoreDir: GinkgoT().TempDir(), Auth: auth})
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(ns.Shutdown)
-	issuer, err = auth.Issuer()
+	issuer, err = natsauth.EmbeddedIssuer(auth)
 	Expect(err).NotTo(HaveOccurred())
 
-	admin, err := auth.AdminCreds()
+	admin, err := natsauth.EmbeddedAdminCreds(auth)
 	Expect(err).NotTo(HaveOccurred())
 	adminConn := connect(admin, nil)
 	adminJS, err = jetstream.New(adminConn)

@@ -6,12 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 
-	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nkeys"
-
-	"github.com/tallyhq/tally/workers/natsauth"
 )
 
 // AccountName is the name of the account Tally's streams live in on the embedded server.
@@ -93,22 +89,6 @@ func (a *Auth) AccountPublicKey() string {
 		return ""
 	}
 	return k.accountPub
-}
-
-// Issuer signs users with the account's signing key, as the operator does with the signing key
-// of its Secret.
-func (a *Auth) Issuer() (*natsauth.Issuer, error) {
-	return natsauth.NewIssuer([]byte(a.SigningKeySeed), a.AccountPublicKey())
-}
-
-// AdminCreds is a creds file for a user with every permission of the account, signed by the
-// account's identity key: the manager's own connection, which creates and deletes streams.
-func (a *Auth) AdminCreds() ([]byte, error) {
-	issuer, err := natsauth.NewIssuer([]byte(a.AccountSeed), "")
-	if err != nil {
-		return nil, err
-	}
-	return issuer.IssueUser("tally-admin", jwt.Permissions{}, time.Time{})
 }
 
 type authKeys struct {

@@ -23,7 +23,7 @@ type Options struct {
 	// message survives an OS crash on a single node; the default syncs every two minutes.
 	SyncAlways bool
 	// Auth, when set, runs the server in decentralized JWT mode with these keys: every client
-	// needs a user JWT signed for the account (Auth.AdminCreds, or a natsauth.Issuer on
+	// needs a user JWT signed for the account (natsauth.EmbeddedAdminCreds, or natsauth.EmbeddedIssuer on
 	// Auth.SigningKeySeed). Restart with the same Auth to find the same streams.
 	Auth *Auth
 }

@@ -54,7 +54,9 @@ var _ = Describe("tally worker and tally migrate", func() {
 		}()
 		DeferCleanup(func() { cancel(); Eventually(done).WithTimeout(10 * time.Second).Should(Receive(BeNil())) })
 
-		publish(ctx, src, track("t1", "u1", "Clicked", 1, map[string]any{"accountId": "acme"}, nil))
+		live := track("t1", "u1", "Clicked", 1, map[string]any{"accountId": "acme"}, nil)
+		live["receivedAt"] = time.Now().UTC().Format(time.RFC3339Nano) // received now: counts in the end-to-end lag
+		publish(ctx, src, live)
 		drained(ctx, src)
 		Expect(queryRow(ctx, `SELECT account_id FROM tally.events WHERE tenant = $1`, src.Tenant)["account_id"]).To(Equal("acme"))
 
