@@ -108,6 +108,8 @@ type SegmentSourceReconciler struct {
 // (package worker): the operator calls it and writes none itself.
 type TenantRows interface {
 	UnnamedAccounts(ctx context.Context, tenant string) (int64, error)
+	// Catalog summarises the tenant's event catalog as of now.
+	Catalog(ctx context.Context, tenant string) (tallyv1.CatalogStatus, error)
 	// Insights reads how a source's insight pushes went; found is false before its first push.
 	Insights(ctx context.Context, tenant, source string) (record InsightsRecord, found bool, err error)
 }

@@ -433,6 +433,16 @@ var _ = Describe("SegmentSource", func() {
 			       ('someone-else', 'a4', NULL, '{}', now(), now())`, ns)
 		Expect(err).NotTo(HaveOccurred())
 		Eventually(func() *int64 { return getSource(key).Status.UnnamedAccounts }).Should(HaveValue(Equal(int64(2))))
+
+		By("summarising the tenant's event catalog: names received, ignored, seen in the last day")
+		_, err = db.Exec(ctx, `INSERT INTO tally.event_catalog (tenant, event, first_seen_at, last_seen_at, count, ignored) VALUES
+			($1, 'Report Built', now() - interval '3 days', now() - interval '1 hour', 40, false),
+			($1, 'Signed In', now() - interval '3 days', now() - interval '2 days', 7, false),
+			($1, 'Heartbeat', NULL, NULL, 0, true),
+			('someone-else', 'Other', now(), now(), 1, false)`, ns)
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(func() *tallyv1.CatalogStatus { return getSource(key).Status.Catalog }).Should(HaveValue(Equal(
+			tallyv1.CatalogStatus{Events: 2, Ignored: 1, SeenLastDay: 1})))
 	})
 
 	It("rotates the tenant's Postgres login on request, for every source of the tenant, and drops it with the last one", func() {

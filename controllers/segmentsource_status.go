@@ -56,8 +56,9 @@ func (r *SegmentSourceReconciler) observe(ctx context.Context, st *reconcileStat
 	return nil
 }
 
-// observeRows reports the tenant's unnamed accounts. The database is a nice-to-have here: when
-// it does not answer, the last count stays and nothing else waits for it.
+// observeRows reports the tenant's unnamed accounts and a summary of its event catalog. The
+// database is a nice-to-have here: when it does not answer, the last figures stay and nothing
+// else waits for it.
 func (r *SegmentSourceReconciler) observeRows(ctx context.Context, obj *tallyv1.SegmentSource) {
 	if r.Rows == nil {
 		return
@@ -70,6 +71,12 @@ func (r *SegmentSourceReconciler) observeRows(ctx context.Context, obj *tallyv1.
 		return
 	}
 	obj.Status.UnnamedAccounts = &n
+	catalog, err := r.Rows.Catalog(ctx, obj.Spec.Tenant)
+	if err != nil {
+		log.FromContext(ctx).V(1).Info("tenant catalog not read", "error", err)
+		return
+	}
+	obj.Status.Catalog = &catalog
 }
 
 // rowsTimeout bounds the status's look at the tenant's rows.

@@ -154,6 +154,16 @@ func (i *InsightsSpec) IntervalOrDefault() time.Duration {
 	return i.Interval.Duration
 }
 
+// CatalogStatus is the short view of a tenant's event catalog.
+type CatalogStatus struct {
+	// Events is the number of distinct event names received.
+	Events int64 `json:"events"`
+	// Ignored is the number of names in ignoredEvents.
+	Ignored int64 `json:"ignored"`
+	// SeenLastDay is the number of names received in the last 24 hours.
+	SeenLastDay int64 `json:"seenLastDay"`
+}
+
 // InsightsStatus is how the insight pushes went, read from the database.
 type InsightsStatus struct {
 	// LastPushAt is when the latest push that delivered every change ended.
@@ -402,6 +412,11 @@ type SegmentSourceStatus struct {
 	// no name trait. Absent until the operator could read the tenant's rows.
 	// +optional
 	UnnamedAccounts *int64 `json:"unnamedAccounts,omitempty"`
+
+	// Catalog summarises the event names the tenant received (`tally catalog --tenant` lists
+	// them). Absent until the operator could read the tenant's rows.
+	// +optional
+	Catalog *CatalogStatus `json:"catalog,omitempty"`
 
 	// Insights is how the insight pushes went; absent while spec.insights is not set.
 	// +optional

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers"
 	"github.com/tallyhq/tally/workers/insights"
 	"github.com/tallyhq/tally/workers/worker"
@@ -60,6 +61,16 @@ func (t *tenantRows) Insights(ctx context.Context, tenant, source string) (contr
 	}
 	return controllers.InsightsRecord{LastAttemptAt: s.LastAttemptAt, LastPushAt: s.LastPushAt,
 		EntitiesPushed: s.EntitiesPushed, LastError: s.LastError}, true, nil
+}
+
+// Catalog summarises the tenant's event catalog as of now.
+func (t *tenantRows) Catalog(ctx context.Context, tenant string) (tallyv1.CatalogStatus, error) {
+	pool, err := t.currentPool(ctx)
+	if err != nil {
+		return tallyv1.CatalogStatus{}, err
+	}
+	s, err := worker.SummarizeCatalog(ctx, pool, tenant, time.Now())
+	return tallyv1.CatalogStatus{Events: s.Events, Ignored: s.Ignored, SeenLastDay: s.SeenLastDay}, err
 }
 
 // currentPool is a small pool on the Secret's URL, made again when the URL changes.
