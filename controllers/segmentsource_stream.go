@@ -37,6 +37,7 @@ func (r *SegmentSourceReconciler) reconcileStream(ctx context.Context, st *recon
 	js := r.NATS.JetStream()
 
 	settings := resources.SourceConfig(obj).StreamSettings()
+	settings.SourceUID = string(obj.UID)
 	if settings.MaxBytes == 0 {
 		settings.MaxBytes = r.Config.StreamMaxBytes
 	}

@@ -53,6 +53,18 @@ var _ = Describe("A source's share of the JetStream store", func() {
 		Expect(Ensure(ctx, js, src, Settings{Tenant: "globex"})).To(MatchError(ErrOtherTenant))
 		Expect(Ensure(ctx, js, src, Settings{Tenant: "acme"})).To(Succeed())
 
+		By("recording the owning source's UID, and a re-created source of the tenant adopting it")
+		Expect(Ensure(ctx, js, src, Settings{Tenant: "acme", SourceUID: "uid-1"})).To(Succeed())
+		state, err := Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.StreamConfig.Metadata).To(And(HaveKeyWithValue(MetadataTenant, "acme"), HaveKeyWithValue(MetadataSourceUID, "uid-1")))
+		Expect(state.DeadLetterStreamConfig.Metadata).To(HaveKeyWithValue(MetadataSourceUID, "uid-1"))
+		Expect(InSync(src, Settings{Tenant: "acme", SourceUID: "uid-1"}, state)).To(BeTrue())
+		Expect(InSync(src, Settings{Tenant: "acme", SourceUID: "uid-2"}, state)).To(BeFalse(), "a new owner is written")
+		Expect(Ensure(ctx, js, src, Settings{Tenant: "acme", SourceUID: "uid-2"})).To(Succeed())
+		Expect(streamInfo(ctx, src.StreamName()).Config.Metadata).To(HaveKeyWithValue(MetadataSourceUID, "uid-2"))
+		Expect(Ensure(ctx, js, src, Settings{Tenant: "globex", SourceUID: "uid-3"})).To(MatchError(ErrOtherTenant))
+
 		By("a stream made before tenants were recorded is claimed by the first tenant to ensure it")
 		legacy := newSource()
 		Expect(Ensure(ctx, js, legacy, Settings{})).To(Succeed())

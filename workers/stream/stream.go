@@ -70,6 +70,10 @@ type Settings struct {
 	// Tenant is recorded in the streams' metadata: a stream of another tenant with the same name
 	// (a retained one) is refused, never adopted.
 	Tenant string
+	// SourceUID is the SegmentSource's UID, recorded beside the tenant: which object last owned
+	// the stream. A re-created source of the same tenant adopts its retained stream and records
+	// its own UID.
+	SourceUID string
 }
 
 // DefaultMaxBytes is a source stream's size when its SegmentSource and the manager set none.
@@ -80,6 +84,9 @@ const minDeadLetterBytes = 16 << 20
 
 // MetadataTenant is the stream metadata key naming the tenant a stream belongs to.
 const MetadataTenant = "tally.dev/tenant"
+
+// MetadataSourceUID is the stream metadata key with the UID of the SegmentSource that owns it.
+const MetadataSourceUID = "tally.dev/source-uid"
 
 // ErrOtherTenant refuses a stream that belongs to another tenant.
 var ErrOtherTenant = errors.New("the stream belongs to another tenant")
@@ -123,7 +130,7 @@ func StreamConfig(src Source, st Settings) jetstream.StreamConfig {
 		Replicas:    st.Replicas,
 		MaxMsgSize:  MaxMessageBytes,
 		MaxBytes:    st.MaxBytes,
-		Metadata:    tenantMetadata(st.Tenant),
+		Metadata:    ownerMetadata(st),
 		// The receiver stores a multi-message request as atomic batches: a few fsyncs per batch
 		// instead of one per message when JetStream syncs every write. Servers before 2.12
 		// ignore it, and the receiver then publishes message by message.
@@ -145,7 +152,7 @@ func DeadLetterStreamConfig(src Source, st Settings) jetstream.StreamConfig {
 		Replicas:    st.Replicas,
 		MaxMsgSize:  maxDeadLetterBytes,
 		MaxBytes:    max(st.MaxBytes/10, minDeadLetterBytes),
-		Metadata:    tenantMetadata(st.Tenant),
+		Metadata:    ownerMetadata(st),
 	}
 }
 
@@ -225,6 +232,7 @@ func streamConfigEqual(got, want jetstream.StreamConfig) bool {
 		got.MaxMsgSize == want.MaxMsgSize &&
 		got.MaxBytes == want.MaxBytes &&
 		got.Metadata[MetadataTenant] == want.Metadata[MetadataTenant] &&
+		got.Metadata[MetadataSourceUID] == want.Metadata[MetadataSourceUID] &&
 		got.AllowAtomicPublish == want.AllowAtomicPublish
 }
 
@@ -239,11 +247,19 @@ func consumerConfigEqual(got, want jetstream.ConsumerConfig) bool {
 		got.MaxWaiting == want.MaxWaiting
 }
 
-func tenantMetadata(tenant string) map[string]string {
-	if tenant == "" {
+// ownerMetadata records the tenant and the owning source's UID, those that are known.
+func ownerMetadata(st Settings) map[string]string {
+	m := map[string]string{}
+	if st.Tenant != "" {
+		m[MetadataTenant] = st.Tenant
+	}
+	if st.SourceUID != "" {
+		m[MetadataSourceUID] = st.SourceUID
+	}
+	if len(m) == 0 {
 		return nil
 	}
-	return map[string]string{MetadataTenant: tenant}
+	return m
 }
 
 // sameTenant reports whether a stream with metadata may serve tenant: it names the same tenant,
