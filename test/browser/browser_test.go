@@ -149,15 +149,16 @@ func envOr(name, fallback string) string {
 }
 
 var _ = Describe("Segment's browser SDK against tally local", func() {
-	It("loads its settings from Tally and sends page, identify, group and track across origins", func(ctx SpecContext) {
+	It("loads its settings from Tally and sends page, identify, group and track across origins, preflighted or not", func(ctx SpecContext) {
 		Expect(open(ctx, "calls", "sent")).To(Equal("/"))
 
 		Eventually(func(g Gomega) {
 			g.Expect(queryRows(ctx, `SELECT type, event, user_id, account_id, context->'library'->>'name' AS library,
-					context->'page'->>'path' AS path FROM tally.events WHERE tenant = 'browser' ORDER BY type`)).To(Equal([]map[string]any{
+					context->'page'->>'path' AS path FROM tally.events WHERE tenant = 'browser' ORDER BY type, event`)).To(Equal([]map[string]any{
 				// Sent before identify with only the anonymousId, which identify then ties to the
 				// user: the page is theirs, and their account's (identity stitching).
 				{"type": "page", "event": "Pricing", "user_id": "u-browser", "account_id": "acct-browser", "library": "analytics.js", "path": "/pricing"},
+				{"type": "track", "event": "Preflighted", "user_id": "u-browser", "account_id": "acct-browser", "library": nil, "path": nil},
 				{"type": "track", "event": "Report Built", "user_id": "u-browser", "account_id": "acct-browser", "library": "analytics.js", "path": "/"},
 			}))
 			g.Expect(queryRows(ctx, `SELECT user_id, traits->>'email' AS email FROM tally.users WHERE tenant = 'browser'`)).To(Equal([]map[string]any{
