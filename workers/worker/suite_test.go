@@ -76,6 +76,9 @@ func newSource(ctx context.Context, accountProperty string, ignored ...string) *
 	src := &source.Config{
 		Namespace: "test", Name: fmt.Sprintf("src%d", n), Tenant: fmt.Sprintf("tenant%d", n),
 		AccountProperty: accountProperty, IgnoredEvents: ignored,
+		// JetStream reserves each stream's byte limit against its storage: the default 1 GiB per
+		// source would exhaust it after some dozens of specs. The largest backlog here is 45 MB.
+		StreamMaxBytes: 128 << 20,
 	}
 	Expect(stream.Ensure(ctx, js, src.Stream(), src.StreamSettings())).To(Succeed())
 	return src
