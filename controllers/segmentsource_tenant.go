@@ -2,8 +2,10 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"regexp"
 
+	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -11,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/controllers/resources"
 )
 
 // tenantIndex indexes SegmentSources by spec.tenant, so a reconcile finds the other sources of its
@@ -44,7 +47,48 @@ func tenantOf(obj client.Object) []string {
 // No message ever names another namespace or source: that would tell a squatter whose tenant it
 // found.
 func (r *SegmentSourceReconciler) reconcileTenant(ctx context.Context, st *reconcileState) error {
-	obj := st.source
+	err := r.checkTenant(ctx, st.source)
+	if isRefusal(err) {
+		// A source refused after it ran (its namespace removed from the Tenant) stops writing
+		// the tenant's rows now, not when it is deleted.
+		if stopErr := r.stopWorkloads(ctx, st.source); stopErr != nil {
+			return stopErr
+		}
+	}
+	return err
+}
+
+// isRefusal tells whether err refuses the source its tenant.
+func isRefusal(err error) bool {
+	var re *reconcileError
+	return errors.As(err, &re) && (re.reason == ReasonTenantNotAllowed || re.reason == ReasonTenantClaimed)
+}
+
+// stopWorkloads removes the source's receiver and worker Deployments, when they exist: the
+// receiver takes no more messages for the tenant and the workers write no more rows. Accepted
+// messages wait in the stream; once the tenant allows the source again, the next reconcile
+// creates both afresh.
+func (r *SegmentSourceReconciler) stopWorkloads(ctx context.Context, obj *tallyv1.SegmentSource) error {
+	for _, name := range []string{resources.ReceiverName(obj), resources.WorkerName(obj)} {
+		d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: obj.Namespace, Name: name}}
+		if err := r.Get(ctx, client.ObjectKeyFromObject(d), d); apierrors.IsNotFound(err) {
+			continue
+		} else if err != nil {
+			return transient(ReasonReconcileError, err, "reading Deployment %s", name)
+		}
+		if !metav1.IsControlledBy(d, obj) {
+			continue // not ours (a conflict the resources step reports)
+		}
+		if err := r.Delete(ctx, d, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil && !apierrors.IsNotFound(err) {
+			return transient(ReasonReconcileError, err, "stopping Deployment %s", name)
+		}
+		log.FromContext(ctx).Info("stopped a workload of a source its tenant no longer allows", "deployment", name)
+	}
+	return nil
+}
+
+// checkTenant decides whether the source may use its tenant.
+func (r *SegmentSourceReconciler) checkTenant(ctx context.Context, obj *tallyv1.SegmentSource) error {
 	name := obj.Spec.Tenant
 	tenant := &tallyv1.Tenant{}
 	err := r.Get(ctx, client.ObjectKey{Name: name}, tenant)

@@ -8,6 +8,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -228,8 +229,24 @@ var _ = Describe("Tenants bound by the platform team (--require-tenant)", Serial
 		createSource(s, true)
 		key := client.ObjectKeyFromObject(s)
 		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
+		workloads := func() []string {
+			var names []string
+			for _, name := range []string{"revoked-receiver", "revoked-worker"} {
+				if k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &appsv1.Deployment{}) == nil {
+					names = append(names, name)
+				}
+			}
+			return names
+		}
+		Eventually(workloads).Should(HaveLen(2))
 
 		Expect(k8s.Delete(ctx, &tallyv1.Tenant{ObjectMeta: metav1.ObjectMeta{Name: tenant}})).To(Succeed())
 		expectRefused(key, controllers.ReasonTenantNotAllowed)
+		Eventually(workloads).Should(BeEmpty(), "a revoked source stops writing the tenant's rows at once")
+
+		By("coming back when the Tenant lists the namespace again")
+		createTenant(tenant, ns)
+		Eventually(workloads).Should(HaveLen(2))
+		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
 	})
 })
