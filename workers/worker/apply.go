@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"hash/fnv"
 	"slices"
 	"strconv"
 	"time"
@@ -25,7 +24,8 @@ type applyResult struct {
 // a few pipelined rounds: a round holds the statements that need nothing from each other's
 // results, so a batch costs four round trips or so, not one per statement.
 //
-// Transactions of one tenant take a transaction-scoped advisory lock first, so they run one after
+// Transactions of one tenant take the lock of the tenant's row in tally.tenant_locks first (a row
+// lock: a tenant's login can lock only its own row, unlike an advisory lock key), so they run one after
 // the other: each then sees every row committed before it, which the cross-row parts of the
 // mapping need (a track's fallback account reads associations, its user the anonymousId's tie;
 // re-resolving and re-attributing events reads events; last_seen_at of a row created now reads
@@ -104,15 +104,15 @@ func (t txBounds) lockSetting() string      { return strconv.FormatInt(t.lock.Mi
 func (a *applier) lock(b *pgx.Batch, _ *folded) error {
 	b.Queue("SELECT set_config('jit', 'off', true), set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
 		a.bounds.statementSetting(), a.bounds.lockSetting())
-	b.Queue("SELECT pg_advisory_xact_lock($1)", tenantLockKey(a.tenant))
+	queueTenantLock(b, a.tenant)
 	return nil
 }
 
-// tenantLockKey is the advisory lock key of a tenant's transactions.
-func tenantLockKey(tenant string) int64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte("tally/tenant/" + tenant))
-	return int64(h.Sum64())
+// queueTenantLock queues the statements that lock the tenant's row, creating it the first time:
+// a concurrent creator waits on the primary key, then both serialise on the row lock.
+func queueTenantLock(b *pgx.Batch, tenant string) {
+	b.Queue(`INSERT INTO tally.tenant_locks (tenant) VALUES ($1) ON CONFLICT DO NOTHING`, tenant)
+	b.Queue(`SELECT 1 FROM tally.tenant_locks WHERE tenant = $1 FOR UPDATE`, tenant)
 }
 
 // applier holds what the statements of one transaction learn from each other's results.
@@ -159,7 +159,9 @@ func markIgnored(ctx context.Context, pool *pgxpool.Pool, tenant string, ignored
 			bounds.statementSetting(), bounds.lockSetting()); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", tenantLockKey(tenant)); err != nil {
+		b := &pgx.Batch{}
+		queueTenantLock(b, tenant)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `

@@ -48,7 +48,7 @@
 //     versions, links and activity) and an alias's first_aliased_at. An anonymousId tied to the
 //     deleted user and to another one settles by arrival order, as ties keep only the oldest.
 //
-// A tenant's transactions take a transaction-scoped advisory lock, so the cross-row steps (the
+// A tenant's transactions lock the tenant's row of tally.tenant_locks, so the cross-row steps (the
 // fallback account, ties, re-resolution, last_seen_at of new rows) always see every earlier commit.
 //
 // The worker fetches, decodes and folds the next batch while the current one commits, and acks

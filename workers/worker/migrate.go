@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
@@ -109,6 +111,12 @@ func createSchema(ctx context.Context, db *sql.DB) error {
 		return err
 	}
 	if _, err := tx.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS tally"); err != nil {
+		// The lock does not always suffice: the statement may still find a stale catalog and
+		// collide with the schema another process just created. Then the schema exists.
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && (pgErr.Code == pgerrcode.UniqueViolation || pgErr.Code == pgerrcode.DuplicateSchema) {
+			return nil
+		}
 		return err
 	}
 	return tx.Commit()

@@ -30,8 +30,9 @@ func NewTenantRoles(pool *pgxpool.Pool, adminURL string) *TenantRoles {
 	return &TenantRoles{pool: pool, adminURL: adminURL}
 }
 
-// rolesLockKey serialises role changes: CREATE ROLE of two racing managers would otherwise fail.
-var rolesLockKey = tenantLockKey("\x00roles")
+// lockRoles serialises role changes (CREATE ROLE of two racing managers would otherwise fail) on
+// a table no tenant's login may touch, so none can hold it up.
+const lockRoles = "LOCK TABLE tally.tenant_roles IN SHARE ROW EXCLUSIVE MODE"
 
 // Ensure creates the tenant's role if it is missing, rotates its password when rotation is a
 // request not applied before (the operator passes an annotation's value: several sources of one
@@ -41,7 +42,7 @@ func (t *TenantRoles) Ensure(ctx context.Context, tenant, rotation string) (stri
 	var role string
 	var generation int
 	err := pgx.BeginTxFunc(ctx, t.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", rolesLockKey); err != nil {
+		if _, err := tx.Exec(ctx, lockRoles); err != nil {
 			return err
 		}
 		var applied bool
@@ -80,7 +81,7 @@ func (t *TenantRoles) Ensure(ctx context.Context, tenant, rotation string) (stri
 // Drop removes the tenant's role; its rows stay (they belong to the schema's owner).
 func (t *TenantRoles) Drop(ctx context.Context, tenant string) error {
 	return pgx.BeginTxFunc(ctx, t.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", rolesLockKey); err != nil {
+		if _, err := tx.Exec(ctx, lockRoles); err != nil {
 			return err
 		}
 		var role string

@@ -67,7 +67,7 @@ var _ = Describe("A worker that cannot be stalled", func() {
 		holder, err := pool.Begin(ctx)
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(func(ctx SpecContext) { _ = holder.Rollback(ctx) })
-		_, err = holder.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", tenantLockKey(src.Tenant))
+		_, err = holder.Exec(ctx, "SELECT 1 FROM tally.tenant_locks WHERE tenant = $1 FOR UPDATE", src.Tenant)
 		Expect(err).NotTo(HaveOccurred())
 		publish(ctx, src, track("t1", "u1", "Clicked", 1, nil, nil), track("t2", "u1", "Clicked", 2, nil, nil))
 

@@ -32,6 +32,8 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tally_tenant') THEN
         CREATE ROLE tally_tenant NOLOGIN;
     END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL; -- another database's migration created it meanwhile
 END
 $$;
 -- +goose StatementEnd
