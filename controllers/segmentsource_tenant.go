@@ -51,7 +51,7 @@ func (r *SegmentSourceReconciler) reconcileTenant(ctx context.Context, st *recon
 	if isRefusal(err) {
 		// A source refused after it ran (its namespace removed from the Tenant) stops writing
 		// the tenant's rows now, not when it is deleted.
-		if stopErr := r.stopWorkloads(ctx, st.source); stopErr != nil {
+		if stopErr := r.stopWorkloads(ctx, st); stopErr != nil {
 			return stopErr
 		}
 	}
@@ -67,8 +67,18 @@ func isRefusal(err error) bool {
 // stopWorkloads removes the source's receiver and worker Deployments, when they exist: the
 // receiver takes no more messages for the tenant and the workers write no more rows. Accepted
 // messages wait in the stream; once the tenant allows the source again, the next reconcile
-// creates both afresh.
-func (r *SegmentSourceReconciler) stopWorkloads(ctx context.Context, obj *tallyv1.SegmentSource) error {
+// creates both afresh. The credentials the operator gave the namespace (the tenant's Postgres
+// login, the NATS users) go too; a password copied out of the namespace meanwhile stays valid
+// until the tenant's login is rotated (tally.dev/rotate-database-credentials).
+func (r *SegmentSourceReconciler) stopWorkloads(ctx context.Context, st *reconcileState) error {
+	obj := st.source
+	// Only copies the source controls go, never a Secret of the namespace's own.
+	for _, name := range []string{resources.DatabaseSecretCopyName(obj), resources.NATSCredsSecretCopyName(obj),
+		resources.NATSUserSecretName(obj, resources.ComponentReceiver), resources.NATSUserSecretName(obj, resources.ComponentWorker)} {
+		if err := r.deleteOwned(ctx, st, secretMetadata(), name); err != nil {
+			return err
+		}
+	}
 	for _, name := range []string{resources.ReceiverName(obj), resources.WorkerName(obj)} {
 		d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: obj.Namespace, Name: name}}
 		if err := r.Get(ctx, client.ObjectKeyFromObject(d), d); apierrors.IsNotFound(err) {

@@ -239,10 +239,14 @@ var _ = Describe("Tenants bound by the platform team (--require-tenant)", Serial
 			return names
 		}
 		Eventually(workloads).Should(HaveLen(2))
+		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "revoked-database"}, &corev1.Secret{})).To(Succeed())
 
 		Expect(k8s.Delete(ctx, &tallyv1.Tenant{ObjectMeta: metav1.ObjectMeta{Name: tenant}})).To(Succeed())
 		expectRefused(key, controllers.ReasonTenantNotAllowed)
 		Eventually(workloads).Should(BeEmpty(), "a revoked source stops writing the tenant's rows at once")
+		Eventually(func() bool {
+			return notFound(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "revoked-database"}, &corev1.Secret{}))
+		}).Should(BeTrue(), "and the namespace no longer holds the tenant's Postgres login")
 
 		By("coming back when the Tenant lists the namespace again")
 		createTenant(tenant, ns)

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -17,9 +18,11 @@ import (
 // (the schema's owner, with CREATEROLE). A tenant's role may read and write only that tenant's rows
 // and owns nothing; the operator hands its URL to the tenant's workers.
 //
-// Passwords are not stored anywhere: each is an HMAC of the tenant and its generation keyed with
-// the administrator's URL, so every manager replica derives the same one, a rotation (a new
-// generation) changes it, and changing the administrator's credentials changes them all.
+// Passwords are not stored anywhere: each is an HMAC of the tenant, its generation and a salt
+// drawn when the role was created, keyed with the administrator's credentials. Every manager
+// replica derives the same one; a rotation (a new generation) changes it; a role dropped and
+// created again gets a new salt, so an earlier password never comes back; and when the
+// administrator's credentials change, Ensure sets every role's password again.
 type TenantRoles struct {
 	pool     *pgxpool.Pool
 	adminURL string
@@ -39,43 +42,75 @@ const lockRoles = "LOCK TABLE tally.tenant_roles IN SHARE ROW EXCLUSIVE MODE"
 // tenant may carry different ones, and each rotates once), and returns the URL the tenant's
 // workers connect with: the administrator's, with the role's name and password.
 func (t *TenantRoles) Ensure(ctx context.Context, tenant, rotation string) (string, error) {
-	var role string
+	var role, salt, fingerprint string
 	var generation int
-	err := pgx.BeginTxFunc(ctx, t.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
+	key, err := t.key()
+	if err != nil {
+		return "", err
+	}
+	err = pgx.BeginTxFunc(ctx, t.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, lockRoles); err != nil {
 			return err
 		}
 		var applied bool
-		err := tx.QueryRow(ctx, `SELECT role_name, generation, $2 = '' OR $2 = ANY (rotations) FROM tally.tenant_roles WHERE tenant = $1`,
-			tenant, rotation).Scan(&role, &generation, &applied)
+		err := tx.QueryRow(ctx, `SELECT role_name, generation, $2 = '' OR $2 = ANY (rotations), salt, key_fingerprint
+			FROM tally.tenant_roles WHERE tenant = $1`, tenant, rotation).Scan(&role, &generation, &applied, &salt, &fingerprint)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			if err := tx.QueryRow(ctx, `SELECT 'tally_t_' || left(encode(sha256(convert_to(current_database() || '/' || $1, 'UTF8')), 'hex'), 24)`,
 				tenant).Scan(&role); err != nil {
 				return err
 			}
-			generation = 1
-			if _, err := tx.Exec(ctx, `INSERT INTO tally.tenant_roles (tenant, role_name, rotations) VALUES ($1, $2, array_remove(ARRAY[$3], ''))`,
-				tenant, role, rotation); err != nil {
+			generation, salt = 1, rand.Text()
+			if _, err := tx.Exec(ctx, `INSERT INTO tally.tenant_roles (tenant, role_name, rotations, salt, key_fingerprint)
+				VALUES ($1, $2, array_remove(ARRAY[$3], ''), $4, $5)`, tenant, role, rotation, salt, key.fingerprint()); err != nil {
 				return err
 			}
-			return t.createRole(ctx, tx, role, t.password(tenant, generation))
+			return t.createRole(ctx, tx, role, key.password(tenant, generation, salt))
 		case err != nil:
 			return err
-		case !applied:
-			generation++
-			if _, err := tx.Exec(ctx, `UPDATE tally.tenant_roles SET generation = $2, rotations = rotations || $3::text WHERE tenant = $1`,
-				tenant, generation, rotation); err != nil {
+		case !applied || fingerprint != key.fingerprint():
+			if !applied {
+				generation++
+			}
+			if _, err := tx.Exec(ctx, `UPDATE tally.tenant_roles SET generation = $2, rotations = array_remove(rotations || $3::text, ''),
+				key_fingerprint = $4 WHERE tenant = $1`, tenant, generation, rotation, key.fingerprint()); err != nil {
 				return err
 			}
-			return t.setPassword(ctx, tx, role, t.password(tenant, generation))
+			return t.setPassword(ctx, tx, role, key.password(tenant, generation, salt))
 		}
 		return nil
 	})
 	if err != nil {
 		return "", fmt.Errorf("role of tenant %q: %w", tenant, err)
 	}
-	return t.roleURL(role, t.password(tenant, generation))
+	return t.roleURL(role, key.password(tenant, generation, salt))
+}
+
+// roleKey is what tenant passwords derive from: the administrator's user name and password.
+type roleKey []byte
+
+// key reads the administrator's credentials from its URL.
+func (t *TenantRoles) key() (roleKey, error) {
+	u, err := url.Parse(t.adminURL)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		// Never the URL itself in the error: it holds a password.
+		return nil, errors.New("tenant roles need the database as a postgres:// URL")
+	}
+	return roleKey("tally tenant role key\x00" + u.User.String()), nil
+}
+
+// password derives a tenant's password of a generation.
+func (k roleKey) password(tenant string, generation int, salt string) string {
+	mac := hmac.New(sha256.New, k)
+	fmt.Fprintf(mac, "tally tenant role\x00%s\x00%d\x00%s", tenant, generation, salt)
+	return hex.EncodeToString(mac.Sum(nil))
+}
+
+// fingerprint names the key without revealing it.
+func (k roleKey) fingerprint() string {
+	sum := sha256.Sum256(k)
+	return hex.EncodeToString(sum[:8])
 }
 
 // Drop removes the tenant's role; its rows stay (they belong to the schema's owner).
@@ -125,13 +160,6 @@ func execFormatted(ctx context.Context, tx pgx.Tx, builder string, args ...any) 
 	}
 	_, err := tx.Exec(ctx, stmt)
 	return err
-}
-
-// password derives the tenant's password of a generation.
-func (t *TenantRoles) password(tenant string, generation int) string {
-	mac := hmac.New(sha256.New, []byte(t.adminURL))
-	fmt.Fprintf(mac, "tally tenant role\x00%s\x00%d", tenant, generation)
-	return hex.EncodeToString(mac.Sum(nil))
 }
 
 // roleURL is the administrator's URL with the role's credentials.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -155,6 +156,25 @@ var _ = Describe("Tenant roles", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(conn.Close(ctx)).To(Succeed())
 
+		By("the administrator's URL written differently keeps the passwords; new administrator credentials set them again")
+		before = password()
+		userinfo := func(s string) string {
+			u, err := url.Parse(s)
+			Expect(err).NotTo(HaveOccurred())
+			return u.User.String()
+		}
+		other, err := NewTenantRoles(pool, databaseURL+"&application_name=manager-2").Ensure(ctx, src.Tenant, "2026-12-01")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(userinfo(other)).To(Equal(userinfo(rotated)), "same credentials, other options: same login")
+		Expect(password()).To(Equal(before))
+		adminURL, err := url.Parse(databaseURL)
+		Expect(err).NotTo(HaveOccurred())
+		adminURL.User = url.UserPassword(adminURL.User.Username(), "a-new-admin-password") // trust auth ignores it
+		renewed, err := NewTenantRoles(pool, adminURL.String()).Ensure(ctx, src.Tenant, "2026-12-01")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(renewed).NotTo(Equal(rotated))
+		Expect(password()).NotTo(Equal(before), "the role's password follows at once, so the URL handed out works")
+
 		Expect(roles.Drop(ctx, src.Tenant)).To(Succeed())
 		Expect(roles.Drop(ctx, src.Tenant)).To(Succeed(), "dropping twice is fine")
 		var roleLeft, rowsLeft int
@@ -163,6 +183,11 @@ var _ = Describe("Tenant roles", func() {
 		Expect(roleLeft).To(BeZero())
 		Expect(pool.QueryRow(ctx, `SELECT count(*) FROM tally.users WHERE tenant = $1`, src.Tenant).Scan(&rowsLeft)).To(Succeed())
 		Expect(rowsLeft).To(Equal(1))
+
+		By("a role created again never gets an earlier password back")
+		again, err = roles.Ensure(ctx, src.Tenant, "")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(again).NotTo(BeElementOf(first, rotated))
 	})
 
 	It("protect every tenant table of the schema", func(ctx SpecContext) {
