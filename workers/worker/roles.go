@@ -3,8 +3,10 @@ package worker
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -131,6 +133,10 @@ func (t *TenantRoles) Drop(ctx context.Context, tenant string) error {
 }
 
 func (t *TenantRoles) createRole(ctx context.Context, tx pgx.Tx, role, password string) error {
+	password, err := scramVerifier(password)
+	if err != nil {
+		return err
+	}
 	var exists bool
 	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, role).Scan(&exists); err != nil {
 		return err
@@ -148,11 +154,44 @@ func (t *TenantRoles) createRole(ctx context.Context, tx pgx.Tx, role, password 
 }
 
 func (t *TenantRoles) setPassword(ctx context.Context, tx pgx.Tx, role, password string) error {
-	return execFormatted(ctx, tx, `SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)`, role, password)
+	verifier, err := scramVerifier(password)
+	if err != nil {
+		return err
+	}
+	return execFormatted(ctx, tx, `SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)`, role, verifier)
+}
+
+// scramIterations is Postgres's own default for SCRAM-SHA-256 verifiers.
+const scramIterations = 4096
+
+// scramVerifier is what Postgres stores for a password with SCRAM-SHA-256 (RFC 5802, 7677),
+// computed here: role statements then carry the verifier, never the password, and statement text
+// can reach the server's log (a failed statement) and pg_stat_statements.
+func scramVerifier(password string) (string, error) {
+	salt := make([]byte, 16)
+	if _, err := rand.Read(salt); err != nil {
+		return "", err
+	}
+	return scramVerifierWithSalt(password, salt)
+}
+
+func scramVerifierWithSalt(password string, salt []byte) (string, error) {
+	salted, err := pbkdf2.Key(sha256.New, password, salt, scramIterations, sha256.Size)
+	if err != nil {
+		return "", err
+	}
+	mac := func(msg string) []byte {
+		h := hmac.New(sha256.New, salted)
+		h.Write([]byte(msg))
+		return h.Sum(nil)
+	}
+	stored := sha256.Sum256(mac("Client Key"))
+	b64 := base64.StdEncoding.EncodeToString
+	return fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", scramIterations, b64(salt), b64(stored[:]), b64(mac("Server Key"))), nil
 }
 
 // execFormatted builds a utility statement with Postgres's own quoting (format's %I and %L: role
-// statements take no parameters) and runs it. The statement holds a password: never logged.
+// statements take no parameters) and runs it. Role statements carry SCRAM verifiers, never passwords.
 func execFormatted(ctx context.Context, tx pgx.Tx, builder string, args ...any) error {
 	var stmt string
 	if err := tx.QueryRow(ctx, builder, args...).Scan(&stmt); err != nil {

@@ -3,8 +3,10 @@ package worker
 import (
 	"context"
 	"errors"
+	"encoding/base64"
 	"fmt"
 	"net/url"
+	"regexp"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -202,5 +204,33 @@ var _ = Describe("Tenant roles", func() {
 			Expect(r["rls"]).To(BeTrue(), "%v", r["table"])
 			Expect(r["policy"]).To(BeTrue(), "%v", r["table"])
 		}
+	})
+})
+
+var _ = Describe("SCRAM verifiers", func() {
+	It("are what Postgres stores for a password (checked against Python's hashlib with a fixed salt)", func() {
+		salt := make([]byte, 16)
+		for i := range salt {
+			salt[i] = byte(i)
+		}
+		Expect(scramVerifierWithSalt("tally-test-password", salt)).To(Equal(
+			"SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$0Tj/H8etDUxQfWPC9lO4mSLtSkCIBFK+w4HL+XnkliA=:Ai+Mm29jIbTcERIziOEDVx1u90P0U6hY47f5y59FbiQ="))
+	})
+
+	It("are what a tenant's role holds, matching the password of the URL handed out", func(ctx SpecContext) {
+		src := newSource(ctx, "")
+		roleURL, err := NewTenantRoles(pool, databaseURL).Ensure(ctx, src.Tenant, "")
+		Expect(err).NotTo(HaveOccurred())
+		var stored string
+		Expect(pool.QueryRow(ctx, `SELECT a.rolpassword FROM pg_authid a JOIN tally.tenant_roles r ON r.role_name = a.rolname WHERE r.tenant = $1`,
+			src.Tenant).Scan(&stored)).To(Succeed())
+		m := regexp.MustCompile(`^SCRAM-SHA-256\$4096:([A-Za-z0-9+/=]{24})\$[A-Za-z0-9+/=]{44}:[A-Za-z0-9+/=]{44}$`).FindStringSubmatch(stored)
+		Expect(m).To(HaveLen(2), stored)
+		salt, err := base64.StdEncoding.DecodeString(m[1])
+		Expect(err).NotTo(HaveOccurred())
+		u, err := url.Parse(roleURL)
+		Expect(err).NotTo(HaveOccurred())
+		password, _ := u.User.Password()
+		Expect(scramVerifierWithSalt(password, salt)).To(Equal(stored), "a SCRAM login with the handed-out password succeeds")
 	})
 })
