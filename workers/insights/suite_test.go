@@ -178,17 +178,8 @@ func send(ctx context.Context, src *source.Config, msgs ...msg) {
 func drained(ctx context.Context, src *source.Config) {
 	GinkgoHelper()
 	js := pipeline.JetStream()
-	Eventually(func(g Gomega) {
-		s, err := js.Stream(ctx, src.Stream().StreamName())
-		g.Expect(err).NotTo(HaveOccurred())
-		sinfo, err := s.Info(ctx)
-		g.Expect(err).NotTo(HaveOccurred())
-		c, err := s.Consumer(ctx, stream.WorkerConsumer)
-		g.Expect(err).NotTo(HaveOccurred())
-		info, err := c.Info(ctx)
-		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(info.AckFloor.Stream).To(BeNumerically(">=", sinfo.State.LastSeq))
-		g.Expect(info.NumAckPending).To(BeZero())
+	Eventually(func() error {
+		return testenv.Acknowledged(ctx, js, src.Stream().StreamName(), stream.WorkerConsumer)
 	}).WithContext(ctx).WithTimeout(60 * time.Second).WithPolling(20 * time.Millisecond).Should(Succeed())
 }
 

@@ -7,8 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -17,7 +15,6 @@ import (
 
 	"github.com/tallyhq/tally/test/testdb"
 	"github.com/tallyhq/tally/test/testenv"
-	"github.com/tallyhq/tally/workers/source"
 )
 
 var _ = Describe("tally worker and tally migrate", func() {
@@ -37,11 +34,7 @@ var _ = Describe("tally worker and tally migrate", func() {
 
 	It("runs a worker from its source settings file and serves metrics and readiness", func(ctx SpecContext) {
 		src := newSource(ctx, "accountId")
-		dir := GinkgoT().TempDir()
-		settings, err := source.EncodeConfig(src)
-		Expect(err).NotTo(HaveOccurred())
-		file := filepath.Join(dir, source.ConfigFileName)
-		Expect(os.WriteFile(file, settings, 0o600)).To(Succeed())
+		file := writeSourceConfig(src)
 		addr, err := testenv.FreeAddr()
 		Expect(err).NotTo(HaveOccurred())
 

@@ -58,11 +58,7 @@ var _ = Describe("tally worker with insights", func() {
 
 		src := newSource(ctx, "accountId")
 		src.Insights = &source.InsightsConfig{Endpoint: fake.URL, Interval: 200 * time.Millisecond}
-		dir := GinkgoT().TempDir()
-		settings, err := source.EncodeConfig(src)
-		Expect(err).NotTo(HaveOccurred())
-		file := filepath.Join(dir, source.ConfigFileName)
-		Expect(os.WriteFile(file, settings, 0o600)).To(Succeed())
+		file := writeSourceConfig(src)
 		addr, err := testenv.FreeAddr()
 		Expect(err).NotTo(HaveOccurred())
 		args := []string{"--nats-url", natsSrv.ClientURL(), "--database-url", databaseURL,
@@ -70,7 +66,7 @@ var _ = Describe("tally worker with insights", func() {
 
 		Expect(run(ctx, args...)).To(MatchError(ContainSubstring("--insights-write-key-file is required")))
 
-		keyFile := filepath.Join(dir, "writeKey")
+		keyFile := filepath.Join(GinkgoT().TempDir(), "writeKey")
 		Expect(os.WriteFile(keyFile, []byte("insights-key\n"), 0o600)).To(Succeed())
 		runCtx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)

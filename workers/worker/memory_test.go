@@ -2,9 +2,7 @@ package worker
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -13,7 +11,6 @@ import (
 
 	"github.com/tallyhq/tally/controllers/resources"
 	"github.com/tallyhq/tally/test/testenv"
-	"github.com/tallyhq/tally/workers/source"
 )
 
 // The worker's memory is measured where the kubelet measures it: the peak resident set of the
@@ -25,10 +22,7 @@ var _ = Describe("The worker process with a backlog of large messages", Serial, 
 		bin, err := testenv.BuildTally(dir)
 		Expect(err).NotTo(HaveOccurred())
 		src := newSource(ctx, "")
-		settings, err := source.EncodeConfig(src)
-		Expect(err).NotTo(HaveOccurred())
-		config := filepath.Join(dir, source.ConfigFileName)
-		Expect(os.WriteFile(config, settings, 0o600)).To(Succeed())
+		config := writeSourceConfig(src)
 
 		const n = 1500 // 45 MB: 2,000 of them would have been one 60 MB batch before the byte budget
 		blob := strings.Repeat("x", 30<<10)

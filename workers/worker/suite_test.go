@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -82,6 +84,17 @@ func newSource(ctx context.Context, accountProperty string, ignored ...string) *
 	}
 	Expect(stream.Ensure(ctx, js, src.Stream(), src.StreamSettings())).To(Succeed())
 	return src
+}
+
+// writeSourceConfig writes src's settings file, as the operator mounts it, into a fresh directory
+// and returns its path.
+func writeSourceConfig(src *source.Config) string {
+	GinkgoHelper()
+	settings, err := source.EncodeConfig(src)
+	Expect(err).NotTo(HaveOccurred())
+	file := filepath.Join(GinkgoT().TempDir(), source.ConfigFileName)
+	Expect(os.WriteFile(file, settings, 0o600)).To(Succeed())
+	return file
 }
 
 // startWorker runs a worker on src until the spec ends; the returned func stops it and waits.
@@ -171,19 +184,8 @@ func publishRaw(ctx context.Context, src *source.Config, typ, msgID string, data
 
 // drained waits until every message of src's stream has been acknowledged by a worker.
 func drained(ctx context.Context, src *source.Config) {
-	Eventually(func(g Gomega) {
-		// The stream's last sequence is final once the PubAck came back; the consumer's pending
-		// count may lag behind it, so compare the ack floor with the stream instead.
-		s, err := js.Stream(ctx, src.Stream().StreamName())
-		g.Expect(err).NotTo(HaveOccurred())
-		sinfo, err := s.Info(ctx)
-		g.Expect(err).NotTo(HaveOccurred())
-		c, err := s.Consumer(ctx, stream.WorkerConsumer)
-		g.Expect(err).NotTo(HaveOccurred())
-		info, err := c.Info(ctx)
-		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(info.AckFloor.Stream).To(BeNumerically(">=", sinfo.State.LastSeq))
-		g.Expect(info.NumAckPending).To(BeZero())
+	Eventually(func() error {
+		return testenv.Acknowledged(ctx, js, src.Stream().StreamName(), stream.WorkerConsumer)
 	}).WithContext(ctx).WithTimeout(60 * time.Second).WithPolling(50 * time.Millisecond).Should(Succeed())
 }
 
