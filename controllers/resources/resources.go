@@ -188,15 +188,8 @@ func ReceiverDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 		AnnotationConfigHash:   in.ConfigHash,
 		AnnotationWriteKeyHash: in.WriteKeyHash,
 	}
-	if sec := in.SharedSecret; sec != nil {
-		args = append(args, "--shared-secrets-file="+SharedSecretsMountPath+"/"+sec.Key)
-		volumes = append(volumes, corev1ac.Volume().WithName("shared-secrets").WithSecret(corev1ac.SecretVolumeSource().
-			WithSecretName(sec.Name).
-			WithItems(corev1ac.KeyToPath().WithKey(sec.Key).WithPath(sec.Key)).
-			WithDefaultMode(0o440)))
-		mounts = append(mounts, corev1ac.VolumeMount().WithName("shared-secrets").WithMountPath(SharedSecretsMountPath).WithReadOnly(true))
-		annotations[AnnotationSharedSecretHash] = sec.Hash
-	}
+	args, volumes, mounts = withSecretFile(secretFile{"--shared-secrets-file", "shared-secrets", SharedSecretsMountPath, AnnotationSharedSecretHash},
+		in.SharedSecret, args, volumes, mounts, annotations)
 	args, volumes, mounts = withNATSCreds(natsCreds(in.ReceiverNATSCreds, in.NATSCreds), args, volumes, mounts, annotations)
 
 	container := corev1ac.Container().
@@ -251,15 +244,8 @@ func WorkerDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 		AnnotationDatabaseHash: in.Database.Hash,
 	}
 	args, volumes, mounts = withNATSCreds(natsCreds(in.WorkerNATSCreds, in.NATSCreds), args, volumes, mounts, annotations)
-	if key := in.InsightsWriteKey; key != nil {
-		args = append(args, "--insights-write-key-file="+InsightsWriteKeyMountPath+"/"+key.Key)
-		volumes = append(volumes, corev1ac.Volume().WithName("insights-write-key").WithSecret(corev1ac.SecretVolumeSource().
-			WithSecretName(key.Name).
-			WithItems(corev1ac.KeyToPath().WithKey(key.Key).WithPath(key.Key)).
-			WithDefaultMode(0o440)))
-		mounts = append(mounts, corev1ac.VolumeMount().WithName("insights-write-key").WithMountPath(InsightsWriteKeyMountPath).WithReadOnly(true))
-		annotations[AnnotationInsightsWriteKeyHash] = key.Hash
-	}
+	args, volumes, mounts = withSecretFile(secretFile{"--insights-write-key-file", "insights-write-key", InsightsWriteKeyMountPath, AnnotationInsightsWriteKeyHash},
+		in.InsightsWriteKey, args, volumes, mounts, annotations)
 
 	container := corev1ac.Container().
 		WithName(ComponentWorker).
@@ -434,16 +420,31 @@ func natsCreds(own, shared *SecretKey) *SecretKey {
 func withNATSCreds(creds *SecretKey, args []string, volumes []*corev1ac.VolumeApplyConfiguration,
 	mounts []*corev1ac.VolumeMountApplyConfiguration, annotations map[string]string,
 ) ([]string, []*corev1ac.VolumeApplyConfiguration, []*corev1ac.VolumeMountApplyConfiguration) {
-	if creds == nil {
+	return withSecretFile(secretFile{"--nats-creds", "nats-creds", NATSCredsMountPath, AnnotationNATSCredsHash},
+		creds, args, volumes, mounts, annotations)
+}
+
+// secretFile is one Secret key a container reads as a file: the flag naming the file, the volume,
+// where it is mounted, and the pod annotation carrying the value's hash (a change rolls the pods).
+type secretFile struct {
+	flag, volume, mountPath, hashAnnotation string
+}
+
+// withSecretFile mounts key read-only as f (nothing when key is nil) and passes its path in f's
+// flag.
+func withSecretFile(f secretFile, key *SecretKey, args []string, volumes []*corev1ac.VolumeApplyConfiguration,
+	mounts []*corev1ac.VolumeMountApplyConfiguration, annotations map[string]string,
+) ([]string, []*corev1ac.VolumeApplyConfiguration, []*corev1ac.VolumeMountApplyConfiguration) {
+	if key == nil {
 		return args, volumes, mounts
 	}
-	args = append(args, "--nats-creds="+NATSCredsMountPath+"/"+creds.Key)
-	volumes = append(volumes, corev1ac.Volume().WithName("nats-creds").WithSecret(corev1ac.SecretVolumeSource().
-		WithSecretName(creds.Name).
-		WithItems(corev1ac.KeyToPath().WithKey(creds.Key).WithPath(creds.Key)).
+	args = append(args, f.flag+"="+f.mountPath+"/"+key.Key)
+	volumes = append(volumes, corev1ac.Volume().WithName(f.volume).WithSecret(corev1ac.SecretVolumeSource().
+		WithSecretName(key.Name).
+		WithItems(corev1ac.KeyToPath().WithKey(key.Key).WithPath(key.Key)).
 		WithDefaultMode(0o440)))
-	mounts = append(mounts, corev1ac.VolumeMount().WithName("nats-creds").WithMountPath(NATSCredsMountPath).WithReadOnly(true))
-	annotations[AnnotationNATSCredsHash] = creds.Hash
+	mounts = append(mounts, corev1ac.VolumeMount().WithName(f.volume).WithMountPath(f.mountPath).WithReadOnly(true))
+	annotations[f.hashAnnotation] = key.Hash
 	return args, volumes, mounts
 }
 
