@@ -27,8 +27,15 @@ type Config struct {
 	StreamMaxAge    time.Duration `json:"streamMaxAge,omitempty"`
 	StreamReplicas  int           `json:"streamReplicas,omitempty"`
 	StreamMaxBytes  int64         `json:"streamMaxBytes,omitempty"`
+	// Partitions splits the source's messages by user into this many subject partitions, each
+	// with its own consumer and lock, so several workers apply one tenant's messages at once; 0 or
+	// 1 is one partition, the layout of earlier versions.
+	Partitions int `json:"partitions,omitempty"`
 	// WriteKeys are secrets: they never appear in the ConfigMap (json:"-") and are never logged.
 	WriteKeys []string `json:"-"`
+	// WriteKeyDigests are SHA-256 digests of further write keys: what a pool's receivers know of
+	// their members' keys (package pool), so the keys themselves are never copied to them.
+	WriteKeyDigests [][sha256.Size]byte `json:"-"`
 	// SharedSecrets sign what Segment delivers to the destination route (X-Signature); secrets
 	// like the write keys, several during a rotation.
 	SharedSecrets []string `json:"-"`
@@ -81,6 +88,9 @@ func (c *Config) MatchesKey(key string) bool {
 		want := sha256.Sum256([]byte(k))
 		match |= subtle.ConstantTimeCompare(want[:], given[:])
 	}
+	for _, want := range c.WriteKeyDigests {
+		match |= subtle.ConstantTimeCompare(want[:], given[:])
+	}
 	return match == 1
 }
 
@@ -119,7 +129,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("source needs a namespace and a name")
 	case c.Tenant == "":
 		return fmt.Errorf("source %s: tenant is required", c)
-	case len(c.WriteKeys) == 0:
+	case len(c.WriteKeys) == 0 && len(c.WriteKeyDigests) == 0:
 		return fmt.Errorf("source %s: no write key", c)
 	}
 	return nil
