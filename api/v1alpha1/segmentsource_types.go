@@ -316,6 +316,16 @@ type StreamSpec struct {
 	// +optional
 	Replicas int32 `json:"replicas,omitempty"`
 
+	// Partitions splits the source's messages by user (userId, else anonymousId) into this many
+	// subject partitions, each with a consumer of its own, so the workers apply one tenant's
+	// messages several batches at a time. A power of two up to 64; 1 (the default) is the layout
+	// of earlier versions. Changing it on a live source is safe: messages already stored are
+	// still consumed where they are, and a user's messages never wait on another partition's.
+	// +kubebuilder:validation:Enum=1;2;4;8;16;32;64
+	// +kubebuilder:default=1
+	// +optional
+	Partitions int32 `json:"partitions,omitempty"`
+
 	// DeletionPolicy says what happens to the stream when the SegmentSource is deleted. Delete
 	// removes the streams once the workers consumed every message and no dead letter is left (the
 	// SegmentSource stays, Ready=False with reason DeletionBlocked, until then); the annotation

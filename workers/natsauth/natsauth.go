@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/tallyhq/tally/workers/natsserver"
+	"github.com/tallyhq/tally/workers/pool"
 	"github.com/tallyhq/tally/workers/stream"
 )
 
@@ -48,6 +49,19 @@ func InboxPrefix(src stream.Source, role Role) string {
 // InboxOption is the connection option that puts the role's replies under InboxPrefix.
 func InboxOption(src stream.Source, role Role) nats.Option {
 	return nats.CustomInboxPrefix(InboxPrefix(src, role))
+}
+
+// PoolInboxPrefix is where the replies of a SegmentSourcePool's pods of the role arrive. The
+// "tallypool" token keeps it apart from every source's inbox (a source named like the pool in a
+// namespace named "pool" included).
+func PoolInboxPrefix(p pool.Ref, role Role) string {
+	return "_INBOX.tallypool." + p.Namespace + "." + p.Name + "." + string(role)
+}
+
+// PoolInboxOption is the connection option that puts the pool role's replies under
+// PoolInboxPrefix.
+func PoolInboxOption(p pool.Ref, role Role) nats.Option {
+	return nats.CustomInboxPrefix(PoolInboxPrefix(p, role))
 }
 
 // Permissions are what a role of src may do, and nothing else:
