@@ -20,7 +20,8 @@ var (
 )
 
 func addKnownTypes(scheme *runtime.Scheme) error {
-	scheme.AddKnownTypes(GroupVersion, &SegmentSource{}, &SegmentSourceList{}, &Tenant{}, &TenantList{})
+	scheme.AddKnownTypes(GroupVersion, &SegmentSource{}, &SegmentSourceList{}, &Tenant{}, &TenantList{},
+		&SegmentSourcePool{}, &SegmentSourcePoolList{})
 	metav1AddToGroupVersion(scheme)
 	return nil
 }

@@ -387,6 +387,11 @@ type SegmentSourceSpec struct {
 	// Suspend scales the receiver and workers to zero; stream and rows are kept.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
+
+	// Pool, when set, has a SegmentSourcePool's receivers and workers serve this source instead
+	// of Deployments of its own; the source keeps its stream, limits and dead letters.
+	// +optional
+	Pool *PoolRef `json:"pool,omitempty"`
 }
 
 // SegmentSourceStatus is what the operator observed.
