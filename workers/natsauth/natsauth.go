@@ -188,6 +188,11 @@ func (i *Issuer) IssueUser(name string, perms jwt.Permissions, expires time.Time
 // Anything else (another signing key after a rotation, older permissions, near expiry, garbage) is
 // re-issued.
 func (i *Issuer) Current(creds []byte, src stream.Source, role Role, renewAt time.Time) bool {
+	return i.currentUser(creds, UserName(src, role), Permissions(src, role), renewAt)
+}
+
+// currentUser is Current for a user of the given name and permissions.
+func (i *Issuer) currentUser(creds []byte, name string, want jwt.Permissions, renewAt time.Time) bool {
 	token, err := jwt.ParseDecoratedJWT(creds)
 	if err != nil {
 		return false
@@ -203,13 +208,12 @@ func (i *Issuer) Current(creds []byte, src stream.Source, role Role, renewAt tim
 	if issuerAccount == "" {
 		issuerAccount = claims.Issuer
 	}
-	if claims.Issuer != i.signingKey || issuerAccount != i.account || claims.Name != UserName(src, role) {
+	if claims.Issuer != i.signingKey || issuerAccount != i.account || claims.Name != name {
 		return false
 	}
 	if renewAt.IsZero() != (claims.Expires == 0) || (claims.Expires != 0 && claims.Expires <= renewAt.Unix()) {
 		return false // an expiry where none is wanted, none where one is, or renewal due
 	}
-	want := Permissions(src, role)
 	return samePermission(claims.Pub, want.Pub) && samePermission(claims.Sub, want.Sub) && claims.Resp == nil &&
 		slices.Equal(claims.AllowedConnectionTypes, jwt.StringList{jwt.ConnectionTypeStandard})
 }
