@@ -31,6 +31,10 @@ type Config struct {
 	// with its own consumer and lock, so several workers apply one tenant's messages at once; 0 or
 	// 1 is one partition, the layout of earlier versions.
 	Partitions int `json:"partitions,omitempty"`
+	// ConsumerPartitions is how many partition consumers the stream has, when more than
+	// Partitions: the source had more partitions before, and their consumers still hold what was
+	// published to them. The workers consume them all (ConsumedPartitions).
+	ConsumerPartitions int `json:"consumerPartitions,omitempty"`
 	// WriteKeys are secrets: they never appear in the ConfigMap (json:"-") and are never logged.
 	WriteKeys []string `json:"-"`
 	// WriteKeyDigests are SHA-256 digests of further write keys: what a pool's receivers know of
@@ -62,8 +66,12 @@ func (c *Config) Stream() stream.Source {
 
 // StreamSettings shapes the source's streams.
 func (c *Config) StreamSettings() stream.Settings {
-	return stream.Settings{MaxAge: c.StreamMaxAge, Replicas: c.StreamReplicas, MaxBytes: c.StreamMaxBytes, Tenant: c.Tenant}
+	return stream.Settings{MaxAge: c.StreamMaxAge, Replicas: c.StreamReplicas, MaxBytes: c.StreamMaxBytes, Tenant: c.Tenant,
+		Partitions: c.Partitions}
 }
+
+// ConsumedPartitions is how many partition consumers the workers consume.
+func (c *Config) ConsumedPartitions() int { return max(c.Partitions, c.ConsumerPartitions) }
 
 // String names the source without revealing its keys.
 func (c *Config) String() string { return c.Namespace + "/" + c.Name }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -52,8 +53,11 @@ func (s Source) Subject(messageType string) string {
 	return s.subjectPrefix() + ".msg." + messageType
 }
 
-// MessageSubjects matches every message subject of the source.
-func (s Source) MessageSubjects() string { return s.subjectPrefix() + ".msg.*" }
+// MessageSubjects matches every message subject of the source, partitioned or not.
+func (s Source) MessageSubjects() string { return s.subjectPrefix() + ".msg.>" }
+
+// unpartitionedSubjects matches the message subjects without a partition.
+func (s Source) unpartitionedSubjects() string { return s.subjectPrefix() + ".msg.*" }
 
 // DeadLetterSubject is where unmappable messages go, with the reason in a header.
 func (s Source) DeadLetterSubject() string { return s.subjectPrefix() + ".dlq" }
@@ -74,6 +78,10 @@ type Settings struct {
 	// the stream. A re-created source of the same tenant adopts its retained stream and records
 	// its own UID.
 	SourceUID string
+	// Partitions is how many partition consumers the stream gets besides the unpartitioned one
+	// (none for 0 or 1; see Consumers). Consumers are never removed by a smaller count: they keep
+	// what was published to their partition, and the workers keep consuming them.
+	Partitions int
 }
 
 // DefaultMaxBytes is a source stream's size when its SegmentSource and the manager set none.
@@ -156,12 +164,24 @@ func DeadLetterStreamConfig(src Source, st Settings) jetstream.StreamConfig {
 	}
 }
 
-// ConsumerConfig is the durable pull consumer the source's workers share.
-func ConsumerConfig(src Source) jetstream.ConsumerConfig {
+// ConsumerConfig is the durable pull consumer the source's workers share for its unpartitioned
+// subjects: every message of a source with one partition.
+func ConsumerConfig(src Source) jetstream.ConsumerConfig { return consumerConfig(src, WorkerConsumer) }
+
+// PartitionConsumerConfig is the durable pull consumer of one partition's subjects.
+func PartitionConsumerConfig(src Source, partition int) jetstream.ConsumerConfig {
+	return consumerConfig(src, PartitionConsumer(partition))
+}
+
+func consumerConfig(src Source, name string) jetstream.ConsumerConfig {
+	description, filter := "Workers of SegmentSource "+src.String(), src.unpartitionedSubjects()
+	if p := consumerPartition(name); p >= 0 {
+		description, filter = description+", partition "+strconv.Itoa(p), src.partitionFilter(p)
+	}
 	return jetstream.ConsumerConfig{
-		Durable:       WorkerConsumer,
-		Description:   "Workers of SegmentSource " + src.String(),
-		FilterSubject: src.MessageSubjects(),
+		Durable:       name,
+		Description:   description,
+		FilterSubject: filter,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       DefaultAckWait,
@@ -189,8 +209,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, src Source, st Settings
 	if _, err := js.CreateOrUpdateStream(ctx, DeadLetterStreamConfig(src, st)); err != nil {
 		return fmt.Errorf("stream %s: %w", src.DeadLetterStreamName(), err)
 	}
-	if _, err := js.CreateOrUpdateConsumer(ctx, src.StreamName(), ConsumerConfig(src)); err != nil {
-		return fmt.Errorf("consumer %s on %s: %w", WorkerConsumer, src.StreamName(), err)
+	for _, name := range Consumers(st.Partitions) {
+		if _, err := js.CreateOrUpdateConsumer(ctx, src.StreamName(), consumerConfig(src, name)); err != nil {
+			return fmt.Errorf("consumer %s on %s: %w", name, src.StreamName(), err)
+		}
 	}
 	return nil
 }
@@ -212,12 +234,17 @@ func desiredStreamConfig(src Source, st Settings, existing *jetstream.StreamConf
 // sync, so the operator calls Ensure exactly when there is something to create or correct, also
 // after a hand edit or an earlier refused update.
 func InSync(src Source, st Settings, state State) bool {
-	if state.StreamConfig == nil || state.DeadLetterStreamConfig == nil || state.ConsumerConfig == nil {
+	if state.StreamConfig == nil || state.DeadLetterStreamConfig == nil {
 		return false
 	}
+	for _, name := range Consumers(st.Partitions) {
+		got, ok := state.Consumers[name]
+		if !ok || !consumerConfigEqual(*got, consumerConfig(src, name)) {
+			return false
+		}
+	}
 	return streamConfigEqual(*state.StreamConfig, desiredStreamConfig(src, st, state.StreamConfig)) &&
-		streamConfigEqual(*state.DeadLetterStreamConfig, DeadLetterStreamConfig(src, st)) &&
-		consumerConfigEqual(*state.ConsumerConfig, ConsumerConfig(src))
+		streamConfigEqual(*state.DeadLetterStreamConfig, DeadLetterStreamConfig(src, st))
 }
 
 func streamConfigEqual(got, want jetstream.StreamConfig) bool {
@@ -269,12 +296,9 @@ func sameTenant(metadata map[string]string, tenant string) bool {
 	return owner == "" || tenant == "" || owner == tenant
 }
 
-// Delete removes the source's consumer and streams. Missing objects are not an error.
+// Delete removes the source's streams (and with them their consumers). Missing objects are not
+// an error.
 func Delete(ctx context.Context, js jetstream.JetStream, src Source) error {
-	err := js.DeleteConsumer(ctx, src.StreamName(), WorkerConsumer)
-	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("consumer %s: %w", WorkerConsumer, err)
-	}
 	for _, name := range []string{src.StreamName(), src.DeadLetterStreamName()} {
 		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return fmt.Errorf("stream %s: %w", name, err)
@@ -297,17 +321,22 @@ type State struct {
 	// consumed; the operator keeps the earliest value it ever saw.
 	FirstMessageAt time.Time
 	LastMessageAt  time.Time
-	// Backlog counts messages not yet acknowledged by a worker: pending plus in flight.
-	Backlog        uint64
-	DeadLetters    uint64
+	// Backlog counts messages not yet acknowledged by a worker, over every worker consumer:
+	// pending plus in flight.
+	Backlog     uint64
+	DeadLetters uint64
+	// ConsumerExists: the unpartitioned worker consumer exists.
 	ConsumerExists bool
+	// Partitions is one more than the highest partition consumer's partition (0 when there is
+	// none): the workers consume every partition below it.
+	Partitions int
 	// DeadLetterStreamExists tells the operator whether the dead-letter stream needs re-creating.
 	DeadLetterStreamExists bool
-	// StreamConfig, DeadLetterStreamConfig and ConsumerConfig are what the server has, nil when
-	// missing; InSync compares them with the desired ones.
+	// StreamConfig, DeadLetterStreamConfig and Consumers (the worker consumers by name) are what
+	// the server has, nil or absent when missing; InSync compares them with the desired ones.
 	StreamConfig           *jetstream.StreamConfig
 	DeadLetterStreamConfig *jetstream.StreamConfig
-	ConsumerConfig         *jetstream.ConsumerConfig
+	Consumers              map[string]*jetstream.ConsumerConfig
 }
 
 // Inspect reads the source's stream and consumer state. A missing stream is ErrStreamNotFound.
@@ -333,20 +362,31 @@ func Inspect(ctx context.Context, js jetstream.JetStream, src Source) (State, er
 			state.FirstMessageAt = info.State.FirstTime
 		}
 	}
-	c, err := s.Consumer(ctx, WorkerConsumer)
-	switch {
-	case err == nil:
-		ci, err := c.Info(ctx)
-		if err != nil {
-			return state, err
-		}
-		state.ConsumerExists = true
-		state.ConsumerConfig = &ci.Config
-		state.Backlog = ci.NumPending + uint64(ci.NumAckPending)
-	case errors.Is(err, jetstream.ErrConsumerNotFound):
-	default:
+	if err := inspectConsumers(ctx, s, &state); err != nil {
 		return state, err
 	}
 	state.DeadLetterStreamConfig, state.DeadLetters, state.DeadLetterStreamExists, err = deadLetterStream(ctx, js, src)
 	return state, err
+}
+
+// inspectConsumers reads every worker consumer of the stream: their configurations, the summed
+// backlog and the partitions they cover. Consumers of other names (a person's) are left out.
+func inspectConsumers(ctx context.Context, s jetstream.Stream, state *State) error {
+	state.Consumers = map[string]*jetstream.ConsumerConfig{}
+	list := s.ListConsumers(ctx)
+	for ci := range list.Info() {
+		name := ci.Name
+		p := consumerPartition(name)
+		if name != WorkerConsumer && p < 0 {
+			continue
+		}
+		cfg := ci.Config
+		state.Consumers[name] = &cfg
+		state.Backlog += ci.NumPending + uint64(ci.NumAckPending)
+		if name == WorkerConsumer {
+			state.ConsumerExists = true
+		}
+		state.Partitions = max(state.Partitions, p+1)
+	}
+	return list.Err()
 }

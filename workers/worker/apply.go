@@ -18,32 +18,38 @@ type applyResult struct {
 	UnnamedAccountsCreated int
 	// UsersDeleted: deletion requests applied (not those an equal or newer one had applied).
 	UsersDeleted int
+	// LockWait is how long the transaction waited for its users' slots.
+	LockWait time.Duration
 }
 
 // apply writes a folded batch in one transaction with one set-based statement per table, sent in
 // a few pipelined rounds: a round holds the statements that need nothing from each other's
 // results, so a batch costs four round trips or so, not one per statement.
 //
-// Transactions of one tenant take the lock of the tenant's row in tally.tenant_locks first (a row
-// lock: a tenant's login can lock only its own row, unlike an advisory lock key), so they run one after
-// the other: each then sees every row committed before it, which the cross-row parts of the
-// mapping need (a track's fallback account reads associations, its user the anonymousId's tie;
-// re-resolving and re-attributing events reads events; last_seen_at of a row created now reads
-// the events stored before it). Sources of different tenants never wait for each other. Within a
-// round, statements run in order: re-attributed events already have their final account when
-// re-resolution looks at them.
+// A transaction locks what it touches (see locks.go): the slots of its users first, the accounts
+// it writes at its end. Each then sees every commit its cross-row steps depend on (a track's
+// fallback account reads associations, its user the anonymousId's tie; re-resolving and
+// re-attributing events reads events; last_seen_at of a row created now reads the events stored
+// before it), while batches of other users run at once. Sources of different tenants never wait
+// for each other. Within a round, statements run in order: re-attributed events already have
+// their final account when re-resolution looks at them.
 //
 // Events go in before accounts and users, so the entity upserts write last_seen_at once, already
-// including the events this transaction attributed to them.
-func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *folded, bounds txBounds) (applyResult, error) {
+// including the events this transaction attributed to them. extra are slots a previous try found
+// it needed (errLockSetGrew).
+func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *folded, bounds txBounds, extra lockSet) (applyResult, error) {
 	var res applyResult
 	ctx, cancel := context.WithTimeout(ctx, bounds.deadline())
 	defer cancel()
 	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
 		a := newApplier(tenant, source, bounds)
+		if err := a.lockUsers(ctx, tx, f, extra); err != nil {
+			return err
+		}
+		res.LockWait = a.lockWait
 		// Deletions first: the tombstones in force, the batch's own deletions applied to the
 		// stored rows, and the batch folded again without the messages they void.
-		if err := a.send(ctx, tx, f, a.lock, a.lookUpTombstones); err != nil {
+		if err := a.send(ctx, tx, f, a.lookUpTombstones); err != nil {
 			return err
 		}
 		if err := a.send(ctx, tx, f, a.forget); err != nil {
@@ -54,9 +60,20 @@ func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *fo
 		}
 		rounds := [][]func(*pgx.Batch, *folded) error{
 			{a.links, a.memberships, a.ties},
-			{a.restitch, a.reresolve, a.events},                          // needs the new links and ties
-			{a.catalog, a.accounts, a.users, a.raiseLastSeen, a.aliases}, // needs the inserted events
-			{a.recomputeLastSeen},                                        // needs the created rows
+			{a.restitch, a.reresolve, a.events}, // needs the new links and ties
+		}
+		for _, round := range rounds {
+			if err := a.send(ctx, tx, f, round...); err != nil {
+				return err
+			}
+		}
+		if more := a.missingSlots(); len(more.slots) > 0 {
+			return &errLockSetGrew{more: more}
+		}
+		rounds = [][]func(*pgx.Batch, *folded) error{
+			{a.users, a.raiseUserLastSeen, a.aliases, a.lockAccounts}, // needs the inserted events
+			{a.catalog, a.accounts, a.raiseAccountLastSeen},            // under the accounts' locks
+			{a.recomputeLastSeen},                                      // needs the created rows
 		}
 		for _, round := range rounds {
 			if err := a.send(ctx, tx, f, round...); err != nil {
@@ -67,6 +84,57 @@ func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *fo
 		return nil
 	})
 	return res, err
+}
+
+// lockUsers sets the transaction's bounds and locks the slots of the batch's users: those its
+// messages name, with extra, and those the stored ties add (read before locking, read again
+// under the locks: a tie that moved in between rolls the transaction back for another try).
+func (a *applier) lockUsers(ctx context.Context, tx pgx.Tx, f *folded, extra lockSet) error {
+	locks := baseLocks(f).merge(extra)
+	lookups := tieLookups(f)
+	before := map[string]storedTie{}
+	if len(lookups) > 0 && !locks.all {
+		b := &pgx.Batch{}
+		queueTieLookup(b, a.tenant, lookups, before)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		locks = locks.merge(tieLocks(f, before))
+	}
+	a.locks = locks
+	b := &pgx.Batch{}
+	b.Queue("SELECT set_config('jit', 'off', true), set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
+		a.bounds.statementSetting(), a.bounds.lockSetting())
+	queueSlotLocks(b, a.tenant, locks.keys())
+	after := map[string]storedTie{}
+	if len(lookups) > 0 && !locks.all {
+		queueTieLookup(b, a.tenant, lookups, after)
+	}
+	start := time.Now()
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	a.lockWait = time.Since(start)
+	if needed := tieLocks(f, after); !locks.all {
+		more := newLockSet()
+		for s := range needed.slots {
+			if !locks.slots[s] {
+				more.slots[s] = true
+			}
+		}
+		if len(more.slots) > 0 {
+			return &errLockSetGrew{more: more}
+		}
+	}
+	return nil
+}
+
+// lockAccounts takes the lock rows of every account the rest of the transaction writes.
+func (a *applier) lockAccounts(b *pgx.Batch, f *folded) error {
+	if keys := a.accountLocks(f); len(keys) > 0 {
+		queueLockRows(b, a.tenant, keys)
+	}
+	return nil
 }
 
 // send queues a round of statements that need nothing from each other's results and sends them
@@ -98,27 +166,17 @@ func (t txBounds) deadline() time.Duration { return 4*t.statement + t.lock }
 func (t txBounds) statementSetting() string { return strconv.FormatInt(t.statement.Milliseconds(), 10) }
 func (t txBounds) lockSetting() string      { return strconv.FormatInt(t.lock.Milliseconds(), 10) }
 
-// lock sets the transaction's bounds and takes the tenant's lock. JIT is off for the
+// The transaction's bounds are set with its first locks (lockUsers). JIT is off for the
 // transaction: its statements each touch a batch's rows through indexes, and compiling them
 // (which stale statistics on a growing table can trigger) costs more than it saves.
-func (a *applier) lock(b *pgx.Batch, _ *folded) error {
-	b.Queue("SELECT set_config('jit', 'off', true), set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
-		a.bounds.statementSetting(), a.bounds.lockSetting())
-	queueTenantLock(b, a.tenant)
-	return nil
-}
-
-// queueTenantLock queues the statements that lock the tenant's row, creating it the first time:
-// a concurrent creator waits on the primary key, then both serialise on the row lock.
-func queueTenantLock(b *pgx.Batch, tenant string) {
-	b.Queue(`INSERT INTO tally.tenant_locks (tenant) VALUES ($1) ON CONFLICT DO NOTHING`, tenant)
-	b.Queue(`SELECT 1 FROM tally.tenant_locks WHERE tenant = $1 FOR UPDATE`, tenant)
-}
 
 // applier holds what the statements of one transaction learn from each other's results.
 type applier struct {
 	tenant, source string
 	bounds         txBounds
+	// locks: the slots this transaction holds; lockWait: how long it waited for them.
+	locks    lockSet
+	lockWait time.Duration
 
 	// usersWithNewLinks maps a user to the oldest link or unlink this batch added for them: their
 	// stored fallback events from then on may have a different account now.
@@ -160,7 +218,7 @@ func markIgnored(ctx context.Context, pool *pgxpool.Pool, tenant string, ignored
 			return err
 		}
 		b := &pgx.Batch{}
-		queueTenantLock(b, tenant)
+		queueSlotLocks(b, tenant, allSlots().keys())
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err
 		}

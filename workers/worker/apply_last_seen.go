@@ -42,11 +42,16 @@ func (s *lastSeenChanges) userEvent(id string, at time.Time) {
 	s.userEvents[id] = maxTime(s.userEvents[id], at)
 }
 
-// raiseLastSeen takes the events' maximum into last_seen_at of the existing rows not upserted now.
-// A row that does not exist yet is left alone: its creation recomputes it.
-func (a *applier) raiseLastSeen(b *pgx.Batch, _ *folded) error {
-	a.queueRaise(b, "accounts", "account_id", a.seen.accountEvents, a.seen.upsertedAccounts)
+// raiseUserLastSeen and raiseAccountLastSeen take the events' maximum into last_seen_at of the
+// existing rows not upserted now. A row that does not exist yet is left alone: its creation
+// recomputes it (under the same lock: the user's slot, the account's lock row).
+func (a *applier) raiseUserLastSeen(b *pgx.Batch, _ *folded) error {
 	a.queueRaise(b, "users", "user_id", a.seen.userEvents, a.seen.upsertedUsers)
+	return nil
+}
+
+func (a *applier) raiseAccountLastSeen(b *pgx.Batch, _ *folded) error {
+	a.queueRaise(b, "accounts", "account_id", a.seen.accountEvents, a.seen.upsertedAccounts)
 	return nil
 }
 

@@ -34,7 +34,7 @@ func replay(ctx context.Context, src *source.Config, msgs ...msg) {
 var _ = Describe("User deletion requests", func() {
 	count := func(ctx context.Context, sql string, args ...any) int64 {
 		var n int64
-		Expect(pool.QueryRow(ctx, sql, args...).Scan(&n)).To(Succeed())
+		Expect(testPool.QueryRow(ctx, sql, args...).Scan(&n)).To(Succeed())
 		return n
 	}
 

@@ -343,7 +343,7 @@ var _ = Describe("Mapping messages into the tally tables", func() {
 			drained(ctx, src)
 			drained(ctx, other)
 			Expect(unnamed()).To(BeEquivalentTo(2))
-			Expect(UnnamedAccounts(ctx, pool, src.Tenant)).To(BeEquivalentTo(2))
+			Expect(UnnamedAccounts(ctx, testPool, src.Tenant)).To(BeEquivalentTo(2))
 
 			// Named later: no longer unnamed, still counted as created unnamed; a redelivery adds nothing.
 			publish(ctx, src, group("g4", "", "initech", 20, map[string]any{"name": "Initech"}))
@@ -352,8 +352,8 @@ var _ = Describe("Mapping messages into the tally tables", func() {
 			publishRaw(ctx, src, "group", "g1-redelivered", data)
 			drained(ctx, src)
 			Expect(unnamed()).To(BeEquivalentTo(2))
-			Expect(UnnamedAccounts(ctx, pool, src.Tenant)).To(BeEquivalentTo(1))
-			Expect(UnnamedAccounts(ctx, pool, other.Tenant)).To(BeZero())
+			Expect(UnnamedAccounts(ctx, testPool, src.Tenant)).To(BeEquivalentTo(1))
+			Expect(UnnamedAccounts(ctx, testPool, other.Tenant)).To(BeZero())
 			Expect(testutil.ToFloat64(testMetrics.unnamed.WithLabelValues(other.String()))).To(BeZero())
 		})
 	})
@@ -427,9 +427,9 @@ var _ = Describe("Mapping messages into the tally tables", func() {
 
 		It("follows a change of ignoredEvents without a restart", func(ctx SpecContext) {
 			src := newSource(ctx, "", "Heartbeat")
-			w, err := New(Options{Pool: pool, JetStream: js, Source: src, Logger: testenv.QuietLogger()})
+			w, err := New(Options{Pool: testPool, JetStream: js, Source: src, Logger: testenv.QuietLogger()})
 			Expect(err).NotTo(HaveOccurred())
-			Expect(markIgnored(ctx, pool, src.Tenant, src.IgnoredEvents, testBounds)).To(Succeed())
+			Expect(markIgnored(ctx, testPool, src.Tenant, src.IgnoredEvents, testBounds)).To(Succeed())
 			changed := *src
 			changed.IgnoredEvents = []string{"Ping"}
 			Expect(w.UpdateSource(ctx, &changed)).To(Succeed())

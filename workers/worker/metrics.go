@@ -21,6 +21,8 @@ type Metrics struct {
 	pending        *prometheus.GaugeVec
 	batchSeconds   *prometheus.HistogramVec
 	endToEnd       *prometheus.HistogramVec
+	lockWait       *prometheus.HistogramVec
+	consumed       *prometheus.CounterVec
 }
 
 // NewMetrics creates the workers' metrics and registers them with reg.
@@ -52,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"source"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "tally", Subsystem: "worker", Name: "batch_retries_total",
-			Help: "Batch transactions retried, by reason (infrastructure or contention).",
+			Help: "Batch transactions retried, by reason (infrastructure, contention, unexplained, or locks: a tie moved and the batch needed more lock slots).",
 		}, []string{"source", "reason"}),
 		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "tally", Subsystem: "worker", Name: "consumer_pending_messages",
@@ -68,9 +70,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from a message's receipt by a receiver to the commit of its batch in Postgres.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 16),
 		}, []string{"source"}),
+		lockWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "tally", Subsystem: "worker", Name: "lock_wait_seconds",
+			Help:    "Time a batch transaction waited for the lock slots of its users (other batches of the same users' slots).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"source"}),
+		consumed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tally", Subsystem: "worker", Name: "consumer_messages_total",
+			Help: "Messages committed, per consumer: workers (unpartitioned) or workers-<partition>.",
+		}, []string{"source", "consumer"}),
 	}
 	reg.MustRegister(m.batches, m.messages, m.eventsInserted, m.unnamed, m.usersDeleted, m.deadLetters, m.retries, m.pending,
-		m.batchSeconds, m.endToEnd)
+		m.batchSeconds, m.endToEnd, m.lockWait, m.consumed)
 	return m
 }
 

@@ -37,7 +37,7 @@ var _ = Describe("Fetching ahead", func() {
 	It("folds a batch fetched ahead again when the source's settings changed meanwhile", func(ctx SpecContext) {
 		src := newSource(ctx, "")
 		publish(ctx, src, track("t1", "u1", "Clicked", 1, map[string]any{"accountId": "acme"}, nil))
-		w, err := New(Options{Pool: pool, JetStream: js, Source: src, Logger: testenv.QuietLogger()})
+		w, err := New(Options{Pool: testPool, JetStream: js, Source: src, Logger: testenv.QuietLogger()})
 		Expect(err).NotTo(HaveOccurred())
 		consumer, err := js.Consumer(ctx, src.Stream().StreamName(), stream.WorkerConsumer)
 		Expect(err).NotTo(HaveOccurred())

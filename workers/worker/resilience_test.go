@@ -51,7 +51,7 @@ var _ = Describe("Failures", func() {
 		drained(ctx, src)
 		Eventually(func(g Gomega) {
 			var count int
-			g.Expect(pool.QueryRow(ctx, `SELECT count(*) FROM tally.events WHERE tenant = $1`, src.Tenant).Scan(&count)).To(Succeed())
+			g.Expect(testPool.QueryRow(ctx, `SELECT count(*) FROM tally.events WHERE tenant = $1`, src.Tenant).Scan(&count)).To(Succeed())
 			g.Expect(count).To(Equal(n + 1))
 		}).WithTimeout(30 * time.Second).Should(Succeed())
 		Expect(queryRow(ctx, `SELECT count FROM tally.event_catalog WHERE tenant = $1 AND event = 'Clicked'`, src.Tenant)["count"]).To(BeEquivalentTo(n + 1))
@@ -75,7 +75,7 @@ var _ = Describe("Failures", func() {
 		)
 		// The worker dies right after its first commit: none of its acks leave the process.
 		dying, die := context.WithCancel(ctx)
-		doomed, err := New(Options{Pool: pool, JetStream: js, Source: src, Logger: testenv.QuietLogger(),
+		doomed, err := New(Options{Pool: testPool, JetStream: js, Source: src, Logger: testenv.QuietLogger(),
 			Acknowledger: killedBeforeAck{die}})
 		Expect(err).NotTo(HaveOccurred())
 		died := make(chan error, 1)

@@ -20,7 +20,7 @@ import (
 // The walls between tenants in Postgres, attacked with the login a tenant's workers receive.
 var _ = Describe("Tenant roles", func() {
 	var roles *TenantRoles
-	BeforeEach(func() { roles = NewTenantRoles(pool, databaseURL) })
+	BeforeEach(func() { roles = NewTenantRoles(testPool, databaseURL) })
 
 	connectAs := func(ctx context.Context, url string) *pgx.Conn {
 		conn, err := pgx.Connect(ctx, url)
@@ -127,7 +127,7 @@ var _ = Describe("Tenant roles", func() {
 		Expect(tx.Rollback(ctx)).To(Succeed())
 
 		By("the other tenant's rows are intact")
-		Expect(pool.QueryRow(ctx, `SELECT count(*) FROM tally.events WHERE tenant = $1`, theirs.Tenant).Scan(&n)).To(Succeed())
+		Expect(testPool.QueryRow(ctx, `SELECT count(*) FROM tally.events WHERE tenant = $1`, theirs.Tenant).Scan(&n)).To(Succeed())
 		Expect(n).To(Equal(2))
 	})
 
@@ -138,10 +138,10 @@ var _ = Describe("Tenant roles", func() {
 		again, err := roles.Ensure(ctx, src.Tenant, "")
 		Expect(err).NotTo(HaveOccurred())
 		Expect(again).To(Equal(first))
-		Expect(NewTenantRoles(pool, databaseURL).Ensure(ctx, src.Tenant, "")).To(Equal(first), "another manager derives the same")
+		Expect(NewTenantRoles(testPool, databaseURL).Ensure(ctx, src.Tenant, "")).To(Equal(first), "another manager derives the same")
 		password := func() string {
 			var p string
-			Expect(pool.QueryRow(ctx, `SELECT a.rolpassword FROM pg_authid a JOIN tally.tenant_roles r ON r.role_name = a.rolname WHERE r.tenant = $1`,
+			Expect(testPool.QueryRow(ctx, `SELECT a.rolpassword FROM pg_authid a JOIN tally.tenant_roles r ON r.role_name = a.rolname WHERE r.tenant = $1`,
 				src.Tenant).Scan(&p)).To(Succeed())
 			return p
 		}
@@ -165,14 +165,14 @@ var _ = Describe("Tenant roles", func() {
 			Expect(err).NotTo(HaveOccurred())
 			return u.User.String()
 		}
-		other, err := NewTenantRoles(pool, databaseURL+"&application_name=manager-2").Ensure(ctx, src.Tenant, "2026-12-01")
+		other, err := NewTenantRoles(testPool, databaseURL+"&application_name=manager-2").Ensure(ctx, src.Tenant, "2026-12-01")
 		Expect(err).NotTo(HaveOccurred())
 		Expect(userinfo(other)).To(Equal(userinfo(rotated)), "same credentials, other options: same login")
 		Expect(password()).To(Equal(before))
 		adminURL, err := url.Parse(databaseURL)
 		Expect(err).NotTo(HaveOccurred())
 		adminURL.User = url.UserPassword(adminURL.User.Username(), "a-new-admin-password") // trust auth ignores it
-		renewed, err := NewTenantRoles(pool, adminURL.String()).Ensure(ctx, src.Tenant, "2026-12-01")
+		renewed, err := NewTenantRoles(testPool, adminURL.String()).Ensure(ctx, src.Tenant, "2026-12-01")
 		Expect(err).NotTo(HaveOccurred())
 		Expect(renewed).NotTo(Equal(rotated))
 		Expect(password()).NotTo(Equal(before), "the role's password follows at once, so the URL handed out works")
@@ -180,10 +180,10 @@ var _ = Describe("Tenant roles", func() {
 		Expect(roles.Drop(ctx, src.Tenant)).To(Succeed())
 		Expect(roles.Drop(ctx, src.Tenant)).To(Succeed(), "dropping twice is fine")
 		var roleLeft, rowsLeft int
-		Expect(pool.QueryRow(ctx, `SELECT count(*) FROM pg_roles WHERE rolname IN (SELECT 'tally_t_' || left(encode(sha256(convert_to(current_database() || '/' || $1, 'UTF8')), 'hex'), 24))`,
+		Expect(testPool.QueryRow(ctx, `SELECT count(*) FROM pg_roles WHERE rolname IN (SELECT 'tally_t_' || left(encode(sha256(convert_to(current_database() || '/' || $1, 'UTF8')), 'hex'), 24))`,
 			src.Tenant).Scan(&roleLeft)).To(Succeed())
 		Expect(roleLeft).To(BeZero())
-		Expect(pool.QueryRow(ctx, `SELECT count(*) FROM tally.users WHERE tenant = $1`, src.Tenant).Scan(&rowsLeft)).To(Succeed())
+		Expect(testPool.QueryRow(ctx, `SELECT count(*) FROM tally.users WHERE tenant = $1`, src.Tenant).Scan(&rowsLeft)).To(Succeed())
 		Expect(rowsLeft).To(Equal(1))
 
 		By("a role created again never gets an earlier password back")
@@ -219,10 +219,10 @@ var _ = Describe("SCRAM verifiers", func() {
 
 	It("are what a tenant's role holds, matching the password of the URL handed out", func(ctx SpecContext) {
 		src := newSource(ctx, "")
-		roleURL, err := NewTenantRoles(pool, databaseURL).Ensure(ctx, src.Tenant, "")
+		roleURL, err := NewTenantRoles(testPool, databaseURL).Ensure(ctx, src.Tenant, "")
 		Expect(err).NotTo(HaveOccurred())
 		var stored string
-		Expect(pool.QueryRow(ctx, `SELECT a.rolpassword FROM pg_authid a JOIN tally.tenant_roles r ON r.role_name = a.rolname WHERE r.tenant = $1`,
+		Expect(testPool.QueryRow(ctx, `SELECT a.rolpassword FROM pg_authid a JOIN tally.tenant_roles r ON r.role_name = a.rolname WHERE r.tenant = $1`,
 			src.Tenant).Scan(&stored)).To(Succeed())
 		m := regexp.MustCompile(`^SCRAM-SHA-256\$4096:([A-Za-z0-9+/=]{24})\$[A-Za-z0-9+/=]{44}:[A-Za-z0-9+/=]{44}$`).FindStringSubmatch(stored)
 		Expect(m).To(HaveLen(2), stored)

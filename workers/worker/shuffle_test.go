@@ -15,6 +15,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/tallyhq/tally/workers/segment"
+	"github.com/tallyhq/tally/workers/stream"
 )
 
 // The order-independence property: one generated message set, applied in different orders, split
@@ -44,6 +45,34 @@ var _ = Describe("Order independence", func() {
 				applyDirect(ctx, tenant, order, workers, maxBatch, rng)
 				Expect(dumpTenant(ctx, tenant)).To(Equal(want), "seed %d run %d", seed, run)
 			}
+
+			for run := range 3 {
+				order := append([][]byte(nil), msgs...)
+				rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+				partitions := []int{2, 4, 8}[run]
+				maxBatch := 1 + rng.IntN(25)
+				tenant := fmt.Sprintf("shuffle-%d-partitioned%d", seed, run)
+				By(fmt.Sprintf("partitioned run %d: %d partitions at once, two workers each, batches of up to %d", run, partitions, maxBatch))
+				applyPartitioned(ctx, tenant, order, partitions, 2, maxBatch, rng)
+				Expect(dumpTenant(ctx, tenant)).To(Equal(want), "seed %d partitioned run %d", seed, run)
+			}
+
+			By("through JetStream, published shuffled into 8 partitions, with two workers on one source")
+			psrc := newSource(ctx, shuffleAccountProperty)
+			psrc.Partitions = 8
+			Expect(stream.Ensure(ctx, js, psrc.Stream(), psrc.StreamSettings())).To(Succeed())
+			porder := append([][]byte(nil), msgs...)
+			rng.Shuffle(len(porder), func(i, j int) { porder[i], porder[j] = porder[j], porder[i] })
+			for i, data := range porder {
+				var m msg
+				Expect(json.Unmarshal(data, &m)).To(Succeed())
+				publishRaw(ctx, psrc, m["type"].(string), fmt.Sprintf("%s-%d", m["messageId"], i), data)
+			}
+			for range 2 {
+				startWorker(psrc, 7)
+			}
+			drained(ctx, psrc)
+			Expect(dumpTenant(ctx, psrc.Tenant)).To(Equal(want), "seed %d through 8 partitions", seed)
 
 			By("through JetStream, published shuffled, with three workers on one source")
 			src := newSource(ctx, shuffleAccountProperty)
@@ -89,15 +118,7 @@ func applyDirect(ctx context.Context, tenant string, msgs [][]byte, workers, max
 			defer GinkgoRecover()
 			defer wg.Done()
 			for batch := range work {
-				f := fold(batch, shuffleAccountProperty)
-				for {
-					_, err := apply(ctx, pool, tenant, "test/shuffle", f, testBounds)
-					if err != nil && classify(err) == contention {
-						continue
-					}
-					Expect(err).NotTo(HaveOccurred())
-					break
-				}
+				applyUntilDone(ctx, tenant, fold(batch, shuffleAccountProperty))
 			}
 		}()
 	}
@@ -106,6 +127,50 @@ func applyDirect(ctx context.Context, tenant string, msgs [][]byte, workers, max
 	}
 	close(work)
 	wg.Wait()
+}
+
+// applyPartitioned splits msgs by partition as the receiver does, and applies every partition at
+// the same time, each by workers goroutines taking its batches in turn (a partition's consumer
+// shared by several workers), so batches of different partitions and of the same partition
+// commit concurrently.
+func applyPartitioned(ctx context.Context, tenant string, msgs [][]byte, partitions, workers, maxBatch int, rng *rand.Rand) {
+	byPartition := make([][][]byte, partitions)
+	for _, data := range msgs {
+		m, err := segment.ParseNormalized(data)
+		Expect(err).NotTo(HaveOccurred())
+		p := stream.Partition(stream.UserKey(m.UserID, m.AnonymousID), partitions)
+		byPartition[p] = append(byPartition[p], data)
+	}
+	seeds := make([]uint64, partitions)
+	for p := range seeds {
+		seeds[p] = rng.Uint64()
+	}
+	var wg sync.WaitGroup
+	for p, part := range byPartition {
+		wg.Go(func() {
+			defer GinkgoRecover()
+			applyDirect(ctx, tenant, part, workers, maxBatch, rand.New(rand.NewPCG(seeds[p], 1)))
+		})
+	}
+	wg.Wait()
+}
+
+// applyUntilDone applies a folded batch as a worker's commit does: again after contention, and
+// with more lock slots when the transaction found it needed them.
+func applyUntilDone(ctx context.Context, tenant string, f *folded) {
+	extra := newLockSet()
+	for {
+		_, err := apply(ctx, testPool, tenant, "test/shuffle", f, testBounds, extra)
+		if grew, ok := asLockSetGrew(err); ok {
+			extra = extra.merge(grew.more)
+			continue
+		}
+		if err != nil && classify(err) == contention {
+			continue
+		}
+		Expect(err).NotTo(HaveOccurred())
+		return
+	}
 }
 
 // dumpTenant renders every row of a tenant, bookkeeping columns included, without the tenant and
@@ -124,7 +189,7 @@ func dumpTenant(ctx context.Context, tenant string) string {
 	}
 	var b strings.Builder
 	for _, t := range tables {
-		rows, err := pool.Query(ctx, fmt.Sprintf(
+		rows, err := testPool.Query(ctx, fmt.Sprintf(
 			`SELECT (to_jsonb(t) - 'tenant' - 'source')::text FROM tally.%s t WHERE tenant = $1 ORDER BY %s`, t.name, t.order), tenant)
 		Expect(err).NotTo(HaveOccurred())
 		for rows.Next() {
@@ -134,7 +199,7 @@ func dumpTenant(ctx context.Context, tenant string) string {
 		}
 		Expect(rows.Err()).NotTo(HaveOccurred())
 	}
-	unnamed, err := UnnamedAccounts(ctx, pool, tenant)
+	unnamed, err := UnnamedAccounts(ctx, testPool, tenant)
 	Expect(err).NotTo(HaveOccurred())
 	fmt.Fprintf(&b, "unnamed accounts %d\n", unnamed)
 	return b.String()
@@ -149,7 +214,7 @@ const shuffleAccountProperty = "account.id"
 func expectEveryRuleExercised(ctx context.Context, tenant string, msgs [][]byte, dump string) {
 	count := func(sql string) int64 {
 		var n int64
-		Expect(pool.QueryRow(ctx, sql, tenant).Scan(&n)).To(Succeed())
+		Expect(testPool.QueryRow(ctx, sql, tenant).Scan(&n)).To(Succeed())
 		return n
 	}
 	Expect(count(`SELECT count(*) FROM tally.events e WHERE e.tenant = $1 AND e.account_from = 'user'

@@ -19,7 +19,7 @@ var _ = Describe("A worker that cannot be stalled", func() {
 		src := newSource(ctx, "")
 		// A trigger that raises for one event name: Postgres refuses that row with an error that is
 		// neither bad data nor infrastructure (P0001, raise_exception).
-		_, err := pool.Exec(ctx, `
+		_, err := testPool.Exec(ctx, `
 			CREATE FUNCTION public.tally_test_explode() RETURNS trigger LANGUAGE plpgsql AS $$
 			BEGIN
 				IF NEW.event = 'Explode' THEN RAISE EXCEPTION 'refusing % on purpose', NEW.message_id; END IF;
@@ -28,7 +28,7 @@ var _ = Describe("A worker that cannot be stalled", func() {
 			CREATE TRIGGER tally_test_explode BEFORE INSERT ON tally.events FOR EACH ROW EXECUTE FUNCTION public.tally_test_explode();`)
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(func(ctx SpecContext) {
-			_, err := pool.Exec(ctx, `DROP TRIGGER tally_test_explode ON tally.events; DROP FUNCTION public.tally_test_explode();`)
+			_, err := testPool.Exec(ctx, `DROP TRIGGER tally_test_explode ON tally.events; DROP FUNCTION public.tally_test_explode();`)
 			Expect(err).NotTo(HaveOccurred())
 		})
 
@@ -53,7 +53,7 @@ var _ = Describe("A worker that cannot be stalled", func() {
 
 	It("gives up a lock wait past lock_timeout, retries, and applies everything once the lock is free", func(ctx SpecContext) {
 		src := newSource(ctx, "")
-		w, err := New(Options{Pool: pool, JetStream: js, Source: src, BatchSize: 10, MaxWait: 50 * time.Millisecond,
+		w, err := New(Options{Pool: testPool, JetStream: js, Source: src, BatchSize: 10, MaxWait: 50 * time.Millisecond,
 			Logger: testenv.QuietLogger(), Metrics: testMetrics, LockTimeout: 200 * time.Millisecond})
 		Expect(err).NotTo(HaveOccurred())
 		runCtx, stop := context.WithCancel(ctx)
@@ -64,7 +64,7 @@ var _ = Describe("A worker that cannot be stalled", func() {
 		drained(ctx, src)
 
 		// Someone holds the tenant's lock in a transaction that does not end.
-		holder, err := pool.Begin(ctx)
+		holder, err := testPool.Begin(ctx)
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(func(ctx SpecContext) { _ = holder.Rollback(ctx) })
 		_, err = holder.Exec(ctx, "SELECT 1 FROM tally.tenant_locks WHERE tenant = $1 FOR UPDATE", src.Tenant)

@@ -41,7 +41,7 @@ var (
 	testBounds   = txBounds{statement: DefaultStatementTimeout, lock: DefaultLockTimeout, batchBytes: DefaultBatchBytes}
 	databaseURL  string
 	databaseName string
-	pool         *pgxpool.Pool
+	testPool     *pgxpool.Pool
 	natsSrv      *server.Server
 	nc           *nats.Conn
 	js           jetstream.JetStream
@@ -58,9 +58,9 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 		databaseName = databaseName[:i]
 	}
 	Expect(Migrate(ctx, databaseURL)).To(Succeed())
-	pool, err = pgxpool.New(ctx, databaseURL)
+	testPool, err = pgxpool.New(ctx, databaseURL)
 	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(pool.Close)
+	DeferCleanup(testPool.Close)
 
 	natsSrv, err = natsserver.Start(natsserver.Options{StoreDir: GinkgoT().TempDir()})
 	Expect(err).NotTo(HaveOccurred())
@@ -99,12 +99,12 @@ func writeSourceConfig(src *source.Config) string {
 
 // startWorker runs a worker on src until the spec ends; the returned func stops it and waits.
 func startWorker(src *source.Config, batchSize int, tweak ...func(*Worker)) (stop func() error) {
-	return startWorkerOn(pool, src, batchSize, tweak...)
+	return startWorkerOn(testPool, src, batchSize, tweak...)
 }
 
 // startWorkerOn is startWorker with the worker's own database pool.
-func startWorkerOn(pool *pgxpool.Pool, src *source.Config, batchSize int, tweak ...func(*Worker)) (stop func() error) {
-	w, err := New(Options{Pool: pool, JetStream: js, Source: src, BatchSize: batchSize,
+func startWorkerOn(testPool *pgxpool.Pool, src *source.Config, batchSize int, tweak ...func(*Worker)) (stop func() error) {
+	w, err := New(Options{Pool: testPool, JetStream: js, Source: src, BatchSize: batchSize,
 		MaxWait: 50 * time.Millisecond, Logger: testenv.QuietLogger(), Metrics: testMetrics})
 	Expect(err).NotTo(HaveOccurred())
 	for _, t := range tweak {
@@ -175,7 +175,10 @@ func publish(ctx context.Context, src *source.Config, msgs ...msg) {
 }
 
 func publishRaw(ctx context.Context, src *source.Config, typ, msgID string, data []byte) {
-	out := nats.NewMsg(src.Stream().Subject(typ))
+	var ids struct{ UserID, AnonymousID string }
+	Expect(json.Unmarshal(data, &ids)).To(Succeed())
+	n := src.Partitions
+	out := nats.NewMsg(src.Stream().PartitionSubject(typ, stream.Partition(stream.UserKey(ids.UserID, ids.AnonymousID), n), n))
 	out.Data = data
 	out.Header.Set(nats.MsgIdHdr, msgID)
 	_, err := js.PublishMsg(ctx, out)
@@ -185,13 +188,18 @@ func publishRaw(ctx context.Context, src *source.Config, typ, msgID string, data
 // drained waits until every message of src's stream has been acknowledged by a worker.
 func drained(ctx context.Context, src *source.Config) {
 	Eventually(func() error {
-		return testenv.Acknowledged(ctx, js, src.Stream().StreamName(), stream.WorkerConsumer)
+		for _, name := range stream.Consumers(src.ConsumedPartitions()) {
+			if err := testenv.Acknowledged(ctx, js, src.Stream().StreamName(), name); err != nil {
+				return err
+			}
+		}
+		return nil
 	}).WithContext(ctx).WithTimeout(60 * time.Second).WithPolling(50 * time.Millisecond).Should(Succeed())
 }
 
 // queryRows returns the rows of a query as maps, JSON-friendly, for assertions and dumps.
 func queryRows(ctx context.Context, sql string, args ...any) []map[string]any {
-	rows, err := pool.Query(ctx, sql, args...)
+	rows, err := testPool.Query(ctx, sql, args...)
 	Expect(err).NotTo(HaveOccurred())
 	out, err := pgx.CollectRows(rows, pgx.RowToMap)
 	Expect(err).NotTo(HaveOccurred())

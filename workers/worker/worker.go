@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -89,6 +90,8 @@ type Worker struct {
 
 	source atomic.Pointer[source.Config]
 	ready  atomic.Bool
+	// lanesChanged tells Run that the source's consumers changed (a new partition count).
+	lanesChanged chan struct{}
 }
 
 // New checks the options and builds a worker; Run starts it.
@@ -129,7 +132,8 @@ func New(o Options) (*Worker, error) {
 		pool: o.Pool, js: o.JetStream, stream: o.Source.Stream(), tenant: o.Source.Tenant,
 		batchSize: o.BatchSize, maxWait: o.MaxWait, metrics: o.Metrics, acks: o.Acknowledger,
 		bounds: txBounds{statement: o.StatementTimeout, lock: o.LockTimeout, batchBytes: o.BatchBytes},
-		log:    o.Logger.With("source", o.Source.String()),
+		log:          o.Logger.With("source", o.Source.String()),
+		lanesChanged: make(chan struct{}, 1),
 	}
 	w.source.Store(o.Source)
 	return w, nil
@@ -150,39 +154,66 @@ func (w *Worker) UpdateSource(ctx context.Context, c *source.Config) error {
 		}
 	}
 	w.source.Store(c)
+	if c.ConsumedPartitions() != old.ConsumedPartitions() {
+		select {
+		case w.lanesChanged <- struct{}{}:
+		default:
+		}
+	}
 	return nil
 }
 
 // Ready reports whether the worker is bound to its consumer and Postgres answered its last batch.
 func (w *Worker) Ready() bool { return w.ready.Load() }
 
-// Run consumes until ctx is cancelled, then finishes the batch in hand and returns nil. Lost
+// Run consumes until ctx is cancelled, then finishes the batches in hand and returns nil. Each of
+// the source's consumers (the unpartitioned one and one per partition) gets a lane of its own:
+// its batches are fetched and committed one after the other, while the lanes run at once. Lost
 // connections, a deleted consumer or a missing stream are waited out, never fatal.
 func (w *Worker) Run(ctx context.Context) error {
 	_ = w.retry(ctx, "mark ignored events", func() error { // fails only when ctx ends
 		return markIgnored(ctx, w.pool, w.tenant, w.source.Load().IgnoredEvents, w.bounds)
 	})
+	var lanes sync.WaitGroup
+	defer lanes.Wait()
+	running := map[string]bool{}
+	for {
+		for _, name := range stream.Consumers(w.source.Load().ConsumedPartitions()) {
+			if !running[name] {
+				running[name] = true
+				lanes.Go(func() { w.runLane(ctx, name) })
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.lanesChanged:
+		}
+	}
+}
+
+// runLane consumes one of the source's consumers until ctx is cancelled.
+func (w *Worker) runLane(ctx context.Context, name string) {
 	for ctx.Err() == nil {
-		consumer := w.bind(ctx)
+		consumer := w.bind(ctx, name)
 		if consumer == nil {
 			break
 		}
-		err := w.consume(ctx, consumer)
+		err := w.consume(ctx, consumer, name)
 		w.ready.Store(false)
 		if err != nil && ctx.Err() == nil {
-			w.log.Warn("consumer lost, binding again", "err", err)
+			w.log.Warn("consumer lost, binding again", "consumer", name, "err", err)
 			sleep(ctx, time.Second)
 		}
 	}
-	return nil
 }
 
-// bind finds the source's durable consumer, waiting (with backoff) while it or the stream is
-// missing: the operator or tally local creates them.
-func (w *Worker) bind(ctx context.Context) jetstream.Consumer {
+// bind finds one of the source's durable consumers, waiting (with backoff) while it or the stream
+// is missing: the operator or tally local creates them.
+func (w *Worker) bind(ctx context.Context, name string) jetstream.Consumer {
 	var consumer jetstream.Consumer
-	_ = w.retry(ctx, "bind consumer", func() error { // fails only when ctx ends
-		c, err := w.js.Consumer(ctx, w.stream.StreamName(), stream.WorkerConsumer)
+	_ = w.retry(ctx, "bind consumer "+name, func() error { // fails only when ctx ends
+		c, err := w.js.Consumer(ctx, w.stream.StreamName(), name)
 		consumer = c
 		return err
 	})
@@ -195,7 +226,7 @@ func (w *Worker) bind(ctx context.Context) jetstream.Consumer {
 // consume maps batches until the consumer fails or ctx is cancelled. Fetching, decoding and
 // folding the next batch overlap the current batch's transaction; each batch is still acknowledged
 // only after its own transaction committed.
-func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer) error {
+func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name string) error {
 	fetchCtx, stopFetching := context.WithCancel(ctx)
 	batches := make(chan fetched)
 	go w.fetchLoop(fetchCtx, consumer, batches)
@@ -224,6 +255,8 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer) error
 			w.metrics.pending.WithLabelValues(w.stream.String()).Set(0)
 		} else if err := w.handle(ctx, f); err != nil {
 			return err
+		} else {
+			w.metrics.consumed.WithLabelValues(w.stream.String(), name).Add(float64(len(f.items) + len(f.bad)))
 		}
 		if f.err != nil {
 			return f.err
@@ -304,11 +337,19 @@ func (w *Worker) commit(ctx context.Context, items []item, prepared *preparedFol
 	txCtx := context.WithoutCancel(ctx)
 	var refused error
 	tries := 0
+	extra := newLockSet()
 	err := w.retry(ctx, "apply batch", func() error {
 		for {
 			tries++
-			res, err := apply(txCtx, w.pool, w.tenant, src.String(), folded, w.bounds)
+			res, err := apply(txCtx, w.pool, w.tenant, src.String(), folded, w.bounds, extra)
+			if grew, ok := asLockSetGrew(err); ok { // a tie moved under us: again, holding more
+				w.metrics.retries.WithLabelValues(w.stream.String(), "locks").Inc()
+				extra = extra.merge(grew.more)
+				tries--
+				continue
+			}
 			if err == nil {
+				w.metrics.lockWait.WithLabelValues(w.stream.String()).Observe(res.LockWait.Seconds())
 				w.metrics.eventsInserted.WithLabelValues(w.stream.String()).Add(float64(res.EventsInserted))
 				w.metrics.unnamed.WithLabelValues(w.stream.String()).Add(float64(res.UnnamedAccountsCreated))
 				w.metrics.usersDeleted.WithLabelValues(w.stream.String()).Add(float64(res.UsersDeleted))
