@@ -41,6 +41,9 @@ type commandConfig struct {
 	maxBytes       int64
 	maxConnections int
 	headerTimeout  time.Duration
+	// pool, when set, serves every member of a SegmentSourcePool instead of one source.
+	pool             string
+	sharedSecretsDir string
 }
 
 // NewCommand is `tally receiver`: the receiver of one SegmentSource as the operator deploys it,
@@ -78,6 +81,8 @@ func NewCommand() *cobra.Command {
 	f.Int64Var(&cfg.maxBytes, "max-bytes-in-flight", DefaultMaxBytesInFlight, "bytes of request bodies and their messages held at once; past it requests are answered 429 with Retry-After (the default suits a 256 MiB memory limit)")
 	f.IntVar(&cfg.maxConnections, "max-connections", DefaultMaxConnections, "open client connections; more wait in the listen backlog")
 	f.DurationVar(&cfg.headerTimeout, "read-header-timeout", DefaultReadHeaderTimeout, "how long a connection may take to send a request's headers (slow senders are cut off)")
+	f.StringVar(&cfg.pool, "pool", "", "serve every member of this SegmentSourcePool (namespace/name), read from the pool's JetStream bucket, instead of one source (--source-config and --write-keys-file are then unused)")
+	f.StringVar(&cfg.sharedSecretsDir, "shared-secrets-dir", "", "with --pool: directory of the members' shared secrets, one file <namespace>.<name> per member, re-read every --reload-interval")
 	return cmd
 }
 
@@ -87,6 +92,9 @@ func NewCommand() *cobra.Command {
 // PubAcks arrive), then drain the NATS connection. ready, when set, learns the address it
 // listens on.
 func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready func(addr string)) error {
+	if cfg.pool != "" {
+		return runPoolCommand(ctx, cfg, log, ready)
+	}
 	files := &sourceFiles{configFile: cfg.sourceConfig, writeKeysFile: cfg.writeKeysFile, sharedSecretsFile: cfg.sharedSecrets}
 	src, err := files.load()
 	if err != nil {
@@ -97,42 +105,54 @@ func runCommand(ctx context.Context, cfg commandConfig, log *slog.Logger, ready 
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(max(4*cfg.maxPending, 4096)),
-		// Acks a timed-out request stopped waiting for must not stay pending forever.
-		jetstream.WithPublishAsyncTimeout(cfg.publishTimeout))
+	rcv, err := newCommandReceiver(cfg, nc, log, []*source.Config{src})
 	if err != nil {
 		return err
 	}
-	// A registry of our own, not the default one: nothing registers behind our back.
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	rcv, err := New(Options{JetStream: js, Conn: nc, PublishTimeout: cfg.publishTimeout, MaxPending: cfg.maxPending,
-		AtomicBatches: cfg.atomicBatches, Logger: log, Metrics: NewMetrics(reg), Gatherer: reg,
-		MaxRequestsInFlight: cfg.maxRequests, MaxBytesInFlight: cfg.maxBytes},
-		[]*source.Config{src})
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", cfg.listen)
-	if err != nil {
-		return err
-	}
-	ln = netutil.LimitListener(ln, cfg.maxConnections)
-	srv := NewServer(cfg.listen, rcv.Handler(), cfg.publishTimeout)
-	srv.ReadHeaderTimeout = cfg.headerTimeout
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("receiver listening", "addr", ln.Addr().String(), "source", src.String(), "writeKeys", len(src.WriteKeys))
-	if ready != nil {
-		ready(ln.Addr().String())
-	}
-
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go files.watch(watchCtx, cfg.reloadInterval, log, func(c *source.Config) error {
 		return rcv.SetSources([]*source.Config{c})
 	})
+	return serve(ctx, cfg, rcv, rcv.Handler(), nc, log, ready, "source", src.String(), "writeKeys", len(src.WriteKeys))
+}
+
+// newCommandReceiver builds the receiver of the command on nc, with a metrics registry of its own.
+func newCommandReceiver(cfg commandConfig, nc *nats.Conn, log *slog.Logger, sources []*source.Config) (*Receiver, error) {
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(max(4*cfg.maxPending, 4096)),
+		// Acks a timed-out request stopped waiting for must not stay pending forever.
+		jetstream.WithPublishAsyncTimeout(cfg.publishTimeout))
+	if err != nil {
+		return nil, err
+	}
+	// A registry of our own, not the default one: nothing registers behind our back.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return New(Options{JetStream: js, Conn: nc, PublishTimeout: cfg.publishTimeout, MaxPending: cfg.maxPending,
+		AtomicBatches: cfg.atomicBatches, Logger: log, Metrics: NewMetrics(reg), Gatherer: reg,
+		MaxRequestsInFlight: cfg.maxRequests, MaxBytesInFlight: cfg.maxBytes},
+		sources)
+}
+
+// serve serves handler until ctx ends, then shuts down gracefully (see runCommand). logAttrs
+// describe what is served in the start-up line.
+func serve(ctx context.Context, cfg commandConfig, rcv *Receiver, handler http.Handler, nc *nats.Conn, log *slog.Logger,
+	ready func(addr string), logAttrs ...any,
+) error {
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return err
+	}
+	ln = netutil.LimitListener(ln, cfg.maxConnections)
+	srv := NewServer(cfg.listen, handler, cfg.publishTimeout)
+	srv.ReadHeaderTimeout = cfg.headerTimeout
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("receiver listening", append([]any{"addr", ln.Addr().String()}, logAttrs...)...)
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
 
 	select {
 	case err := <-serveErr:

@@ -89,6 +89,11 @@ func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.E
 		}
 		return fail(http.StatusUnauthorized, segment.CodeInvalidWriteKey, "no valid write key: send it as the Basic auth username or as writeKey in the body")
 	}
+	if auth.suspended() {
+		releaseBody(body)
+		w.Header().Set("Retry-After", suspendedRetryAfterSeconds)
+		return fail(http.StatusServiceUnavailable, codeSourceSuspended, "this source is suspended; retry later")
+	}
 	if !held.reserve(parsed.OutputBound()) {
 		releaseBody(body)
 		return shed("bytes")

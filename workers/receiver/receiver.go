@@ -131,6 +131,8 @@ func (r *Receiver) SetSources(sources []*source.Config) error {
 type sourceSet struct {
 	list     []*source.Config
 	subjects map[*source.Config]map[string]string // message type -> subject, built once
+	// suspended sources are known by their keys but refused (see SetMembers); nil when none.
+	suspended map[*source.Config]bool
 }
 
 func newSourceSet(sources []*source.Config) (*sourceSet, error) {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tallyhq/tally/workers/insights"
 	"github.com/tallyhq/tally/workers/natsauth"
+	"github.com/tallyhq/tally/workers/pool"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 )
@@ -42,6 +43,9 @@ func workerCommand() *cobra.Command {
 	var natsURL, natsCreds, databaseURL, sourceConfig, metricsListen, insightsKeyFile string
 	var batchSize, batchBytes int
 	var maxWait, statementTimeout, lockTimeout time.Duration
+	var poolName, credentialsDir string
+	var reloadInterval time.Duration
+	var poolMaxConns int
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Map one source's messages from JetStream into Postgres",
@@ -52,6 +56,17 @@ func workerCommand() *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := slog.Default()
+			if poolName != "" {
+				ref, err := pool.ParseRef(poolName)
+				if err != nil {
+					return err
+				}
+				return runPool(ctx, poolCommand{ref: ref, natsURL: natsURL, natsCreds: natsCreds, databaseURL: databaseURL,
+					credentialsDir: credentialsDir, metricsListen: metricsListen, reloadInterval: reloadInterval,
+					maxConns: poolMaxConns, version: cmd.Root().Version,
+					worker: Options{BatchSize: batchSize, MaxWait: maxWait, BatchBytes: batchBytes,
+						StatementTimeout: statementTimeout, LockTimeout: lockTimeout}}, log)
+			}
 			if databaseURL == "" {
 				return errors.New("--database-url (or TALLY_DATABASE_URL) is required")
 			}
@@ -118,6 +133,10 @@ func workerCommand() *cobra.Command {
 	f.DurationVar(&lockTimeout, "lock-timeout", DefaultLockTimeout, "Postgres lock_timeout of each lock wait in a batch transaction (the tenant's lock included)")
 	f.StringVar(&metricsListen, "metrics-listen", ":9090", "address serving /metrics, /healthz and /readyz")
 	f.StringVar(&insightsKeyFile, "insights-write-key-file", "", "file holding the write key insights are pushed with (needed when the source settings have insights)")
+	f.StringVar(&poolName, "pool", "", "run every member of this SegmentSourcePool (namespace/name), read from the pool's JetStream bucket, instead of one source (--source-config is then unused)")
+	f.StringVar(&credentialsDir, "credentials-dir", "", "with --pool: directory of the members' <namespace>.<name>.database-url (the tenant's own login; else --database-url) and <namespace>.<name>.insights-write-key files")
+	f.DurationVar(&reloadInterval, "reload-interval", 10*time.Second, "with --pool: how often the credentials directory is re-read")
+	f.IntVar(&poolMaxConns, "max-conns-per-login", DefaultPoolMaxConns, "with --pool: most Postgres connections per database login (members of one tenant share them; idle ones close)")
 	return cmd
 }
 
@@ -137,16 +156,23 @@ func runInsights(ctx context.Context, src *source.Config, databaseURL, keyFile, 
 	if len(keys) == 0 {
 		return nil, fmt.Errorf("insights write key: %s holds no key", keyFile)
 	}
+	return startPusher(ctx, src, databaseURL, keys[0], version, insights.NewMetrics(reg), log)
+}
+
+// startPusher runs the source's insights pusher, pushing with writeKey, until the returned stop.
+func startPusher(ctx context.Context, src *source.Config, databaseURL, writeKey, version string,
+	metrics *insights.Metrics, log *slog.Logger,
+) (stop func(), err error) {
 	conn, err := pgx.ParseConfig(databaseURL)
 	if err != nil {
-		return nil, errors.New("--database-url does not parse") // never the URL: it holds a password
+		return nil, errors.New("the database URL does not parse") // never the URL: it holds a password
 	}
 	settings := *src.Insights
-	settings.WriteKey = keys[0]
+	settings.WriteKey = writeKey
 	withKey := *src
 	withKey.Insights = &settings
 	p, err := insights.New(insights.Options{Source: &withKey, Conn: conn, LibraryVersion: version,
-		Logger: log, Metrics: insights.NewMetrics(reg)})
+		Logger: log, Metrics: metrics})
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,141 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tallyhq/tally/workers/insights"
+	"github.com/tallyhq/tally/workers/natsauth"
+	"github.com/tallyhq/tally/workers/pool"
+	"github.com/tallyhq/tally/workers/stream"
+)
+
+// poolCommand holds what `tally worker --pool` needs besides the worker's own options.
+type poolCommand struct {
+	ref            pool.Ref
+	natsURL        string
+	natsCreds      string
+	databaseURL    string // optional: members without credentials of their own, and migrations
+	credentialsDir string
+	metricsListen  string
+	reloadInterval time.Duration
+	maxConns       int
+	version        string
+	worker         Options // batch size, waits and bounds, shared by every member's worker
+}
+
+// runPool is `tally worker --pool`: the workers of a SegmentSourcePool, one Worker per member,
+// on one NATS connection, one metrics registry and one small connection pool per tenant login.
+func runPool(ctx context.Context, c poolCommand, log *slog.Logger) error {
+	nc, err := stream.Connect(c.natsURL, c.natsCreds, "tally-worker", log, natsauth.PoolInboxOption(c.ref, natsauth.Worker))
+	if err != nil {
+		return err
+	}
+	// Wait for the drain, so the last batches' acks reach NATS before the process exits.
+	defer func() {
+		drainCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = stream.Drain(drainCtx, nc)
+	}()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	o := c.worker
+	o.Logger, o.Metrics = log, NewMetrics(reg)
+	workers := &poolWorkers{ctx: ctx, js: js, opts: o, credentialsDir: c.credentialsDir, databaseURL: c.databaseURL,
+		version: c.version, insights: insights.NewMetrics(reg), dbs: newDatabases(c.maxConns), log: log,
+		running: map[string]*memberRun{}, problems: map[string]string{}}
+	if c.databaseURL != "" {
+		if err := Migrate(ctx, c.databaseURL); err != nil {
+			return err
+		}
+		workers.schemaChecked = true
+	}
+	srv := servePoolMetrics(c.metricsListen, reg, workers, nc, log)
+	defer srv.Close()
+	defer workers.stopAll()
+
+	go func() {
+		t := time.NewTicker(c.reloadInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				workers.reconcile()
+			}
+		}
+	}()
+	log.Info("pool worker started", "pool", c.ref.String())
+	watchPool(ctx, js, c.ref, workers.setMembers, log)
+	return nil
+}
+
+// watchPool follows the pool's bucket until ctx ends, watching it again after a failure (NATS
+// away, bucket missing); what runs meanwhile stays as it was.
+func watchPool(ctx context.Context, js jetstream.JetStream, ref pool.Ref, apply func(map[string]pool.Member), log *slog.Logger) {
+	failing := false
+	delivered := false
+	deliver := func(m map[string]pool.Member) { delivered = true; apply(m) }
+	bad := func(key string, err error) {
+		log.Error("a pool member's entry does not decode; not running it", "member", key, "error", err)
+	}
+	for ctx.Err() == nil {
+		kv, err := js.KeyValue(ctx, ref.Bucket())
+		if err == nil {
+			err = pool.Watch(ctx, kv, deliver, bad)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if delivered {
+			failing, delivered = false, false
+		}
+		if !failing {
+			log.Warn("cannot watch the pool's members; keeping the running ones", "bucket", ref.Bucket(), "error", err)
+		}
+		failing = true
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func servePoolMetrics(addr string, reg prometheus.Gatherer, workers *poolWorkers, nc *nats.Conn, log *slog.Logger) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { _, _ = rw.Write([]byte("ok\n")) })
+	// Ready once the members are known and NATS is connected. One member's failing database
+	// login does not make the pod unready: that would take every other member down with it.
+	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
+		switch {
+		case !workers.loaded.Load():
+			http.Error(rw, "not ready: pool members not loaded yet", http.StatusServiceUnavailable)
+		case !nc.IsConnected():
+			http.Error(rw, "not ready: NATS not connected", http.StatusServiceUnavailable)
+		default:
+			_, _ = rw.Write([]byte("ok\n"))
+		}
+	})
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "addr", addr, "err", err)
+		}
+	}()
+	return srv
+}

@@ -1,0 +1,89 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Defaults of a pool worker's Postgres connections.
+const (
+	// DefaultPoolMaxConns bounds the connections of one tenant login in a pool worker: a member's
+	// worker runs one transaction at a time per consumer, and most members are idle.
+	DefaultPoolMaxConns = 4
+	// poolConnIdleTime closes a connection unused for this long, so idle tenants hold none.
+	poolConnIdleTime = 30 * time.Second
+)
+
+// databases shares one small, lazy connection pool per database URL among a pool worker's
+// members: the members of one tenant log in with the same URL, and a thousand mostly idle
+// members must not hold a thousand connections.
+type databases struct {
+	maxConns int32
+	mu       sync.Mutex
+	pools    map[string]*sharedDatabase
+}
+
+type sharedDatabase struct {
+	pool  *pgxpool.Pool
+	users int
+}
+
+func newDatabases(maxConns int) *databases {
+	if maxConns <= 0 {
+		maxConns = DefaultPoolMaxConns
+	}
+	return &databases{maxConns: int32(min(maxConns, 1<<15)), pools: map[string]*sharedDatabase{}}
+}
+
+// acquire returns the pool of url, creating it without connecting; release it when done.
+func (d *databases) acquire(url string) (*pgxpool.Pool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if db := d.pools[url]; db != nil {
+		db.users++
+		return db.pool, nil
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, errors.New("the database URL does not parse") // never the URL: it holds a password
+	}
+	cfg.MinConns = 0
+	cfg.MaxConns = d.maxConns
+	cfg.MaxConnIdleTime = poolConnIdleTime
+	cfg.HealthCheckPeriod = poolConnIdleTime / 2
+	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return nil, errors.New("the database URL is not usable")
+	}
+	d.pools[url] = &sharedDatabase{pool: p, users: 1}
+	return p, nil
+}
+
+// release gives a pool back; the last user closes it.
+func (d *databases) release(url string) {
+	d.mu.Lock()
+	db := d.pools[url]
+	if db == nil {
+		d.mu.Unlock()
+		return
+	}
+	db.users--
+	if db.users > 0 {
+		d.mu.Unlock()
+		return
+	}
+	delete(d.pools, url)
+	d.mu.Unlock()
+	db.pool.Close()
+}
+
+// count is the number of distinct databases (tenant logins) in use.
+func (d *databases) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.pools)
+}
