@@ -14,6 +14,8 @@ type Metrics struct {
 	shed            *prometheus.CounterVec
 	clamped         *prometheus.CounterVec
 	publishDuration prometheus.Histogram
+	batchRequests   prometheus.Histogram
+	batchMessages   prometheus.Histogram
 }
 
 // NewMetrics creates the receiver's metrics and registers them with reg.
@@ -53,8 +55,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from a request's first JetStream publish to its last PubAck.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
 		}),
+		batchRequests: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tally_receiver_atomic_batch_requests",
+			Help:    "Requests whose messages one atomic batch carried (group commit: above 1 when concurrent requests shared a commit).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+		}),
+		batchMessages: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tally_receiver_atomic_batch_messages",
+			Help:    "Messages per atomic batch sent (group commit), up to the server's batch limit.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
+		}),
 	}
-	reg.MustRegister(m.requests, m.requestDuration, m.messages, m.rejected, m.refusals, m.shed, m.clamped, m.publishDuration)
+	reg.MustRegister(m.requests, m.requestDuration, m.messages, m.rejected, m.refusals, m.shed, m.clamped, m.publishDuration,
+		m.batchRequests, m.batchMessages)
 	return m
 }
 

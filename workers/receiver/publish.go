@@ -76,10 +76,13 @@ type atomicState struct {
 	// off maps a stream name to the time until which it gets per-message publishes, because it
 	// refused atomic batches.
 	off sync.Map
+	// committers maps a stream name to its *committer (group commit).
+	committers sync.Map
 }
 
-// publish stores a request's messages in JetStream, message by message or as atomic batches
-// (Options.AtomicBatches), and returns once every message or batch commit was acknowledged. Any failure, or the publish deadline passing, fails the whole
+// publish stores a request's messages in JetStream, message by message or in atomic batches
+// shared with concurrent requests (Options.AtomicBatches, group commit), and returns once every
+// message was acknowledged. Any failure, or the publish deadline passing, fails the whole
 // request; the client retries, and the Nats-Msg-Id header makes the retry harmless for what was
 // already stored.
 func (r *Receiver) publish(ctx context.Context, msgs []outgoing) error {
@@ -91,7 +94,7 @@ func (r *Receiver) publish(ctx context.Context, msgs []outgoing) error {
 	defer cancel()
 	publishAll := r.publishEach
 	if r.opts.AtomicBatches {
-		publishAll = r.publishBatches
+		publishAll = r.publishGrouped
 	}
 	if err := publishAll(ctx, msgs); err != nil {
 		return err
@@ -121,6 +124,13 @@ func (r *Receiver) publishBatches(ctx context.Context, msgs []outgoing) error {
 
 // publishBatch stores one stream's batch, atomically if the stream allows it.
 func (r *Receiver) publishBatch(ctx context.Context, msgs []outgoing) error {
+	return r.publishBatchOf(ctx, msgs, false)
+}
+
+// publishBatchOf is publishBatch; for a batch shared by several requests (group commit), a
+// refusal for a duplicate Nats-Msg-Id returns a *sharedDuplicateError instead of publishing all of
+// it message by message, so that only the retried request that holds the duplicate pays for it.
+func (r *Receiver) publishBatchOf(ctx context.Context, msgs []outgoing, shared bool) error {
 	// One message is stored all or nothing anyway, and an atomic batch costs the server a staging
 	// store of its own (a directory and files created, fsynced and removed: a few milliseconds on
 	// the stream's single ingest goroutine), so single calls stay plain publishes.
@@ -149,6 +159,9 @@ func (r *Receiver) publishBatch(ctx context.Context, msgs []outgoing) error {
 			r.atomicUnavailable(name, err)
 			return r.publishEach(ctx, msgs)
 		case errCodeBatchDuplicate, errCodeDuplicateInProcess:
+			if shared {
+				return &sharedDuplicateError{err}
+			}
 			// A retried request some of whose messages an earlier attempt stored. Published one
 			// by one, those are acknowledged as duplicates and only the rest are stored.
 			return r.publishEach(ctx, msgs)

@@ -1,0 +1,285 @@
+package receiver
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Group commit. With atomic batches on, a request does not send batches of its own: it hands its
+// messages to its stream's committer, which sends the messages of concurrent requests together as
+// shared atomic batches, so that under load one commit (one fsync when NATS syncs every write)
+// stores the messages of many requests.
+//
+// There is no linger timer. A batch leaves as soon as fewer than maxCommitsInFlight of the
+// stream's batches await their commit acknowledgement; while that many do, messages gather, and
+// the next batch takes everything gathered, up to the server's batch limit. A lone request is
+// therefore sent at once, exactly as without group commit, and batches grow only when commits are
+// the bottleneck. Two in flight let the next batch travel and be staged while the previous one
+// commits; more only split the same load into smaller batches (the server applies a stream's
+// commits one after another).
+const maxCommitsInFlight = 2
+
+// committer gathers the messages of one stream. It keeps no goroutine: sending starts from
+// submit or from the completion of a batch, whichever finds a free slot.
+type committer struct {
+	r      *Receiver
+	stream string
+
+	mu       sync.Mutex
+	queue    []queued // requests' messages not yet sent, in arrival order
+	inFlight int      // batches sent whose commit is not yet acknowledged
+}
+
+// queued is one request's messages for the stream; a full batch may take only part of them.
+type queued struct {
+	w    *waiter
+	msgs []outgoing
+}
+
+// waiter is one request waiting for all of its messages to be acknowledged.
+type waiter struct {
+	mu        sync.Mutex
+	remaining int
+	err       error
+	done      chan struct{}
+	// queuedAt are the committers holding the request's messages, which drop those not yet sent
+	// when the request gives up, so that what the receiver holds stays within the admission
+	// bounds.
+	queuedAt []*committer
+}
+
+func newWaiter(n int) *waiter { return &waiter{remaining: n, done: make(chan struct{})} }
+
+// acked counts n of the request's messages as stored; the last one answers it.
+func (w *waiter) acked(n int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.finishedLocked() {
+		return
+	}
+	w.remaining -= n
+	if w.remaining <= 0 {
+		close(w.done)
+	}
+}
+
+// fail answers the request with err, unless it was answered already.
+func (w *waiter) fail(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.finishedLocked() {
+		return
+	}
+	w.err = err
+	close(w.done)
+}
+
+func (w *waiter) finishedLocked() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// finished reports whether the request has its answer (or gave up): its messages not yet sent
+// need not be.
+func (w *waiter) finished() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.finishedLocked()
+}
+
+// wait returns once every message was acknowledged, one failed, or ctx ended. A request that
+// stops waiting is failed, so that its messages not yet sent are dropped from the queue.
+func (w *waiter) wait(ctx context.Context) error {
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+		w.fail(ctx.Err())
+		for _, c := range w.queuedAt {
+			c.drop(w)
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// batchPart is the part of a shared batch that belongs to one request.
+type batchPart struct {
+	w *waiter
+	n int
+}
+
+// committerFor returns the stream's committer, creating it on first use.
+func (r *Receiver) committerFor(stream string) *committer {
+	if c, ok := r.batching.committers.Load(stream); ok {
+		return c.(*committer)
+	}
+	c, _ := r.batching.committers.LoadOrStore(stream, &committer{r: r, stream: stream})
+	return c.(*committer)
+}
+
+// publishGrouped hands a request's messages to their streams' committers and waits until all of
+// them are acknowledged, or one failed, or ctx ends.
+func (r *Receiver) publishGrouped(ctx context.Context, msgs []outgoing) error {
+	w := newWaiter(len(msgs))
+	for _, group := range splitBatches(msgs, len(msgs)) {
+		name := group[0].source.Stream().StreamName()
+		if until, ok := r.batching.off.Load(name); ok && time.Now().Before(until.(time.Time)) {
+			go func() { w.settle(group, r.publishEach(ctx, group)) }()
+			continue
+		}
+		c := r.committerFor(name)
+		w.queuedAt = append(w.queuedAt, c)
+		c.submit(w, group)
+	}
+	return w.wait(ctx)
+}
+
+// settle records the outcome of sending msgs, all of the request's.
+func (w *waiter) settle(msgs []outgoing, err error) {
+	if err != nil {
+		w.fail(err)
+		return
+	}
+	w.acked(len(msgs))
+}
+
+func (c *committer) submit(w *waiter, msgs []outgoing) {
+	c.mu.Lock()
+	c.queue = append(c.queue, queued{w: w, msgs: msgs})
+	c.mu.Unlock()
+	c.sendWhileFree()
+}
+
+// drop removes the messages of a request that gave up from the queue.
+func (c *committer) drop(w *waiter) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.queue = slices.DeleteFunc(c.queue, func(q queued) bool { return q.w == w })
+}
+
+// sendWhileFree sends batches while a slot is free and messages wait.
+func (c *committer) sendWhileFree() {
+	for {
+		c.mu.Lock()
+		if c.inFlight >= maxCommitsInFlight {
+			c.mu.Unlock()
+			return
+		}
+		msgs, parts := c.takeLocked(c.r.maxAtomicBatch())
+		if len(msgs) == 0 {
+			c.mu.Unlock()
+			return
+		}
+		c.inFlight++
+		c.mu.Unlock()
+		go c.commit(msgs, parts)
+	}
+}
+
+// takeLocked takes up to limit queued messages, skipping those of requests that already have
+// their answer (they gave up, or another of their batches failed).
+func (c *committer) takeLocked(limit int) ([]outgoing, []batchPart) {
+	var msgs []outgoing
+	var parts []batchPart
+	for len(c.queue) > 0 && len(msgs) < limit {
+		q := &c.queue[0]
+		if q.w.finished() {
+			c.queue[0] = queued{}
+			c.queue = c.queue[1:]
+			continue
+		}
+		n := min(len(q.msgs), limit-len(msgs))
+		if msgs == nil && n == len(q.msgs) && (len(c.queue) == 1 || n == limit) {
+			msgs = q.msgs[:n:n] // one request's messages alone: no copy
+		} else {
+			if msgs == nil {
+				msgs = make([]outgoing, 0, min(limit, c.queuedLocked()))
+			}
+			msgs = append(msgs, q.msgs[:n]...)
+		}
+		parts = append(parts, batchPart{w: q.w, n: n})
+		if n == len(q.msgs) {
+			c.queue[0] = queued{}
+			c.queue = c.queue[1:]
+		} else {
+			q.msgs = q.msgs[n:]
+		}
+	}
+	if len(c.queue) == 0 {
+		c.queue = nil // let the backing array go
+	}
+	return msgs, parts
+}
+
+func (c *committer) queuedLocked() int {
+	n := 0
+	for _, q := range c.queue {
+		n += len(q.msgs)
+	}
+	return n
+}
+
+// commit stores one shared batch and answers its requests: each request's part is acknowledged,
+// or every request in the batch fails with the batch.
+func (c *committer) commit(msgs []outgoing, parts []batchPart) {
+	defer func() {
+		c.mu.Lock()
+		c.inFlight--
+		c.mu.Unlock()
+		c.sendWhileFree()
+	}()
+	c.r.metrics.batchRequests.Observe(float64(len(parts)))
+	c.r.metrics.batchMessages.Observe(float64(len(msgs)))
+	// The batch's own deadline: its requests may have different ones, and one of them giving up
+	// must not fail the others.
+	ctx, cancel := context.WithTimeout(context.Background(), c.r.opts.PublishTimeout)
+	defer cancel()
+	err := c.r.publishBatchOf(ctx, msgs, len(parts) > 1)
+	var dup *sharedDuplicateError
+	if errors.As(err, &dup) {
+		c.commitEachRequest(ctx, msgs, parts)
+		return
+	}
+	for _, p := range parts {
+		if err != nil {
+			p.w.fail(err)
+		} else {
+			p.w.acked(p.n)
+		}
+	}
+}
+
+// commitEachRequest sends the requests of a shared batch that was refused for a duplicate as
+// batches of their own, at once: the retried request that holds the duplicate is published
+// message by message (its stored messages acknowledged as duplicates), and the others are not
+// slowed down or failed by it.
+func (c *committer) commitEachRequest(ctx context.Context, msgs []outgoing, parts []batchPart) {
+	var wg sync.WaitGroup
+	for _, p := range parts {
+		own := msgs[:p.n]
+		msgs = msgs[p.n:]
+		wg.Go(func() {
+			if err := c.r.publishBatch(ctx, own); err != nil {
+				p.w.fail(err)
+				return
+			}
+			p.w.acked(p.n)
+		})
+	}
+	wg.Wait()
+}
+
+// sharedDuplicateError is a shared batch refused because one of its Nats-Msg-Ids is stored or
+// being stored: a retried request is in it.
+type sharedDuplicateError struct{ err error }
+
+func (e *sharedDuplicateError) Error() string { return e.err.Error() }
+func (e *sharedDuplicateError) Unwrap() error { return e.err }
