@@ -56,7 +56,7 @@ func runPool(ctx context.Context, c poolCommand, log *slog.Logger) error {
 	o.Logger, o.Metrics = log, NewMetrics(reg)
 	workers := &poolWorkers{ctx: ctx, js: js, opts: o, credentialsDir: c.credentialsDir, databaseURL: c.databaseURL,
 		version: c.version, insights: insights.NewMetrics(reg), dbs: newDatabases(c.maxConns), log: log,
-		running: map[string]*memberRun{}, problems: map[string]string{}}
+		running: map[string]*memberRun{}, problems: map[string]string{}, states: newPoolStates(reg)}
 	if c.databaseURL != "" {
 		if err := Migrate(ctx, c.databaseURL); err != nil {
 			return err

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tallyhq/tally/workers/insights"
 	"github.com/tallyhq/tally/workers/pool"
@@ -39,6 +40,8 @@ type poolWorkers struct {
 	insights       *insights.Metrics
 	dbs            *databases
 	log            *slog.Logger
+	// states counts the members by state (running, waiting, suspended): tally_worker_pool_members.
+	states *prometheus.GaugeVec
 	// loaded turns true once the bucket's content has arrived.
 	loaded atomic.Bool
 
@@ -147,6 +150,25 @@ func (p *poolWorkers) reconcileLocked() {
 		}
 		delete(p.problems, key)
 	}
+	suspended := 0
+	for _, m := range p.members {
+		if m.Suspended {
+			suspended++
+		}
+	}
+	p.states.WithLabelValues("running").Set(float64(len(p.running)))
+	p.states.WithLabelValues("suspended").Set(float64(suspended))
+	p.states.WithLabelValues("waiting").Set(float64(len(p.members) - suspended - len(p.running)))
+}
+
+// newPoolStates is tally_worker_pool_members, registered with reg.
+func newPoolStates(reg prometheus.Registerer) *prometheus.GaugeVec {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "tally", Subsystem: "worker", Name: "pool_members",
+		Help: "Members of the worker's SegmentSourcePool by state: running, waiting (for credentials, or failing to start) and suspended.",
+	}, []string{"state"})
+	reg.MustRegister(g)
+	return g
 }
 
 // start runs a worker for src on the pool of url.

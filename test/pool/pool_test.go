@@ -1,0 +1,229 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/tallyhq/tally/workers/pool"
+)
+
+var _ = Describe("One receiver and one worker for many members", func() {
+	var p *podsOf
+	BeforeEach(func(ctx SpecContext) { p = newPool(ctx) })
+
+	It("route each member's key to its own tenant's rows, which the other tenant's login cannot see, knowing only digests", func(ctx SpecContext) {
+		a, b := newMember(ctx), newMember(ctx)
+		for _, m := range []*member{a, b} {
+			p.mountCredentials(m)
+			p.join(ctx, m, false)
+		}
+		Eventually(func() int { return p.status(a.keys[0], "a-1", "Clicked", nil) }).Should(Equal(http.StatusOK))
+		Eventually(func() int { return p.status(b.keys[0], "b-1", "Clicked", nil) }).Should(Equal(http.StatusOK))
+		Expect(p.status("not-a-member-key-0123456789abcdef", "x-1", "Clicked", nil)).To(Equal(http.StatusUnauthorized))
+
+		drained(ctx, a)
+		drained(ctx, b)
+		Expect(eventsOf(ctx, a)).To(Equal([]string{"a-1"}), "tenant a's login sees its own event only")
+		Expect(eventsOf(ctx, b)).To(Equal([]string{"b-1"}), "tenant b's login sees its own event only")
+
+		By("the bucket, all the pool's pods read, holds no write key")
+		for _, m := range []*member{a, b} {
+			e, err := p.kv.Get(ctx, pool.Key(*m.src))
+			Expect(err).NotTo(HaveOccurred())
+			Expect(string(e.Value())).NotTo(ContainSubstring(m.keys[0]))
+			Expect(string(e.Value())).To(ContainSubstring(pool.DigestKey(m.keys[0])))
+		}
+	})
+
+	It("follow a key rotation in the bucket without a restart", func(ctx SpecContext) {
+		m := newMember(ctx)
+		p.mountCredentials(m)
+		p.join(ctx, m, false)
+		old := m.keys[0]
+		Eventually(func() int { return p.status(old, "r-1", "E", nil) }).Should(Equal(http.StatusOK))
+
+		const rotated = "rotated-key-0123456789abcdef0123"
+		m.keys = []string{old, rotated}
+		p.join(ctx, m, false)
+		Eventually(func() int { return p.status(rotated, "r-2", "E", nil) }).Should(Equal(http.StatusOK))
+		Expect(p.status(old, "r-3", "E", nil)).To(Equal(http.StatusOK), "both keys during the rotation")
+
+		m.keys = []string{rotated}
+		p.join(ctx, m, false)
+		Eventually(func() int { return p.status(old, "r-4", "E", nil) }).Should(Equal(http.StatusUnauthorized))
+		Expect(p.status(rotated, "r-5", "E", nil)).To(Equal(http.StatusOK))
+		drained(ctx, m)
+		Expect(eventsOf(ctx, m)).To(Equal([]string{"r-1", "r-2", "r-3", "r-5"}))
+	})
+
+	It("let members join and leave while another member's traffic flows: it gets only 2xx, every accepted event lands once", func(ctx SpecContext) {
+		steady, comer := newMember(ctx), newMember(ctx)
+		p.mountCredentials(steady)
+		p.mountCredentials(comer)
+		p.join(ctx, steady, false)
+		Eventually(func() int { return p.status(steady.keys[0], "warm-up", "E", nil) }).Should(Equal(http.StatusOK))
+
+		var mu sync.Mutex
+		var accepted []string
+		statuses := map[int]int{}
+		stopTraffic := make(chan struct{})
+		trafficDone := make(chan struct{})
+		go func() {
+			defer GinkgoRecover()
+			defer close(trafficDone)
+			for i := 0; ; i++ {
+				select {
+				case <-stopTraffic:
+					return
+				default:
+				}
+				id := fmt.Sprintf("steady-%05d", i)
+				status, _ := p.track(steady.keys[0], id, "E", nil)
+				mu.Lock()
+				statuses[status]++
+				if status == http.StatusOK {
+					accepted = append(accepted, id)
+				}
+				mu.Unlock()
+			}
+		}()
+		sent := func() int { mu.Lock(); defer mu.Unlock(); return len(accepted) }
+
+		for round := range 3 {
+			from := sent()
+			p.join(ctx, comer, false)
+			id := fmt.Sprintf("comer-%d", round)
+			Eventually(func() int { return p.status(comer.keys[0], id, "E", nil) }).Should(Equal(http.StatusOK))
+			p.leave(ctx, comer)
+			Eventually(func() int { return p.status(comer.keys[0], id+"-after", "E", nil) }).Should(Equal(http.StatusUnauthorized))
+			Eventually(sent).Should(BeNumerically(">", from+20), "the steady member's traffic went on meanwhile")
+		}
+		close(stopTraffic)
+		<-trafficDone
+
+		mu.Lock()
+		defer mu.Unlock()
+		Expect(statuses).To(HaveLen(1), "every answer to the steady member was a 200: %v", statuses)
+		drained(ctx, steady)
+		Expect(eventsOf(ctx, steady)).To(ConsistOf(append([]string{"warm-up"}, accepted...)))
+	})
+
+	It("refuse a suspended member with 503 and stop its worker; resuming applies its backlog", func(ctx SpecContext) {
+		m, other := newMember(ctx), newMember(ctx)
+		p.mountCredentials(m)
+		p.mountCredentials(other)
+		p.join(ctx, other, false)
+		p.join(ctx, m, false)
+		Eventually(func() int { return p.status(m.keys[0], "s-1", "E", nil) }).Should(Equal(http.StatusOK))
+		drained(ctx, m)
+
+		p.join(ctx, m, true)
+		Eventually(func() []any { s, code := p.track(m.keys[0], "s-2", "E", nil); return []any{s, code} }).
+			Should(Equal([]any{http.StatusServiceUnavailable, "source_suspended"}))
+		Eventually(func() float64 { return p.gauge(`tally_worker_pool_members{state="suspended"}`) }).Should(Equal(1.0))
+		Expect(p.gauge(`tally_worker_pool_members{state="running"}`)).To(Equal(1.0), "the other member's worker runs on")
+
+		By("messages already in the member's stream wait while it is suspended")
+		publish(ctx, m, "s-backlog")
+		info := consumerInfo(ctx, m)
+		Expect(info.NumPending + uint64(info.NumAckPending)).To(BeEquivalentTo(1))
+		Expect(eventsOf(ctx, m)).To(Equal([]string{"s-1"}))
+
+		p.join(ctx, m, false)
+		Eventually(func() int { return p.status(m.keys[0], "s-3", "E", nil) }).Should(Equal(http.StatusOK))
+		drained(ctx, m)
+		Expect(eventsOf(ctx, m)).To(Equal([]string{"s-1", "s-3", "s-backlog"}))
+	})
+
+	It("apply a member's new settings: ignored events at the receiver, the account property at the worker", func(ctx SpecContext) {
+		m := newMember(ctx)
+		p.mountCredentials(m)
+		p.join(ctx, m, false)
+		Eventually(func() int { return p.status(m.keys[0], "c-1", "Noise", map[string]any{"acct": "acme"}) }).Should(Equal(http.StatusOK))
+		drained(ctx, m)
+		Expect(accountOf(ctx, m, "c-1")).To(BeEmpty())
+
+		m.src.IgnoredEvents = []string{"Noise"}
+		m.src.AccountProperty = "acct"
+		p.join(ctx, m, false)
+		Eventually(func() bool { return catalogIgnored(ctx, m, "Noise") }).Should(BeTrue(), "the worker marks the catalog")
+		n := 0
+		Eventually(func() string {
+			n++
+			id := fmt.Sprintf("c-2-%d", n)
+			Expect(p.status(m.keys[0], id, "Clicked", map[string]any{"acct": "acme"})).To(Equal(http.StatusOK))
+			drained(ctx, m)
+			return accountOf(ctx, m, id)
+		}).Should(Equal("acme"), "the worker maps the account property")
+		Eventually(func() float64 {
+			n++
+			Expect(p.status(m.keys[0], fmt.Sprintf("c-3-%d", n), "Noise", nil)).To(Equal(http.StatusOK))
+			return metric(p.receiver, fmt.Sprintf(`tally_receiver_messages_total{outcome="ignored",source=%q}`, m.src.String()))
+		}).Should(BeNumerically(">=", 1), "the receiver drops Noise")
+	})
+
+	It("start a member's worker when its database credentials appear", func(ctx SpecContext) {
+		m := newMember(ctx)
+		p.join(ctx, m, false)
+		Eventually(func() int { return p.status(m.keys[0], "w-1", "E", nil) }).Should(Equal(http.StatusOK))
+		Eventually(func() float64 { return p.gauge(`tally_worker_pool_members{state="waiting"}`) }).Should(Equal(1.0))
+		Expect(consumerInfo(ctx, m).NumPending).To(BeEquivalentTo(1), "accepted, waiting in the stream")
+
+		p.mountCredentials(m)
+		drained(ctx, m)
+		Expect(eventsOf(ctx, m)).To(Equal([]string{"w-1"}))
+		Expect(p.gauge(`tally_worker_pool_members{state="waiting"}`)).To(Equal(0.0))
+	})
+
+	It("check Segment's signature with each member's own shared secret, mounted per member", func(ctx SpecContext) {
+		a, b := newMember(ctx), newMember(ctx)
+		for i, m := range []*member{a, b} {
+			p.mountCredentials(m)
+			Expect(os.WriteFile(filepath.Join(p.secretsDir, pool.Key(*m.src)), []byte(fmt.Sprintf("secret-%d\n", i)), 0o600)).To(Succeed())
+			p.join(ctx, m, false)
+		}
+		body := []byte(`{"type":"track","userId":"u1","event":"Signed","messageId":"sig-1","timestamp":"2026-03-01T12:00:00Z"}`)
+		Eventually(func() int { return signed(p.receiver, body, "secret-1") }).Should(Equal(http.StatusOK))
+		drained(ctx, b)
+		Expect(eventsOf(ctx, b)).To(Equal([]string{"sig-1"}), "secret-1 is b's")
+		Expect(eventsOf(ctx, a)).To(BeEmpty())
+		Expect(signed(p.receiver, body, "not-a-secret")).To(Equal(http.StatusUnauthorized))
+	})
+})
+
+var _ = Describe("A pool receiver before its bucket has arrived", func() {
+	It("is not ready and answers 503 (never 401), then serves once the members arrive", func(ctx SpecContext) {
+		ref := pool.Ref{Namespace: "platform", Name: fmt.Sprintf("late%d", seq.Add(1))}
+		base := startReceiverUnready(ref)
+		Expect(statusOf(http.Get(base + "/readyz"))).To(Equal(http.StatusServiceUnavailable))
+		m := newMember(ctx)
+		p := &podsOf{ref: ref, receiver: base}
+		Expect(p.status(m.keys[0], "l-1", "E", nil)).To(Equal(http.StatusServiceUnavailable))
+
+		var err error
+		p.kv, err = pool.EnsureBucket(ctx, js, ref, 1)
+		Expect(err).NotTo(HaveOccurred())
+		p.join(ctx, m, false)
+		Eventually(func() int { return statusOf(http.Get(base + "/readyz")) }).WithTimeout(10 * time.Second).Should(Equal(http.StatusOK))
+		Expect(p.status(m.keys[0], "l-1", "E", nil)).To(Equal(http.StatusOK))
+	})
+})
+
+// publish puts a message straight into the member's stream, as a receiver would have.
+func publish(ctx context.Context, m *member, id string) {
+	GinkgoHelper()
+	out := nats.NewMsg(m.src.Stream().Subject("track"))
+	out.Data = fmt.Appendf(nil, `{"type":"track","messageId":%q,"userId":"u1","event":"E","timestamp":"2026-03-01T12:00:00Z","receivedAt":"2026-03-01T12:00:01Z"}`, id)
+	out.Header.Set(nats.MsgIdHdr, id)
+	_, err := js.PublishMsg(ctx, out)
+	Expect(err).NotTo(HaveOccurred())
+}
