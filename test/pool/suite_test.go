@@ -1,7 +1,9 @@
 // Package pool runs the pods of a SegmentSourcePool the way the operator deploys them: `tally
 // receiver --pool` and `tally worker --pool`, in-process, on an embedded NATS server holding the
 // pool's bucket, the members' streams and nothing else, and the local Postgres with a login of
-// its own per tenant. The bucket is written here as the operator writes it (package pool).
+// its own per tenant. NATS runs in decentralized JWT mode: the pods connect as the pool's own
+// users (natsauth.PoolPermissions), as the operator issues them. The bucket is written here as the
+// operator writes it (package pool).
 package pool
 
 import (
@@ -31,6 +33,7 @@ import (
 
 	"github.com/tallyhq/tally/test/testdb"
 	"github.com/tallyhq/tally/test/testenv"
+	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/natsserver"
 	"github.com/tallyhq/tally/workers/pool"
 	"github.com/tallyhq/tally/workers/receiver"
@@ -49,6 +52,7 @@ var (
 	admin    *pgxpool.Pool
 	roles    *worker.TenantRoles
 	natsSrv  *server.Server
+	issuer   *natsauth.Issuer
 	js       jetstream.JetStream
 	seq      atomic.Int64
 )
@@ -64,10 +68,18 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	DeferCleanup(admin.Close)
 	roles = worker.NewTenantRoles(admin, adminURL)
 
-	natsSrv, err = natsserver.Start(natsserver.Options{StoreDir: GinkgoT().TempDir()})
+	auth, err := natsserver.NewAuth()
+	Expect(err).NotTo(HaveOccurred())
+	natsSrv, err = natsserver.Start(natsserver.Options{StoreDir: GinkgoT().TempDir(), Auth: auth})
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(natsSrv.Shutdown)
-	nc, err := nats.Connect(natsSrv.ClientURL())
+	issuer, err = natsauth.EmbeddedIssuer(auth)
+	Expect(err).NotTo(HaveOccurred())
+	adminCreds, err := natsauth.EmbeddedAdminCreds(auth)
+	Expect(err).NotTo(HaveOccurred())
+	adminOpt, err := natsauth.CredsOption(adminCreds)
+	Expect(err).NotTo(HaveOccurred())
+	nc, err := nats.Connect(natsSrv.ClientURL(), adminOpt)
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(nc.Close)
 	js, err = jetstream.New(nc)
@@ -97,6 +109,7 @@ func newPool(ctx context.Context) *podsOf {
 	p.kv, err = pool.EnsureBucket(ctx, js, p.ref, 1)
 	Expect(err).NotTo(HaveOccurred())
 	p.receiver = startReceiver(p.ref, "--shared-secrets-dir", p.secretsDir)
+	p.workerExtra = []string{"--nats-creds", poolCreds(p.ref, natsauth.Worker)}
 	p.startWorker()
 	return p
 }
@@ -116,6 +129,7 @@ func startReceiverUnready(ref pool.Ref, extra ...string) string {
 	Expect(err).NotTo(HaveOccurred())
 	cmd := receiver.NewCommand()
 	cmd.SetArgs(append([]string{"--pool", ref.String(), "--listen", addr, "--nats-url", natsSrv.ClientURL(),
+		"--nats-creds", poolCreds(ref, natsauth.Receiver),
 		"--reload-interval", "50ms", "--shutdown-delay", "0s"}, extra...))
 	runCommand(cmd.ExecuteContext)
 	base := "http://" + addr
@@ -140,6 +154,16 @@ func (p *podsOf) startWorker() {
 	p.stopWorker = runCommand(cmd)
 	p.metrics = "http://" + addr
 	Eventually(func() int { return statusOf(http.Get(p.metrics + "/readyz")) }).WithTimeout(10 * time.Second).Should(Equal(http.StatusOK))
+}
+
+// poolCreds writes a creds file of the pool role's user, as the operator mounts it.
+func poolCreds(ref pool.Ref, role natsauth.Role) string {
+	GinkgoHelper()
+	creds, err := issuer.IssuePool(ref, role, time.Now().Add(time.Hour))
+	Expect(err).NotTo(HaveOccurred())
+	file := filepath.Join(GinkgoT().TempDir(), string(role)+".creds")
+	Expect(os.WriteFile(file, creds, 0o600)).To(Succeed())
+	return file
 }
 
 // runCommand runs a command until the spec ends (or the returned stop, which is SIGTERM) and
@@ -276,6 +300,23 @@ func (p *podsOf) status(key, messageID, event string, properties map[string]any)
 	GinkgoHelper()
 	s, _ := p.track(key, messageID, event, properties)
 	return s
+}
+
+// until sends track calls with key (message ids prefix-1, prefix-2, ...) until one is answered
+// want, and returns the ids accepted on the way (a change still on its way to the receiver).
+func (p *podsOf) until(key, prefix string, want int) (accepted []string) {
+	GinkgoHelper()
+	n := 0
+	Eventually(func() int {
+		n++
+		id := fmt.Sprintf("%s-%d", prefix, n)
+		status := p.status(key, id, "E", nil)
+		if status == http.StatusOK {
+			accepted = append(accepted, id)
+		}
+		return status
+	}).Should(Equal(want))
+	return accepted
 }
 
 // signed delivers body to the destination route signed with secret, as Segment's classic
