@@ -102,6 +102,8 @@ type SegmentSourceReconciler struct {
 	Roles TenantDatabaseRoles
 
 	applied appliedVersions
+	// buckets holds the handles of the pools' member buckets.
+	buckets buckets
 }
 
 // TenantRows reads what the operator reports about a tenant's rows. Its SQL lives with the schema
@@ -151,6 +153,14 @@ type reconcileState struct {
 
 	// insightsWriteKey is the Secret key of the insights write key, when insights are pushed.
 	insightsWriteKey *resources.SecretKey
+
+	// For a pool member: the pool, and the secrets that go to the pool (digests of the write
+	// keys into its bucket; the others into its Secrets). Never logged.
+	pool          *tallyv1.SegmentSourcePool
+	writeKeys     []string
+	sharedSecrets []string
+	insightsKey   string
+	databaseURL   []byte
 }
 
 type subReconciler func(ctx context.Context, st *reconcileState) error
@@ -191,6 +201,19 @@ func (r *SegmentSourceReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		return ctrl.Result{}, r.reconcileDelete(ctx, st)
 	}
 	if err := r.ensureFinalizer(ctx, st); err != nil {
+		return ctrl.Result{}, err
+	}
+	if obj.Spec.Pool != nil {
+		for _, step := range r.memberSteps() {
+			if err := step(ctx, st); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
+		return ctrl.Result{RequeueAfter: jitter(r.Config.Interval)}, nil
+	}
+	// A source that left its pool (or never got its entry removed) leaves it before it gets
+	// Deployments of its own again.
+	if err := r.leavePool(ctx, st); err != nil {
 		return ctrl.Result{}, err
 	}
 	steps := []subReconciler{
@@ -283,6 +306,10 @@ func (r *SegmentSourceReconciler) reconcileDelete(ctx context.Context, st *recon
 	} else {
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, eventReasonStreamRetained, "Delete",
 			"kept stream %s (deletionPolicy Retain)", src.StreamName())
+	}
+	// The pool's workers drained the stream above; now the pool forgets the member.
+	if err := r.leavePool(ctx, st); err != nil {
+		return err
 	}
 	if err := r.dropTenantRoleIfLast(ctx, obj); err != nil {
 		return err

@@ -43,7 +43,7 @@ func insightsActive(obj *tallyv1.SegmentSource) bool {
 // the worker pods mount it. InsightsDelivered says so too.
 func (r *SegmentSourceReconciler) reconcileInsightsSecret(ctx context.Context, st *reconcileState) error {
 	obj := st.source
-	st.insightsWriteKey = nil
+	st.insightsWriteKey, st.insightsKey = nil, ""
 	if obj.Spec.Insights == nil {
 		meta.RemoveStatusCondition(&obj.Status.Conditions, tallyv1.ConditionInsightsDelivered)
 		obj.Status.Insights = nil
@@ -64,6 +64,7 @@ func (r *SegmentSourceReconciler) reconcileInsightsSecret(ctx context.Context, s
 		return err
 	}
 	key := source.ParseWriteKeys(string(value))[0]
+	st.insightsKey = key
 	st.insightsWriteKey = &resources.SecretKey{Name: ref.Name, Key: ref.WriteKeyKey(),
 		Hash: resources.Hash(map[string][]byte{"key": []byte(key)})}
 	return nil

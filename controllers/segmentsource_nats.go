@@ -143,23 +143,7 @@ func natsUserFingerprint(issuer *natsauth.Issuer, src stream.Source, role natsau
 // unchangedNATSUser reports, from the cache, whether the Secret name holds the user this process
 // last applied there, unchanged since, issued with fingerprint and not due for renewal.
 func (r *SegmentSourceReconciler) unchangedNATSUser(ctx context.Context, st *reconcileState, name, fingerprint string, now time.Time) (*resources.SecretKey, bool) {
-	m := secretMetadata()
-	if err := r.Get(ctx, types.NamespacedName{Namespace: st.source.Namespace, Name: name}, m); err != nil {
-		return nil, false
-	}
-	ann := m.GetAnnotations()
-	if owner := metav1.GetControllerOf(m); owner == nil || owner.UID != st.source.UID ||
-		!r.applied.unchanged(m) || ann[annotationNATSUser] != fingerprint || ann[annotationNATSCredsHash] == "" {
-		return nil, false
-	}
-	if renew := r.renewBefore(now); renew.IsZero() {
-		if ann[annotationNATSUserExpires] != "" {
-			return nil, false // users are to live forever now
-		}
-	} else if expires, err := time.Parse(time.RFC3339, ann[annotationNATSUserExpires]); err != nil || !expires.After(renew) {
-		return nil, false
-	}
-	return &resources.SecretKey{Name: name, Key: NATSUserCredsKey, Hash: ann[annotationNATSCredsHash]}, true
+	return r.unchangedUserSecret(ctx, st.source.Namespace, st.source.UID, name, fingerprint, now)
 }
 
 // renewBefore is the time an issued user must outlive to be kept: a third of its life ahead.
@@ -174,21 +158,7 @@ func (r *SegmentSourceReconciler) renewBefore(now time.Time) time.Time {
 // current accepts them, else nil (issue anew). The Secret is read from the API server: the
 // manager caches no Secret data.
 func (r *SegmentSourceReconciler) currentNATSUser(ctx context.Context, st *reconcileState, name string, current func([]byte) bool) ([]byte, error) {
-	secret := &corev1.Secret{}
-	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: st.source.Namespace, Name: name}, secret)
-	if apierrors.IsNotFound(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, transient(ReasonReconcileError, err, "reading NATS user Secret %q", name)
-	}
-	if owner := metav1.GetControllerOf(secret); owner == nil || owner.UID != st.source.UID {
-		return nil, nil // the apply that follows reports the conflict
-	}
-	if creds := secret.Data[NATSUserCredsKey]; current(creds) {
-		return creds, nil
-	}
-	return nil, nil
+	return r.currentUserCreds(ctx, st.source.Namespace, st.source.UID, name, current)
 }
 
 // natsIssuer reads the manager's account signing key. A Secret or key that is missing, or a key

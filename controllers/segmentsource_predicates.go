@@ -10,6 +10,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
@@ -65,6 +66,9 @@ func (r *SegmentSourceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &tallyv1.SegmentSource{}, tenantIndex, tenantOf); err != nil {
 		return err
 	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &tallyv1.SegmentSource{}, poolIndex, poolOf); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("segmentsource").
 		For(&tallyv1.SegmentSource{}, builder.WithPredicates(sourceChanged())).
@@ -86,6 +90,18 @@ func (r *SegmentSourceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// created, edited or deleted is what changes its answer. Tenants are cluster-scoped: the
 		// cache watches them cluster-wide even when the manager watches one namespace.
 		Watches(&tallyv1.Tenant{}, handler.EnqueueRequestsFromMapFunc(r.sourcesForTenantObject)).
+		// A pool created, deleted, re-admitting or turning Ready changes its members' answers; its
+		// members count does not (that would wake every member on every join).
+		Watches(&tallyv1.SegmentSourcePool{}, handler.EnqueueRequestsFromMapFunc(r.membersOfPool),
+			builder.WithPredicates(poolChanged())).
+		// A namespace's labels decide admission to a pool with from: Selector.
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.membersInNamespace),
+			builder.WithPredicates(predicate.Funcs{
+				CreateFunc:  func(event.CreateEvent) bool { return false },
+				UpdateFunc:  func(e event.UpdateEvent) bool { return !reflect.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) },
+				DeleteFunc:  func(event.DeleteEvent) bool { return false },
+				GenericFunc: func(event.GenericEvent) bool { return false },
+			})).
 		WithOptions(controller.Options{
 			// Backoff for transient failures (NATS unreachable, API conflicts): fast at first, capped
 			// at 30 s so a recovered NATS is noticed quickly.
@@ -144,6 +160,54 @@ func (r *SegmentSourceReconciler) sourcesForSecret(ctx context.Context, secret c
 			if secret.GetName() == r.Config.NATSCredsSecret || s.Spec.Worker.DatabaseSecretRef == nil {
 				add(s.Namespace, s.Name)
 			}
+		}
+	}
+	return reqs
+}
+
+// poolChanged lets through what may change a pool's members' answers: creation, deletion, a spec
+// change, the start of deletion, and Ready or the endpoint changing.
+func poolChanged() predicate.Predicate {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, n := e.ObjectOld.(*tallyv1.SegmentSourcePool), e.ObjectNew.(*tallyv1.SegmentSourcePool)
+			ready := func(p *tallyv1.SegmentSourcePool) string {
+				if c := meta.FindStatusCondition(p.Status.Conditions, tallyv1.ConditionReady); c != nil {
+					return string(c.Status)
+				}
+				return ""
+			}
+			return o.Generation != n.Generation || o.DeletionTimestamp.IsZero() != n.DeletionTimestamp.IsZero() ||
+				ready(o) != ready(n) || o.Status.Endpoint != n.Status.Endpoint
+		},
+	}
+}
+
+// membersOfPool maps a pool to the sources naming it.
+func (r *SegmentSourceReconciler) membersOfPool(ctx context.Context, obj client.Object) []reconcile.Request {
+	var list tallyv1.SegmentSourceList
+	if err := r.List(ctx, &list, client.MatchingFields{poolIndex: obj.GetNamespace() + "/" + obj.GetName()}); err != nil {
+		log.FromContext(ctx).Error(err, "listing the members of a pool", "pool", obj.GetName())
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+	return reqs
+}
+
+// membersInNamespace maps a namespace to its sources that name a pool.
+func (r *SegmentSourceReconciler) membersInNamespace(ctx context.Context, obj client.Object) []reconcile.Request {
+	var list tallyv1.SegmentSourceList
+	if err := r.List(ctx, &list, client.InNamespace(obj.GetName())); err != nil {
+		log.FromContext(ctx).Error(err, "listing the SegmentSources of a namespace", "namespace", obj.GetName())
+		return nil
+	}
+	var reqs []reconcile.Request
+	for i := range list.Items {
+		if list.Items[i].Spec.Pool != nil {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
 		}
 	}
 	return reqs

@@ -63,6 +63,7 @@ func (r *SegmentSourceReconciler) reconcileWriteKey(ctx context.Context, st *rec
 		return waiting(ReasonSecretKeyNotFound, waitForSecretRequeue,
 			"key %q of write key Secret %q holds no write key", obj.WriteKeyKey(), ref.Name)
 	}
+	st.writeKeys = keys
 	st.writeKeyHash = resources.Hash(map[string][]byte{"keys": []byte(strings.Join(keys, "\n"))})
 	obj.Status.WriteKeySecretVersion = secret.ResourceVersion
 	return nil
@@ -73,7 +74,7 @@ func (r *SegmentSourceReconciler) reconcileWriteKey(ctx context.Context, st *rec
 func (r *SegmentSourceReconciler) reconcileSharedSecret(ctx context.Context, st *reconcileState) error {
 	ref := st.source.Spec.Destination.SharedSecretRef
 	if ref == nil {
-		st.sharedSecret = nil
+		st.sharedSecret, st.sharedSecrets = nil, nil
 		return nil
 	}
 	value, err := r.readSourceSecretKey(ctx, st.source.Namespace, ref.Name, ref.SharedSecretKey(), "shared secret")
@@ -85,6 +86,7 @@ func (r *SegmentSourceReconciler) reconcileSharedSecret(ctx context.Context, st 
 		return waiting(ReasonSecretKeyNotFound, waitForSecretRequeue,
 			"key %q of shared secret Secret %q holds no secret", ref.SharedSecretKey(), ref.Name)
 	}
+	st.sharedSecrets = secrets
 	st.sharedSecret = &resources.SecretKey{Name: ref.Name, Key: ref.SharedSecretKey(),
 		Hash: resources.Hash(map[string][]byte{"secrets": []byte(strings.Join(secrets, "\n"))})}
 	return nil
@@ -313,6 +315,11 @@ type annotatable[T any] interface {
 // refuses to take over an object of the same name that the source does not control. existing
 // receives the object as it is after the call (from the cache when nothing was written).
 func applyOwned[T annotatable[T]](ctx context.Context, r *SegmentSourceReconciler, st *reconcileState, existing client.Object, ac T) error {
+	return applyOwnedBy(ctx, r, st.source.UID, existing, ac)
+}
+
+// applyOwnedBy is applyOwned for any owner (a SegmentSource or a SegmentSourcePool).
+func applyOwnedBy[T annotatable[T]](ctx context.Context, r *SegmentSourceReconciler, ownerUID types.UID, existing client.Object, ac T) error {
 	raw, err := json.Marshal(ac)
 	if err != nil {
 		return fmt.Errorf("encoding apply configuration: %w", err)
@@ -328,8 +335,8 @@ func applyOwned[T annotatable[T]](ctx context.Context, r *SegmentSourceReconcile
 		return transient(ReasonReconcileError, err, "reading %s %q", kind, key.Name)
 	}
 	if found {
-		if owner := metav1.GetControllerOf(existing); owner == nil || owner.UID != st.source.UID {
-			return r.conflict(st, kind, key.Name, owner)
+		if owner := metav1.GetControllerOf(existing); owner == nil || owner.UID != ownerUID {
+			return r.conflict(kind, key.Name, owner)
 		}
 		if existing.GetAnnotations()[resources.AnnotationAppliedHash] == hash && r.applied.unchanged(existing) {
 			return nil
@@ -404,14 +411,19 @@ func (r *SegmentSourceReconciler) getOwnedCandidate(ctx context.Context, key typ
 
 // deleteOwned removes an object the spec no longer asks for (a PDB or HPA), if the source owns it.
 func (r *SegmentSourceReconciler) deleteOwned(ctx context.Context, st *reconcileState, obj client.Object, name string) error {
-	key := types.NamespacedName{Namespace: st.source.Namespace, Name: name}
+	return r.deleteOwnedBy(ctx, st.source.Namespace, st.source.UID, obj, name)
+}
+
+// deleteOwnedBy is deleteOwned for any owner.
+func (r *SegmentSourceReconciler) deleteOwnedBy(ctx context.Context, namespace string, ownerUID types.UID, obj client.Object, name string) error {
+	key := types.NamespacedName{Namespace: namespace, Name: name}
 	if err := r.Get(ctx, key, obj); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
 		return transient(ReasonReconcileError, err, "reading %s %q", kindOf(r, obj), name)
 	}
-	if owner := metav1.GetControllerOf(obj); owner == nil || owner.UID != st.source.UID {
+	if owner := metav1.GetControllerOf(obj); owner == nil || owner.UID != ownerUID {
 		return nil
 	}
 	if err := r.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
@@ -423,13 +435,13 @@ func (r *SegmentSourceReconciler) deleteOwned(ctx context.Context, st *reconcile
 
 // conflict reports a same-named object the source does not control. It is not adopted: that
 // object may belong to someone else, and overwriting it would break them.
-func (r *SegmentSourceReconciler) conflict(st *reconcileState, kind, name string, owner *metav1.OwnerReference) error {
+func (r *SegmentSourceReconciler) conflict(kind, name string, owner *metav1.OwnerReference) error {
 	by := "no controller"
 	if owner != nil {
 		by = fmt.Sprintf("%s %q", owner.Kind, owner.Name)
 	}
 	return waiting(ReasonResourceConflict, conflictRequeue,
-		"%s %q already exists and is controlled by %s, not by this SegmentSource; rename or delete it", kind, name, by)
+		"%s %q already exists and is controlled by %s, not by this object; rename or delete it", kind, name, by)
 }
 
 func kindOf(r *SegmentSourceReconciler, obj client.Object) string {

@@ -170,6 +170,11 @@ func summarize(obj *tallyv1.SegmentSource, recErr error) {
 				return
 			}
 		}
+		if obj.Spec.Suspend && obj.Spec.Pool != nil {
+			setCondition(obj, tallyv1.ConditionReady, metav1.ConditionTrue, ReasonSuspended,
+				"suspended: the pool's receivers refuse its messages and its workers leave its stream; stream "+obj.Status.Stream+" and data kept")
+			return
+		}
 		if obj.Spec.Suspend {
 			setCondition(obj, tallyv1.ConditionReady, metav1.ConditionTrue, ReasonSuspended,
 				"suspended: receiver and workers scaled to zero; stream "+obj.Status.Stream+" and data kept")

@@ -72,6 +72,10 @@ func isRefusal(err error) bool {
 // until the tenant's login is rotated (tally.dev/rotate-database-credentials).
 func (r *SegmentSourceReconciler) stopWorkloads(ctx context.Context, st *reconcileState) error {
 	obj := st.source
+	// A member refused its tenant leaves its pool: the pool's pods stop serving it.
+	if err := r.leavePool(ctx, st); err != nil {
+		return err
+	}
 	// Only copies the source controls go, never a Secret of the namespace's own.
 	for _, name := range []string{resources.DatabaseSecretCopyName(obj), resources.NATSCredsSecretCopyName(obj),
 		resources.NATSUserSecretName(obj, resources.ComponentReceiver), resources.NATSUserSecretName(obj, resources.ComponentWorker)} {

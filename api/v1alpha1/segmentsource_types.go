@@ -437,6 +437,11 @@ type SegmentSourceStatus struct {
 	// +optional
 	Insights *InsightsStatus `json:"insights,omitempty"`
 
+	// Pool is the SegmentSourcePool (namespace/name) whose bucket holds this source's entry, so
+	// the entry and the source's keys in the pool's Secrets are removed when it leaves.
+	// +optional
+	Pool string `json:"pool,omitempty"`
+
 	// WriteKeySecretVersion is the resourceVersion of the write key Secret last rolled out.
 	// +optional
 	WriteKeySecretVersion string `json:"writeKeySecretVersion,omitempty"`

@@ -289,7 +289,10 @@ func SetupWithMetrics(mgr ctrl.Manager, o *Options, n controllers.NATS, m *contr
 			r.Roles = rows
 		}
 	}
-	return r.SetupWithManager(mgr)
+	if err := r.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	return (&controllers.SegmentSourcePoolReconciler{Sources: r}).SetupWithManager(mgr)
 }
 
 // natsConn adapts a *nats.Conn to controllers.NATS.

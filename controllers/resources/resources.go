@@ -204,7 +204,7 @@ func ReceiverDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 		WithSecurityContext(containerSecurityContext()).
 		WithVolumeMounts(mounts...)
 
-	template := podTemplate(s, ComponentReceiver, annotations, container, volumes)
+	template := podTemplate(Labels(s, ComponentReceiver), annotations, container, volumes)
 	template.Spec.WithTerminationGracePeriodSeconds(ReceiverTerminationGracePeriodSeconds)
 	spec := appsv1ac.DeploymentSpec().
 		WithSelector(metav1ac.LabelSelector().WithMatchLabels(SelectorLabels(s, ComponentReceiver))).
@@ -268,7 +268,7 @@ func WorkerDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 			WithReplicas(WorkerReplicas(s)).
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(SelectorLabels(s, ComponentWorker))).
 			WithStrategy(rollingUpdate()).
-			WithTemplate(podTemplate(s, ComponentWorker, annotations, container, volumes)))
+			WithTemplate(podTemplate(Labels(s, ComponentWorker), annotations, container, volumes)))
 }
 
 // ReceiverService fronts the receiver pods at the endpoint reported in status.
@@ -352,11 +352,11 @@ func ReceiverHPA(s *tallyv1.SegmentSource) *autoscalingv2ac.HorizontalPodAutosca
 						WithAverageUtilization(target)))))
 }
 
-func podTemplate(s *tallyv1.SegmentSource, component string, annotations map[string]string,
+func podTemplate(labels, annotations map[string]string,
 	container *corev1ac.ContainerApplyConfiguration, volumes []*corev1ac.VolumeApplyConfiguration,
 ) *corev1ac.PodTemplateSpecApplyConfiguration {
 	return corev1ac.PodTemplateSpec().
-		WithLabels(Labels(s, component)).
+		WithLabels(labels).
 		WithAnnotations(annotations).
 		WithSpec(corev1ac.PodSpec().
 			// Neither the receiver nor the workers talk to the Kubernetes API.
