@@ -97,8 +97,10 @@ func (r *SegmentSourceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// A namespace's labels decide admission to a pool with from: Selector.
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.membersInNamespace),
 			builder.WithPredicates(predicate.Funcs{
-				CreateFunc:  func(event.CreateEvent) bool { return false },
-				UpdateFunc:  func(e event.UpdateEvent) bool { return !reflect.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) },
+				CreateFunc: func(event.CreateEvent) bool { return false },
+				UpdateFunc: func(e event.UpdateEvent) bool {
+					return !reflect.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels())
+				},
 				DeleteFunc:  func(event.DeleteEvent) bool { return false },
 				GenericFunc: func(event.GenericEvent) bool { return false },
 			})).
