@@ -66,12 +66,13 @@ func PoolInboxOption(p pool.Ref, role Role) nats.Option {
 
 // Permissions are what a role of src may do, and nothing else:
 //
-//   - receiver: publish the source's messages (tally.<ns>.<name>.msg.*; a JetStream publish, single
-//     or atomic batch, is a plain publish whose PubAck comes back on the inbox). It calls no
-//     JetStream API: it never looks the stream up.
-//   - worker: look its durable consumer up ($JS.API.CONSUMER.INFO.<stream>.workers), fetch from it
-//     ($JS.API.CONSUMER.MSG.NEXT.<stream>.workers), acknowledge, nak and mark in progress the
-//     messages it fetched ($JS.ACK.<stream>.workers.>, and the v2 ack subjects with domain and
+//   - receiver: publish the source's messages (tally.<ns>.<name>.msg.>, partitioned or not; a
+//     JetStream publish, single or atomic batch, is a plain publish whose PubAck comes back on the
+//     inbox). It calls no JetStream API: it never looks the stream up.
+//   - worker: look its durable consumers up ($JS.API.CONSUMER.INFO.<stream>.*: workers and one
+//     per partition, workers-<p>), fetch from them ($JS.API.CONSUMER.MSG.NEXT.<stream>.*),
+//     acknowledge, nak and mark in progress the messages it fetched ($JS.ACK.<stream>.*.>, and
+//     the v2 ack subjects with domain and
 //     account hash that a server may be switched to), and publish dead letters to the source's
 //     dead-letter subject.
 //
@@ -84,7 +85,8 @@ func Permissions(src stream.Source, role Role) jwt.Permissions {
 	case Receiver:
 		p.Pub.Allow.Add(src.MessageSubjects())
 	case Worker:
-		name, consumer := src.StreamName(), stream.WorkerConsumer
+		// "*": any consumer of its own stream, the partition consumers (workers-<p>) included.
+		name, consumer := src.StreamName(), "*"
 		p.Pub.Allow.Add(
 			"$JS.API.CONSUMER.INFO."+name+"."+consumer,
 			"$JS.API.CONSUMER.MSG.NEXT."+name+"."+consumer,

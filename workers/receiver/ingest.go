@@ -229,7 +229,7 @@ func (r *Receiver) sortMessages(auth authentication, res *segment.Result) sorted
 			if m.Clamped {
 				c.clamped++
 			}
-			s.outgoing = append(s.outgoing, outgoing{source: src, subject: auth.sources.subject(src, m.Type), messageID: m.MessageID, data: m.JSON})
+			s.outgoing = append(s.outgoing, outgoing{source: src, subject: auth.sources.subject(src, m.Type, m.UserKey), messageID: m.MessageID, data: m.JSON})
 		}
 	}
 	if unauthenticated {

@@ -168,8 +168,12 @@ func newSourceSet(sources []*source.Config) (*sourceSet, error) {
 	return set, nil
 }
 
-// subject is where messages of the given type from src are published.
-func (s *sourceSet) subject(src *source.Config, messageType string) string {
+// subject is where messages of the given type from src are published: the type's subject, with
+// the partition of the message's user appended when the source is partitioned.
+func (s *sourceSet) subject(src *source.Config, messageType, userKey string) string {
+	if n := src.Partitions; n > 1 {
+		return src.Stream().PartitionSubject(messageType, stream.Partition(userKey, n), n)
+	}
 	return s.subjects[src][messageType]
 }
 

@@ -18,6 +18,9 @@ type Accepted struct {
 	Clamped bool
 	// JSON is the normalised message; ParseNormalized reads it back.
 	JSON []byte
+	// UserKey is what partitions the message: its userId, else its anonymousId, as the workers
+	// read them back.
+	UserKey string
 }
 
 // messageOverhead is a generous bound on what normalising adds to a message: receivedAt, a
@@ -146,6 +149,7 @@ func (n *normalizer) message(raw []byte) (Accepted, *Rejection) {
 	if typ == TypeTrack {
 		acc.Event, _ = stringToken(f[fEvent])
 	}
+	acc.UserKey = userKey(ids)
 
 	b := n.buf
 	b = append(b, `{"type":"`...)
@@ -224,4 +228,20 @@ func (n *normalizer) appendMergedField(b []byte, field int, own, batch []byte) [
 	b = append(b, fieldNames[field]...)
 	b = append(b, '"', ':')
 	return appendMerged(b, batch, own, 0)
+}
+
+// userKey is the text of the message's userId, else of its anonymousId (a number's integral
+// form, as the workers store it).
+func userKey(ids [4]idValue) string {
+	for _, id := range ids[:2] { // userId, anonymousId
+		switch {
+		case id.value == nil:
+		case id.numeric:
+			return string(IntegralText(id.value))
+		default:
+			s, _ := stringToken(id.value)
+			return s
+		}
+	}
+	return ""
 }
