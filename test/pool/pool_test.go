@@ -203,6 +203,31 @@ var _ = Describe("One receiver and one worker for many members", func() {
 	})
 })
 
+var _ = Describe("A pool worker's Postgres connections", func() {
+	It("stay within --max-conns over all tenant logins, and every member's events still land", func(ctx SpecContext) {
+		p := newPool(ctx, "--max-conns", "1")
+		members := []*member{newMember(ctx), newMember(ctx), newMember(ctx)}
+		for _, m := range members {
+			p.mountCredentials(m)
+			p.join(ctx, m, false)
+		}
+		for round := range 3 {
+			for i, m := range members {
+				id := fmt.Sprintf("m%d-%d", i, round)
+				Eventually(func() int { return p.status(m.keys[0], id, "E", nil) }).Should(Equal(http.StatusOK))
+			}
+		}
+		for i, m := range members {
+			drained(ctx, m)
+			Expect(eventsOf(ctx, m)).To(Equal([]string{fmt.Sprintf("m%d-0", i), fmt.Sprintf("m%d-1", i), fmt.Sprintf("m%d-2", i)}))
+		}
+		var open int
+		Expect(admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity a JOIN tally.tenant_roles r ON a.usename = r.role_name
+			WHERE r.tenant = ANY($1)`, []string{members[0].src.Tenant, members[1].src.Tenant, members[2].src.Tenant}).Scan(&open)).To(Succeed())
+		Expect(open).To(BeNumerically("<=", 1))
+	})
+})
+
 var _ = Describe("A pool receiver before its bucket has arrived", func() {
 	It("is not ready and answers 503 (never 401), then serves once the members arrive", func(ctx SpecContext) {
 		ref := pool.Ref{Namespace: "platform", Name: fmt.Sprintf("late%d", seq.Add(1))}

@@ -100,8 +100,8 @@ type podsOf struct {
 	workerExtra []string
 }
 
-// newPool creates a pool's bucket and starts its receiver and worker.
-func newPool(ctx context.Context) *podsOf {
+// newPool creates a pool's bucket and starts its receiver and worker (with workerArgs).
+func newPool(ctx context.Context, workerArgs ...string) *podsOf {
 	GinkgoHelper()
 	p := &podsOf{ref: pool.Ref{Namespace: "platform", Name: fmt.Sprintf("pool%d", seq.Add(1))},
 		secretsDir: GinkgoT().TempDir(), credsDir: GinkgoT().TempDir()}
@@ -109,7 +109,7 @@ func newPool(ctx context.Context) *podsOf {
 	p.kv, err = pool.EnsureBucket(ctx, js, p.ref, 1)
 	Expect(err).NotTo(HaveOccurred())
 	p.receiver = startReceiver(p.ref, "--shared-secrets-dir", p.secretsDir)
-	p.workerExtra = []string{"--nats-creds", poolCreds(p.ref, natsauth.Worker)}
+	p.workerExtra = append([]string{"--nats-creds", poolCreds(p.ref, natsauth.Worker)}, workerArgs...)
 	p.startWorker()
 	return p
 }

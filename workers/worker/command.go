@@ -45,7 +45,7 @@ func workerCommand() *cobra.Command {
 	var maxWait, statementTimeout, lockTimeout time.Duration
 	var poolName, credentialsDir string
 	var reloadInterval time.Duration
-	var poolMaxConns int
+	var poolMaxConns, poolMaxConnsTotal int
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Map one source's messages from JetStream into Postgres",
@@ -63,7 +63,7 @@ func workerCommand() *cobra.Command {
 				}
 				return runPool(ctx, poolCommand{ref: ref, natsURL: natsURL, natsCreds: natsCreds, databaseURL: databaseURL,
 					credentialsDir: credentialsDir, metricsListen: metricsListen, reloadInterval: reloadInterval,
-					maxConns: poolMaxConns, version: cmd.Root().Version,
+					maxConns: poolMaxConns, maxConnsTotal: poolMaxConnsTotal, version: cmd.Root().Version,
 					worker: Options{BatchSize: batchSize, MaxWait: maxWait, BatchBytes: batchBytes,
 						StatementTimeout: statementTimeout, LockTimeout: lockTimeout}}, log)
 			}
@@ -137,6 +137,7 @@ func workerCommand() *cobra.Command {
 	f.StringVar(&credentialsDir, "credentials-dir", "", "with --pool: directory of the members' <namespace>.<name>.database-url (the tenant's own login; else --database-url) and <namespace>.<name>.insights-write-key files")
 	f.DurationVar(&reloadInterval, "reload-interval", 10*time.Second, "with --pool: how often the credentials directory is re-read")
 	f.IntVar(&poolMaxConns, "max-conns-per-login", DefaultPoolMaxConns, "with --pool: most Postgres connections per database login (members of one tenant share them; idle ones close)")
+	f.IntVar(&poolMaxConnsTotal, "max-conns", DefaultPoolMaxConnsTotal, "with --pool: most Postgres connections over all logins (idle ones are closed when others need one)")
 	return cmd
 }
 

@@ -29,6 +29,7 @@ type poolCommand struct {
 	metricsListen  string
 	reloadInterval time.Duration
 	maxConns       int
+	maxConnsTotal  int
 	version        string
 	worker         Options // batch size, waits and bounds, shared by every member's worker
 }
@@ -55,7 +56,7 @@ func runPool(ctx context.Context, c poolCommand, log *slog.Logger) error {
 	o := c.worker
 	o.Logger, o.Metrics = log, NewMetrics(reg)
 	workers := &poolWorkers{ctx: ctx, js: js, opts: o, credentialsDir: c.credentialsDir, databaseURL: c.databaseURL,
-		version: c.version, insights: insights.NewMetrics(reg), dbs: newDatabases(c.maxConns), log: log,
+		version: c.version, insights: insights.NewMetrics(reg), dbs: newDatabases(c.maxConns, c.maxConnsTotal), log: log,
 		running: map[string]*memberRun{}, problems: map[string]string{}, states: newPoolStates(reg)}
 	if c.databaseURL != "" {
 		if err := Migrate(ctx, c.databaseURL); err != nil {

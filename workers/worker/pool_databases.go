@@ -14,6 +14,9 @@ const (
 	// DefaultPoolMaxConns bounds the connections of one tenant login in a pool worker: a member's
 	// worker runs one transaction at a time per consumer, and most members are idle.
 	DefaultPoolMaxConns = 4
+	// DefaultPoolMaxConnsTotal bounds a pool worker's connections over all logins (Postgres
+	// allows 100 by default, and the manager and others need some).
+	DefaultPoolMaxConnsTotal = 40
 	// poolConnIdleTime closes a connection unused for this long, so idle tenants hold none.
 	poolConnIdleTime = 30 * time.Second
 )
@@ -23,6 +26,7 @@ const (
 // members must not hold a thousand connections.
 type databases struct {
 	maxConns int32
+	limit    *connLimit
 	mu       sync.Mutex
 	pools    map[string]*sharedDatabase
 }
@@ -32,11 +36,34 @@ type sharedDatabase struct {
 	users int
 }
 
-func newDatabases(maxConns int) *databases {
+// newDatabases shares pools of at most maxConns connections each and maxTotal in all.
+func newDatabases(maxConns, maxTotal int) *databases {
 	if maxConns <= 0 {
 		maxConns = DefaultPoolMaxConns
 	}
-	return &databases{maxConns: int32(min(maxConns, 1<<15)), pools: map[string]*sharedDatabase{}}
+	if maxTotal <= 0 {
+		maxTotal = DefaultPoolMaxConnsTotal
+	}
+	d := &databases{maxConns: int32(min(maxConns, maxTotal, 1<<15)), pools: map[string]*sharedDatabase{}}
+	d.limit = newConnLimit(maxTotal, d.closeIdle)
+	return d
+}
+
+// closeIdle closes every idle connection of every login.
+func (d *databases) closeIdle() {
+	d.mu.Lock()
+	pools := make([]*pgxpool.Pool, 0, len(d.pools))
+	for _, db := range d.pools {
+		pools = append(pools, db.pool)
+	}
+	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, p := range pools {
+		for _, c := range p.AcquireAllIdle(ctx) {
+			_ = c.Hijack().Close(ctx)
+		}
+	}
 }
 
 // acquire returns the pool of url, creating it without connecting; release it when done.
@@ -55,6 +82,7 @@ func (d *databases) acquire(url string) (*pgxpool.Pool, error) {
 	cfg.MaxConns = d.maxConns
 	cfg.MaxConnIdleTime = poolConnIdleTime
 	cfg.HealthCheckPeriod = poolConnIdleTime / 2
+	cfg.ConnConfig.DialFunc = d.limit.dial(cfg.ConnConfig.DialFunc)
 	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, errors.New("the database URL is not usable")
