@@ -41,6 +41,7 @@ func run() error {
 	flag.StringVar(&out, "out", "bench-results.json", "where to write the JSON report")
 	flag.StringVar(&adminURL, "database-url", testdb.AdminURL(),
 		"Postgres server to create the bench's fresh database on")
+	phases := flag.String("phases", "", "comma-separated words of the phases to run (e.g. ingest, or \"100-message\" for the batch ingest alone); all when empty")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (receiver, workers, embedded NATS, load) to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -68,7 +69,7 @@ func run() error {
 		fmt.Fprintf(os.Stderr, "== durability %s\n", mode)
 		res, err := runMode(ctx, modeConfig{
 			durability: mode, adminURL: adminURL, duration: duration, freshDuration: freshDuration,
-			settings: s, log: log,
+			settings: s, log: log, phases: splitList(*phases),
 		})
 		if err != nil {
 			return err
@@ -99,4 +100,15 @@ func splitModes(s string) []string {
 		}
 	}
 	return modes
+}
+
+// splitList is the non-empty items of a comma-separated list.
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }

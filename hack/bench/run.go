@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -27,6 +28,7 @@ type modeConfig struct {
 	freshDuration time.Duration
 	settings      Settings
 	log           *slog.Logger
+	phases        []string // words of the phase names to run; all when empty
 }
 
 // env is what one durability mode runs on: a fresh JetStream store, a fresh database, and the
@@ -99,12 +101,29 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 		{"freshness at a steady rate", e.freshness},
 	}
 	for _, step := range steps {
+		if !cfg.runs(step.name) {
+			continue
+		}
 		fmt.Fprintf(os.Stderr, "   %s ...\n", step.name)
 		if err := step.run(ctx, res); err != nil {
 			return nil, fmt.Errorf("%s: %w", step.name, err)
 		}
 	}
 	return res, nil
+}
+
+// runs reports whether the phase is among those asked for (--phases): every phase when none
+// were named, else those whose name contains one of the words.
+func (cfg modeConfig) runs(phase string) bool {
+	if len(cfg.phases) == 0 {
+		return true
+	}
+	for _, p := range cfg.phases {
+		if strings.Contains(phase, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // newSource makes a source with its own stream, so each phase starts from an empty backlog.
