@@ -186,6 +186,41 @@ var _ = Describe("SegmentSource", func() {
 		})
 	})
 
+	It("gives a partitioned source a consumer per partition and keeps them when the count goes down", func() {
+		s := newSource(ns, "parts")
+		s.Spec.Stream.Partitions = 4
+		s = createSource(s, true)
+		key := client.ObjectKeyFromObject(s)
+		settings := func() *source.Config {
+			cm := &corev1.ConfigMap{}
+			Expect(k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "parts-config"}, cm)).To(Succeed())
+			cfg, err := source.DecodeConfig([]byte(cm.Data[source.ConfigFileName]))
+			Expect(err).NotTo(HaveOccurred())
+			return cfg
+		}
+		consumers := func() int {
+			st, err := stream.Inspect(ctx, testJS, stream.Source{Namespace: ns, Name: "parts"})
+			if err != nil {
+				return -1
+			}
+			return st.Partitions
+		}
+		Eventually(consumers).Should(Equal(4))
+		Eventually(func() int { return settings().Partitions }).Should(Equal(4))
+		Expect(settings().ConsumedPartitions()).To(Equal(4))
+
+		By("lowering the count: receivers route to 2, workers still consume all 4")
+		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Stream.Partitions = 2 })
+		Eventually(func() int { return settings().Partitions }).Should(Equal(2))
+		Eventually(func() int32 { return getSource(key).Status.ConsumerPartitions }).Should(Equal(int32(4)))
+		Eventually(func() int { return settings().ConsumedPartitions() }).Should(Equal(4))
+		Expect(consumers()).To(Equal(4))
+
+		By("a count outside the powers of two is refused by the API server")
+		err := k8s.Update(ctx, func() *tallyv1.SegmentSource { c := getSource(key); c.Spec.Stream.Partitions = 3; return c }())
+		Expect(err).To(MatchError(ContainSubstring("spec.stream.partitions")))
+	})
+
 	It("rolls receivers and workers out when settings change, and reports the new generation", func() {
 		s := createSource(newSource(ns, "settings"), true)
 		key := client.ObjectKeyFromObject(s)

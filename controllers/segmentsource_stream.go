@@ -78,6 +78,10 @@ func (r *SegmentSourceReconciler) reconcileStream(ctx context.Context, st *recon
 		}
 	}
 	st.streamState = state
+	obj.Status.ConsumerPartitions = 0
+	if state.Partitions > int(obj.Spec.Stream.Partitions) {
+		obj.Status.ConsumerPartitions = int32(state.Partitions)
+	}
 	r.Metrics.ObserveStream(obj, state)
 	if full := nearlyFull(state); full > 0 {
 		setCondition(obj, tallyv1.ConditionStreamReady, metav1.ConditionTrue, ReasonStreamNearlyFull, fmt.Sprintf(

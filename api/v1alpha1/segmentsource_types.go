@@ -413,6 +413,12 @@ type SegmentSourceStatus struct {
 	// +optional
 	Stream string `json:"stream,omitempty"`
 
+	// ConsumerPartitions is how many partition consumers the stream has when that is more than
+	// spec.stream.partitions: the partition count was lowered, and the workers keep consuming the
+	// higher partitions' consumers, which hold what was published to them before.
+	// +optional
+	ConsumerPartitions int32 `json:"consumerPartitions,omitempty"`
+
 	// +optional
 	FirstMessageAt *metav1.Time `json:"firstMessageAt,omitempty"`
 

@@ -476,6 +476,10 @@ func SourceConfig(s *tallyv1.SegmentSource) *source.Config {
 		IgnoredEvents:   slices.Sorted(slices.Values(s.Spec.IgnoredEvents)),
 		StreamMaxAge:    s.Spec.Stream.MaxAge.Duration,
 		StreamReplicas:  int(s.Spec.Stream.Replicas),
+		Partitions:      int(s.Spec.Stream.Partitions),
+	}
+	if n := int(s.Status.ConsumerPartitions); n > c.Partitions {
+		c.ConsumerPartitions = n
 	}
 	if q := s.Spec.Stream.MaxBytes; q != nil {
 		c.StreamMaxBytes = q.Value()
