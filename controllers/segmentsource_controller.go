@@ -167,14 +167,14 @@ type subReconciler func(ctx context.Context, st *reconcileState) error
 
 // RBAC, least privilege: children are written with server-side apply (create+patch) and removed
 // by garbage collection, so only what the spec can take away (PDB, HPA, the database Secret copy) needs delete, and the
-// Deployments of a source its Tenant stops allowing. Secrets
+// Deployments of a source its Tenant stops allowing, and the Service and ConfigMap of a source that joins a pool. Secrets
 // are read one at a time (get) and watched as metadata (list+watch); the operator writes only its
 // own copies. Finalizers are patched, and blockOwnerDeletion needs update on .../finalizers.
 // +kubebuilder:rbac:groups=tally.dev,resources=segmentsources,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=tally.dev,resources=segmentsources/status,verbs=get;patch
 // +kubebuilder:rbac:groups=tally.dev,resources=segmentsources/finalizers,verbs=update
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch;delete
-// +kubebuilder:rbac:groups="",resources=services;configmaps,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=services;configmaps,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=autoscaling,resources=horizontalpodautoscalers,verbs=get;list;watch;create;patch;delete
