@@ -37,6 +37,10 @@ func run() error {
 	flag.DurationVar(&freshDuration, "freshness-duration", 30*time.Second, "length of the freshness phase")
 	flag.IntVar(&s.WorkerBatchSize, "worker-batch-size", source.DefaultBatchSize, "messages a worker commits per transaction")
 	flag.StringVar(&modes, "durability", "default,always", "JetStream sync modes to run: default, always, or both")
+	flag.IntVar(&s.Partitions, "partitions", 1, "partitions of the end-to-end, freshness and big-tenant sources (a power of two up to 64)")
+	flag.IntVar(&s.WorkerReplicas, "worker-replicas", 1, "workers per source in the end-to-end and freshness phases (and for the big tenant)")
+	flag.IntVar(&s.Tenants, "tenants", 1000, "sources of the many-tenants phase, one of them big")
+	flag.IntVar(&s.SmallTenantsRate, "small-tenants-rate", 2000, "open-loop events/s spread over the small tenants in the many-tenants phase")
 	flag.BoolVar(&s.Quick, "quick", false, "short phases for a smoke run (under two minutes)")
 	flag.StringVar(&out, "out", "bench-results.json", "where to write the JSON report")
 	flag.StringVar(&adminURL, "database-url", testdb.AdminURL(),

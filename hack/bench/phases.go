@@ -141,9 +141,10 @@ func (e *env) endToEnd(ctx context.Context, res *Result) error {
 	if err := e.drained(ctx, src, 10*time.Minute); err != nil {
 		return err
 	}
-	res.E2EEventsPerS = float64(run.accepted) / time.Since(start).Seconds()
+	elapsed := time.Since(start)
+	res.E2EEventsPerS = float64(run.accepted) / elapsed.Seconds()
 	res.Rejected += run.rejected
-	return nil
+	return e.workerFigures(src, elapsed, res)
 }
 
 // freshness sends at a steady open-loop rate with workers running and measures, per track call,

@@ -31,6 +31,25 @@ type Result struct {
 	CeilingPostgresCopyRowsPerS float64 `json:"ceiling_postgres_copy_rows_per_s"`
 
 	Rejected int64 `json:"rejected_requests"` // non-200 answers during the ingest phases
+
+	// Of the end-to-end phase: how long its transactions waited for their users' lock slots,
+	// and the events/s each consumer (workers, workers-<partition>) committed.
+	LockWaitMeanMs     float64            `json:"lock_wait_mean_ms"`
+	LockWaitP99Ms      float64            `json:"lock_wait_p99_ms"`
+	ConsumerEventsPerS map[string]float64 `json:"consumer_events_per_s,omitempty"`
+
+	ManyTenants *ManyTenantsResult `json:"many_tenants,omitempty"`
+}
+
+// ManyTenantsResult is the skewed many-tenants phase: one big tenant saturating its workers,
+// the others' freshness meanwhile.
+type ManyTenantsResult struct {
+	Tenants             int     `json:"tenants"`
+	BigEventsPerS       float64 `json:"big_tenant_events_per_s"`
+	SmallEventsPerS     float64 `json:"small_tenants_events_per_s"`
+	SmallFreshnessP50Ms float64 `json:"small_tenants_freshness_p50_ms"`
+	SmallFreshnessP99Ms float64 `json:"small_tenants_freshness_p99_ms"`
+	Rejected            int64   `json:"rejected_requests"`
 }
 
 // Report is what `make bench` writes: the default-mode figures at the top level, the fsync-always
@@ -60,6 +79,10 @@ type Settings struct {
 	FreshnessRate    int    `json:"freshness_rate"`
 	FreshnessSeconds int    `json:"freshness_seconds"`
 	WorkerBatchSize  int    `json:"worker_batch_size"`
+	Partitions       int    `json:"partitions"`
+	WorkerReplicas   int    `json:"worker_replicas"`
+	Tenants          int    `json:"tenants"`
+	SmallTenantsRate int    `json:"small_tenants_rate"`
 	Quick            bool   `json:"quick"`
 }
 
@@ -161,8 +184,40 @@ func (r *Report) WriteTable(w io.Writer) {
 	row("ceiling Postgres COPY rows/s", func(x *Result) float64 { return x.CeilingPostgresCopyRowsPerS }, "%.0f")
 	row("ingest / publish ceiling", func(x *Result) float64 { return ratio(x.IngestBatch100EventsPerS, x.CeilingJetStreamPublishPerS) }, "%.2f")
 	row("e2e / COPY ceiling", func(x *Result) float64 { return ratio(x.E2EEventsPerS, x.CeilingPostgresCopyRowsPerS) }, "%.2f")
+	row("e2e lock wait mean ms", func(x *Result) float64 { return x.LockWaitMeanMs }, "%.2f")
+	row("e2e lock wait p99 ms (bucket)", func(x *Result) float64 { return x.LockWaitP99Ms }, "%.2f")
+	for _, consumer := range consumerNames(cols) {
+		row("e2e "+consumer+" events/s", func(x *Result) float64 { return x.ConsumerEventsPerS[consumer] }, "%.0f")
+	}
+	many := func(get func(*ManyTenantsResult) float64) func(*Result) float64 {
+		return func(x *Result) float64 {
+			if x.ManyTenants == nil {
+				return 0
+			}
+			return get(x.ManyTenants)
+		}
+	}
+	row("many tenants: tenants", many(func(m *ManyTenantsResult) float64 { return float64(m.Tenants) }), "%.0f")
+	row("many tenants: big events/s", many(func(m *ManyTenantsResult) float64 { return m.BigEventsPerS }), "%.0f")
+	row("many tenants: small events/s", many(func(m *ManyTenantsResult) float64 { return m.SmallEventsPerS }), "%.0f")
+	row("many tenants: small fresh p50 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallFreshnessP50Ms }), "%.0f")
+	row("many tenants: small fresh p99 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallFreshnessP99Ms }), "%.0f")
 	tw.Flush()
 	fmt.Fprintf(w, "machine: %s, %d cores, %s\n", r.Machine.CPU, r.Machine.Cores, r.Machine.GoVersion)
+}
+
+// consumerNames are the consumers any column reports, sorted.
+func consumerNames(cols []*Result) []string {
+	var names []string
+	for _, c := range cols {
+		for name := range c.ConsumerEventsPerS {
+			if !slices.Contains(names, name) {
+				names = append(names, name)
+			}
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 func ratio(a, b float64) float64 {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tallyhq/tally/test/testdb"
 	"github.com/tallyhq/tally/workers/local"
@@ -40,6 +41,9 @@ type env struct {
 	pipeline *local.Pipeline
 	baseURL  string
 	writeKey string
+	dbURL    string
+	// registry holds the pipeline's receiver and worker metrics (lock waits, per-consumer rates).
+	registry *prometheus.Registry
 }
 
 func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
@@ -74,7 +78,8 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 	defer pool.Close()
 
 	// As tally local does: atomic batches when every write is fsynced, per message otherwise.
-	p, err := local.NewPipeline(local.PipelineOptions{Conn: nc, Pool: pool, AtomicBatches: cfg.durability == "always",
+	registry := prometheus.NewRegistry()
+	p, err := local.NewPipeline(local.PipelineOptions{Conn: nc, Pool: pool, Registry: registry, AtomicBatches: cfg.durability == "always",
 		BatchSize: cfg.settings.WorkerBatchSize, MaxWait: 50 * time.Millisecond, Logger: cfg.log})
 	if err != nil {
 		return nil, err
@@ -86,7 +91,7 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 	p.Start(listener)
 	defer p.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the bench is over
 	e := &env{cfg: cfg, js: p.JetStream(), pool: pool, pipeline: p, baseURL: "http://" + listener.Addr().String(),
-		writeKey: "bench-write-key-0123456789abcdef"}
+		writeKey: "bench-write-key-0123456789abcdef", dbURL: dbURL, registry: registry}
 
 	res := &Result{Durability: cfg.durability}
 	steps := []struct {
@@ -99,6 +104,7 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 		{"ingest, single messages", e.ingestSingles},
 		{"end to end into rows", e.endToEnd},
 		{"freshness at a steady rate", e.freshness},
+		{"many tenants, one of them big", e.manyTenants},
 	}
 	for _, step := range steps {
 		if !cfg.runs(step.name) {
@@ -129,7 +135,7 @@ func (cfg modeConfig) runs(phase string) bool {
 // newSource makes a source with its own stream, so each phase starts from an empty backlog.
 func (e *env) newSource(ctx context.Context, name string) (*source.Config, error) {
 	src := &source.Config{Namespace: "bench", Name: name, Tenant: "bench-" + name,
-		AccountProperty: "accountId", WriteKeys: []string{e.writeKey + "-" + name}}
+		AccountProperty: "accountId", WriteKeys: []string{e.writeKey + "-" + name}, Partitions: e.cfg.settings.Partitions}
 	if err := stream.Ensure(ctx, e.js, src.Stream(), src.StreamSettings()); err != nil {
 		return nil, err
 	}
@@ -151,7 +157,7 @@ func (e *env) servedWithWorker(ctx context.Context, name string) (*source.Config
 	if err != nil {
 		return nil, nil, err
 	}
-	stop, err := e.pipeline.StartWorkers(src, 1)
+	stop, err := e.pipeline.StartWorkers(src, e.cfg.settings.WorkerReplicas)
 	return src, stop, err
 }
 

@@ -1,0 +1,285 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
+	"github.com/tallyhq/tally/workers/worker"
+)
+
+// workerFigures reads what the workers' metrics say about one source since the phase began:
+// the lock waits of its transactions and the messages each consumer committed per second.
+func (e *env) workerFigures(src *source.Config, elapsed time.Duration, res *Result) error {
+	families, err := e.registry.Gather()
+	if err != nil {
+		return err
+	}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			if label(m, "source") != src.String() {
+				continue
+			}
+			switch f.GetName() {
+			case "tally_worker_lock_wait_seconds":
+				h := m.GetHistogram()
+				if h.GetSampleCount() > 0 {
+					res.LockWaitMeanMs = h.GetSampleSum() / float64(h.GetSampleCount()) * 1000
+					res.LockWaitP99Ms = histogramQuantile(h, 0.99) * 1000
+				}
+			case "tally_worker_consumer_messages_total":
+				if res.ConsumerEventsPerS == nil {
+					res.ConsumerEventsPerS = map[string]float64{}
+				}
+				res.ConsumerEventsPerS[label(m, "consumer")] = m.GetCounter().GetValue() / elapsed.Seconds()
+			}
+		}
+	}
+	return nil
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
+
+// histogramQuantile is the upper bound of the bucket holding quantile q (Prometheus' buckets
+// are cumulative).
+func histogramQuantile(h *dto.Histogram, q float64) float64 {
+	want := q * float64(h.GetSampleCount())
+	for _, b := range h.GetBucket() {
+		if float64(b.GetCumulativeCount()) >= want {
+			return b.GetUpperBound()
+		}
+	}
+	return h.GetSampleSum() / float64(h.GetSampleCount())
+}
+
+// manyTenants runs --tenants sources at once on one receiver, each with its own worker, as a pool
+// serves them: one big tenant sends closed-loop batches as fast as it can (saturating its worker)
+// while the others share an open-loop rate of single track calls, and the small tenants'
+// freshness (send to row visible) is measured.
+func (e *env) manyTenants(ctx context.Context, res *Result) error {
+	n := e.cfg.settings.Tenants
+	if n < 2 {
+		return fmt.Errorf("--tenants must be at least 2")
+	}
+	sources := make([]*source.Config, n)
+	for i := range sources {
+		src := &source.Config{Namespace: "many", Name: "t" + strconv.Itoa(i), Tenant: "many-t" + strconv.Itoa(i),
+			WriteKeys: []string{e.writeKey + "-many-" + strconv.Itoa(i)}, StreamMaxBytes: 8 << 20}
+		if i == 0 {
+			src.StreamMaxBytes, src.Partitions = 256<<20, e.cfg.settings.Partitions
+		}
+		if err := stream.Ensure(ctx, e.js, src.Stream(), src.StreamSettings()); err != nil {
+			return err
+		}
+		sources[i] = src
+	}
+	defer func() {
+		for _, src := range sources {
+			_ = stream.Delete(context.WithoutCancel(ctx), e.js, src.Stream())
+		}
+	}()
+	if err := e.pipeline.Serve(ctx, sources); err != nil {
+		return err
+	}
+	// A worker per source, as a pool's worker runs one per member: a longer fetch wait than the
+	// other phases' (a thousand idle fetch loops), and a connection pool of their own.
+	pcfg, err := pgxpool.ParseConfig(e.dbURL)
+	if err != nil {
+		return err
+	}
+	pcfg.MaxConns = 16
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	metrics := worker.NewMetrics(prometheus.NewRegistry())
+	wctx, stopWorkers := context.WithCancel(ctx)
+	var workers sync.WaitGroup
+	defer func() { stopWorkers(); workers.Wait() }()
+	for i, src := range sources {
+		replicas := 1
+		if i == 0 {
+			replicas = e.cfg.settings.WorkerReplicas
+		}
+		for range replicas {
+			w, err := worker.New(worker.Options{Pool: pool, JetStream: e.js, Source: src, MaxWait: 200 * time.Millisecond,
+				BatchSize: e.cfg.settings.WorkerBatchSize, Logger: e.cfg.log, Metrics: metrics})
+			if err != nil {
+				return err
+			}
+			workers.Go(func() { _ = w.Run(wctx) })
+		}
+	}
+
+	watch := newTenantsWatch(e)
+	pollCtx, stopPoll := context.WithCancel(ctx)
+	polled := make(chan error, 1)
+	go func() { polled <- watch.poll(pollCtx) }()
+	defer stopPoll()
+
+	// The big tenant: closed loop for the phase's length.
+	var big loadRun
+	var bigDone sync.WaitGroup
+	bigDone.Go(func() { big = e.closedLoop(ctx, sources[0], batchTemplates(7, 64, e.cfg.settings.BatchSize), e.cfg.settings.BatchSize) })
+
+	// The small ones: an open loop of single tracks over every other tenant.
+	client := e.client()
+	const tick = 20 * time.Millisecond
+	perTick := max(1, e.cfg.settings.SmallTenantsRate*int(tick)/int(time.Second))
+	rng := rand.New(rand.NewPCG(8, 8))
+	ticker := time.NewTicker(tick)
+	deadline := time.Now().Add(e.phaseLength())
+	var sends sync.WaitGroup
+	var sent, refused atomic.Int64
+	seq := 0
+	for now := range ticker.C {
+		if now.After(deadline) {
+			break
+		}
+		for range perTick {
+			seq++
+			src := sources[1+rng.IntN(n-1)]
+			id := fmt.Sprintf("small-%d", seq)
+			body := []byte(`{"type":"track","userId":"u` + strconv.Itoa(seq%50) + `","event":"Small","messageId":"` + id + `"}`)
+			watch.sent(src.Tenant, id, time.Now())
+			sends.Go(func() {
+				if ok, _ := e.post(client, src, "/v1/track", body); ok {
+					sent.Add(1)
+				} else {
+					watch.forget(src.Tenant, id)
+					refused.Add(1)
+				}
+			})
+		}
+	}
+	ticker.Stop()
+	sends.Wait()
+	bigDone.Wait()
+	for _, src := range sources {
+		if err := e.drained(ctx, src, 10*time.Minute); err != nil {
+			return err
+		}
+	}
+	watch.finish()
+	select {
+	case err := <-polled:
+		if err != nil {
+			return err
+		}
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("committed rows not visible after 30s")
+	}
+	lat := watch.latencies()
+	if len(lat) == 0 {
+		return fmt.Errorf("no small tenant's row became visible")
+	}
+	res.ManyTenants = &ManyTenantsResult{
+		Tenants: n, BigEventsPerS: big.eventsPerSecond(), SmallEventsPerS: float64(sent.Load()) / e.phaseLength().Seconds(),
+		SmallFreshnessP50Ms: percentileMs(lat, 50), SmallFreshnessP99Ms: percentileMs(lat, 99),
+		Rejected: big.rejected + refused.Load(),
+	}
+	return nil
+}
+
+// tenantsWatch is visibilityWatch over many tenants: it records when each sent row became
+// visible, looking the oldest pending ones up by (tenant, messageId).
+type tenantsWatch struct {
+	e       *env
+	mu      sync.Mutex
+	pending map[[2]string]time.Time
+	found   []time.Duration
+	done    chan struct{}
+}
+
+func newTenantsWatch(e *env) *tenantsWatch {
+	return &tenantsWatch{e: e, pending: map[[2]string]time.Time{}, done: make(chan struct{})}
+}
+
+func (w *tenantsWatch) sent(tenant, id string, at time.Time) {
+	w.mu.Lock()
+	w.pending[[2]string{tenant, id}] = at
+	w.mu.Unlock()
+}
+
+func (w *tenantsWatch) forget(tenant, id string) {
+	w.mu.Lock()
+	delete(w.pending, [2]string{tenant, id})
+	w.mu.Unlock()
+}
+
+func (w *tenantsWatch) finish() { close(w.done) }
+
+func (w *tenantsWatch) latencies() []time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]time.Duration(nil), w.found...)
+}
+
+func (w *tenantsWatch) poll(ctx context.Context) error {
+	for ctx.Err() == nil {
+		w.mu.Lock()
+		var tenants, ids []string
+		for k := range w.pending {
+			tenants, ids = append(tenants, k[0]), append(ids, k[1])
+			if len(ids) == 5000 {
+				break
+			}
+		}
+		w.mu.Unlock()
+		if len(ids) == 0 {
+			select {
+			case <-w.done:
+				return nil
+			case <-time.After(5 * time.Millisecond):
+				continue
+			}
+		}
+		rows, err := w.e.pool.Query(ctx, `SELECT e.tenant, e.message_id FROM unnest($1::text[], $2::text[]) AS t(tenant, id)
+			JOIN tally.events e ON e.tenant = t.tenant AND e.message_id = t.id`, tenants, ids)
+		if err != nil {
+			return err
+		}
+		seenAt := time.Now()
+		var visible [][2]string
+		for rows.Next() {
+			var k [2]string
+			if err := rows.Scan(&k[0], &k[1]); err != nil {
+				rows.Close()
+				return err
+			}
+			visible = append(visible, k)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		w.mu.Lock()
+		for _, k := range visible {
+			if at, ok := w.pending[k]; ok {
+				w.found = append(w.found, seenAt.Sub(at))
+				delete(w.pending, k)
+			}
+		}
+		w.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+	}
+	return ctx.Err()
+}
