@@ -82,6 +82,8 @@ type Config struct {
 	// RequireTenant refuses a source unless a Tenant lists its namespace; when false, the
 	// namespace of a tenant's first source claims it (recorded as a Tenant).
 	RequireTenant bool
+	// MaxConcurrentReconciles of the source and pool controllers (1 when 0).
+	MaxConcurrentReconciles int
 }
 
 // SegmentSourceReconciler reconciles SegmentSources.

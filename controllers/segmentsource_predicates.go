@@ -105,6 +105,7 @@ func (r *SegmentSourceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 				GenericFunc: func(event.GenericEvent) bool { return false },
 			})).
 		WithOptions(controller.Options{
+			MaxConcurrentReconciles: r.Config.MaxConcurrentReconciles,
 			// Backoff for transient failures (NATS unreachable, API conflicts): fast at first, capped
 			// at 30 s so a recovered NATS is noticed quickly.
 			RateLimiter: workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](500*time.Millisecond, 30*time.Second),

@@ -144,6 +144,7 @@ func (p *SegmentSourcePoolReconciler) SetupWithManager(mgr ctrl.Manager) error {
 				GenericFunc: func(event.GenericEvent) bool { return false },
 			})).
 		WithOptions(controller.Options{
+			MaxConcurrentReconciles: p.Sources.Config.MaxConcurrentReconciles,
 			RateLimiter: workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](500*time.Millisecond, 30*time.Second),
 		}).
 		Complete(p)

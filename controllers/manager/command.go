@@ -61,6 +61,11 @@ type Options struct {
 	ManagerNamespace    string
 	WatchNamespace      string
 	RequeueInterval     time.Duration
+	// MaxConcurrentReconciles of each controller; KubeAPIQPS and KubeAPIBurst bound the
+	// manager's requests to the API server (thousands of sources need more than client-go's 5/10).
+	MaxConcurrentReconciles int
+	KubeAPIQPS              float32
+	KubeAPIBurst            int
 	// StreamMaxBytes is the size of a source's stream when its SegmentSource sets none.
 	StreamMaxBytes resource.Quantity
 	NATSTimeout    time.Duration
@@ -145,6 +150,9 @@ account or ~/.kube/config, in that order. Every flag may also be set as TALLY_<F
 	f.Var(quantityFlag{&o.StreamMaxBytes}, "stream-max-bytes", "the most a source's stream may hold when its SegmentSource sets no spec.stream.maxBytes (a full stream refuses that source's new messages; others flow)")
 	f.DurationVar(&o.RequeueInterval, "requeue-interval", 15*time.Second, "how often each source's stream, consumer and message status are re-checked (±10% jitter)")
 	f.DurationVar(&o.NATSTimeout, "nats-timeout", 5*time.Second, "timeout of each JetStream request")
+	f.IntVar(&o.MaxConcurrentReconciles, "max-concurrent-reconciles", 4, "SegmentSources (and pools) reconciled at once; more shortens the first pass over thousands of sources")
+	f.Float32Var(&o.KubeAPIQPS, "kube-api-qps", 50, "requests per second the manager may send the API server (sustained)")
+	f.IntVar(&o.KubeAPIBurst, "kube-api-burst", 100, "requests the manager may send the API server in a burst")
 	f.Var(resourcesFlag{&o.ReceiverResources}, "receiver-resources", "resources (JSON ResourceRequirements) of receiver containers whose SegmentSource sets none in spec.receiver.resources; {} for none")
 	f.Var(resourcesFlag{&o.WorkerResources}, "worker-resources", "resources (JSON ResourceRequirements) of worker containers whose SegmentSource sets none in spec.worker.resources; {} for none")
 	f.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint; 0 disables it")
@@ -174,6 +182,9 @@ func Run(ctx context.Context, o *Options) error {
 	restConfig, err := ctrl.GetConfig()
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	if o.KubeAPIQPS > 0 {
+		restConfig.QPS, restConfig.Burst = o.KubeAPIQPS, max(o.KubeAPIBurst, int(o.KubeAPIQPS))
 	}
 	nc, err := connectNATS(o, logger.WithName("nats"))
 	if err != nil {
@@ -275,6 +286,8 @@ func SetupWithMetrics(mgr ctrl.Manager, o *Options, n controllers.NATS, m *contr
 			ReceiverResources:  o.ReceiverResources,
 			WorkerResources:    o.WorkerResources,
 			RequireTenant:      o.RequireTenant,
+
+			MaxConcurrentReconciles: o.MaxConcurrentReconciles,
 
 			NATSSigningKeySecret:    o.NATSSigningKeySecret,
 			NATSSigningKeySecretKey: o.NATSSigningKeySecretKey,
