@@ -114,7 +114,7 @@ func Redrive(ctx context.Context, js jetstream.JetStream, src Source, seq uint64
 		return fmt.Errorf("dead letter %d: %w", seq, err)
 	}
 	subject := raw.Header.Get(HeaderOriginalSubject)
-	if !strings.HasPrefix(subject, strings.TrimSuffix(src.MessageSubjects(), "*")) {
+	if !strings.HasPrefix(subject, strings.TrimSuffix(src.MessageSubjects(), ">")) {
 		return fmt.Errorf("dead letter %d: original subject %q is not a message subject of %s", seq, subject, src)
 	}
 	out := nats.NewMsg(subject)

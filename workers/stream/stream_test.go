@@ -53,7 +53,10 @@ var _ = Describe("names", func() {
 		Expect(src.StreamName()).To(Equal("TALLY_shop_web"))
 		Expect(src.DeadLetterStreamName()).To(Equal("TALLY_shop_web_DLQ"))
 		Expect(src.Subject("track")).To(Equal("tally.shop.web.msg.track"))
-		Expect(src.MessageSubjects()).To(Equal("tally.shop.web.msg.*"))
+		Expect(src.MessageSubjects()).To(Equal("tally.shop.web.msg.>"))
+		Expect(src.PartitionSubject("track", 3, 4)).To(Equal("tally.shop.web.msg.track.3"))
+		Expect(src.PartitionSubject("track", 0, 1)).To(Equal("tally.shop.web.msg.track"), "one partition: the layout of earlier versions")
+		Expect(PartitionConsumer(3)).To(Equal("workers-3"))
 		Expect(src.DeadLetterSubject()).To(Equal("tally.shop.web.dlq"))
 	})
 })
@@ -80,7 +83,7 @@ var _ = Describe("Ensure", func() {
 
 		ci := consumerInfo(ctx, src)
 		Expect(ci.Config.Durable).To(Equal(WorkerConsumer))
-		Expect(ci.Config.FilterSubject).To(Equal(src.MessageSubjects()))
+		Expect(ci.Config.FilterSubject).To(Equal("tally." + src.Namespace + "." + src.Name + ".msg.*"), "the unpartitioned subjects")
 		Expect(ci.Config.AckPolicy).To(Equal(jetstream.AckExplicitPolicy))
 		Expect(ci.Config.DeliverPolicy).To(Equal(jetstream.DeliverAllPolicy))
 		Expect(ci.Config.AckWait).To(Equal(DefaultAckWait))
@@ -140,7 +143,7 @@ var _ = Describe("Ensure", func() {
 		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
 		streamInfo(ctx, src.StreamName())
 		streamInfo(ctx, src.DeadLetterStreamName())
-		Expect(consumerInfo(ctx, src).Config.FilterSubject).To(Equal(src.MessageSubjects()))
+		Expect(consumerInfo(ctx, src).Config.FilterSubject).To(Equal("tally." + src.Namespace + "." + src.Name + ".msg.*"))
 	})
 
 	It("keeps limits retention of a stream created before work queues, but no longer ages it out", func(ctx SpecContext) {
@@ -423,5 +426,55 @@ var _ = Describe("isolation and dedupe", func() {
 			g.Expect(state.Messages).To(Equal(uint64(2)))
 			g.Expect(state.Backlog).To(Equal(uint64(2)))
 		}).WithContext(ctx).Should(Succeed())
+	})
+})
+
+var _ = Describe("Partitions", func() {
+	It("route a user to the same slot and partition under every partition count", func() {
+		for i := range 1000 {
+			id := fmt.Sprintf("user-%d", i)
+			slot := Slot(id)
+			Expect(slot).To(BeNumerically("<", Slots))
+			for _, n := range []int{1, 2, 4, 8, 16, 32, 64} {
+				Expect(ValidPartitions(n)).To(BeTrue())
+				Expect(Partition(id, n)).To(Equal(slot%n), "a partition's users are the slots ≡ p (mod n)")
+			}
+		}
+		Expect(ValidPartitions(3)).To(BeFalse())
+		Expect(ValidPartitions(128)).To(BeFalse())
+		Expect(UserKey("u1", "a1")).To(Equal("u1"))
+		Expect(UserKey("", "a1")).To(Equal("a1"))
+	})
+
+	It("get a consumer each besides the unpartitioned one, which outlive a lower count and are all counted", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{Partitions: 4})).To(Succeed())
+		state, err := Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.Partitions).To(Equal(4))
+		Expect(state.Consumers).To(HaveLen(5))
+		for p := range 4 {
+			Expect(state.Consumers[PartitionConsumer(p)].FilterSubject).To(Equal(fmt.Sprintf("tally.%s.%s.msg.*.%d", src.Namespace, src.Name, p)))
+		}
+		Expect(InSync(src, Settings{Partitions: 4}, state)).To(BeTrue())
+		Expect(InSync(src, Settings{Partitions: 8}, state)).To(BeFalse(), "partitions 4-7 have no consumer yet")
+
+		By("messages of every partition and the unpartitioned subjects are the backlog")
+		for _, subject := range []string{src.Subject("track"), src.PartitionSubject("track", 1, 4), src.PartitionSubject("identify", 3, 4)} {
+			_, err := js.Publish(ctx, subject, []byte(`{}`))
+			Expect(err).NotTo(HaveOccurred())
+		}
+		Eventually(func(g Gomega) {
+			state, err := Inspect(ctx, js, src)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(state.Backlog).To(Equal(uint64(3)))
+		}).Should(Succeed())
+
+		By("a lower count keeps the higher partitions' consumers")
+		Expect(Ensure(ctx, js, src, Settings{Partitions: 2})).To(Succeed())
+		state, err = Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.Partitions).To(Equal(4))
+		Expect(InSync(src, Settings{Partitions: 2}, state)).To(BeTrue())
 	})
 })

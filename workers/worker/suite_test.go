@@ -176,7 +176,7 @@ func publish(ctx context.Context, src *source.Config, msgs ...msg) {
 
 func publishRaw(ctx context.Context, src *source.Config, typ, msgID string, data []byte) {
 	var ids struct{ UserID, AnonymousID string }
-	Expect(json.Unmarshal(data, &ids)).To(Succeed())
+	_ = json.Unmarshal(data, &ids) // a poison message has none: partition 0
 	n := src.Partitions
 	out := nats.NewMsg(src.Stream().PartitionSubject(typ, stream.Partition(stream.UserKey(ids.UserID, ids.AnonymousID), n), n))
 	out.Data = data
