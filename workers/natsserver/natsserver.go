@@ -6,6 +6,7 @@ package natsserver
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -22,6 +23,10 @@ type Options struct {
 	// SyncAlways makes JetStream fsync every write before acknowledging it, so an acknowledged
 	// message survives an OS crash on a single node; the default syncs every two minutes.
 	SyncAlways bool
+	// Name is the server's name, unique within a cluster; "tally-embedded" when empty.
+	Name string
+	// Cluster, when set, makes the server one node of a JetStream cluster (see StartCluster).
+	Cluster *Cluster
 	// Auth, when set, runs the server in decentralized JWT mode with these keys: every client
 	// needs a user JWT signed for the account (natsauth.EmbeddedAdminCreds, or natsauth.EmbeddedIssuer on
 	// Auth.SigningKeySeed). Restart with the same Auth to find the same streams.
@@ -36,8 +41,11 @@ func Start(o Options) (*server.Server, error) {
 	if o.Port == 0 {
 		o.Port = -1
 	}
+	if o.Name == "" {
+		o.Name = "tally-embedded"
+	}
 	opts := &server.Options{
-		ServerName: "tally-embedded",
+		ServerName: o.Name,
 		Host:       o.Host,
 		Port:       o.Port,
 		JetStream:  true,
@@ -46,6 +54,10 @@ func Start(o Options) (*server.Server, error) {
 		NoSigs:     true,
 		NoLog:      true,
 		MaxPayload: 8 << 20,
+	}
+	if c := o.Cluster; c != nil {
+		opts.Cluster = server.ClusterOpts{Name: c.Name, Host: o.Host, Port: c.Port}
+		opts.Routes = server.RoutesFromStr(strings.Join(c.Routes, ","))
 	}
 	if o.Auth != nil {
 		if err := o.Auth.configure(opts); err != nil {
