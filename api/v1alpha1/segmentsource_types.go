@@ -309,7 +309,12 @@ type StreamSpec struct {
 	// +optional
 	MaxBytes *resource.Quantity `json:"maxBytes,omitempty"`
 
-	// Replicas of the stream in a clustered NATS.
+	// Replicas of the stream (and its dead-letter stream) in a clustered NATS: 3 keeps every
+	// acknowledged message through the loss of one NATS node, and the receivers answer 503 with
+	// Retry-After only for the seconds of the leader election (a tested property: test/cluster).
+	// More than 1 needs a JetStream cluster of at least that many servers; a NATS that is not
+	// clustered refuses it and the source is Stalled. It may be changed on a live source:
+	// JetStream adds or removes replicas and catches new ones up.
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=5
 	// +kubebuilder:default=1
