@@ -72,7 +72,7 @@ func NewCommand() *cobra.Command {
 	f.StringVar(&cfg.sharedSecrets, "shared-secrets-file", "", "the secrets Segment signs its deliveries to /v1/segment with (X-Signature), one per line; none when empty")
 	f.StringVar(&cfg.writeKeysFile, "write-keys-file", "/etc/tally/write-keys/writeKey", "the source's write keys, one per line, as its Secret mounts them")
 	f.DurationVar(&cfg.publishTimeout, "publish-timeout", source.DefaultPublishTimeout, "how long a request waits for JetStream's acknowledgements before answering 503")
-	f.BoolVar(&cfg.atomicBatches, "atomic-batches", false, "publish each request as JetStream atomic batches; faster only when NATS fsyncs every write (sync_interval: always)")
+	f.BoolVar(&cfg.atomicBatches, "atomic-batches", false, "publish requests as JetStream atomic batches, concurrent requests sharing them (group commit); faster only when NATS fsyncs every write (sync_interval: always)")
 	f.DurationVar(&cfg.reloadInterval, "reload-interval", 10*time.Second, "how often the source files are re-read (key rotation)")
 	f.IntVar(&cfg.maxPending, "max-pending", DefaultMaxPending, "unacknowledged publishes one request may have in flight")
 	f.DurationVar(&cfg.shutdownDelay, "shutdown-delay", source.DefaultShutdownDelay, "on SIGTERM, how long to keep serving with /readyz at 503 before refusing new connections, so traffic moves to other receivers first")
