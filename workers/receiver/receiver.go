@@ -4,6 +4,7 @@
 package receiver
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -133,6 +134,9 @@ func (r *Receiver) SetSources(sources []*source.Config) error {
 type sourceSet struct {
 	list     []*source.Config
 	subjects map[*source.Config]map[string]string // message type -> subject, built once
+	// byDigest finds a source by the SHA-256 digest of a write key, in the same time whatever
+	// the number of sources (a pool serves thousands).
+	byDigest map[[sha256.Size]byte]*source.Config
 	// suspended sources are known by their keys but refused (see SetMembers); nil when none.
 	suspended map[*source.Config]bool
 }
@@ -141,6 +145,7 @@ func newSourceSet(sources []*source.Config) (*sourceSet, error) {
 	set := &sourceSet{
 		list:     append([]*source.Config(nil), sources...),
 		subjects: make(map[*source.Config]map[string]string, len(sources)),
+		byDigest: make(map[[sha256.Size]byte]*source.Config, len(sources)),
 	}
 	seen := map[string]bool{}
 	for i, c := range set.list {
@@ -158,13 +163,12 @@ func newSourceSet(sources []*source.Config) (*sourceSet, error) {
 		for _, typ := range stream.MessageTypes {
 			set.subjects[c][typ] = c.Stream().Subject(typ)
 		}
-		for _, other := range set.list[:i] {
-			for _, k := range c.WriteKeys {
-				if other.MatchesKey(k) {
-					// Never name the key itself.
-					return nil, fmt.Errorf("receiver: sources %s and %s share a write key", other, c)
-				}
+		for _, d := range c.KeyDigests() {
+			if other, ok := set.byDigest[d]; ok && other != c {
+				// Never name the key itself.
+				return nil, fmt.Errorf("receiver: sources %s and %s share a write key", other, c)
 			}
+			set.byDigest[d] = c
 		}
 	}
 	return set, nil
@@ -179,18 +183,16 @@ func (s *sourceSet) subject(src *source.Config, messageType, userKey string) str
 	return s.subjects[src][messageType]
 }
 
-// match finds the source a write key belongs to. It compares the key with every key of every
-// source, whatever matched, so the timing does not tell which source (or whether an earlier one)
-// holds it.
+// match finds the source a write key belongs to, by the key's SHA-256 digest, then confirms it
+// with the source's constant-time comparison. The lookup's timing depends on the digest only, and
+// a sender cannot steer a guess's digest towards a valid key's, so no key leaks through it. A
+// thousand sources cost one hash and one map lookup, not a thousand comparisons.
 func (s *sourceSet) match(key string) *source.Config {
 	if key == "" {
 		return nil
 	}
-	var found *source.Config
-	for _, c := range s.list {
-		if c.MatchesKey(key) && found == nil {
-			found = c
-		}
+	if c := s.byDigest[sha256.Sum256([]byte(key))]; c != nil && c.MatchesKey(key) {
+		return c
 	}
-	return found
+	return nil
 }

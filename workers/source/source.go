@@ -86,6 +86,15 @@ func (c *Config) Ignores(event string) bool {
 	return false
 }
 
+// KeyDigests are the SHA-256 digests of every write key of the source, given or digested.
+func (c *Config) KeyDigests() [][sha256.Size]byte {
+	out := make([][sha256.Size]byte, 0, len(c.WriteKeys)+len(c.WriteKeyDigests))
+	for _, k := range c.WriteKeys {
+		out = append(out, sha256.Sum256([]byte(k)))
+	}
+	return append(out, c.WriteKeyDigests...)
+}
+
 // MatchesKey compares key against every write key of the source in constant time. It compares
 // SHA-256 digests, which all have one length, so neither the position of a match, nor a common
 // prefix, nor a key's length shows in the timing.
