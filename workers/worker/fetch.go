@@ -37,8 +37,10 @@ type preparedFold struct {
 // fails, and closes out.
 func (w *Worker) fetchLoop(ctx context.Context, consumer jetstream.Consumer, out chan<- fetched) {
 	defer close(out)
+	idle := false
 	for ctx.Err() == nil {
-		f := w.fetch(consumer)
+		f := w.fetch(consumer, idle)
+		idle = f.err == nil && len(f.items)+len(f.bad) == 0
 		select {
 		case out <- f:
 		case <-ctx.Done():
@@ -51,8 +53,22 @@ func (w *Worker) fetchLoop(ctx context.Context, consumer jetstream.Consumer, out
 	}
 }
 
-func (w *Worker) fetch(consumer jetstream.Consumer) fetched {
-	batch, err := consumer.Fetch(w.batchSize, jetstream.FetchMaxWait(w.maxWait), jetstream.FetchMaxBytes(w.bounds.batchBytes))
+// maxIdleWait bounds how long an idle consumer's one-message fetch waits (five times MaxWait,
+// so five times fewer requests). It returns as soon as a message arrives, so it adds no latency;
+// it bounds how long stopping an idle worker takes.
+const maxIdleWait = time.Second
+
+// fetch fetches a batch. After an empty fetch (idle) it asks for one message only: a full batch's
+// fetch allocates buffers for all its messages (64 KB for 2,000) every MaxWait, which a pool
+// worker's thousand idle members would hold and churn all the time; the next fetch is full again.
+func (w *Worker) fetch(consumer jetstream.Consumer, idle bool) fetched {
+	var batch jetstream.MessageBatch
+	var err error
+	if idle {
+		batch, err = consumer.Fetch(1, jetstream.FetchMaxWait(min(5*w.maxWait, maxIdleWait)))
+	} else {
+		batch, err = consumer.Fetch(w.batchSize, jetstream.FetchMaxWait(w.maxWait), jetstream.FetchMaxBytes(w.bounds.batchBytes))
+	}
 	if err != nil {
 		return fetched{err: err}
 	}

@@ -41,7 +41,7 @@ var _ = Describe("Fetching ahead", func() {
 		Expect(err).NotTo(HaveOccurred())
 		consumer, err := js.Consumer(ctx, src.Stream().StreamName(), stream.WorkerConsumer)
 		Expect(err).NotTo(HaveOccurred())
-		f := w.fetch(consumer) // folded without an account property
+		f := w.fetch(consumer, false) // folded without an account property
 		Expect(f.items).To(HaveLen(1))
 
 		changed := *src
