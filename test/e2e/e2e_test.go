@@ -58,6 +58,9 @@ spec:
     sharedSecretRef: {name: acme-segment}
   accountProperty: accountId
   ignoredEvents: ["Heartbeat"]
+  # Partitioned: the receiver routes by user, the worker consumes a consumer per partition with
+  # its NATS user, and the rows are what one partition gives.
+  stream: {partitions: 4}
 `
 }
 
@@ -195,6 +198,14 @@ var _ = Describe("from kubectl apply to rows in Postgres", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred(), out)
 		GinkgoWriter.Println(out)
 		Expect(out).To(MatchRegexp(`acme-web\s+acme\s+True\s+True\s+http://acme-web-receiver\.tenants\.svc:8080`))
+
+		By("the messages went through the partitions' consumers, none through the unpartitioned one")
+		state, err := stream.Inspect(ctx, js, stream.Source{Namespace: tenantNS, Name: "acme-web"})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.Partitions).To(Equal(4))
+		legacy, err := js.Consumer(ctx, state.StreamConfig.Name, stream.WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(legacy.CachedInfo().Delivered.Stream).To(BeZero())
 	})
 
 	It("accepts the new write key and refuses the old one after a rotation", func() {
