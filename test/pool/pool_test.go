@@ -14,6 +14,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/tallyhq/tally/workers/pool"
+	"github.com/tallyhq/tally/workers/source"
 )
 
 var _ = Describe("One receiver and one worker for many members", func() {
@@ -200,6 +201,62 @@ var _ = Describe("One receiver and one worker for many members", func() {
 		Expect(eventsOf(ctx, b)).To(Equal([]string{"sig-1"}), "secret-1 is b's")
 		Expect(eventsOf(ctx, a)).To(BeEmpty())
 		Expect(signed(p.receiver, body, "not-a-secret")).To(Equal(http.StatusUnauthorized))
+	})
+})
+
+var _ = Describe("A pool's pods and its bucket", func() {
+	It("keep serving the last known members while the bucket is gone, and follow it once it is back", func(ctx SpecContext) {
+		p := newPool(ctx)
+		m, later := newMember(ctx), newMember(ctx)
+		p.mountCredentials(m)
+		p.mountCredentials(later)
+		p.join(ctx, m, false)
+		Eventually(func() int { return p.status(m.keys[0], "g-1", "E", nil) }).Should(Equal(http.StatusOK))
+
+		Expect(pool.DeleteBucket(ctx, js, p.ref)).To(Succeed())
+		Expect(p.status(m.keys[0], "g-2", "E", nil)).To(Equal(http.StatusOK))
+		Expect(statusOf(http.Get(p.receiver + "/readyz"))).To(Equal(http.StatusOK))
+
+		var err error
+		p.kv, err = pool.EnsureBucket(ctx, js, p.ref, 1)
+		Expect(err).NotTo(HaveOccurred())
+		old := m.keys[0]
+		m.keys = []string{"after-the-bucket-came-back-0123456789"}
+		p.join(ctx, m, false)
+		p.join(ctx, later, false)
+		// Noticed at the next check that the bucket is still the same one.
+		Eventually(func() int { return p.status(m.keys[0], "g-3", "E", nil) }).
+			WithTimeout(3 * pool.FollowRecheck).WithPolling(100 * time.Millisecond).Should(Equal(http.StatusOK))
+		p.until(old, "g-old", http.StatusUnauthorized)
+		Eventually(func() int { return p.status(later.keys[0], "g-later", "E", nil) }).Should(Equal(http.StatusOK))
+		Eventually(func() float64 { return p.gauge(`tally_worker_pool_members{state="running"}`) }).
+			WithTimeout(3 * pool.FollowRecheck).Should(Equal(2.0))
+		drained(ctx, later)
+		Expect(eventsOf(ctx, later)).To(Equal([]string{"g-later"}), "the worker runs the member that joined the new bucket")
+		drained(ctx, m)
+		Expect(eventsOf(ctx, m)).To(ContainElements("g-1", "g-2", "g-3"))
+	})
+})
+
+var _ = Describe("A pool member's insights", func() {
+	It("are pushed by the pool worker with the member's own insights write key, once it is mounted", func(ctx SpecContext) {
+		p := newPool(ctx)
+		pushing, receiving := newMember(ctx), newMember(ctx)
+		p.mountCredentials(pushing)
+		p.mountCredentials(receiving)
+		p.join(ctx, receiving, false)
+		// The insights go to the pool's own receiver, under the receiving member's key.
+		pushing.src.Insights = &source.InsightsConfig{Endpoint: p.receiver, Interval: time.Second}
+		p.join(ctx, pushing, false)
+		body := []byte(`{"userId":"ada","traits":{"email":"ada@example.com"},"messageId":"i-1"}`)
+		Eventually(func() int { s, _ := post(p.receiver+"/v1/identify", pushing.keys[0], body); return s }).Should(Equal(http.StatusOK))
+		drained(ctx, pushing)
+
+		Expect(os.WriteFile(filepath.Join(p.credsDir, pool.Key(*pushing.src)+".insights-write-key"), []byte(receiving.keys[0]+"\n"), 0o600)).To(Succeed())
+		Eventually(func() []string {
+			return asTenant[string](ctx, receiving, `SELECT user_id FROM tally.users WHERE traits ? 'tally_events_30d'`)
+		}).WithTimeout(30*time.Second).Should(Equal([]string{"ada"}), "the pushing member's user, as an insights identify call")
+		Expect(asTenant[string](ctx, pushing, `SELECT user_id FROM tally.users WHERE traits ? 'tally_events_30d'`)).To(BeEmpty())
 	})
 })
 

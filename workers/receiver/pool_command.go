@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -70,31 +69,9 @@ func (p *poolMembers) gate(next http.Handler) http.Handler {
 	})
 }
 
-// watchBackoff is the wait before the bucket is watched again after the watch failed (NATS
-// away, bucket missing); the members served meanwhile stay as they were.
-const watchBackoff = time.Second
-
-// watch follows the pool's bucket until ctx ends.
+// watch follows the pool's bucket until ctx ends; while it is away, the last known members stay.
 func (p *poolMembers) watch(ctx context.Context, js jetstream.JetStream, ref pool.Ref) {
-	failing := false
-	for ctx.Err() == nil {
-		kv, err := js.KeyValue(ctx, ref.Bucket())
-		if err == nil {
-			err = pool.Watch(ctx, kv, p.setMembers, p.badEntry)
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		if p.delivered.Swap(false) {
-			failing = false // it had worked again since the last failure
-		}
-		if !failing {
-			p.log.Warn("cannot watch the pool's members; serving the last known ones", "bucket", ref.Bucket(), "error", err)
-		}
-		failing = true
-		select {
-		case <-ctx.Done():
-		case <-time.After(watchBackoff):
-		}
-	}
+	pool.Follow(ctx, js, ref, p.setMembers, p.badEntry, func(err error) {
+		p.log.Warn("cannot watch the pool's members; serving the last known ones", "bucket", ref.Bucket(), "error", err)
+	})
 }

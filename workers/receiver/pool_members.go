@@ -25,8 +25,6 @@ type poolMembers struct {
 	log        *slog.Logger
 	// loaded turns true once the bucket's content has arrived.
 	loaded atomic.Bool
-	// delivered is set by each delivery from the bucket: the watch works again.
-	delivered atomic.Bool
 
 	mu       sync.Mutex
 	members  map[string]pool.Member
@@ -45,7 +43,6 @@ func (p *poolMembers) setMembers(members map[string]pool.Member) {
 	defer p.mu.Unlock()
 	p.members = members
 	p.refresh(true)
-	p.delivered.Store(true)
 	if !p.loaded.Swap(true) {
 		p.log.Info("pool members loaded", "members", len(members))
 	}

@@ -85,35 +85,13 @@ func runPool(ctx context.Context, c poolCommand, log *slog.Logger) error {
 	return nil
 }
 
-// watchPool follows the pool's bucket until ctx ends, watching it again after a failure (NATS
-// away, bucket missing); what runs meanwhile stays as it was.
+// watchPool follows the pool's bucket until ctx ends; while it is away, what runs stays as it was.
 func watchPool(ctx context.Context, js jetstream.JetStream, ref pool.Ref, apply func(map[string]pool.Member), log *slog.Logger) {
-	failing := false
-	delivered := false
-	deliver := func(m map[string]pool.Member) { delivered = true; apply(m) }
-	bad := func(key string, err error) {
+	pool.Follow(ctx, js, ref, apply, func(key string, err error) {
 		log.Error("a pool member's entry does not decode; not running it", "member", key, "error", err)
-	}
-	for ctx.Err() == nil {
-		kv, err := js.KeyValue(ctx, ref.Bucket())
-		if err == nil {
-			err = pool.Watch(ctx, kv, deliver, bad)
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		if delivered {
-			failing, delivered = false, false
-		}
-		if !failing {
-			log.Warn("cannot watch the pool's members; keeping the running ones", "bucket", ref.Bucket(), "error", err)
-		}
-		failing = true
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
+	}, func(err error) {
+		log.Warn("cannot watch the pool's members; keeping the running ones", "bucket", ref.Bucket(), "error", err)
+	})
 }
 
 func servePoolMetrics(addr string, reg prometheus.Gatherer, workers *poolWorkers, nc *nats.Conn, log *slog.Logger) *http.Server {
