@@ -99,25 +99,26 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 		return err
 	}
 	// A worker per source, as a pool's worker runs one per member: a longer fetch wait than the
-	// other phases' (a thousand idle fetch loops), and a connection pool of their own.
-	pcfg, err := pgxpool.ParseConfig(e.dbURL)
+	// other phases' (a thousand idle fetch loops), and connection pools of their own, one for
+	// the big tenant and one shared by the small ones (a pool worker has one per tenant login).
+	bigPool, err := e.connections(ctx, 8)
 	if err != nil {
 		return err
 	}
-	pcfg.MaxConns = 16
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	defer bigPool.Close()
+	smallPool, err := e.connections(ctx, 16)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
+	defer smallPool.Close()
 	metrics := worker.NewMetrics(prometheus.NewRegistry())
 	wctx, stopWorkers := context.WithCancel(ctx)
 	var workers sync.WaitGroup
 	defer func() { stopWorkers(); workers.Wait() }()
 	for i, src := range sources {
-		replicas := 1
+		replicas, pool := 1, smallPool
 		if i == 0 {
-			replicas = e.cfg.settings.WorkerReplicas
+			replicas, pool = e.cfg.settings.WorkerReplicas, bigPool
 		}
 		for range replicas {
 			w, err := worker.New(worker.Options{Pool: pool, JetStream: e.js, Source: src, MaxWait: 200 * time.Millisecond,
@@ -282,4 +283,14 @@ func (w *tenantsWatch) poll(ctx context.Context) error {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return ctx.Err()
+}
+
+// connections is a Postgres pool of its own on the bench's database.
+func (e *env) connections(ctx context.Context, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(e.dbURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = maxConns
+	return pgxpool.NewWithConfig(ctx, cfg)
 }
