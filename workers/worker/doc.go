@@ -48,8 +48,10 @@
 //     versions, links and activity) and an alias's first_aliased_at. An anonymousId tied to the
 //     deleted user and to another one settles by arrival order, as ties keep only the oldest.
 //
-// A tenant's transactions lock the tenant's row of tally.tenant_locks, so the cross-row steps (the
-// fallback account, ties, re-resolution, last_seen_at of new rows) always see every earlier commit.
+// A tenant's transactions lock rows of tally.tenant_locks: the slots of the users they touch and,
+// at their end, the accounts they write (locks.go). The cross-row steps (the fallback account,
+// ties, re-resolution, last_seen_at of new rows) then see every earlier commit they depend on,
+// while batches of users in other slots, a partitioned source's other partitions, commit at once.
 //
 // The worker fetches, decodes and folds the next batch while the current one commits, and acks
 // a batch (without waiting for JetStream's confirmation) only after its transaction committed.
