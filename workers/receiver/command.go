@@ -56,7 +56,10 @@ func NewCommand() *cobra.Command {
 		Short: "Serve Segment's Tracking API for one SegmentSource and publish to its JetStream stream",
 		Example: `  # What the operator runs in a source's receiver pods
   tally receiver --listen :8080 --nats-url nats://nats:4222 --source-config /etc/tally/source/source.json \
-    --write-keys-file /etc/tally/write-keys/writeKey`,
+    --write-keys-file /etc/tally/write-keys/writeKey
+
+  # What the operator runs in a SegmentSourcePool's receiver pods: every member, by key digest
+  tally receiver --pool platform/shared --nats-url nats://nats:4222 --shared-secrets-dir /etc/tally/shared-secrets`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

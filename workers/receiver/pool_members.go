@@ -172,5 +172,9 @@ func (p *poolMembers) problem(key, msg string, err error) {
 		return
 	}
 	p.problems[key] = text
+	if err == nil {
+		p.log.Error(msg, "member", key)
+		return
+	}
 	p.log.Error(msg, "member", key, "error", err)
 }

@@ -51,7 +51,10 @@ func workerCommand() *cobra.Command {
 		Short: "Map one source's messages from JetStream into Postgres",
 		Example: `  # What the operator runs in a source's worker pods (the URL comes from TALLY_DATABASE_URL there)
   tally worker --nats-url nats://nats:4222 --source-config /etc/tally/source/source.json \
-    --database-url postgres://tally_t_1234@db:5432/tally`,
+    --database-url postgres://tally_t_1234@db:5432/tally
+
+  # What the operator runs in a SegmentSourcePool's worker pods: every member, each on its tenant's login
+  tally worker --pool platform/shared --nats-url nats://nats:4222 --credentials-dir /etc/tally/credentials`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

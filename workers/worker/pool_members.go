@@ -301,6 +301,10 @@ func (p *poolWorkers) problem(key, msg string, err error) {
 		return
 	}
 	p.problems[key] = text
+	if err == nil {
+		p.log.Warn(msg, "member", key)
+		return
+	}
 	p.log.Warn(msg, "member", key, "error", err)
 }
 
