@@ -81,6 +81,7 @@ var _ = Describe("Helm chart", func() {
 			rendered := parseObjects(mustHelmTemplate(defaultNamespace))
 			Expect(kindsOf(rendered)).To(ConsistOf(
 				"CustomResourceDefinition/segmentsources.tally.dev",
+				"CustomResourceDefinition/segmentsourcepools.tally.dev",
 				"CustomResourceDefinition/tenants.tally.dev",
 				"ServiceAccount/tally-manager",
 				"ClusterRole/tally-manager",
@@ -209,7 +210,7 @@ var _ = Describe("Helm chart", func() {
 			tenantsRole := convert[rbacv1.ClusterRole](find(rendered, "ClusterRole", "tally-manager-tenants"))
 			Expect(tenantsRole.Rules).To(Equal([]rbacv1.PolicyRule{{
 				APIGroups: []string{"tally.dev"}, Resources: []string{"tenants"}, Verbs: []string{"get", "list", "watch"},
-			}}), "with tenants.required the operator only reads Tenants")
+			}, namespacesRule(generatedRole().Rules)}), "with tenants.required the operator only reads Tenants (and Namespaces)")
 			Expect(tenants.Verbs).To(ContainElements("get", "list", "watch"))
 
 			binding := convert[rbacv1.ClusterRoleBinding](find(rendered, "ClusterRoleBinding", "tally-manager"))
@@ -393,7 +394,7 @@ var _ = Describe("Helm chart", func() {
 	Describe("option switches", func() {
 		It("omits the keep annotation when crds.keep is false", func() {
 			rendered := parseObjects(mustHelmTemplate(defaultNamespace, "--set", "crds.keep=false"))
-			for _, name := range []string{"segmentsources.tally.dev", "tenants.tally.dev"} {
+			for _, name := range []string{"segmentsources.tally.dev", "segmentsourcepools.tally.dev", "tenants.tally.dev"} {
 				Expect(find(rendered, "CustomResourceDefinition", name).GetAnnotations()).NotTo(HaveKey("helm.sh/resource-policy"), name)
 			}
 		})
@@ -403,6 +404,7 @@ var _ = Describe("Helm chart", func() {
 				"--set", "rbac.create=false", "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=existing"))
 			Expect(kindsOf(rendered)).To(ConsistOf(
 				"CustomResourceDefinition/segmentsources.tally.dev",
+				"CustomResourceDefinition/segmentsourcepools.tally.dev",
 				"CustomResourceDefinition/tenants.tally.dev",
 				"NetworkPolicy/tally-manager",
 				"Service/tally-manager-metrics",

@@ -33,6 +33,7 @@ var _ = Describe("kustomize install (config/default)", func() {
 		Expect(kindsOf(objects)).To(ConsistOf(
 			"Namespace/tally-system",
 			"CustomResourceDefinition/segmentsources.tally.dev",
+			"CustomResourceDefinition/segmentsourcepools.tally.dev",
 			"CustomResourceDefinition/tenants.tally.dev",
 			"ServiceAccount/tally-controller-manager",
 			"ClusterRole/tally-manager-role",
@@ -103,7 +104,7 @@ var _ = Describe("kustomize install (config/default)", func() {
 		objects := kustomizeBuild("config/default")
 		By("creating its Namespace and CRDs for real")
 		kube.MustApply(toYAML(find(objects, "Namespace", ""), find(objects, "CustomResourceDefinition", "segmentsources.tally.dev"),
-			find(objects, "CustomResourceDefinition", "tenants.tally.dev")))
+			find(objects, "CustomResourceDefinition", "tenants.tally.dev"), find(objects, "CustomResourceDefinition", "segmentsourcepools.tally.dev")))
 		live, err := kube.Run("", "get", "namespace", namespace, "-o", "jsonpath={.metadata.labels}")
 		Expect(err).NotTo(HaveOccurred())
 		Expect(live).To(ContainSubstring(`"pod-security.kubernetes.io/enforce":"restricted"`))
@@ -119,8 +120,10 @@ var _ = Describe("kustomize install (config/default)", func() {
 
 var _ = Describe("samples (config/samples)", func() {
 	It("are admitted by the API server with the CRDs installed (server-side dry-run)", func() {
-		kube.MustApply(readFile("config/crd/bases/tally.dev_segmentsources.yaml") + "\n---\n" + readFile("config/crd/bases/tally.dev_tenants.yaml"))
-		_, err := kube.Run("", "wait", "--for=condition=Established", "crd/segmentsources.tally.dev", "crd/tenants.tally.dev", "--timeout=60s")
+		kube.MustApply(readFile("config/crd/bases/tally.dev_segmentsources.yaml") + "\n---\n" + readFile("config/crd/bases/tally.dev_tenants.yaml") +
+			"\n---\n" + readFile("config/crd/bases/tally.dev_segmentsourcepools.yaml"))
+		_, err := kube.Run("", "wait", "--for=condition=Established", "crd/segmentsources.tally.dev", "crd/tenants.tally.dev",
+			"crd/segmentsourcepools.tally.dev", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred())
 
 		samples, err := filepath.Glob(filepath.Join(repoRoot, "config/samples/*.yaml"))

@@ -29,11 +29,15 @@ import (
 )
 
 // splitTenantRule splits the generated rules into those on namespaced kinds and the one on
-// tenants (cluster-scoped), as the chart does.
+// tenants (cluster-scoped), as the chart does. The rule on namespaces (cluster-scoped, read for
+// pools' allowedNamespaces) is neither: namespacesRule returns it.
 func splitTenantRule(rules []rbacv1.PolicyRule) (namespaced []rbacv1.PolicyRule, tenants rbacv1.PolicyRule) {
 	GinkgoHelper()
 	found := 0
 	for _, r := range rules {
+		if slices.Contains(r.Resources, "namespaces") {
+			continue
+		}
 		if slices.Contains(r.Resources, "tenants") {
 			Expect(r.Resources).To(Equal([]string{"tenants"}), "the tenants rule stands alone")
 			tenants = r
@@ -44,6 +48,21 @@ func splitTenantRule(rules []rbacv1.PolicyRule) (namespaced []rbacv1.PolicyRule,
 	}
 	Expect(found).To(Equal(1), "config/rbac/role.yaml has one rule on tenants")
 	return namespaced, tenants
+}
+
+// namespacesRule is the generated rule on namespaces, which the chart puts into the ClusterRole
+// that reads Tenants.
+func namespacesRule(rules []rbacv1.PolicyRule) rbacv1.PolicyRule {
+	GinkgoHelper()
+	for _, r := range rules {
+		if slices.Contains(r.Resources, "namespaces") {
+			Expect(r.Resources).To(Equal([]string{"namespaces"}), "the namespaces rule stands alone")
+			Expect(r.Verbs).To(Equal([]string{"get", "list", "watch"}), "namespaces are only read")
+			return r
+		}
+	}
+	Fail("config/rbac/role.yaml has no rule on namespaces")
+	return rbacv1.PolicyRule{}
 }
 
 // tenantVerbs lists the verbs on tally.dev tenants of every rule of every Role and ClusterRole
@@ -125,7 +144,7 @@ var _ = Describe("the manager's RBAC in the chart", func() {
 		Expect(convert[rbacv1.Role](find(withCreds, "Role", "tally-manager-secrets")).Rules[0].ResourceNames).To(
 			Equal([]string{"tally-database", "tally-nats"}))
 
-		By("the only ClusterRole reads Tenants, which are cluster-scoped")
+		By("the only ClusterRole reads Tenants and Namespaces, which are cluster-scoped")
 		var clusterRoles []string
 		for _, o := range rendered {
 			if o.GetKind() != "ClusterRole" {
@@ -133,8 +152,12 @@ var _ = Describe("the manager's RBAC in the chart", func() {
 			}
 			clusterRoles = append(clusterRoles, o.GetName())
 			for _, r := range convert[rbacv1.ClusterRole](o).Rules {
-				Expect(r.Resources).To(Equal([]string{"tenants"}), o.GetName())
-				Expect(r.APIGroups).To(Equal([]string{"tally.dev"}), o.GetName())
+				Expect(r.Resources).To(Or(Equal([]string{"tenants"}), Equal([]string{"namespaces"})), o.GetName())
+				if r.Resources[0] == "namespaces" {
+					Expect(r).To(Equal(namespacesRule(generatedRole().Rules)))
+				} else {
+					Expect(r.APIGroups).To(Equal([]string{"tally.dev"}), o.GetName())
+				}
 			}
 		}
 		Expect(clusterRoles).To(ConsistOf("tally-manager-tenants"))
@@ -311,8 +334,10 @@ var _ = Describe("the operator on the chart's watchNamespace RBAC", Ordered, fun
 	BeforeAll(func() {
 		ctx := context.Background()
 		By("installing the CRDs and the RBAC the chart renders for watchNamespace, for real")
-		kube.MustApply(readFile("config/crd/bases/tally.dev_segmentsources.yaml") + "\n---\n" + readFile("config/crd/bases/tally.dev_tenants.yaml"))
-		_, err := kube.Run("", "wait", "--for=condition=Established", "crd/segmentsources.tally.dev", "crd/tenants.tally.dev", "--timeout=60s")
+		kube.MustApply(readFile("config/crd/bases/tally.dev_segmentsources.yaml") + "\n---\n" + readFile("config/crd/bases/tally.dev_tenants.yaml") +
+			"\n---\n" + readFile("config/crd/bases/tally.dev_segmentsourcepools.yaml"))
+		_, err := kube.Run("", "wait", "--for=condition=Established", "crd/segmentsources.tally.dev", "crd/tenants.tally.dev",
+			"crd/segmentsourcepools.tally.dev", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred())
 		out, err := helm("template", release, "charts/tally", "--namespace", defaultNamespace, "--set", "watchNamespace="+watchedNamespace,
 			"--set", "database.secretName=narrow-database", "--set", "crds.enabled=false")
