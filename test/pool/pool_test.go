@@ -13,6 +13,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/pool"
 	"github.com/tallyhq/tally/workers/source"
 )
@@ -175,6 +176,28 @@ var _ = Describe("One receiver and one worker for many members", func() {
 		}).Should(BeNumerically(">=", 1), "the receiver drops Noise")
 	})
 
+	It("apply a partitioned member's users on all its partitions, and dead-letter what cannot be mapped", func(ctx SpecContext) {
+		m := newMember(ctx, "", "4")
+		p.mountCredentials(m)
+		p.join(ctx, m, false)
+		var ids []string
+		for i := range 20 {
+			id := fmt.Sprintf("pt-%02d", i)
+			body := fmt.Appendf(nil, `{"userId":"user-%d","event":"E","messageId":%q}`, i, id)
+			Eventually(func() int { s, _ := post(p.receiver+"/v1/track", m.keys[0], body); return s }).Should(Equal(http.StatusOK))
+			ids = append(ids, id)
+		}
+		publishRaw(ctx, m, []byte(`{"type":"track","messageId":`)) // what no worker can decode
+		Eventually(func() error { return testenv.WorkQueueEmpty(ctx, js, m.src.Stream().StreamName()) }).
+			WithTimeout(30 * time.Second).Should(Succeed())
+		Expect(eventsOf(ctx, m)).To(Equal(ids))
+		dlq, err := js.Stream(ctx, m.src.Stream().DeadLetterStreamName())
+		Expect(err).NotTo(HaveOccurred())
+		info, err := dlq.Info(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(info.State.Msgs).To(BeEquivalentTo(1), "the worker's pool user may publish the member's dead letters")
+	})
+
 	It("start a member's worker when its database credentials appear", func(ctx SpecContext) {
 		m := newMember(ctx)
 		p.join(ctx, m, false)
@@ -302,6 +325,13 @@ var _ = Describe("A pool receiver before its bucket has arrived", func() {
 		Expect(p.status(m.keys[0], "l-1", "E", nil)).To(Equal(http.StatusOK))
 	})
 })
+
+// publishRaw puts bytes straight into the member's stream, on its unpartitioned track subject.
+func publishRaw(ctx context.Context, m *member, data []byte) {
+	GinkgoHelper()
+	_, err := js.Publish(ctx, m.src.Stream().Subject("track"), data)
+	Expect(err).NotTo(HaveOccurred())
+}
 
 // publish puts a message straight into the member's stream, as a receiver would have.
 func publish(ctx context.Context, m *member, id string) {

@@ -192,15 +192,20 @@ type member struct {
 	url  string // the tenant's own Postgres login
 }
 
-// newMember makes a source of a tenant of its own (or of the given tenant), with its stream and
-// its tenant's Postgres login; it is not in the pool yet.
-func newMember(ctx context.Context, tenant ...string) *member {
+// newMember makes a source of a tenant of its own, with its stream and its tenant's Postgres
+// login; it is not in the pool yet. opts are the tenant ("" for one of its own) and the number of
+// partitions.
+func newMember(ctx context.Context, opts ...string) *member {
 	GinkgoHelper()
 	n := seq.Add(1)
 	src := &source.Config{Namespace: fmt.Sprintf("team%d", n%3), Name: fmt.Sprintf("src%d", n), Tenant: fmt.Sprintf("tenant%d", n),
 		StreamMaxBytes: 16 << 20}
-	if len(tenant) > 0 {
-		src.Tenant = tenant[0]
+	if len(opts) > 0 && opts[0] != "" {
+		src.Tenant = opts[0]
+	}
+	if len(opts) > 1 {
+		_, err := fmt.Sscan(opts[1], &src.Partitions)
+		Expect(err).NotTo(HaveOccurred())
 	}
 	Expect(stream.Ensure(ctx, js, src.Stream(), src.StreamSettings())).To(Succeed())
 	url, err := roles.Ensure(ctx, src.Tenant, "")
