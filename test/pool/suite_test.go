@@ -96,7 +96,6 @@ type podsOf struct {
 	secretsDir  string // receiver: <ns>.<name> shared secrets
 	credsDir    string // worker: <ns>.<name>.database-url, .insights-write-key
 	stopWorker  func()
-	workerAddr  string
 	workerExtra []string
 }
 

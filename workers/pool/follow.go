@@ -69,7 +69,9 @@ func followOnce(ctx context.Context, js jetstream.JetStream, p Ref, apply func(m
 		}
 		if err != nil {
 			stop()
-			<-watched
+			if werr := <-watched; werr != nil { // it failed on its own meanwhile
+				return werr
+			}
 			return err
 		}
 	}

@@ -108,10 +108,3 @@ func (d *databases) release(url string) {
 	d.mu.Unlock()
 	db.pool.Close()
 }
-
-// count is the number of distinct databases (tenant logins) in use.
-func (d *databases) count() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return len(d.pools)
-}
