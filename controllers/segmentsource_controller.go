@@ -92,10 +92,13 @@ type SegmentSourceReconciler struct {
 	// APIReader reads from the API server directly: Secrets (never cached, see SetupWithManager) and
 	// same-named objects the label-filtered cache cannot see.
 	APIReader client.Reader
-	Recorder  events.EventRecorder
-	NATS      NATS
-	Config    Config
-	Metrics   *Metrics
+	// Cache reads Secrets as metadata from the manager's metadata informer; the client bypasses
+	// its cache for every Secret (NewManager), metadata included. Nil: the client is used.
+	Cache    client.Reader
+	Recorder events.EventRecorder
+	NATS     NATS
+	Config   Config
+	Metrics  *Metrics
 	// Rows reads what the status reports about the tenant's rows; nil when the manager has no
 	// database.
 	Rows TenantRows
@@ -106,6 +109,11 @@ type SegmentSourceReconciler struct {
 	applied appliedVersions
 	// buckets holds the handles of the pools' member buckets.
 	buckets buckets
+	// logins and writeKeys remember tenant logins and write key reads (see memo.go).
+	logins    tenantLogins
+	writeKeys writeKeyReads
+	// memberKeys batches the members' writes into pools' Secrets (see pool_secrets.go).
+	memberKeys memberKeys
 }
 
 // TenantRows reads what the operator reports about a tenant's rows. Its SQL lives with the schema
@@ -158,11 +166,11 @@ type reconcileState struct {
 
 	// For a pool member: the pool, and the secrets that go to the pool (digests of the write
 	// keys into its bucket; the others into its Secrets). Never logged.
-	pool          *tallyv1.SegmentSourcePool
-	writeKeys     []string
-	sharedSecrets []string
-	insightsKey   string
-	databaseURL   []byte
+	pool            *tallyv1.SegmentSourcePool
+	writeKeyDigests []string
+	sharedSecrets   []string
+	insightsKey     string
+	databaseURL     []byte
 }
 
 type subReconciler func(ctx context.Context, st *reconcileState) error

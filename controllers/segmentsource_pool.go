@@ -2,8 +2,6 @@ package controllers
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -135,7 +133,7 @@ func (r *SegmentSourceReconciler) reconcileMemberDatabase(ctx context.Context, s
 	if r.Roles == nil {
 		return nil
 	}
-	url, err := r.Roles.EnsureTenantRole(ctx, obj.Spec.Tenant, obj.Annotations[RotateDatabaseCredentialsAnnotation])
+	url, err := r.tenantLogin(ctx, obj.Spec.Tenant, obj.Annotations[RotateDatabaseCredentialsAnnotation])
 	if err != nil {
 		return transient(ReasonDatabaseRoleFailed, redacted(err), "creating the Postgres login of tenant %q", obj.Spec.Tenant)
 	}
@@ -202,10 +200,7 @@ func (r *SegmentSourceReconciler) reconcileMemberEntry(ctx context.Context, st *
 		return err
 	}
 
-	entry := pool.Member{Source: *resources.SourceConfig(obj), Suspended: obj.Spec.Suspend}
-	for _, k := range st.writeKeys {
-		entry.WriteKeyDigests = append(entry.WriteKeyDigests, pool.DigestKey(k))
-	}
+	entry := pool.Member{Source: *resources.SourceConfig(obj), WriteKeyDigests: st.writeKeyDigests, Suspended: obj.Spec.Suspend}
 	if err := r.putMember(ctx, poolRef(p), entry); err != nil {
 		return err
 	}
@@ -288,67 +283,6 @@ func (r *SegmentSourceReconciler) leavePool(ctx context.Context, st *reconcileSt
 	}
 	log.FromContext(ctx).Info("left pool", "pool", ref.String())
 	obj.Status.Pool = ""
-	return nil
-}
-
-// memberAnnotation is the annotation on a pool Secret that holds the hash of one member's keys
-// there: the operator compares it from the cached metadata, so an unchanged member writes nothing
-// and the Secret's data is never read. Annotation names are at most 63 characters, hence a digest.
-func memberAnnotation(member string) string {
-	return "members.tally.dev/" + pool.DigestKey(member)[:32]
-}
-
-// patchMemberKeys sets the member's keys of a pool Secret to data (removing those of keys that
-// data lacks) with one merge patch, which touches no other member's keys, unless the Secret's
-// annotation says they are already so. A missing Secret is waited for (the pool makes it), or
-// nothing to do when data is empty.
-func (r *SegmentSourceReconciler) patchMemberKeys(ctx context.Context, namespace, name, member string, keys []string, data map[string][]byte) error {
-	m := secretMetadata()
-	err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, m)
-	if apierrors.IsNotFound(err) {
-		if len(data) == 0 {
-			return nil
-		}
-		return waiting(ReasonProgressing, poolRequeue, "Secret %s/%s of the pool does not exist yet", namespace, name)
-	}
-	if err != nil {
-		return transient(ReasonReconcileError, err, "reading Secret %s/%s", namespace, name)
-	}
-	ann := memberAnnotation(member)
-	want := ""
-	if len(data) > 0 {
-		want = resources.Hash(data)
-	}
-	if m.GetAnnotations()[ann] == want {
-		return nil
-	}
-	values := map[string]any{}
-	for _, k := range keys {
-		if v, ok := data[k]; ok {
-			values[k] = base64.StdEncoding.EncodeToString(v)
-		} else {
-			values[k] = nil
-		}
-	}
-	var annValue any
-	if want != "" {
-		annValue = want
-	}
-	patch, err := json.Marshal(map[string]any{
-		"metadata": map[string]any{"annotations": map[string]any{ann: annValue}},
-		"data":     values,
-	})
-	if err != nil {
-		return err
-	}
-	target := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
-	if err := r.Patch(ctx, target, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldOwner)); err != nil {
-		if apierrors.IsNotFound(err) && len(data) == 0 {
-			return nil
-		}
-		return transient(ReasonReconcileError, err, "writing the keys of %s into Secret %s/%s", member, namespace, name)
-	}
-	r.Metrics.Applied("Secret")
 	return nil
 }
 

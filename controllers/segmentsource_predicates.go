@@ -152,6 +152,9 @@ func (r *SegmentSourceReconciler) sourcesForSecret(ctx context.Context, secret c
 	for _, s := range list.Items {
 		add(s.Namespace, s.Name)
 	}
+	if secret.GetNamespace() == r.Config.ManagerNamespace && secret.GetName() == r.Config.DatabaseSecret {
+		r.logins.forgetAll() // new administrator credentials set every tenant's password again
+	}
 	if secret.GetNamespace() == r.Config.ManagerNamespace &&
 		(secret.GetName() == r.Config.DatabaseSecret || secret.GetName() == r.Config.NATSCredsSecret ||
 			secret.GetName() == r.Config.NATSSigningKeySecret) {

@@ -26,6 +26,7 @@ import (
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/resources"
+	"github.com/tallyhq/tally/workers/pool"
 	"github.com/tallyhq/tally/workers/source"
 )
 
@@ -42,6 +43,17 @@ const conflictRequeue = time.Minute
 func (r *SegmentSourceReconciler) reconcileWriteKey(ctx context.Context, st *reconcileState) error {
 	obj := st.source
 	ref := obj.Spec.WriteKeySecretRef
+	// The cached metadata tells whether the Secret changed since the last read: only then is
+	// its data read from the API server.
+	if m := secretMetadata(); r.cachedGet(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, m) == nil &&
+		m.GetLabels()[resources.LabelSourceSecret] == "true" {
+		if last, ok := r.writeKeys.load(obj.UID); ok && last.secret == ref.Name && last.key == obj.WriteKeyKey() &&
+			last.resourceVersion == m.GetResourceVersion() {
+			st.writeKeyHash, st.writeKeyDigests = last.hash, last.digests
+			obj.Status.WriteKeySecretVersion = last.resourceVersion
+			return nil
+		}
+	}
 	secret := &corev1.Secret{}
 	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, secret); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -63,9 +75,14 @@ func (r *SegmentSourceReconciler) reconcileWriteKey(ctx context.Context, st *rec
 		return waiting(ReasonSecretKeyNotFound, waitForSecretRequeue,
 			"key %q of write key Secret %q holds no write key", obj.WriteKeyKey(), ref.Name)
 	}
-	st.writeKeys = keys
 	st.writeKeyHash = resources.Hash(map[string][]byte{"keys": []byte(strings.Join(keys, "\n"))})
+	st.writeKeyDigests = make([]string, 0, len(keys))
+	for _, k := range keys {
+		st.writeKeyDigests = append(st.writeKeyDigests, pool.DigestKey(k))
+	}
 	obj.Status.WriteKeySecretVersion = secret.ResourceVersion
+	r.writeKeys.store(obj.UID, writeKeyRead{secret: ref.Name, key: obj.WriteKeyKey(), resourceVersion: secret.ResourceVersion,
+		hash: st.writeKeyHash, digests: st.writeKeyDigests})
 	return nil
 }
 
@@ -117,7 +134,7 @@ func (r *SegmentSourceReconciler) reconcileDatabaseSecret(ctx context.Context, s
 		return err
 	}
 	if r.Roles != nil {
-		url, err := r.Roles.EnsureTenantRole(ctx, obj.Spec.Tenant, obj.Annotations[RotateDatabaseCredentialsAnnotation])
+		url, err := r.tenantLogin(ctx, obj.Spec.Tenant, obj.Annotations[RotateDatabaseCredentialsAnnotation])
 		if err != nil {
 			return transient(ReasonDatabaseRoleFailed, redacted(err), "creating the Postgres login of tenant %q", obj.Spec.Tenant)
 		}
@@ -147,6 +164,7 @@ func (r *SegmentSourceReconciler) dropTenantRoleIfLast(ctx context.Context, obj 
 			return nil
 		}
 	}
+	r.logins.forget(obj.Spec.Tenant)
 	if err := r.Roles.DropTenantRole(ctx, obj.Spec.Tenant); err != nil {
 		return transient(ReasonDatabaseRoleFailed, redacted(err), "dropping the Postgres login of tenant %q", obj.Spec.Tenant)
 	}
@@ -395,7 +413,7 @@ func (a *appliedVersions) unchanged(obj client.Object) bool {
 // and falls back to the API server on a miss, so a same-named object made by someone else is seen
 // (and not silently adopted by the apply that would follow).
 func (r *SegmentSourceReconciler) getOwnedCandidate(ctx context.Context, key types.NamespacedName, obj client.Object) (bool, error) {
-	err := r.Get(ctx, key, obj)
+	err := r.cachedGet(ctx, key, obj)
 	if err == nil {
 		return true, nil
 	}
@@ -417,7 +435,7 @@ func (r *SegmentSourceReconciler) deleteOwned(ctx context.Context, st *reconcile
 // deleteOwnedBy is deleteOwned for any owner.
 func (r *SegmentSourceReconciler) deleteOwnedBy(ctx context.Context, namespace string, ownerUID types.UID, obj client.Object, name string) error {
 	key := types.NamespacedName{Namespace: namespace, Name: name}
-	if err := r.Get(ctx, key, obj); err != nil {
+	if err := r.cachedGet(ctx, key, obj); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
@@ -453,4 +471,13 @@ func kindOf(r *SegmentSourceReconciler, obj client.Object) string {
 		return fmt.Sprintf("%T", obj)
 	}
 	return gvks[0].Kind
+}
+
+// cachedGet reads obj from the manager's caches: a Secret's metadata from the metadata informer
+// (the client would go to the API server for any Secret), anything else through the client.
+func (r *SegmentSourceReconciler) cachedGet(ctx context.Context, key types.NamespacedName, obj client.Object) error {
+	if m, ok := obj.(*metav1.PartialObjectMetadata); ok && r.Cache != nil {
+		return r.Cache.Get(ctx, key, m)
+	}
+	return r.Get(ctx, key, obj)
 }

@@ -18,7 +18,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
@@ -134,20 +133,40 @@ func (p *SegmentSourcePoolReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
 		Owns(&autoscalingv2.HorizontalPodAutoscaler{}).
-		Watches(&tallyv1.SegmentSource{}, handler.EnqueueRequestsFromMapFunc(poolsOfSource),
-			builder.WithPredicates(predicate.Funcs{
-				CreateFunc: func(e event.CreateEvent) bool { return e.Object.(*tallyv1.SegmentSource).Status.Pool != "" },
-				UpdateFunc: func(e event.UpdateEvent) bool {
-					return e.ObjectOld.(*tallyv1.SegmentSource).Status.Pool != e.ObjectNew.(*tallyv1.SegmentSource).Status.Pool
-				},
-				DeleteFunc:  func(e event.DeleteEvent) bool { return e.Object.(*tallyv1.SegmentSource).Status.Pool != "" },
-				GenericFunc: func(event.GenericEvent) bool { return false },
-			})).
+		Watches(&tallyv1.SegmentSource{}, membersCountHandler()).
 		WithOptions(controller.Options{
 			MaxConcurrentReconciles: p.Sources.Config.MaxConcurrentReconciles,
 			RateLimiter:             workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](500*time.Millisecond, 30*time.Second),
 		}).
 		Complete(p)
+}
+
+// memberCountDelay batches the recounts of a pool while many members join or leave at once:
+// a thousand members joining cost a few pool reconciles and status writes, not a thousand.
+const memberCountDelay = 2 * time.Second
+
+// membersCountHandler enqueues the pool a source's entry came into or left, a little later.
+func membersCountHandler() handler.EventHandler {
+	enqueue := func(ctx context.Context, obj client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		for _, req := range poolsOfSource(ctx, obj) {
+			q.AddAfter(req, memberCountDelay)
+		}
+	}
+	return handler.TypedFuncs[client.Object, reconcile.Request]{
+		CreateFunc: func(ctx context.Context, e event.TypedCreateEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(ctx, e.Object, q)
+		},
+		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			o, n := e.ObjectOld.(*tallyv1.SegmentSource), e.ObjectNew.(*tallyv1.SegmentSource)
+			if o.Status.Pool != n.Status.Pool {
+				enqueue(ctx, o, q)
+				enqueue(ctx, n, q)
+			}
+		},
+		DeleteFunc: func(ctx context.Context, e event.TypedDeleteEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(ctx, e.Object, q)
+		},
+	}
 }
 
 // poolsOfSource maps a source to the pool its entry is in.

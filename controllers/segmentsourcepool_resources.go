@@ -198,7 +198,7 @@ func (p *SegmentSourcePoolReconciler) reconcileHPA(ctx context.Context, st *pool
 // unchangedUserSecret is unchangedNATSUser for any owner.
 func (r *SegmentSourceReconciler) unchangedUserSecret(ctx context.Context, namespace string, ownerUID types.UID, name, fingerprint string, now time.Time) (*resources.SecretKey, bool) {
 	m := secretMetadata()
-	if err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, m); err != nil {
+	if err := r.cachedGet(ctx, types.NamespacedName{Namespace: namespace, Name: name}, m); err != nil {
 		return nil, false
 	}
 	ann := m.GetAnnotations()

@@ -269,6 +269,7 @@ func SetupWithMetrics(mgr ctrl.Manager, o *Options, n controllers.NATS, m *contr
 	r := &controllers.SegmentSourceReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
+		Cache:     mgr.GetCache(),
 		Recorder:  mgr.GetEventRecorder(o.EventRecorderName),
 		NATS:      n,
 		Metrics:   m,

@@ -21,8 +21,9 @@ import (
 // manager without a restart and a busy reconciler does not read it on every pass.
 const rowsSecretRecheck = time.Minute
 
-// rowsMaxConns is the pool's size: the status's counts need little.
-const rowsMaxConns = 2
+// rowsMaxConns is the pool's size: the status's counts and tenant logins of a few reconciles
+// at once (--max-concurrent-reconciles).
+const rowsMaxConns = 8
 
 // tenantRows answers controllers.TenantRows from the database the manager's database Secret names,
 // through the worker package, which owns the schema and its SQL.

@@ -49,7 +49,7 @@ const (
 	membersPerNS    = 100
 	readyWithin     = 3 * time.Minute
 	peakRSSLimit    = 300 << 20
-	requeueInterval = 10 * time.Second
+	requeueInterval = 20 * time.Second
 )
 
 const (
@@ -122,7 +122,7 @@ func TestPoolScale(t *testing.T) {
 		"--health-probe-bind-address=0",
 		"--requeue-interval="+requeueInterval.String(),
 		"--stream-max-bytes=1Mi",
-		"--max-concurrent-reconciles=8",
+		"--max-concurrent-reconciles=32",
 		"--kube-api-qps=300",
 		"--kube-api-burst=600",
 		"--log-format=text",

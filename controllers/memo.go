@@ -1,0 +1,77 @@
+package controllers
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// A thousand sources re-checked every interval must not each take the tenant roles' table lock
+// in Postgres or read their write key Secret from the API server when nothing changed: these
+// memories, per process, keep what the last read found.
+
+// tenantLoginRecheck is how long a remembered tenant login is trusted before Postgres is asked
+// again (a login dropped behind the operator's back comes back within it).
+const tenantLoginRecheck = 10 * time.Minute
+
+type tenantLogin struct {
+	url       string
+	rotations map[string]bool
+	at        time.Time
+}
+
+// tenantLogins remembers, per tenant, the URL of its login and the rotation requests applied.
+type tenantLogins struct{ m sync.Map }
+
+// tenantLogin is Roles.EnsureTenantRole, remembered: Postgres is asked only for a tenant not seen
+// lately or a rotation request not applied yet.
+func (r *SegmentSourceReconciler) tenantLogin(ctx context.Context, tenant, rotation string) (string, error) {
+	var known map[string]bool
+	if v, ok := r.logins.m.Load(tenant); ok {
+		l := v.(tenantLogin)
+		if time.Since(l.at) < tenantLoginRecheck && (rotation == "" || l.rotations[rotation]) {
+			return l.url, nil
+		}
+		known = l.rotations
+	}
+	url, err := r.Roles.EnsureTenantRole(ctx, tenant, rotation)
+	if err != nil {
+		return "", err
+	}
+	rotations := map[string]bool{}
+	for k := range known {
+		rotations[k] = true
+	}
+	if rotation != "" {
+		rotations[rotation] = true
+	}
+	r.logins.m.Store(tenant, tenantLogin{url: url, rotations: rotations, at: time.Now()})
+	return url, nil
+}
+
+// forget drops one tenant's login (dropped), or every one (the manager's credentials changed).
+func (l *tenantLogins) forget(tenant string) { l.m.Delete(tenant) }
+func (l *tenantLogins) forgetAll()           { l.m.Clear() }
+
+// writeKeyRead is what the last read of a source's write key Secret found: digests and a hash,
+// never the keys.
+type writeKeyRead struct {
+	secret, key, resourceVersion string
+	hash                         string
+	digests                      []string
+}
+
+// writeKeyReads remembers the last read per source UID.
+type writeKeyReads struct{ m sync.Map }
+
+func (w *writeKeyReads) load(uid types.UID) (writeKeyRead, bool) {
+	v, ok := w.m.Load(uid)
+	if !ok {
+		return writeKeyRead{}, false
+	}
+	return v.(writeKeyRead), true
+}
+
+func (w *writeKeyReads) store(uid types.UID, r writeKeyRead) { w.m.Store(uid, r) }
