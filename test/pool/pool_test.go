@@ -227,6 +227,17 @@ var _ = Describe("One receiver and one worker for many members", func() {
 	})
 })
 
+var _ = Describe("A pool worker without tenant logins", func() {
+	It("writes a member without a login of its own with --database-url, as dedicated workers do", func(ctx SpecContext) {
+		p := newPool(ctx, "--database-url", adminURL)
+		m := newMember(ctx)
+		p.join(ctx, m, false)
+		Eventually(func() int { return p.status(m.keys[0], "d-1", "E", nil) }).Should(Equal(http.StatusOK))
+		drained(ctx, m)
+		Expect(eventsOf(ctx, m)).To(Equal([]string{"d-1"}))
+	})
+})
+
 var _ = Describe("A pool's pods and its bucket", func() {
 	It("keep serving the last known members while the bucket is gone, and follow it once it is back", func(ctx SpecContext) {
 		p := newPool(ctx)
