@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/tallyhq/tally/workers/insights"
 	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/pool"
 	"github.com/tallyhq/tally/workers/stream"
@@ -54,47 +53,20 @@ func runPool(ctx context.Context, c poolCommand, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	o := c.worker
-	o.Logger, o.Metrics = log, NewMetrics(reg)
-	workers := &poolWorkers{ctx: ctx, js: js, opts: o, credentialsDir: c.credentialsDir, databaseURL: c.databaseURL,
-		version: c.version, insights: insights.NewMetrics(reg), dbs: newDatabases(c.maxConns, c.maxConnsTotal), log: log,
-		running: map[string]*memberRun{}, problems: map[string]string{}, states: newPoolStates(reg)}
-	if c.databaseURL != "" {
-		if err := Migrate(ctx, c.databaseURL); err != nil {
-			return err
-		}
-		workers.schemaChecked = true
+	o.Logger = log
+	workers, err := NewPool(PoolOptions{Pool: c.ref, JetStream: js, Worker: o, DatabaseURL: c.databaseURL,
+		CredentialsDir: c.credentialsDir, ReloadInterval: c.reloadInterval, MaxConnsPerLogin: c.maxConns,
+		MaxConns: c.maxConnsTotal, Version: c.version, Registerer: reg})
+	if err != nil {
+		return err
 	}
 	srv := servePoolMetrics(c.metricsListen, reg, workers, nc, log)
 	defer srv.Close()
-	defer workers.stopAll()
-
-	go func() {
-		t := time.NewTicker(c.reloadInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				workers.reconcile()
-			}
-		}
-	}()
 	log.Info("pool worker started", "pool", c.ref.String())
-	watchPool(ctx, js, c.ref, workers.setMembers, log)
-	return nil
+	return workers.Run(ctx)
 }
 
-// watchPool follows the pool's bucket until ctx ends; while it is away, what runs stays as it was.
-func watchPool(ctx context.Context, js jetstream.JetStream, ref pool.Ref, apply func(map[string]pool.Member), log *slog.Logger) {
-	pool.Follow(ctx, js, ref, apply, func(key string, err error) {
-		log.Error("a pool member's entry does not decode; not running it", "member", key, "error", err)
-	}, func(err error) {
-		log.Warn("cannot watch the pool's members; keeping the running ones", "bucket", ref.Bucket(), "error", err)
-	})
-}
-
-func servePoolMetrics(addr string, reg prometheus.Gatherer, workers *poolWorkers, nc *nats.Conn, log *slog.Logger) *http.Server {
+func servePoolMetrics(addr string, reg prometheus.Gatherer, workers *PoolWorkers, nc *nats.Conn, log *slog.Logger) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { _, _ = rw.Write([]byte("ok\n")) })
@@ -102,7 +74,7 @@ func servePoolMetrics(addr string, reg prometheus.Gatherer, workers *poolWorkers
 	// login does not make the pod unready: that would take every other member down with it.
 	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
 		switch {
-		case !workers.loaded.Load():
+		case !workers.Loaded():
 			http.Error(rw, "not ready: pool members not loaded yet", http.StatusServiceUnavailable)
 		case !nc.IsConnected():
 			http.Error(rw, "not ready: NATS not connected", http.StatusServiceUnavailable)

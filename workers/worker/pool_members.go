@@ -36,6 +36,7 @@ type poolWorkers struct {
 	opts           Options // BatchSize, MaxWait, bounds, Logger, Metrics; Pool and Source per member
 	credentialsDir string
 	databaseURL    string // when a member has no credentials file of its own
+	memberURL      func(context.Context, *source.Config) (string, error)
 	version        string
 	insights       *insights.Metrics
 	dbs            *databases
@@ -114,7 +115,7 @@ func (p *poolWorkers) reconcileLocked() {
 			p.problem(key, "invalid pool member; not running it", err)
 			continue
 		}
-		url, err := p.memberDatabaseURL(key)
+		url, err := p.memberDatabaseURL(key, src)
 		if err != nil || url == "" {
 			p.problem(key, "the member has no database credentials yet; it starts when they appear", err)
 			continue
@@ -263,10 +264,14 @@ func (p *poolWorkers) syncInsights(key string, run *memberRun) error {
 	return nil
 }
 
-// memberDatabaseURL is the member's own database login from the credentials directory, else the
-// worker's --database-url; "" when neither.
-func (p *poolWorkers) memberDatabaseURL(key string) (string, error) {
-	url, err := p.readCredential(key + databaseURLSuffix)
+// memberDatabaseURL is the member's own database login (from MemberDatabaseURL, else the
+// credentials directory), else the worker's --database-url; "" when neither.
+func (p *poolWorkers) memberDatabaseURL(key string, src *source.Config) (string, error) {
+	read := func() (string, error) { return p.readCredential(key + databaseURLSuffix) }
+	if p.memberURL != nil {
+		read = func() (string, error) { return p.memberURL(p.ctx, src) }
+	}
+	url, err := read()
 	if err != nil {
 		return "", err
 	}
