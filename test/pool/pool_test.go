@@ -134,8 +134,8 @@ var _ = Describe("One receiver and one worker for many members", func() {
 		status, code := p.track(m.keys[0], "s-2", "E", nil)
 		Expect(status).To(Equal(http.StatusServiceUnavailable))
 		Expect(code).To(Equal("source_suspended"), "with Retry-After (checked by post)")
-		Eventually(func() float64 { return p.gauge(`tally_worker_pool_members{state="suspended"}`) }).Should(Equal(1.0))
-		Expect(p.gauge(`tally_worker_pool_members{state="running"}`)).To(Equal(1.0), "the other member's worker runs on")
+		Eventually(func() float64 { return p.members("suspended") }).Should(Equal(1.0))
+		Expect(p.members("running")).To(Equal(1.0), "the other member's worker runs on")
 
 		By("messages in the member's stream wait while it is suspended")
 		waiting := consumerInfo(ctx, m).NumPending
@@ -202,13 +202,13 @@ var _ = Describe("One receiver and one worker for many members", func() {
 		m := newMember(ctx)
 		p.join(ctx, m, false)
 		Eventually(func() int { return p.status(m.keys[0], "w-1", "E", nil) }).Should(Equal(http.StatusOK))
-		Eventually(func() float64 { return p.gauge(`tally_worker_pool_members{state="waiting"}`) }).Should(Equal(1.0))
+		Eventually(func() float64 { return p.members("waiting") }).Should(Equal(1.0))
 		Expect(consumerInfo(ctx, m).NumPending).To(BeEquivalentTo(1), "accepted, waiting in the stream")
 
 		p.mountCredentials(m)
 		drained(ctx, m)
 		Expect(eventsOf(ctx, m)).To(Equal([]string{"w-1"}))
-		Expect(p.gauge(`tally_worker_pool_members{state="waiting"}`)).To(Equal(0.0))
+		Expect(p.members("waiting")).To(Equal(0.0))
 	})
 
 	It("check Segment's signature with each member's own shared secret, mounted per member", func(ctx SpecContext) {
@@ -263,7 +263,7 @@ var _ = Describe("A pool's pods and its bucket", func() {
 			WithTimeout(3 * pool.FollowRecheck).WithPolling(100 * time.Millisecond).Should(Equal(http.StatusOK))
 		p.until(old, "g-old", http.StatusUnauthorized)
 		Eventually(func() int { return p.status(later.keys[0], "g-later", "E", nil) }).Should(Equal(http.StatusOK))
-		Eventually(func() float64 { return p.gauge(`tally_worker_pool_members{state="running"}`) }).
+		Eventually(func() float64 { return p.members("running") }).
 			WithTimeout(3 * pool.FollowRecheck).Should(Equal(2.0))
 		drained(ctx, later)
 		Expect(eventsOf(ctx, later)).To(Equal([]string{"g-later"}), "the worker runs the member that joined the new bucket")

@@ -66,7 +66,9 @@ var _ = Describe("A pool worker with a thousand idle members", Label("scale"), f
 		})
 		metrics := "http://" + addr
 		started := time.Now()
-		Eventually(func() float64 { return metric(metrics, `tally_worker_pool_members{state="running"}`) }).
+		Eventually(func() float64 {
+			return metric(metrics, fmt.Sprintf(`tally_worker_pool_members{pool=%q,state="running"}`, ref.String()))
+		}).
 			WithTimeout(3 * time.Minute).WithPolling(time.Second).Should(Equal(float64(idleMembers)))
 		AddReportEntry("all members running after", time.Since(started).Round(time.Second).String())
 

@@ -277,8 +277,10 @@ func drained(ctx context.Context, m *member) {
 	}).WithTimeout(30 * time.Second).Should(Succeed())
 }
 
-// gauge reads one series of the worker's metrics; -1 when absent.
-func (p *podsOf) gauge(series string) float64 { return metric(p.metrics, series) }
+// members is how many of the pool's members the worker counts in the state; -1 when absent.
+func (p *podsOf) members(state string) float64 {
+	return metric(p.metrics, fmt.Sprintf(`tally_worker_pool_members{pool=%q,state=%q}`, p.ref.String(), state))
+}
 
 // metric reads one series of the metrics served at base; -1 when absent.
 func metric(base, series string) float64 {

@@ -162,14 +162,21 @@ func (p *poolWorkers) reconcileLocked() {
 	p.states.WithLabelValues("waiting").Set(float64(len(p.members) - suspended - len(p.running)))
 }
 
-// newPoolStates is tally_worker_pool_members, registered with reg.
-func newPoolStates(reg prometheus.Registerer) *prometheus.GaugeVec {
+// newPoolStates is the pool's series of tally_worker_pool_members, registered with reg once per
+// process (tally local runs several pools).
+func newPoolStates(reg prometheus.Registerer, ref pool.Ref) *prometheus.GaugeVec {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "tally", Subsystem: "worker", Name: "pool_members",
-		Help: "Members of the worker's SegmentSourcePool by state: running, waiting (for credentials, or failing to start) and suspended.",
-	}, []string{"state"})
-	reg.MustRegister(g)
-	return g
+		Help: "Members of a SegmentSourcePool by state: running, waiting (for credentials, or failing to start) and suspended.",
+	}, []string{"pool", "state"})
+	if err := reg.Register(g); err != nil {
+		var exists prometheus.AlreadyRegisteredError
+		if !errors.As(err, &exists) {
+			panic(err)
+		}
+		g = exists.ExistingCollector.(*prometheus.GaugeVec)
+	}
+	return g.MustCurryWith(prometheus.Labels{"pool": ref.String()})
 }
 
 // start runs a worker for src on the pool of url.

@@ -72,7 +72,7 @@ func NewPool(o PoolOptions) (*PoolWorkers, error) {
 	return &PoolWorkers{o: o, p: &poolWorkers{js: o.JetStream, opts: o.Worker, credentialsDir: o.CredentialsDir,
 		databaseURL: o.DatabaseURL, memberURL: o.MemberDatabaseURL, version: o.Version, insights: o.InsightsMetrics,
 		dbs: newDatabases(o.MaxConnsPerLogin, o.MaxConns), log: o.Worker.Logger,
-		running: map[string]*memberRun{}, problems: map[string]string{}, states: newPoolStates(o.Registerer)}}, nil
+		running: map[string]*memberRun{}, problems: map[string]string{}, states: newPoolStates(o.Registerer, o.Pool)}}, nil
 }
 
 // Loaded reports whether the members have arrived from the bucket.
