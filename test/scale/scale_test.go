@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/gomega"
@@ -41,6 +42,7 @@ import (
 	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/natsserver"
 	"github.com/tallyhq/tally/workers/pool"
+	"github.com/tallyhq/tally/workers/worker"
 )
 
 // The targets of issue 14.
@@ -236,8 +238,30 @@ func TestPoolScale(t *testing.T) {
 		changed, bucketRevision(ctx, g, kv)-revision,
 		metric(g, metricsAddr, "tally_operator_applies_total")-applies, metric(g, metricsAddr, "tally_operator_status_writes_total")-statusWrites)
 	t.Logf("manager peak RSS (VmHWM): %.1f MiB", float64(rss)/(1<<20))
+	measureTenantLogins(ctx, t, g, dbURL, total)
 	g.Expect(writes).To(BeZero(), "writes per periodic check in steady state")
 	g.Expect(rss).To(BeNumerically("<", peakRSSLimit))
+}
+
+// measureTenantLogins checks that every member's tenant got a login of its own and times what
+// creating one costs (the manager creates a thousand during the run above).
+func measureTenantLogins(ctx context.Context, t *testing.T, g Gomega, dbURL string, tenants int) {
+	db, err := pgxpool.New(ctx, dbURL)
+	g.Expect(err).NotTo(HaveOccurred())
+	defer db.Close()
+	var logins int
+	g.Expect(db.QueryRow(ctx, "SELECT count(*) FROM tally.tenant_roles").Scan(&logins)).To(Succeed())
+	g.Expect(logins).To(Equal(tenants), "a Postgres login per tenant")
+	roles := worker.NewTenantRoles(db, dbURL)
+	const n = 100
+	start := time.Now()
+	for i := range n {
+		_, err := roles.Ensure(ctx, fmt.Sprintf("login-cost-%03d", i), "")
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	each := time.Since(start) / n
+	t.Logf("tenant logins: %d created during the run; creating one costs %s (%d: %s of the manager's time)",
+		logins, each.Round(10*time.Microsecond), tenants, (each * time.Duration(tenants)).Round(100*time.Millisecond))
 }
 
 func tenantName(i int) string { return fmt.Sprintf("tenant-%04d", i) }
