@@ -139,7 +139,7 @@ var _ = Describe("Atomic batch publishing", func() {
 		from := mark(acme)
 		Expect(post("/v1/batch", trackBatch("big", 2500), basic(acmeKey)).Status).To(Equal(http.StatusOK))
 		msgs := since(acme, from)
-		Expect(msgIDs(msgs)).To(ConsistOf(expectedIDs("big", 2500)))
+		Expect(sorted(msgIDs(msgs))).To(Equal(sorted(expectedIDs("big", 2500))), "each message once (ConsistOf takes minutes on 2,500 under -race)")
 		Expect(batchIDs(msgs)).To(SatisfyAll(HaveLen(3), Not(HaveKey(""))))
 	})
 

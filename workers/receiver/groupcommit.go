@@ -33,8 +33,7 @@ const minAtomicBatch = 16
 // committer gathers the messages of one stream. It keeps no goroutine: sending starts from
 // submit or from the completion of a batch, whichever finds a free slot.
 type committer struct {
-	r      *Receiver
-	stream string
+	r *Receiver
 
 	mu       sync.Mutex
 	queue    []queued // requests' messages not yet sent, in arrival order
@@ -129,7 +128,7 @@ func (r *Receiver) committerFor(stream string) *committer {
 	if c, ok := r.batching.committers.Load(stream); ok {
 		return c.(*committer)
 	}
-	c, _ := r.batching.committers.LoadOrStore(stream, &committer{r: r, stream: stream})
+	c, _ := r.batching.committers.LoadOrStore(stream, &committer{r: r})
 	return c.(*committer)
 }
 
