@@ -369,14 +369,15 @@ func catalogIgnored(ctx context.Context, m *member, event string) bool {
 	return len(ignored) == 1 && ignored[0]
 }
 
-// consumerInfo is the state of the member's workers' consumer.
-func consumerInfo(ctx context.Context, m *member) *jetstream.ConsumerInfo {
+// storedMessages is how many messages the member's stream holds: a work queue, so those no
+// worker has acknowledged yet.
+func storedMessages(ctx context.Context, m *member) uint64 {
 	GinkgoHelper()
-	c, err := js.Consumer(ctx, m.src.Stream().StreamName(), stream.WorkerConsumer)
+	s, err := js.Stream(ctx, m.src.Stream().StreamName())
 	Expect(err).NotTo(HaveOccurred())
-	info, err := c.Info(ctx)
+	info, err := s.Info(ctx)
 	Expect(err).NotTo(HaveOccurred())
-	return info
+	return info.State.Msgs
 }
 
 func statusOf(resp *http.Response, err error) int {

@@ -17,6 +17,9 @@ const (
 	// DefaultPoolMaxConnsTotal bounds a pool worker's connections over all logins (Postgres
 	// allows 100 by default, and the manager and others need some).
 	DefaultPoolMaxConnsTotal = 40
+	// poolApplicationName names a pool worker's connections in pg_stat_activity, unless the URL
+	// names them.
+	poolApplicationName = "tally-pool-worker"
 	// poolConnIdleTime closes a connection unused for this long, so idle tenants hold none.
 	poolConnIdleTime = 30 * time.Second
 )
@@ -83,6 +86,9 @@ func (d *databases) acquire(url string) (*pgxpool.Pool, error) {
 	cfg.MaxConnIdleTime = poolConnIdleTime
 	cfg.HealthCheckPeriod = poolConnIdleTime / 2
 	cfg.ConnConfig.DialFunc = d.limit.dial(cfg.ConnConfig.DialFunc)
+	if cfg.ConnConfig.RuntimeParams["application_name"] == "" { // what pg_stat_activity shows
+		cfg.ConnConfig.RuntimeParams["application_name"] = poolApplicationName
+	}
 	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, errors.New("the database URL is not usable")
