@@ -1,6 +1,7 @@
 package controllers_test
 
 import (
+	"context"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -9,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -22,6 +24,8 @@ import (
 	"github.com/tallyhq/tally/controllers/resources"
 	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/natsserver"
+	"github.com/tallyhq/tally/workers/pool"
+	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 )
 
@@ -198,6 +202,64 @@ var _ = Describe("per-source NATS users (--nats-account-signing-key-secret)", Se
 		for _, name := range []string{mySrc.StreamName(), theirSrc.StreamName()} {
 			_, err := adminJS.Stream(ctx, name)
 			Expect(err).NotTo(HaveOccurred(), "stream %s still there", name)
+		}
+	})
+
+	It("issues a pool's receiver and workers users that read their pool's bucket, mounted each in its own pods", func() {
+		platform := newNamespace()
+		p := createPool(platform, "shared", tallyv1.SegmentSourcePoolSpec{})
+		ref := pool.Ref{Namespace: platform, Name: "shared"}
+		for _, c := range []struct {
+			component string
+			role      natsauth.Role
+		}{{resources.ComponentReceiver, natsauth.Receiver}, {resources.ComponentWorker, natsauth.Worker}} {
+			name := resources.PoolNATSUserSecretName(p, c.component)
+			secret := &corev1.Secret{}
+			Eventually(func() error { return k8s.Get(ctx, types.NamespacedName{Namespace: platform, Name: name}, secret) }).Should(Succeed())
+			creds := secret.Data[controllers.NATSUserCredsKey]
+			Expect(natsUserIssuer(creds)).To(Equal(signingPublicKey(auth)))
+			Eventually(func() []string {
+				var mounted []string
+				d := &appsv1.Deployment{}
+				if err := k8s.Get(ctx, types.NamespacedName{Namespace: platform, Name: "shared-" + c.component}, d); err != nil {
+					return nil
+				}
+				for _, v := range d.Spec.Template.Spec.Volumes {
+					if v.Secret != nil {
+						mounted = append(mounted, v.Secret.SecretName)
+					}
+				}
+				return mounted
+			}).Should(And(ContainElement(name), Not(ContainElement(resources.PoolNATSUserSecretName(p, map[string]string{
+				resources.ComponentReceiver: resources.ComponentWorker, resources.ComponentWorker: resources.ComponentReceiver}[c.component])))))
+
+			By("the " + c.component + "'s user watching the pool's bucket on the JWT-mode server")
+			kv, err := pool.EnsureBucket(ctx, adminJS, ref, 1)
+			Expect(err).NotTo(HaveOccurred())
+			_, err = pool.Put(ctx, kv, pool.Member{Source: source.Config{Namespace: "team", Name: "web", Tenant: "acme"},
+				WriteKeyDigests: []string{pool.DigestKey("k")}})
+			Expect(err).NotTo(HaveOccurred())
+			opt, err := natsauth.CredsOption(creds)
+			Expect(err).NotTo(HaveOccurred())
+			nc, err := nats.Connect(jwtSrv.ClientURL(), opt, natsauth.PoolInboxOption(ref, c.role))
+			Expect(err).NotTo(HaveOccurred())
+			DeferCleanup(nc.Close)
+			js, err := jetstream.New(nc)
+			Expect(err).NotTo(HaveOccurred())
+			bucket, err := js.KeyValue(ctx, ref.Bucket())
+			Expect(err).NotTo(HaveOccurred())
+			wctx, cancel := context.WithCancel(ctx)
+			got := make(chan map[string]pool.Member, 1)
+			go func() {
+				_ = pool.Watch(wctx, bucket, func(m map[string]pool.Member) {
+					select {
+					case got <- m:
+					default:
+					}
+				}, nil)
+			}()
+			Eventually(got).Should(Receive(HaveKey("team.web")))
+			cancel()
 		}
 	})
 

@@ -2,6 +2,7 @@ package controllers_test
 
 import (
 	"encoding/json"
+	"errors"
 
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
@@ -87,6 +88,9 @@ func bucketEntries(p *tallyv1.SegmentSourcePool) map[string][]byte {
 	Expect(err).NotTo(HaveOccurred())
 	for k := range keys.Keys() {
 		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // removed since it was listed
+		}
 		Expect(err).NotTo(HaveOccurred())
 		out[k] = e.Value()
 	}
