@@ -28,7 +28,8 @@ func NewCommand() *cobra.Command {
 		Long: `Runs the whole pipeline on this machine: an embedded NATS server with JetStream (files under
 --data-dir), one receiver on --listen serving every SegmentSource found under --manifests (routed by
 write key), and one worker per source writing into --database-url. Reads the same SegmentSource and
-Secret manifests you would kubectl apply.`,
+Secret manifests you would kubectl apply. Sources naming a SegmentSourcePool of the manifests
+(spec.pool) are run as a cluster runs them: by the pool's one worker set, through its bucket.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

@@ -55,6 +55,10 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	pools, err := poolMembership(o.Manifests)
+	if err != nil {
+		return err
+	}
 
 	// NATS in decentralized JWT mode, as a cluster with per-source NATS users runs it: this
 	// connection (the admin) creates the streams, the receiver and each source's workers
@@ -102,7 +106,7 @@ func Run(ctx context.Context, o Options) error {
 	defer tenants.Close()
 
 	// With fsync on every write, one atomic batch per request saves an fsync per message.
-	popts := PipelineOptions{Conn: nc, Pool: pool, TenantPool: tenants.Pool, AtomicBatches: o.SyncAlways,
+	popts := PipelineOptions{Conn: nc, Pool: pool, TenantPool: tenants.Pool, TenantURL: tenants.URL, AtomicBatches: o.SyncAlways,
 		BatchSize: o.BatchSize, MaxWait: o.MaxWait, Logger: log}
 	if users != nil {
 		if popts.ReceiverConn, err = users.receiver(sources); err != nil {
@@ -110,6 +114,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 		defer func() { _ = users.drain(context.Background()) }() // on an early return; a no-op after the drain below
 		popts.WorkerConn = users.worker
+		popts.PoolWorkerConn = users.poolWorker
 	}
 	p, err := NewPipeline(popts)
 	if err != nil {
@@ -123,8 +128,19 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	listener = netutil.LimitListener(listener, receiver.DefaultMaxConnections)
+	// Sources of a pool are run by the pool's one worker set, the others by workers of their own.
+	members := map[poolRef][]*source.Config{}
 	for _, src := range sources {
+		if ref, ok := pools[src.String()]; ok {
+			members[ref] = append(members[ref], src)
+			continue
+		}
 		if _, err := p.StartWorkers(src, 1); err != nil {
+			return errors.Join(err, p.Stop(ctx))
+		}
+	}
+	for ref, srcs := range members {
+		if err := p.StartPool(ctx, ref, srcs); err != nil {
 			return errors.Join(err, p.Stop(ctx))
 		}
 	}
@@ -138,7 +154,7 @@ func Run(ctx context.Context, o Options) error {
 			return errors.Join(err, p.Stop(ctx))
 		}
 	}
-	printBanner(o.Out, listener.Addr().String(), ns.ClientURL(), o.DatabaseURL, sources)
+	printBanner(o.Out, listener.Addr().String(), ns.ClientURL(), o.DatabaseURL, sources, pools)
 	if users != nil {
 		fmt.Fprintf(o.Out, "NATS checks users: each source's workers and the receiver have their own; every permission: %s\n",
 			filepath.Join(o.DataDir, AdminCredsFile))
@@ -194,10 +210,13 @@ func EnsureDatabase(ctx context.Context, url string) error {
 	return err
 }
 
-func printBanner(out io.Writer, addr, natsURL, dbURL string, sources []*source.Config) {
+func printBanner(out io.Writer, addr, natsURL, dbURL string, sources []*source.Config, pools map[string]poolRef) {
 	fmt.Fprintf(out, "Tally is running.\n  receiver:  http://%s\n  nats:      %s\n  postgres:  %s\n", addr, natsURL, redactURL(dbURL))
 	for _, s := range sources {
 		fmt.Fprintf(out, "  source %s (tenant %s)\n", s, s.Tenant)
+		if ref, ok := pools[s.String()]; ok {
+			fmt.Fprintf(out, "    pool:      %s\n", ref)
+		}
 		for _, k := range s.WriteKeys {
 			fmt.Fprintf(out, "    write key: %s\n", k)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/natsserver"
+	"github.com/tallyhq/tally/workers/pool"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 )
@@ -102,6 +103,15 @@ func (u *natsUsers) worker(src *source.Config) (*nats.Conn, error) {
 		return nil, err
 	}
 	return u.connect(creds, "tally-local-worker", natsauth.InboxOption(src.Stream(), natsauth.Worker))
+}
+
+// poolWorker connects a SegmentSourcePool's workers with the pool's worker user.
+func (u *natsUsers) poolWorker(p pool.Ref) (*nats.Conn, error) {
+	creds, err := u.issuer.IssuePool(p, natsauth.Worker, time.Time{})
+	if err != nil {
+		return nil, err
+	}
+	return u.connect(creds, "tally-local-pool-worker", natsauth.PoolInboxOption(p, natsauth.Worker))
 }
 
 func (u *natsUsers) connect(creds []byte, name string, extra ...nats.Option) (*nats.Conn, error) {

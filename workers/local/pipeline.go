@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tallyhq/tally/workers/insights"
+	"github.com/tallyhq/tally/workers/pool"
 	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
@@ -34,6 +35,12 @@ type PipelineOptions struct {
 	// both use Conn, which also creates the streams. The caller closes them.
 	ReceiverConn *nats.Conn
 	WorkerConn   func(src *source.Config) (*nats.Conn, error)
+	// PoolWorkerConn, when set, is the NATS connection of a SegmentSourcePool's workers (tally
+	// local: the pool's worker user); else they use Conn.
+	PoolWorkerConn func(p pool.Ref) (*nats.Conn, error)
+	// TenantURL is the Postgres login of a tenant, for pool members (see StartPool); without it
+	// they have none and wait.
+	TenantURL func(ctx context.Context, tenant string) (string, error)
 	// AtomicBatches publishes each request as atomic batches: worth it when NATS fsyncs every
 	// write (see receiver.Options.AtomicBatches).
 	AtomicBatches bool

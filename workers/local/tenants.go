@@ -17,16 +17,17 @@ import (
 // operator does in a cluster, so the walls between tenants hold locally too. A login that may not
 // create roles (not the README's local superuser) falls back to its own pool, with a warning.
 type tenantPools struct {
-	admin *pgxpool.Pool
-	roles *worker.TenantRoles
-	log   *slog.Logger
+	admin    *pgxpool.Pool
+	adminURL string
+	roles    *worker.TenantRoles
+	log      *slog.Logger
 
 	mu    sync.Mutex
 	pools map[string]*pgxpool.Pool
 }
 
 func newTenantPools(admin *pgxpool.Pool, adminURL string, log *slog.Logger) *tenantPools {
-	return &tenantPools{admin: admin, roles: worker.NewTenantRoles(admin, adminURL), log: log, pools: map[string]*pgxpool.Pool{}}
+	return &tenantPools{admin: admin, adminURL: adminURL, roles: worker.NewTenantRoles(admin, adminURL), log: log, pools: map[string]*pgxpool.Pool{}}
 }
 
 // Pool is the tenant's pool, made on first use.
@@ -52,6 +53,17 @@ func (t *tenantPools) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, e
 	}
 	t.pools[tenant] = p
 	return p, nil
+}
+
+// URL is the tenant's own login, made on first use; the shared login when this one may not create
+// roles.
+func (t *tenantPools) URL(ctx context.Context, tenant string) (string, error) {
+	url, err := t.roles.Ensure(ctx, tenant, "")
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.InsufficientPrivilege {
+		return t.adminURL, nil
+	}
+	return url, err
 }
 
 // Close closes the tenants' own pools (not the shared one).

@@ -1,0 +1,95 @@
+package local
+
+import (
+	"net/http"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/tallyhq/tally/test/testenv"
+	"github.com/tallyhq/tally/workers/pool"
+)
+
+const (
+	poolKeyA = "pool-member-a-key-0123456789"
+	poolKeyB = "pool-member-b-key-0123456789"
+)
+
+// poolManifests is a SegmentSourcePool admitting the namespaces labelled pool=shared, and a
+// source in each of two such namespaces, of two tenants; outsider, when set, adds a source of an
+// unlabelled namespace naming the pool.
+func poolManifests(outsider bool) string {
+	files := map[string]string{
+		"pool.yaml": `apiVersion: tally.dev/v1alpha1
+kind: SegmentSourcePool
+metadata: {name: shared, namespace: platform}
+spec:
+  allowedNamespaces:
+    from: Selector
+    selector: {matchLabels: {pool: shared}}
+`,
+		"namespaces.yaml": `apiVersion: v1
+kind: Namespace
+metadata: {name: team-a, labels: {pool: shared}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-b, labels: {pool: shared}}
+`,
+		"a.yaml": member("team-a", "web", "tenant-a", poolKeyA),
+		"b.yaml": member("team-b", "app", "tenant-b", poolKeyB),
+	}
+	if outsider {
+		files["c.yaml"] = member("team-c", "site", "tenant-c", "pool-member-c-key-0123456789")
+	}
+	return writeManifests(files)
+}
+
+func member(namespace, name, tenant, key string) string {
+	return `apiVersion: v1
+kind: Secret
+metadata: {name: ` + name + `-segment, namespace: ` + namespace + `}
+stringData: {writeKey: ` + key + `}
+---
+apiVersion: tally.dev/v1alpha1
+kind: SegmentSource
+metadata: {name: ` + name + `, namespace: ` + namespace + `}
+spec:
+  tenant: ` + tenant + `
+  writeKeySecretRef: {name: ` + name + `-segment}
+  pool: {name: shared, namespace: platform}
+`
+}
+
+var _ = Describe("Run with a SegmentSourcePool", func() {
+	It("serves the pool's members through the pool's bucket and one worker set, each into its own tenant", func(ctx SpecContext) {
+		dbURL := freshDatabase(ctx, "local_pool")
+		r := start(Options{Manifests: poolManifests(false), DataDir: GinkgoT().TempDir(), DatabaseURL: dbURL})
+		Expect(string(r.banner.Contents())).To(ContainSubstring("source team-a/web (tenant tenant-a)\n    pool:      platform/shared"))
+
+		for key, tenant := range map[string]string{poolKeyA: "tenant-a", poolKeyB: "tenant-b"} {
+			status, body := r.post("/v1/track", key, `{"userId":"u1","event":"Pooled","messageId":"`+tenant+`-1"}`)
+			Expect(status).To(Equal(http.StatusOK), body)
+			Eventually(func() []map[string]any {
+				return query(ctx, dbURL, `SELECT message_id FROM tally.events WHERE tenant = $1`, tenant)
+			}).WithTimeout(30 * time.Second).Should(ConsistOf(HaveKeyWithValue("message_id", tenant+"-1")))
+		}
+
+		By("the pool's bucket lists both members by key digest, never the key")
+		kv, err := r.jetStream().KeyValue(ctx, pool.Ref{Namespace: "platform", Name: "shared"}.Bucket())
+		Expect(err).NotTo(HaveOccurred())
+		e, err := kv.Get(ctx, "team-a.web")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(string(e.Value())).To(ContainSubstring(pool.DigestKey(poolKeyA)))
+		Expect(string(e.Value())).NotTo(ContainSubstring(poolKeyA))
+		_, err = kv.Get(ctx, "team-b.app")
+		Expect(err).NotTo(HaveOccurred())
+	})
+
+	It("refuses to start with a source the pool does not admit, as the operator would stall it", func(ctx SpecContext) {
+		err := Run(ctx, Options{Manifests: poolManifests(true), DataDir: GinkgoT().TempDir(), DatabaseURL: freshDatabase(ctx, "local_pool_refused"),
+			Listen: "127.0.0.1:0", NATSPort: -1, Logger: testenv.QuietLogger(), Out: GinkgoWriter})
+		Expect(err).To(MatchError(ContainSubstring("SegmentSource team-c/site: SegmentSourcePool platform/shared does not admit namespace team-c")))
+	})
+})
