@@ -18,8 +18,9 @@ import (
 // the next batch takes everything gathered, up to the server's batch limit. A lone request is
 // therefore sent at once, exactly as without group commit, and batches grow only when commits are
 // the bottleneck. Two in flight let the next batch travel and be staged while the previous one
-// commits; more only split the same load into smaller batches (the server applies a stream's
-// commits one after another).
+// commits; more only split the same load into smaller batches, each paying the server's fixed
+// cost of a batch on the stream's one goroutine (bench, sync always, 100-message requests from
+// 16 clients: 1 and 2 in flight about equal, 4 half as fast).
 const maxCommitsInFlight = 2
 
 // minAtomicBatch is the fewest messages sent as an atomic batch. Smaller requests (single calls,
