@@ -17,6 +17,10 @@ import (
 type connLimit struct {
 	tokens chan struct{}
 	evict  func()
+	// evicting lets one waiting dial evict at a time, at most every evictEvery: a thousand
+	// members starting at once wait together, and each eviction visits every login's pool.
+	evicting  sync.Mutex
+	lastEvict time.Time
 }
 
 func newConnLimit(n int, evict func()) *connLimit {
@@ -50,7 +54,7 @@ func (l *connLimit) acquire(ctx context.Context) error {
 	t := time.NewTicker(evictEvery)
 	defer t.Stop()
 	for {
-		l.evict()
+		l.tryEvict()
 		select {
 		case l.tokens <- struct{}{}:
 			return nil
@@ -59,6 +63,18 @@ func (l *connLimit) acquire(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+func (l *connLimit) tryEvict() {
+	if !l.evicting.TryLock() {
+		return
+	}
+	defer l.evicting.Unlock()
+	if time.Since(l.lastEvict) < evictEvery {
+		return
+	}
+	l.evict()
+	l.lastEvict = time.Now()
 }
 
 // limitedConn gives its token back when closed.
