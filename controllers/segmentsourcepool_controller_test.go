@@ -8,7 +8,9 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -170,6 +172,33 @@ var _ = Describe("SegmentSourcePool", func() {
 		Expect(got.Status.Endpoint).To(Equal("http://shared-receiver." + platform + ".svc:8080"))
 		Expect(got.Status.ObservedGeneration).To(Equal(got.Generation))
 		Expect(got.Status.Members).To(BeZero())
+	})
+
+	It("gives more than one receiver a PodDisruptionBudget and an autoscaled worker an HPA", func() {
+		p := createPool(platform, "big", tallyv1.SegmentSourcePoolSpec{
+			Receiver: tallyv1.ReceiverSpec{Replicas: ptr.To(int32(3))},
+			Worker:   tallyv1.PoolWorkerSpec{Autoscaling: &tallyv1.Autoscaling{MaxReplicas: 4}},
+		})
+		pdb := &policyv1.PodDisruptionBudget{}
+		Eventually(func() error {
+			return k8s.Get(ctx, types.NamespacedName{Namespace: platform, Name: "big-receiver"}, pdb)
+		}).Should(Succeed())
+		Expect(pdb.Spec.Selector.MatchLabels).To(Equal(deployment(platform, "big-receiver").Spec.Selector.MatchLabels))
+		hpa := &autoscalingv2.HorizontalPodAutoscaler{}
+		Eventually(func() error { return k8s.Get(ctx, types.NamespacedName{Namespace: platform, Name: "big-worker"}, hpa) }).Should(Succeed())
+		Expect(hpa.Spec.MaxReplicas).To(Equal(int32(4)))
+		Expect(deployment(platform, "big-worker").Spec.Replicas).To(Or(BeNil(), Equal(ptr.To(int32(1)))), "the HPA owns the replicas")
+		Expect(*deployment(platform, "big-receiver").Spec.Replicas).To(Equal(int32(3)))
+
+		By("scaling the receivers down to one")
+		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			cur := getPool(client.ObjectKeyFromObject(p))
+			cur.Spec.Receiver.Replicas = ptr.To(int32(1))
+			return k8s.Update(ctx, cur)
+		})).To(Succeed())
+		Eventually(func() bool {
+			return notFound(k8s.Get(ctx, types.NamespacedName{Namespace: platform, Name: "big-receiver"}, &policyv1.PodDisruptionBudget{}))
+		}).Should(BeTrue())
 	})
 
 	It("refuses a selector unless from is Selector, and requires one when it is", func() {

@@ -8,6 +8,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -173,6 +174,13 @@ func (p *SegmentSourcePoolReconciler) reconcileReceiver(ctx context.Context, st 
 		return err
 	}
 	obj.Status.Endpoint = resources.PoolEndpoint(obj)
+	if resources.WantsPoolReceiverPDB(obj) {
+		if err := applyOwnedBy(ctx, r, obj.UID, &policyv1.PodDisruptionBudget{}, resources.PoolReceiverPDB(obj)); err != nil {
+			return err
+		}
+	} else if err := r.deleteOwnedBy(ctx, obj.Namespace, obj.UID, &policyv1.PodDisruptionBudget{}, resources.PoolReceiverName(obj)); err != nil {
+		return err
+	}
 	return p.reconcileHPA(ctx, st, resources.ComponentReceiver, resources.PoolReceiverName(obj), obj.Spec.Receiver.Autoscaling)
 }
 

@@ -11,6 +11,7 @@ import (
 	autoscalingv2ac "k8s.io/client-go/applyconfigurations/autoscaling/v2"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 	"k8s.io/utils/ptr"
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
@@ -307,4 +308,25 @@ func poolServicePort(p *tallyv1.SegmentSourcePool) int32 {
 		return ReceiverPort
 	}
 	return p.Spec.Receiver.Port
+}
+
+// WantsPoolReceiverPDB reports whether the pool's receivers get a PodDisruptionBudget: only when
+// more than one may run (a budget over one pod would block node drains).
+func WantsPoolReceiverPDB(p *tallyv1.SegmentSourcePool) bool {
+	if a := p.Spec.Receiver.Autoscaling; a != nil {
+		return a.MaxReplicas > 1
+	}
+	r := PoolReceiverReplicas(p)
+	return r != nil && *r > 1
+}
+
+// PoolReceiverPDB lets voluntary disruptions take one of the pool's receivers at a time: every
+// member's traffic goes through them.
+func PoolReceiverPDB(p *tallyv1.SegmentSourcePool) *policyv1ac.PodDisruptionBudgetApplyConfiguration {
+	return policyv1ac.PodDisruptionBudget(PoolReceiverName(p), p.Namespace).
+		WithLabels(PoolLabels(p, ComponentReceiver)).
+		WithOwnerReferences(PoolOwnerReference(p)).
+		WithSpec(policyv1ac.PodDisruptionBudgetSpec().
+			WithMaxUnavailable(intstr.FromInt32(1)).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(PoolSelectorLabels(p, ComponentReceiver))))
 }
