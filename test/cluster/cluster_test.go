@@ -90,7 +90,10 @@ var _ = Describe("Tally on a three-node JetStream cluster", func() {
 		workerCtx, stopWorker := context.WithCancel(context.Background())
 		workerDone := make(chan error, 1)
 		go func() { workerDone <- w.Run(workerCtx) }()
-		DeferCleanup(func() { stopWorker(); <-workerDone })
+		DeferCleanup(func() {
+			stopWorker()
+			Expect(<-workerDone).To(Or(Succeed(), MatchError(context.Canceled)), "the worker stops cleanly")
+		})
 
 		By("sending from several clients that retry like Segment's")
 		load := newLoad(urls)
