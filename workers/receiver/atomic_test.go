@@ -152,6 +152,29 @@ var _ = Describe("Atomic batch publishing", func() {
 		Expect(msgIDs(since(acme, fromA))).To(Equal([]string{"two-1", "two-3"}))
 		Expect(msgIDs(since(beta, fromB))).To(Equal([]string{"two-2"}))
 	})
+
+	It("sends each source's part of a request as that source's atomic batch when the part is large enough", func() {
+		fromA, fromB := mark(acme), mark(beta)
+		var b strings.Builder
+		b.WriteString(`{"batch":[`)
+		for i := range 40 {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			key := map[bool]string{true: acmeKey, false: betaKey}[i%2 == 0]
+			fmt.Fprintf(&b, `{"type":"track","userId":"u1","event":"E","messageId":"mixed-%d","writeKey":"%s"}`, i, key)
+		}
+		b.WriteString(`]}`)
+		Expect(post("/v1/batch", []byte(b.String())).Status).To(Equal(http.StatusOK))
+		a, bb := since(acme, fromA), since(beta, fromB)
+		Expect(a).To(HaveLen(20))
+		Expect(bb).To(HaveLen(20))
+		for _, msgs := range [][]stored{a, bb} {
+			Expect(batchIDs(msgs)).To(SatisfyAll(HaveLen(1), Not(HaveKey(""))))
+		}
+		Expect(a[0].MsgID).To(Equal("mixed-0"))
+		Expect(bb[0].MsgID).To(Equal("mixed-1"))
+	})
 })
 
 var _ = Describe("Default publishing", func() {
