@@ -47,11 +47,9 @@ func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *fo
 			return err
 		}
 		res.LockWait = a.lockWait
-		// Deletions first: the tombstones in force, the batch's own deletions applied to the
-		// stored rows, and the batch folded again without the messages they void.
-		if err := a.send(ctx, tx, f, a.lookUpTombstones); err != nil {
-			return err
-		}
+		// Deletions first: the tombstones in force (read with the locks), the batch's own
+		// deletions applied to the stored rows, and the batch folded again without the messages
+		// they void.
 		if err := a.send(ctx, tx, f, a.forget); err != nil {
 			return err
 		}
@@ -71,9 +69,10 @@ func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *fo
 			return &errLockSetGrew{more: more}
 		}
 		rounds = [][]func(*pgx.Batch, *folded) error{
-			{a.users, a.raiseUserLastSeen, a.aliases, a.lockAccounts}, // needs the inserted events
-			{a.catalog, a.accounts, a.raiseAccountLastSeen},            // under the accounts' locks
-			{a.recomputeLastSeen},                                      // needs the created rows
+			// needs the inserted events
+			{a.users, a.raiseUserLastSeen, a.aliases, a.catalog, a.accounts, a.raiseAccountLastSeen},
+			{a.settleAccounts},    // needs the created accounts and those the raise missed
+			{a.recomputeLastSeen}, // under those locks
 		}
 		for _, round := range rounds {
 			if err := a.send(ctx, tx, f, round...); err != nil {
@@ -88,7 +87,8 @@ func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *fo
 
 // lockUsers sets the transaction's bounds and locks the slots of the batch's users: those its
 // messages name, with extra, and those the stored ties add (read before locking, read again
-// under the locks: a tie that moved in between rolls the transaction back for another try).
+// under the locks: a tie that moved in between rolls the transaction back for another try). The
+// tombstones in force are read in the same round trip.
 func (a *applier) lockUsers(ctx context.Context, tx pgx.Tx, f *folded, extra lockSet) error {
 	locks := baseLocks(f).merge(extra)
 	lookups := tieLookups(f)
@@ -110,6 +110,9 @@ func (a *applier) lockUsers(ctx context.Context, tx pgx.Tx, f *folded, extra loc
 	if len(lookups) > 0 && !locks.all {
 		queueTieLookup(b, a.tenant, lookups, after)
 	}
+	if err := a.lookUpTombstones(b, f); err != nil {
+		return err
+	}
 	start := time.Now()
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return err
@@ -129,13 +132,7 @@ func (a *applier) lockUsers(ctx context.Context, tx pgx.Tx, f *folded, extra loc
 	return nil
 }
 
-// lockAccounts takes the lock rows of every account the rest of the transaction writes.
-func (a *applier) lockAccounts(b *pgx.Batch, f *folded) error {
-	if keys := a.accountLocks(f); len(keys) > 0 {
-		queueLockRows(b, a.tenant, keys)
-	}
-	return nil
-}
+
 
 // send queues a round of statements that need nothing from each other's results and sends them
 // in one round trip.
@@ -177,6 +174,9 @@ type applier struct {
 	// locks: the slots this transaction holds; lockWait: how long it waited for them.
 	locks    lockSet
 	lockWait time.Duration
+	// insertedAccounts: the accounts this transaction created; missingAccounts: those its raise
+	// of last_seen_at found no row for (see settleAccounts).
+	insertedAccounts, missingAccounts map[string]bool
 
 	// usersWithNewLinks maps a user to the oldest link or unlink this batch added for them: their
 	// stored fallback events from then on may have a different account now.
@@ -198,6 +198,7 @@ type applier struct {
 func newApplier(tenant, source string, bounds txBounds) *applier {
 	return &applier{tenant: tenant, source: source, bounds: bounds,
 		usersWithNewLinks: map[string]time.Time{}, tiedAnonymous: map[string]bool{}, forgotten: map[string]bool{},
+		insertedAccounts: map[string]bool{}, missingAccounts: map[string]bool{},
 		seen: newLastSeenChanges(), catalogRows: map[string]*catalogRow{}}
 }
 

@@ -74,6 +74,7 @@ func (a *applier) collectInsertedAccounts(rows pgx.Rows) error {
 	_, err := pgx.ForEachRow(rows, []any{&id, &inserted, &unnamed}, func() error {
 		if inserted {
 			a.seen.recomputeAccounts[id] = true
+			a.insertedAccounts[id] = true
 			if unnamed {
 				a.unnamedCreated++
 			}

@@ -27,12 +27,13 @@ import (
 //     back, and it is tried again with those slots too (errLockSetGrew).
 //   - Deletions and ignored-event marking lock every slot: they are rare and touch everything.
 //
-// Accounts are shared by the users of many partitions. Their rows are written only at the end of
-// a transaction, under a lock row per account (a:<id>) taken in one sorted statement, so a
-// concurrent creation, raise or recompute of an account's last_seen_at always sees the others'
-// commits and the locks are held for the shortest time. Every class of lock is taken in one
-// sorted statement and the classes in the same order (slots, then accounts), so transactions do
-// not deadlock on them.
+// Accounts are shared by the users of many partitions. Their upserts merge in one statement, so
+// concurrent ones need no lock; last_seen_at needs one where a maximum is not enough: an account
+// created while another transaction attributes an event to it, and a recompute racing a raise.
+// Those take a lock row per account (a:<id>) and the account's row lock before the recompute
+// (settleAccounts), at the end of the transaction, so the locks are held for the shortest time.
+// Slots are taken first in one sorted statement, account locks later in another, so transactions
+// do not deadlock on them (a deadlock Postgres still finds elsewhere is retried as contention).
 
 // lockSet is what a transaction locks: every slot, or some.
 type lockSet struct {
@@ -196,23 +197,4 @@ func (a *applier) missingSlots() lockSet {
 		check(id)
 	}
 	return more
-}
-
-// accountLocks are the lock keys of every account the rest of the transaction writes.
-func (a *applier) accountLocks(f *folded) []string {
-	ids := map[string]bool{}
-	for _, c := range f.Accounts {
-		ids[c.ID] = true
-	}
-	for id := range a.seen.accountEvents {
-		ids[id] = true
-	}
-	for id := range a.seen.recomputeAccounts {
-		ids[id] = true
-	}
-	keys := make([]string, 0, len(ids))
-	for _, id := range slices.Sorted(maps.Keys(ids)) {
-		keys = append(keys, accountKey(id))
-	}
-	return keys
 }
