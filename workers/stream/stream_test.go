@@ -83,7 +83,7 @@ var _ = Describe("Ensure", func() {
 
 		ci := consumerInfo(ctx, src)
 		Expect(ci.Config.Durable).To(Equal(WorkerConsumer))
-		Expect(ci.Config.FilterSubject).To(Equal("tally." + src.Namespace + "." + src.Name + ".msg.*"), "the unpartitioned subjects")
+		Expect(ci.Config.FilterSubject).To(Equal("tally."+src.Namespace+"."+src.Name+".msg.*"), "the unpartitioned subjects")
 		Expect(ci.Config.AckPolicy).To(Equal(jetstream.AckExplicitPolicy))
 		Expect(ci.Config.DeliverPolicy).To(Equal(jetstream.DeliverAllPolicy))
 		Expect(ci.Config.AckWait).To(Equal(DefaultAckWait))

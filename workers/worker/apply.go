@@ -132,8 +132,6 @@ func (a *applier) lockUsers(ctx context.Context, tx pgx.Tx, f *folded, extra loc
 	return nil
 }
 
-
-
 // send queues a round of statements that need nothing from each other's results and sends them
 // in one round trip.
 func (a *applier) send(ctx context.Context, tx pgx.Tx, f *folded, round ...func(*pgx.Batch, *folded) error) error {

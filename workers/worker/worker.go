@@ -131,7 +131,7 @@ func New(o Options) (*Worker, error) {
 	w := &Worker{
 		pool: o.Pool, js: o.JetStream, stream: o.Source.Stream(), tenant: o.Source.Tenant,
 		batchSize: o.BatchSize, maxWait: o.MaxWait, metrics: o.Metrics, acks: o.Acknowledger,
-		bounds: txBounds{statement: o.StatementTimeout, lock: o.LockTimeout, batchBytes: o.BatchBytes},
+		bounds:       txBounds{statement: o.StatementTimeout, lock: o.LockTimeout, batchBytes: o.BatchBytes},
 		log:          o.Logger.With("source", o.Source.String()),
 		lanesChanged: make(chan struct{}, 1),
 	}
