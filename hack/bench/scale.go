@@ -139,7 +139,9 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	// The big tenant: closed loop for the phase's length.
 	var big loadRun
 	var bigDone sync.WaitGroup
-	bigDone.Go(func() { big = e.closedLoop(ctx, sources[0], batchTemplates(7, 64, e.cfg.settings.BatchSize), e.cfg.settings.BatchSize) })
+	bigDone.Go(func() {
+		big = e.closedLoop(ctx, sources[0], batchTemplates(7, 64, e.cfg.settings.BatchSize), e.cfg.settings.BatchSize)
+	})
 
 	// The small ones: an open loop of single tracks over every other tenant.
 	client := e.client()
