@@ -39,9 +39,10 @@ var _ = Describe("a source's receiver user", func() {
 			rcv, err := receiver.New(receiver.Options{JetStream: js, Conn: c.Conn, AtomicBatches: atomic}, []*source.Config{acme})
 			Expect(err).NotTo(HaveOccurred())
 			srv := httptest.NewServer(rcv.Handler())
-			req, err := http.NewRequest(http.MethodPost, srv.URL+"/v1/batch", strings.NewReader(`{"batch":[
-				{"type":"track","userId":"u1","event":"Signed In"},
-				{"type":"identify","userId":"u1","traits":{"plan":"pro"}}]}`))
+			// 20 messages: the receiver sends requests of 16 or more as atomic batches.
+			body := `{"type":"identify","userId":"u1","traits":{"plan":"pro"}}` +
+				strings.Repeat(`,{"type":"track","userId":"u1","event":"Signed In"}`, 19)
+			req, err := http.NewRequest(http.MethodPost, srv.URL+"/v1/batch", strings.NewReader(`{"batch":[`+body+`]}`))
 			Expect(err).NotTo(HaveOccurred())
 			req.SetBasicAuth(acme.WriteKeys[0], "")
 			resp, err := http.DefaultClient.Do(req)
@@ -49,7 +50,7 @@ var _ = Describe("a source's receiver user", func() {
 			resp.Body.Close()
 			srv.Close()
 			Expect(resp.StatusCode).To(Equal(http.StatusOK), "atomic batches: %v", atomic)
-			Expect(messages(acme)).To(Equal(before + 2))
+			Expect(messages(acme)).To(Equal(before + 20))
 		}
 		Expect(c.errors()).To(BeEmpty())
 	})
