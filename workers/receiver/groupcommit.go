@@ -136,18 +136,32 @@ func (r *Receiver) committerFor(stream string) *committer {
 // publishGrouped hands a request's messages to their streams' committers and waits until all of
 // them are acknowledged, or one failed, or ctx ends.
 func (r *Receiver) publishGrouped(ctx context.Context, msgs []outgoing) error {
+	groups := splitBatches(msgs, len(msgs))
+	if len(groups) == 1 && !r.batched(groups[0]) {
+		return r.publishEach(ctx, msgs) // the common single call: no waiter, no goroutine
+	}
 	w := newWaiter(len(msgs))
-	for _, group := range splitBatches(msgs, len(msgs)) {
-		name := group[0].source.Stream().StreamName()
-		if until, ok := r.batching.off.Load(name); len(group) < minAtomicBatch || ok && time.Now().Before(until.(time.Time)) {
+	for _, group := range groups {
+		if !r.batched(group) {
 			go func() { w.settle(group, r.publishEach(ctx, group)) }()
 			continue
 		}
+		name := group[0].source.Stream().StreamName()
 		c := r.committerFor(name)
 		w.queuedAt = append(w.queuedAt, c)
 		c.submit(w, group)
 	}
 	return w.wait(ctx)
+}
+
+// batched reports whether one stream's messages of a request go through its committer: enough
+// of them for an atomic batch, and a stream that takes atomic batches.
+func (r *Receiver) batched(group []outgoing) bool {
+	if len(group) < minAtomicBatch {
+		return false
+	}
+	until, off := r.batching.off.Load(group[0].source.Stream().StreamName())
+	return !off || !time.Now().Before(until.(time.Time))
 }
 
 // settle records the outcome of sending msgs, all of the request's.
