@@ -330,6 +330,7 @@ func (r *SegmentSourceReconciler) reconcileDelete(ctx context.Context, st *recon
 		return transient(ReasonReconcileError, err, "removing finalizer")
 	}
 	st.finalized = true
+	r.writeKeys.m.Delete(obj.UID)
 	log.FromContext(ctx).Info("finalized", "stream", src.StreamName(), "deletionPolicy", obj.DeletionPolicy(), "forced", forcedDelete(obj))
 	return nil
 }

@@ -102,7 +102,7 @@ spec:
 				keys = append(keys, k)
 			}
 			return keys
-		}).WithTimeout(60*time.Second).Should(ConsistOf("team-globex.web.database-url", "team-initech.app.database-url"))
+		}).WithTimeout(60 * time.Second).Should(ConsistOf("team-globex.web.database-url", "team-initech.app.database-url"))
 		var deps appsv1.DeploymentList
 		Expect(k8s.List(ctx, &deps)).To(Succeed())
 		for _, d := range deps.Items {
