@@ -51,9 +51,9 @@ var _ = Describe("Tally on a three-node JetStream cluster", func() {
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(db.Close)
 
-		By("creating the source's streams with three replicas")
+		By("creating the source's streams with three replicas, partitioned by user (a consumer per partition)")
 		src := &source.Config{Namespace: "tenants", Name: "acme-web", Tenant: "acme", WriteKeys: []string{writeKey},
-			StreamReplicas: 3, StreamMaxBytes: 256 << 20}
+			StreamReplicas: 3, StreamMaxBytes: 256 << 20, Partitions: 4}
 		adminJS := jetStreamOn(nodes[0])
 		Eventually(func() error {
 			return stream.Ensure(ctx, adminJS, src.Stream(), src.StreamSettings())
