@@ -100,17 +100,26 @@ var _ = Describe("One receiver and one worker for many members", func() {
 		}()
 		sent := func() int { mu.Lock(); defer mu.Unlock(); return len(accepted) }
 
+		comerSeries := fmt.Sprintf(`source=%q`, comer.src.String())
 		for round := range 3 {
 			from := sent()
 			p.join(ctx, comer, false)
 			id := fmt.Sprintf("comer-%d", round)
 			Eventually(func() int { return p.status(comer.keys[0], id, "E", nil) }).Should(Equal(http.StatusOK))
+			if round == 0 {
+				drained(ctx, comer)
+				Expect(metricsText(p.metrics)).To(ContainSubstring(comerSeries), "the worker counts the member's batches")
+			}
 			p.leave(ctx, comer)
 			p.until(comer.keys[0], id+"-after", http.StatusUnauthorized)
 			Eventually(sent).Should(BeNumerically(">", from+20), "the steady member's traffic went on meanwhile")
 		}
 		close(stopTraffic)
 		<-trafficDone
+
+		By("the member that left leaves no series behind")
+		Expect(seriesOf(p.metrics, comerSeries)).To(BeEmpty())
+		Expect(seriesOf(p.receiver, comerSeries)).To(BeEmpty())
 
 		mu.Lock()
 		defer mu.Unlock()

@@ -282,15 +282,31 @@ func (p *podsOf) members(state string) float64 {
 	return metric(p.metrics, fmt.Sprintf(`tally_worker_pool_members{pool=%q,state=%q}`, p.ref.String(), state))
 }
 
-// metric reads one series of the metrics served at base; -1 when absent.
-func metric(base, series string) float64 {
+// metricsText is what base serves at /metrics; "" when it does not answer.
+func metricsText(base string) string {
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
-		return -1
+		return ""
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(raw), "\n") {
+	return string(raw)
+}
+
+// seriesOf lists the series served at base whose labels contain labels.
+func seriesOf(base, labels string) []string {
+	var out []string
+	for _, line := range strings.Split(metricsText(base), "\n") {
+		if !strings.HasPrefix(line, "#") && strings.Contains(line, labels) {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// metric reads one series of the metrics served at base; -1 when absent.
+func metric(base, series string) float64 {
+	for _, line := range strings.Split(metricsText(base), "\n") {
 		if rest, ok := strings.CutPrefix(line, series+" "); ok {
 			var v float64
 			if _, err := fmt.Sscan(rest, &v); err == nil {

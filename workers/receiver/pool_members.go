@@ -31,6 +31,7 @@ type poolMembers struct {
 	secrets  map[string][]string // by member key; none when its file is missing
 	problems map[string]string   // by member key: the last problem logged, so each is logged once
 	pass     map[string]bool     // members with a problem in the current refresh
+	served   map[string]bool     // the sources ("namespace/name") served since the last refresh
 }
 
 func newPoolMembers(rcv *Receiver, secretsDir string, log *slog.Logger) *poolMembers {
@@ -154,6 +155,16 @@ func (p *poolMembers) apply() {
 		// Not expected: every member was validated above.
 		p.log.Error("pool members refused; serving the previous set", "error", err)
 	}
+	served := make(map[string]bool, len(configs))
+	for _, c := range configs {
+		served[c.String()] = true
+	}
+	for name := range p.served {
+		if !served[name] {
+			p.rcv.metrics.Forget(name) // left: its series go too
+		}
+	}
+	p.served = served
 	for key := range p.problems {
 		if !p.pass[key] {
 			delete(p.problems, key) // solved: log it again should it come back

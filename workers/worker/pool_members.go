@@ -41,6 +41,8 @@ type poolWorkers struct {
 	insights       *insights.Metrics
 	dbs            *databases
 	log            *slog.Logger
+	// metrics forgets a member's series when it leaves; nil when the caller made the Metrics.
+	metrics *forgetful
 	// states counts the members by state (running, waiting, suspended): tally_worker_pool_members.
 	states *prometheus.GaugeVec
 	// loaded turns true once the bucket's content has arrived.
@@ -105,6 +107,11 @@ func (p *poolWorkers) reconcileLocked() {
 		}
 	}
 	p.stop(stopping...)
+	for _, run := range stopping {
+		if _, ok := p.members[pool.Key(*run.src)]; !ok && p.metrics != nil { // left: its series go too (a suspended member keeps them)
+			p.metrics.forget(run.src.String())
+		}
+	}
 
 	for key, m := range p.members {
 		if m.Suspended {

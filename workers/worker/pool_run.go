@@ -63,8 +63,10 @@ func NewPool(o PoolOptions) (*PoolWorkers, error) {
 	if o.Worker.Logger == nil {
 		o.Worker.Logger = slog.Default()
 	}
+	var metrics *forgetful
 	if o.Worker.Metrics == nil {
-		o.Worker.Metrics = NewMetrics(o.Registerer)
+		metrics = &forgetful{Registerer: o.Registerer}
+		o.Worker.Metrics = NewMetrics(metrics)
 	}
 	if o.InsightsMetrics == nil {
 		o.InsightsMetrics = insights.NewMetrics(o.Registerer)
@@ -72,7 +74,8 @@ func NewPool(o PoolOptions) (*PoolWorkers, error) {
 	return &PoolWorkers{o: o, p: &poolWorkers{js: o.JetStream, opts: o.Worker, credentialsDir: o.CredentialsDir,
 		databaseURL: o.DatabaseURL, memberURL: o.MemberDatabaseURL, version: o.Version, insights: o.InsightsMetrics,
 		dbs: newDatabases(o.MaxConnsPerLogin, o.MaxConns), log: o.Worker.Logger,
-		running: map[string]*memberRun{}, problems: map[string]string{}, states: newPoolStates(o.Registerer, o.Pool)}}, nil
+		running: map[string]*memberRun{}, problems: map[string]string{}, states: newPoolStates(o.Registerer, o.Pool),
+		metrics: metrics}}, nil
 }
 
 // Loaded reports whether the members have arrived from the bucket.
