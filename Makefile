@@ -62,9 +62,9 @@ test-e2e: build ## Run only the end-to-end test (part of `make test` too).
 	KUBEBUILDER_ASSETS="$$assets" go test -count=1 -timeout 20m ./test/e2e/ -v -args -ginkgo.v
 
 .PHONY: test-scale
-test-scale: ## Run the scale tests (build tag scale; not part of `make test`): 1,000 pool members on envtest, a NATS cluster failover.
+test-scale: ## Run the scale tests (build tag scale; not part of `make test`): 1,000 pool members on envtest, a NATS cluster failover, a pool worker with 1,000 idle members.
 	@assets="$$(./hack/envtest.sh | tail -n 1)"; \
-	KUBEBUILDER_ASSETS="$$assets" go test -tags scale -count=1 -timeout 30m ./test/scale/ ./test/cluster/ -v
+	KUBEBUILDER_ASSETS="$$assets" go test -tags scale -count=1 -timeout 30m ./test/scale/ ./test/cluster/ ./test/pool/ -v
 
 .PHONY: test-browser
 test-browser: ## Run only the browser test: Segment's analytics.js from npm in headless Chromium against tally local (part of `make test` too).
