@@ -2,6 +2,7 @@ package local
 
 import (
 	"net/http"
+	"path/filepath"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -61,6 +62,15 @@ spec:
   pool: {name: shared, namespace: platform}
 `
 }
+
+var _ = Describe("The samples' pool", func() {
+	It("admits its member, which make local serves through the pool", func() {
+		dir := filepath.Join(testenv.RepoRoot(), "config", "samples")
+		_, err := LoadManifests(dir)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(poolMembership(dir)).To(Equal(map[string]pool.Ref{"default/globex-app": {Namespace: "default", Name: "shared"}}))
+	})
+})
 
 var _ = Describe("Run with a SegmentSourcePool", func() {
 	It("serves the pool's members through the pool's bucket and one worker set, each into its own tenant", func(ctx SpecContext) {
