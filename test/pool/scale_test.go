@@ -36,7 +36,7 @@ var _ = Describe("A pool worker with a thousand idle members", Label("scale"), f
 		kv, err := pool.EnsureBucket(ctx, js, ref, 1)
 		Expect(err).NotTo(HaveOccurred())
 		credsDir := GinkgoT().TempDir()
-		var first *member
+		var first, last *member
 		By(fmt.Sprintf("making %d members of %d tenants, each with its stream and Postgres login", idleMembers, idleMembers))
 		for i := range idleMembers {
 			src := &source.Config{Namespace: fmt.Sprintf("ns%d", i%10), Name: fmt.Sprintf("idle%d", i), Tenant: fmt.Sprintf("idle-tenant-%d", i),
@@ -51,6 +51,7 @@ var _ = Describe("A pool worker with a thousand idle members", Label("scale"), f
 			if first == nil {
 				first = m
 			}
+			last = m
 		}
 
 		By("starting tally worker --pool as its own process")
@@ -90,6 +91,26 @@ var _ = Describe("A pool worker with a thousand idle members", Label("scale"), f
 		fmt.Fprintf(GinkgoWriter, "idle pool worker: %d members: RSS %d MiB (peak %d MiB), %.0f goroutines, %.2f cores\n",
 			idleMembers, rss>>20, peak>>20, goroutines, cpu)
 		Expect(peak).To(BeNumerically("<", 512<<20), "the operator's default worker pod has 512 MiB")
+
+		By("a pool receiver serving the same thousand members")
+		listen, err := testenv.FreeAddr()
+		Expect(err).NotTo(HaveOccurred())
+		rcv := exec.Command(bin, "receiver", "--pool", ref.String(), "--nats-url", natsSrv.ClientURL(),
+			"--nats-creds", poolCreds(ref, natsauth.Receiver), "--listen", listen, "--shutdown-delay", "0s")
+		rcv.Stderr = GinkgoWriter
+		Expect(rcv.Start()).To(Succeed())
+		DeferCleanup(func() {
+			_ = rcv.Process.Signal(os.Interrupt)
+			_ = rcv.Wait()
+		})
+		p := &podsOf{receiver: "http://" + listen}
+		Eventually(func() int { return statusOf(http.Get(p.receiver + "/readyz")) }).WithTimeout(30 * time.Second).Should(Equal(http.StatusOK))
+		Expect(p.status(last.keys[0], "last-0", "E", nil)).To(Equal(http.StatusOK))
+		drained(ctx, last)
+		Expect(eventsOf(ctx, last)).To(Equal([]string{"last-0"}))
+		rss, peak = memory(rcv.Process.Pid)
+		AddReportEntry("pool receiver", fmt.Sprintf("%d members: RSS %d MiB (peak %d MiB)", idleMembers, rss>>20, peak>>20))
+		fmt.Fprintf(GinkgoWriter, "pool receiver: %d members: RSS %d MiB (peak %d MiB)\n", idleMembers, rss>>20, peak>>20)
 	})
 })
 
