@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tallyhq/tally/workers/natsserver"
 	"github.com/tallyhq/tally/workers/receiver"
@@ -25,22 +26,24 @@ import (
 	"github.com/tallyhq/tally/workers/stream"
 )
 
-// benchBatch is an analytics-go-shaped batch of n mixed messages without messageIds, so the
-// receiver assigns fresh ones and JetStream stores every message (no deduplication shortcut).
-func benchBatch(n int) []byte {
+// benchBatch is an analytics-go-shaped batch of n mixed messages with messageIds <id>-<i>, so
+// every request's messages are new to JetStream and stored (a body sent twice would be
+// deduplicated: messages with a timestamp and no messageId get one from their content).
+func benchBatch(id int64, n int) []byte {
 	var b strings.Builder
 	b.WriteString(`{"sentAt":"2024-05-01T12:00:10.123456789+02:00","batch":[`)
 	for i := 0; i < n; i++ {
 		if i > 0 {
 			b.WriteByte(',')
 		}
+		fmt.Fprintf(&b, `{"messageId":"%d-%d",`, id, i)
 		switch i % 3 {
 		case 0:
-			fmt.Fprintf(&b, `{"type":"track","userId":"user-%d","event":"Report Exported","timestamp":"2024-05-01T12:00:09.5+02:00","context":{"groupId":"acct-%d"},"properties":{"format":"csv","rows":%d,"plan":"enterprise"}}`, i%50, i%7, i*10)
+			fmt.Fprintf(&b, `"type":"track","userId":"user-%d","event":"Report Exported","timestamp":"2024-05-01T12:00:09.5+02:00","context":{"groupId":"acct-%d"},"properties":{"format":"csv","rows":%d,"plan":"enterprise"}}`, i%50, i%7, i*10)
 		case 1:
-			fmt.Fprintf(&b, `{"type":"identify","userId":"user-%d","timestamp":"2024-05-01T12:00:09.5+02:00","traits":{"email":"user%d@example.com","name":"User %d","company":{"id":%d,"name":"Acme"}}}`, i%50, i, i, i%7)
+			fmt.Fprintf(&b, `"type":"identify","userId":"user-%d","timestamp":"2024-05-01T12:00:09.5+02:00","traits":{"email":"user%d@example.com","name":"User %d","company":{"id":%d,"name":"Acme"}}}`, i%50, i, i, i%7)
 		default:
-			fmt.Fprintf(&b, `{"type":"group","userId":"user-%d","groupId":"acct-%d","timestamp":"2024-05-01T12:00:09.5+02:00","traits":{"name":"Account %d","plan":"enterprise","employees":250}}`, i%50, i%7, i%7)
+			fmt.Fprintf(&b, `"type":"group","userId":"user-%d","groupId":"acct-%d","timestamp":"2024-05-01T12:00:09.5+02:00","traits":{"name":"Account %d","plan":"enterprise","employees":250}}`, i%50, i%7, i%7)
 		}
 	}
 	b.WriteString(`],"context":{"library":{"name":"analytics-go","version":"3.0.0"}}}`)
@@ -67,27 +70,30 @@ func benchHandlerVariants(b *testing.B, size int) {
 	}
 }
 
-func benchHandler(b *testing.B, size int, syncAlways, atomic bool) {
-	js, src := benchJetStream(b, syncAlways, atomic)
-	// atomic: the stream allows atomic batches and the receiver sends them (group commit);
+func benchHandler(b *testing.B, size int, syncAlways, atomicBatches bool) {
+	js, src := benchJetStream(b, syncAlways, atomicBatches)
+	// atomicBatches: the stream allows atomic batches and the receiver sends them (group commit);
 	// otherwise it publishes message by message.
-	rcv, err := receiver.New(receiver.Options{JetStream: js, AtomicBatches: atomic, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, []*source.Config{src})
+	reg := prometheus.NewRegistry()
+	rcv, err := receiver.New(receiver.Options{JetStream: js, AtomicBatches: atomicBatches, Metrics: receiver.NewMetrics(reg),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, []*source.Config{src})
 	if err != nil {
 		b.Fatal(err)
 	}
 	srv := httptest.NewServer(rcv.Handler())
 	defer srv.Close()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	body := benchBatch(size)
+	var seq atomic.Int64
 
 	var mu sync.Mutex
 	var latencies []time.Duration
-	b.SetBytes(int64(len(body)))
+	b.SetBytes(int64(len(benchBatch(0, size))))
 	b.SetParallelism(8)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		var mine []time.Duration
 		for pb.Next() {
+			body := benchBatch(seq.Add(1), size)
 			start := time.Now()
 			req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/batch", bytes.NewReader(body))
 			req.SetBasicAuth("bench-key", "")
@@ -115,6 +121,24 @@ func benchHandler(b *testing.B, size int, syncAlways, atomic bool) {
 		b.ReportMetric(float64(latencies[len(latencies)/2].Microseconds())/1000, "p50-ms")
 		b.ReportMetric(float64(latencies[len(latencies)*99/100].Microseconds())/1000, "p99-ms")
 	}
+	if batches, messages := histogram(b, reg, "tally_receiver_atomic_batch_messages"); batches > 0 {
+		b.ReportMetric(messages/float64(batches), "msgs/batch") // group commit at work
+	}
+}
+
+// histogram is the sample count and sum of one of the receiver's histograms.
+func histogram(b *testing.B, reg *prometheus.Registry, name string) (uint64, float64) {
+	families, err := reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			h := f.GetMetric()[0].GetHistogram()
+			return h.GetSampleCount(), h.GetSampleSum()
+		}
+	}
+	return 0, 0
 }
 
 // benchJetStream starts an embedded JetStream server with one source's streams.
@@ -152,7 +176,7 @@ func benchJetStream(b *testing.B, syncAlways, atomic bool) (jetstream.JetStream,
 // normalising.
 func BenchmarkJetStreamOnly100(b *testing.B) {
 	js, src := benchJetStream(b, false, true)
-	data := benchBatch(1) // one ~300-byte message body
+	data := benchBatch(0, 1) // one ~300-byte message body
 	b.SetParallelism(8)
 	b.ResetTimer()
 	var seq atomic.Int64
