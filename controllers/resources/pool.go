@@ -167,31 +167,16 @@ func PoolReceiverDeployment(in PoolInputs) *appsv1ac.DeploymentApplyConfiguratio
 	annotations := map[string]string{}
 	args, volumes, mounts = withNATSCreds(in.ReceiverNATSCreds, args, volumes, mounts, annotations)
 
-	container := corev1ac.Container().
-		WithName(ComponentReceiver).
-		WithImage(in.Image).
-		WithCommand("/tally").
-		WithArgs(args...).
-		WithPorts(corev1ac.ContainerPort().WithName("http").WithContainerPort(ReceiverPort).WithProtocol(corev1.ProtocolTCP)).
-		WithLivenessProbe(httpProbe("/healthz", "http", 3)).
-		WithReadinessProbe(httpProbe("/readyz", "http", 1).WithPeriodSeconds(receiverReadinessPeriodSeconds)).
-		WithResources(resources(p.Spec.Receiver.Resources, in.ReceiverResources)).
-		WithSecurityContext(containerSecurityContext()).
-		WithVolumeMounts(mounts...)
-
+	container := receiverContainer(in.Image, args, resources(p.Spec.Receiver.Resources, in.ReceiverResources), mounts)
 	template := podTemplate(PoolLabels(p, ComponentReceiver), annotations, container, volumes)
 	template.Spec.WithTerminationGracePeriodSeconds(ReceiverTerminationGracePeriodSeconds)
-	spec := appsv1ac.DeploymentSpec().
-		WithSelector(metav1ac.LabelSelector().WithMatchLabels(PoolSelectorLabels(p, ComponentReceiver))).
-		WithStrategy(rollingUpdate()).
-		WithTemplate(template)
-	if r := PoolReceiverReplicas(p); r != nil {
-		spec.WithReplicas(*r)
-	}
-	return appsv1ac.Deployment(PoolReceiverName(p), p.Namespace).
-		WithLabels(PoolLabels(p, ComponentReceiver)).
-		WithOwnerReferences(PoolOwnerReference(p)).
-		WithSpec(spec)
+	return deployment(poolOwned(p, PoolReceiverName(p), ComponentReceiver), PoolReceiverReplicas(p), template)
+}
+
+// poolOwned is the identity of one of the pool's Deployments.
+func poolOwned(p *tallyv1.SegmentSourcePool, name, component string) owned {
+	return owned{name: name, namespace: p.Namespace, labels: PoolLabels(p, component),
+		selector: PoolSelectorLabels(p, component), owner: PoolOwnerReference(p)}
 }
 
 // PoolWorkerDeployment runs `tally worker --pool`: members and settings from the bucket, each
@@ -218,36 +203,15 @@ func PoolWorkerDeployment(in PoolInputs) *appsv1ac.DeploymentApplyConfiguration 
 	annotations := map[string]string{}
 	args, volumes, mounts = withNATSCreds(in.WorkerNATSCreds, args, volumes, mounts, annotations)
 
-	container := corev1ac.Container().
-		WithName(ComponentWorker).
-		WithImage(in.Image).
-		WithCommand("/tally").
-		WithArgs(args...).
-		WithPorts(corev1ac.ContainerPort().WithName("metrics").WithContainerPort(WorkerMetricsPort).WithProtocol(corev1.ProtocolTCP)).
-		WithLivenessProbe(httpProbe("/healthz", "metrics", 3)).
-		WithReadinessProbe(httpProbe("/readyz", "metrics", 1)).
-		WithResources(resources(p.Spec.Worker.Resources, in.WorkerResources)).
-		WithSecurityContext(containerSecurityContext()).
-		WithVolumeMounts(mounts...)
+	container := workerContainer(in.Image, args, resources(p.Spec.Worker.Resources, in.WorkerResources), mounts)
 	if in.Database != nil {
 		// The manager's login, for members without one of their own (tenant roles off), as a
 		// dedicated source's workers get it.
-		container.WithEnv(corev1ac.EnvVar().WithName("TALLY_DATABASE_URL").WithValueFrom(corev1ac.EnvVarSource().
-			WithSecretKeyRef(corev1ac.SecretKeySelector().WithName(in.Database.Name).WithKey(in.Database.Key))))
+		container.WithEnv(databaseURLEnv(in.Database.Name, in.Database.Key))
 		annotations[AnnotationDatabaseHash] = in.Database.Hash
 	}
-
-	spec := appsv1ac.DeploymentSpec().
-		WithSelector(metav1ac.LabelSelector().WithMatchLabels(PoolSelectorLabels(p, ComponentWorker))).
-		WithStrategy(rollingUpdate()).
-		WithTemplate(podTemplate(PoolLabels(p, ComponentWorker), annotations, container, volumes))
-	if r := PoolWorkerReplicas(p); r != nil {
-		spec.WithReplicas(*r)
-	}
-	return appsv1ac.Deployment(PoolWorkerName(p), p.Namespace).
-		WithLabels(PoolLabels(p, ComponentWorker)).
-		WithOwnerReferences(PoolOwnerReference(p)).
-		WithSpec(spec)
+	template := podTemplate(PoolLabels(p, ComponentWorker), annotations, container, volumes)
+	return deployment(poolOwned(p, PoolWorkerName(p), ComponentWorker), PoolWorkerReplicas(p), template)
 }
 
 // PoolReceiverService fronts the pool's receivers at the endpoint every member reports.

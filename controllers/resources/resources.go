@@ -192,31 +192,16 @@ func ReceiverDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 		in.SharedSecret, args, volumes, mounts, annotations)
 	args, volumes, mounts = withNATSCreds(natsCreds(in.ReceiverNATSCreds, in.NATSCreds), args, volumes, mounts, annotations)
 
-	container := corev1ac.Container().
-		WithName(ComponentReceiver).
-		WithImage(in.Image).
-		WithCommand("/tally").
-		WithArgs(args...).
-		WithPorts(corev1ac.ContainerPort().WithName("http").WithContainerPort(ReceiverPort).WithProtocol(corev1.ProtocolTCP)).
-		WithLivenessProbe(httpProbe("/healthz", "http", 3)).
-		WithReadinessProbe(httpProbe("/readyz", "http", 1).WithPeriodSeconds(receiverReadinessPeriodSeconds)).
-		WithResources(resources(s.Spec.Receiver.Resources, in.ReceiverResources)).
-		WithSecurityContext(containerSecurityContext()).
-		WithVolumeMounts(mounts...)
-
+	container := receiverContainer(in.Image, args, resources(s.Spec.Receiver.Resources, in.ReceiverResources), mounts)
 	template := podTemplate(Labels(s, ComponentReceiver), annotations, container, volumes)
 	template.Spec.WithTerminationGracePeriodSeconds(ReceiverTerminationGracePeriodSeconds)
-	spec := appsv1ac.DeploymentSpec().
-		WithSelector(metav1ac.LabelSelector().WithMatchLabels(SelectorLabels(s, ComponentReceiver))).
-		WithStrategy(rollingUpdate()).
-		WithTemplate(template)
-	if r := ReceiverReplicas(s); r != nil {
-		spec.WithReplicas(*r)
-	}
-	return appsv1ac.Deployment(ReceiverName(s), s.Namespace).
-		WithLabels(Labels(s, ComponentReceiver)).
-		WithOwnerReferences(OwnerReference(s)).
-		WithSpec(spec)
+	return deployment(sourceOwned(s, ReceiverName(s), ComponentReceiver), ReceiverReplicas(s), template)
+}
+
+// sourceOwned is the identity of one of the source's Deployments.
+func sourceOwned(s *tallyv1.SegmentSource, name, component string) owned {
+	return owned{name: name, namespace: s.Namespace, labels: Labels(s, component),
+		selector: SelectorLabels(s, component), owner: OwnerReference(s)}
 }
 
 // WorkerDeployment runs `tally worker`, which reads the stream through the source's durable
@@ -247,28 +232,11 @@ func WorkerDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 	args, volumes, mounts = withSecretFile(secretFile{"--insights-write-key-file", "insights-write-key", InsightsWriteKeyMountPath, AnnotationInsightsWriteKeyHash},
 		in.InsightsWriteKey, args, volumes, mounts, annotations)
 
-	container := corev1ac.Container().
-		WithName(ComponentWorker).
-		WithImage(in.Image).
-		WithCommand("/tally").
-		WithArgs(args...).
-		WithEnv(corev1ac.EnvVar().WithName("TALLY_DATABASE_URL").WithValueFrom(corev1ac.EnvVarSource().
-			WithSecretKeyRef(corev1ac.SecretKeySelector().WithName(in.Database.Name).WithKey(in.Database.Key)))).
-		WithPorts(corev1ac.ContainerPort().WithName("metrics").WithContainerPort(WorkerMetricsPort).WithProtocol(corev1.ProtocolTCP)).
-		WithLivenessProbe(httpProbe("/healthz", "metrics", 3)).
-		WithReadinessProbe(httpProbe("/readyz", "metrics", 1)).
-		WithResources(resources(s.Spec.Worker.Resources, in.WorkerResources)).
-		WithSecurityContext(containerSecurityContext()).
-		WithVolumeMounts(mounts...)
-
-	return appsv1ac.Deployment(WorkerName(s), s.Namespace).
-		WithLabels(Labels(s, ComponentWorker)).
-		WithOwnerReferences(OwnerReference(s)).
-		WithSpec(appsv1ac.DeploymentSpec().
-			WithReplicas(WorkerReplicas(s)).
-			WithSelector(metav1ac.LabelSelector().WithMatchLabels(SelectorLabels(s, ComponentWorker))).
-			WithStrategy(rollingUpdate()).
-			WithTemplate(podTemplate(Labels(s, ComponentWorker), annotations, container, volumes)))
+	container := workerContainer(in.Image, args, resources(s.Spec.Worker.Resources, in.WorkerResources), mounts).
+		WithEnv(databaseURLEnv(in.Database.Name, in.Database.Key))
+	replicas := WorkerReplicas(s)
+	return deployment(sourceOwned(s, WorkerName(s), ComponentWorker), &replicas,
+		podTemplate(Labels(s, ComponentWorker), annotations, container, volumes))
 }
 
 // ReceiverService fronts the receiver pods at the endpoint reported in status.
