@@ -195,19 +195,9 @@ func (e *env) freshness(ctx context.Context, res *Result) error {
 	if err := e.drained(ctx, src, 5*time.Minute); err != nil {
 		return err
 	}
-	// Every row is committed now; let the watch see the last ones, then stop it.
-	watch.finish()
-	select {
-	case err := <-polled:
-		if err != nil {
-			return err
-		}
-	case <-time.After(30 * time.Second):
-		return fmt.Errorf("committed rows not visible after 30s")
-	}
-	lat := watch.latencies()
-	if len(lat) == 0 {
-		return fmt.Errorf("no row became visible")
+	lat, err := awaitVisible(watch.finish, polled, watch.latencies)
+	if err != nil {
+		return err
 	}
 	res.FreshnessP50Ms = percentileMs(lat, 50)
 	res.FreshnessP99Ms = percentileMs(lat, 99)

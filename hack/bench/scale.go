@@ -181,18 +181,9 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 			return err
 		}
 	}
-	watch.finish()
-	select {
-	case err := <-polled:
-		if err != nil {
-			return err
-		}
-	case <-time.After(30 * time.Second):
-		return fmt.Errorf("committed rows not visible after 30s")
-	}
-	lat := watch.latencies()
-	if len(lat) == 0 {
-		return fmt.Errorf("no small tenant's row became visible")
+	lat, err := awaitVisible(watch.finish, polled, watch.latencies)
+	if err != nil {
+		return err
 	}
 	res.ManyTenants = &ManyTenantsResult{
 		Tenants: n, BigEventsPerS: big.eventsPerSecond(), SmallEventsPerS: float64(sent.Load()) / e.phaseLength().Seconds(),

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -114,4 +115,23 @@ func (w *visibilityWatch) latencies() []time.Duration {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]time.Duration(nil), w.found...)
+}
+
+// awaitVisible lets a watch see the last committed rows (every row is committed when it is
+// called), stops it and returns the latencies it measured.
+func awaitVisible(finish func(), polled <-chan error, latencies func() []time.Duration) ([]time.Duration, error) {
+	finish()
+	select {
+	case err := <-polled:
+		if err != nil {
+			return nil, err
+		}
+	case <-time.After(30 * time.Second):
+		return nil, fmt.Errorf("committed rows not visible after 30s")
+	}
+	lat := latencies()
+	if len(lat) == 0 {
+		return nil, fmt.Errorf("no row became visible")
+	}
+	return lat, nil
 }
