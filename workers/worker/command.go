@@ -87,23 +87,11 @@ func workerCommand() *cobra.Command {
 			defer pool.Close()
 			// Replies (fetched messages among them) arrive on the source's worker inbox, the only
 			// one its NATS user may subscribe to.
-			nc, err := stream.Connect(natsURL, natsCreds, "tally-worker", log, natsauth.InboxOption(src.Stream(), natsauth.Worker))
+			js, reg, drain, err := connectWorker(natsURL, natsCreds, log, natsauth.InboxOption(src.Stream(), natsauth.Worker))
 			if err != nil {
 				return err
 			}
-			// Wait for the drain, so the last batch's acks reach NATS before the process exits.
-			defer func() {
-				drainCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				_ = stream.Drain(drainCtx, nc)
-			}()
-			js, err := jetstream.New(nc)
-			if err != nil {
-				return err
-			}
-			// A registry of our own, not the default one: nothing registers behind our back.
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			defer drain()
 			w, err := New(Options{Pool: pool, JetStream: js, Source: src,
 				BatchSize: batchSize, MaxWait: maxWait, Logger: log, Metrics: NewMetrics(reg),
 				BatchBytes: batchBytes, StatementTimeout: statementTimeout, LockTimeout: lockTimeout})
@@ -251,4 +239,27 @@ func migrateCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&databaseURL, "database-url", "", "Postgres URL (or TALLY_DATABASE_URL)")
 	return cmd
+}
+
+// connectWorker opens a worker process's NATS connection (replies on the inbox its NATS user may
+// subscribe to) and its metrics registry. drain waits for the connection's drain, so the last
+// batches' acks reach NATS before the process exits.
+func connectWorker(natsURL, natsCreds string, log *slog.Logger, inbox nats.Option) (js jetstream.JetStream, reg *prometheus.Registry, drain func(), err error) {
+	nc, err := stream.Connect(natsURL, natsCreds, "tally-worker", log, inbox)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	drain = func() {
+		drainCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = stream.Drain(drainCtx, nc)
+	}
+	if js, err = jetstream.New(nc); err != nil {
+		drain()
+		return nil, nil, nil, err
+	}
+	// A registry of our own, not the default one: nothing registers behind our back.
+	reg = prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return js, reg, drain, nil
 }

@@ -8,14 +8,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/pool"
-	"github.com/tallyhq/tally/workers/stream"
 )
 
 // poolCommand holds what `tally worker --pool` needs besides the worker's own options.
@@ -36,22 +33,11 @@ type poolCommand struct {
 // runPool is `tally worker --pool`: the workers of a SegmentSourcePool, one Worker per member,
 // on one NATS connection, one metrics registry and one small connection pool per tenant login.
 func runPool(ctx context.Context, c poolCommand, log *slog.Logger) error {
-	nc, err := stream.Connect(c.natsURL, c.natsCreds, "tally-worker", log, natsauth.PoolInboxOption(c.ref, natsauth.Worker))
+	js, reg, drain, err := connectWorker(c.natsURL, c.natsCreds, log, natsauth.PoolInboxOption(c.ref, natsauth.Worker))
 	if err != nil {
 		return err
 	}
-	// Wait for the drain, so the last batches' acks reach NATS before the process exits.
-	defer func() {
-		drainCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = stream.Drain(drainCtx, nc)
-	}()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	defer drain()
 	o := c.worker
 	o.Logger = log
 	workers, err := NewPool(PoolOptions{Pool: c.ref, JetStream: js, Worker: o, DatabaseURL: c.databaseURL,
@@ -60,7 +46,7 @@ func runPool(ctx context.Context, c poolCommand, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv := servePoolMetrics(c.metricsListen, reg, workers, nc, log)
+	srv := servePoolMetrics(c.metricsListen, reg, workers, js.Conn(), log)
 	defer srv.Close()
 	log.Info("pool worker started", "pool", c.ref.String())
 	return workers.Run(ctx)
