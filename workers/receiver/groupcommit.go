@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // Group commit. With atomic batches on, a request does not send batches of its own: it hands its
@@ -264,6 +266,7 @@ func (c *committer) commit(msgs []outgoing, parts []batchPart) {
 	// must not fail the others.
 	ctx, cancel := context.WithTimeout(context.Background(), c.r.opts.PublishTimeout)
 	defer cancel()
+	defer c.r.cancelOnDisconnect(cancel)()
 	var err error
 	if len(msgs) < minAtomicBatch {
 		err = c.r.publishEach(ctx, msgs)
@@ -281,6 +284,30 @@ func (c *committer) commit(msgs []outgoing, parts []batchPart) {
 		} else {
 			p.w.acked(p.n)
 		}
+	}
+}
+
+// cancelOnDisconnect calls cancel when the NATS connection is lost, and returns the func that
+// stops watching. A commit whose server went away is never acknowledged: without this its
+// requests would wait for the publish timeout, while per-message publishes fail at once (the
+// JetStream client fails pending acks on a disconnect).
+func (r *Receiver) cancelOnDisconnect(cancel context.CancelFunc) (stop func()) {
+	nc := r.opts.JetStream.Conn()
+	lost := nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
+	if !nc.IsConnected() {
+		cancel()
+	}
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-lost:
+			cancel()
+		case <-done:
+		}
+	}()
+	return func() {
+		close(done)
+		nc.RemoveStatusListener(lost)
 	}
 }
 
