@@ -83,6 +83,7 @@ type Settings struct {
 	WorkerReplicas   int    `json:"worker_replicas"`
 	Tenants          int    `json:"tenants"`
 	SmallTenantsRate int    `json:"small_tenants_rate"`
+	BigTenantRate    int    `json:"big_tenant_rate"`
 	Quick            bool   `json:"quick"`
 }
 

@@ -115,6 +115,7 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	wctx, stopWorkers := context.WithCancel(ctx)
 	var workers sync.WaitGroup
 	defer func() { stopWorkers(); workers.Wait() }()
+	var started []*worker.Worker
 	for i, src := range sources {
 		replicas, pool := 1, smallPool
 		if i == 0 {
@@ -127,6 +128,16 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 				return err
 			}
 			workers.Go(func() { _ = w.Run(wctx) })
+			started = append(started, w)
+		}
+	}
+	// Measure a running pool, not its start: every worker bound to its consumers first.
+	for _, w := range started {
+		for !w.Ready() {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 
@@ -136,11 +147,16 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	go func() { polled <- watch.poll(pollCtx) }()
 	defer stopPoll()
 
-	// The big tenant: closed loop for the phase's length.
+	// The big tenant: a closed loop for the phase's length, or --big-tenant-rate events/s.
 	var big loadRun
 	var bigDone sync.WaitGroup
+	templates := batchTemplates(7, 64, e.cfg.settings.BatchSize)
 	bigDone.Go(func() {
-		big = e.closedLoop(ctx, sources[0], batchTemplates(7, 64, e.cfg.settings.BatchSize), e.cfg.settings.BatchSize)
+		if rate := e.cfg.settings.BigTenantRate; rate > 0 {
+			big = e.openLoop(ctx, sources[0], templates, e.cfg.settings.BatchSize, rate)
+		} else {
+			big = e.closedLoop(ctx, sources[0], templates, e.cfg.settings.BatchSize)
+		}
 	})
 
 	// The small ones: an open loop of single tracks over every other tenant.
@@ -286,4 +302,33 @@ func (e *env) connections(ctx context.Context, maxConns int32) (*pgxpool.Pool, e
 	}
 	cfg.MaxConns = maxConns
 	return pgxpool.NewWithConfig(ctx, cfg)
+}
+
+// openLoop sends batches of perRequest messages to src at rate events/s for the phase's length,
+// whatever the answers' latency.
+func (e *env) openLoop(ctx context.Context, src *source.Config, templates []template, perRequest, rate int) loadRun {
+	client := e.client()
+	ticker := time.NewTicker(time.Duration(float64(time.Second) * float64(perRequest) / float64(rate)))
+	defer ticker.Stop()
+	deadline := time.Now().Add(e.phaseLength())
+	start := time.Now()
+	var sends sync.WaitGroup
+	var accepted, rejected atomic.Int64
+	var n int64
+	for now := range ticker.C {
+		if now.After(deadline) || ctx.Err() != nil {
+			break
+		}
+		n++
+		body, _ := templates[n%int64(len(templates))].instantiate(n + 2e7)
+		sends.Go(func() {
+			if ok, _ := e.post(client, src, "/v1/batch", body); ok {
+				accepted.Add(int64(perRequest))
+			} else {
+				rejected.Add(1)
+			}
+		})
+	}
+	sends.Wait()
+	return loadRun{accepted: accepted.Load(), rejected: rejected.Load(), elapsed: time.Since(start)}
 }

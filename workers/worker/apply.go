@@ -105,7 +105,7 @@ func (a *applier) lockUsers(ctx context.Context, tx pgx.Tx, f *folded, extra loc
 	b := &pgx.Batch{}
 	b.Queue("SELECT set_config('jit', 'off', true), set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
 		a.bounds.statementSetting(), a.bounds.lockSetting())
-	queueSlotLocks(b, a.tenant, locks.keys())
+	queueLockRows(b, a.tenant, locks.keys())
 	after := map[string]storedTie{}
 	if len(lookups) > 0 && !locks.all {
 		queueTieLookup(b, a.tenant, lookups, after)
@@ -206,7 +206,9 @@ type catalogRow struct {
 }
 
 // markIgnored keeps event_catalog.ignored equal to the source's ignoredEvents: the receiver drops
-// those events, so this is the only place they show up.
+// those events, so this is the only place they show up. It takes no slot: its two statements each
+// settle their rows under the rows' own locks, and a batch's catalog upsert never writes the
+// ignored flag. (Every worker runs it when it starts; a pool worker starts a thousand at once.)
 func markIgnored(ctx context.Context, pool *pgxpool.Pool, tenant string, ignored []string, bounds txBounds) error {
 	names := slices.Sorted(slices.Values(ignored))
 	ctx, cancel := context.WithTimeout(ctx, bounds.deadline())
@@ -214,11 +216,6 @@ func markIgnored(ctx context.Context, pool *pgxpool.Pool, tenant string, ignored
 	return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
 			bounds.statementSetting(), bounds.lockSetting()); err != nil {
-			return err
-		}
-		b := &pgx.Batch{}
-		queueSlotLocks(b, tenant, allSlots().keys())
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `

@@ -25,7 +25,7 @@ import (
 //   - Whatever the transaction then finds it touched (moved events, tied anonymousIds, the users
 //     of inserted events) is checked against the slots it holds; a miss rolls the transaction
 //     back, and it is tried again with those slots too (errLockSetGrew).
-//   - Deletions and ignored-event marking lock every slot: they are rare and touch everything.
+//   - Deletions lock every slot: they are rare and touch everything.
 //
 // Accounts are shared by the users of many partitions. Their upserts merge in one statement, so
 // concurrent ones need no lock; last_seen_at needs one where a maximum is not enough: an account
@@ -162,13 +162,9 @@ func asLockSetGrew(err error) (*errLockSetGrew, bool) {
 	return grew, ok
 }
 
-// queueSlotLocks locks the slots, creating their rows the first time (a concurrent creator waits
-// on the primary key, then both queue on the row lock).
-func queueSlotLocks(b *pgx.Batch, tenant string, keys []string) {
-	queueLockRows(b, tenant, keys)
-}
-
-// queueLockRows locks the tenant's rows of tally.tenant_locks with the given keys, sorted.
+// queueLockRows locks the tenant's rows of tally.tenant_locks with the given keys, sorted,
+// creating them the first time (a concurrent creator waits on the primary key, then both queue on
+// the row lock).
 func queueLockRows(b *pgx.Batch, tenant string, keys []string) {
 	b.Queue(`INSERT INTO tally.tenant_locks (tenant, lock_key) SELECT $1, k FROM unnest($2::text[]) AS k ORDER BY k ON CONFLICT DO NOTHING`,
 		tenant, keys)
@@ -176,8 +172,6 @@ func queueLockRows(b *pgx.Batch, tenant string, keys []string) {
 		tenant, keys)
 }
 
-// allSlots locks the whole tenant: every slot.
-func allSlots() lockSet { return lockSet{all: true, slots: map[int]bool{}} }
 
 // missingSlots lists the identities the transaction touched without holding their slot.
 func (a *applier) missingSlots() lockSet {
