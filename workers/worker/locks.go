@@ -172,7 +172,6 @@ func queueLockRows(b *pgx.Batch, tenant string, keys []string) {
 		tenant, keys)
 }
 
-
 // missingSlots lists the identities the transaction touched without holding their slot.
 func (a *applier) missingSlots() lockSet {
 	more := newLockSet()
