@@ -184,24 +184,7 @@ func summarize(obj *tallyv1.SegmentSource, recErr error) {
 			"receiver available at "+obj.Status.Endpoint)
 		return
 	}
-	re := asReconcileError(recErr)
-	setCondition(obj, tallyv1.ConditionReady, metav1.ConditionFalse, re.reason, re.message)
-	if re.kind == kindStalled {
-		obj.Status.ObservedGeneration = obj.Generation
-		meta.RemoveStatusCondition(&obj.Status.Conditions, tallyv1.ConditionReconciling)
-		setCondition(obj, tallyv1.ConditionStalled, metav1.ConditionTrue, re.reason, re.message)
-		return
-	}
-	meta.RemoveStatusCondition(&obj.Status.Conditions, tallyv1.ConditionStalled)
-	if obj.Status.ObservedGeneration < obj.Generation {
-		reason := re.reason
-		if re.kind == kindTransient {
-			reason = ReasonProgressingRetry
-		}
-		setCondition(obj, tallyv1.ConditionReconciling, metav1.ConditionTrue, reason, re.message)
-	} else {
-		meta.RemoveStatusCondition(&obj.Status.Conditions, tallyv1.ConditionReconciling)
-	}
+	sourceConditions(obj).failed(recErr)
 }
 
 // patchStatus writes status with one merge patch when it changed. The patch base differs from the
@@ -245,13 +228,11 @@ func (r *SegmentSourceReconciler) recordTransition(st *reconcileState) {
 // setCondition sets a condition stamped with the object's generation. The transition time only
 // moves when the status flips (meta.SetStatusCondition keeps it otherwise).
 func setCondition(obj *tallyv1.SegmentSource, condType string, status metav1.ConditionStatus, reason, message string) {
-	meta.SetStatusCondition(&obj.Status.Conditions, metav1.Condition{
-		Type:               condType,
-		Status:             status,
-		Reason:             reason,
-		Message:            truncate(message, 1024),
-		ObservedGeneration: obj.Generation,
-	})
+	sourceConditions(obj).set(condType, status, reason, message)
+}
+
+func sourceConditions(obj *tallyv1.SegmentSource) statusConditions {
+	return statusConditions{&obj.Status.Conditions, &obj.Status.ObservedGeneration, obj.Generation}
 }
 
 func timeOrNil(t time.Time) *metav1.Time {

@@ -112,28 +112,13 @@ func summarizePool(obj *tallyv1.SegmentSourcePool, recErr error) {
 			fmt.Sprintf("receivers available at %s for %d member(s)", obj.Status.Endpoint, obj.Status.Members))
 		return
 	}
-	re := asReconcileError(recErr)
-	setPoolCondition(obj, tallyv1.ConditionReady, metav1.ConditionFalse, re.reason, re.message)
-	if re.kind == kindStalled {
-		obj.Status.ObservedGeneration = obj.Generation
-		meta.RemoveStatusCondition(&obj.Status.Conditions, tallyv1.ConditionReconciling)
-		setPoolCondition(obj, tallyv1.ConditionStalled, metav1.ConditionTrue, re.reason, re.message)
-		return
-	}
-	meta.RemoveStatusCondition(&obj.Status.Conditions, tallyv1.ConditionStalled)
-	if obj.Status.ObservedGeneration < obj.Generation {
-		reason := re.reason
-		if re.kind == kindTransient {
-			reason = ReasonProgressingRetry
-		}
-		setPoolCondition(obj, tallyv1.ConditionReconciling, metav1.ConditionTrue, reason, re.message)
-	} else {
-		meta.RemoveStatusCondition(&obj.Status.Conditions, tallyv1.ConditionReconciling)
-	}
+	poolConditions(obj).failed(recErr)
 }
 
 func setPoolCondition(obj *tallyv1.SegmentSourcePool, condType string, status metav1.ConditionStatus, reason, message string) {
-	meta.SetStatusCondition(&obj.Status.Conditions, metav1.Condition{
-		Type: condType, Status: status, Reason: reason, Message: truncate(message, 1024), ObservedGeneration: obj.Generation,
-	})
+	poolConditions(obj).set(condType, status, reason, message)
+}
+
+func poolConditions(obj *tallyv1.SegmentSourcePool) statusConditions {
+	return statusConditions{&obj.Status.Conditions, &obj.Status.ObservedGeneration, obj.Generation}
 }
