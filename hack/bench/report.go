@@ -49,7 +49,10 @@ type ManyTenantsResult struct {
 	SmallEventsPerS     float64 `json:"small_tenants_events_per_s"`
 	SmallFreshnessP50Ms float64 `json:"small_tenants_freshness_p50_ms"`
 	SmallFreshnessP99Ms float64 `json:"small_tenants_freshness_p99_ms"`
-	Rejected            int64   `json:"rejected_requests"`
+	// SmallAck*: send to 2xx of the small tenants' calls, the receiver's share of their freshness.
+	SmallAckP50Ms float64 `json:"small_tenants_ack_p50_ms"`
+	SmallAckP99Ms float64 `json:"small_tenants_ack_p99_ms"`
+	Rejected      int64   `json:"rejected_requests"`
 }
 
 // Report is what `make bench` writes: the default-mode figures at the top level, the fsync-always
@@ -203,6 +206,8 @@ func (r *Report) WriteTable(w io.Writer) {
 	row("many tenants: small events/s", many(func(m *ManyTenantsResult) float64 { return m.SmallEventsPerS }), "%.0f")
 	row("many tenants: small fresh p50 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallFreshnessP50Ms }), "%.0f")
 	row("many tenants: small fresh p99 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallFreshnessP99Ms }), "%.0f")
+	row("many tenants: small ack p50 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallAckP50Ms }), "%.1f")
+	row("many tenants: small ack p99 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallAckP99Ms }), "%.1f")
 	tw.Flush()
 	fmt.Fprintf(w, "machine: %s, %d cores, %s\n", r.Machine.CPU, r.Machine.Cores, r.Machine.GoVersion)
 }

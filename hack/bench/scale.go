@@ -168,6 +168,8 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	deadline := time.Now().Add(e.phaseLength())
 	var sends sync.WaitGroup
 	var sent, refused atomic.Int64
+	var acksMu sync.Mutex
+	var acks []time.Duration
 	seq := 0
 	for now := range ticker.C {
 		if now.After(deadline) {
@@ -180,7 +182,12 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 			body := []byte(`{"type":"track","userId":"u` + strconv.Itoa(seq%50) + `","event":"Small","messageId":"` + id + `"}`)
 			watch.sent(src.Tenant, id, time.Now())
 			sends.Go(func() {
+				start := time.Now()
 				if ok, _ := e.post(client, src, "/v1/track", body); ok {
+					took := time.Since(start)
+					acksMu.Lock()
+					acks = append(acks, took)
+					acksMu.Unlock()
 					sent.Add(1)
 				} else {
 					watch.forget(src.Tenant, id)
@@ -204,6 +211,7 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	res.ManyTenants = &ManyTenantsResult{
 		Tenants: n, BigEventsPerS: big.eventsPerSecond(), SmallEventsPerS: float64(sent.Load()) / e.phaseLength().Seconds(),
 		SmallFreshnessP50Ms: percentileMs(lat, 50), SmallFreshnessP99Ms: percentileMs(lat, 99),
+		SmallAckP50Ms: percentileMs(acks, 50), SmallAckP99Ms: percentileMs(acks, 99),
 		Rejected: big.rejected + refused.Load(),
 	}
 	return nil

@@ -3,7 +3,9 @@ package worker
 import (
 	"context"
 	"fmt"
+	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
@@ -14,6 +16,24 @@ import (
 // The worker fetches the next batch while the current one commits; a batch it fetched but did not
 // map when it stopped must reach another worker, once.
 var _ = Describe("Fetching ahead", func() {
+	It("maps a message that arrives while a pull is open without waiting for the pull to end", func(ctx SpecContext) {
+		src := newSource(ctx, "")
+		// Pulls stay open 15 s for a full batch of 2,000; each message must not wait for that.
+		// (Stopping the worker waits for its open pull to end.)
+		stop := startWorker(src, 2000, func(w *Worker) { w.maxWait = 15 * time.Second })
+		DeferCleanup(stop)
+		visible := func(id string) func() int64 {
+			return func() int64 {
+				return queryRow(ctx, `SELECT count(*) AS n FROM tally.events WHERE tenant = $1 AND message_id = $2`, src.Tenant, id)["n"].(int64)
+			}
+		}
+		for _, id := range []string{"m1", "m2", "m3"} {
+			publish(ctx, src, track(id, "u1", "Clicked", 1, nil, nil))
+			Eventually(visible(id)).WithContext(ctx).WithTimeout(7 * time.Second).Should(BeEquivalentTo(1))
+		}
+	})
+
+
 	It("hands back the batch fetched ahead when a worker stops, and another worker maps everything once", func(ctx SpecContext) {
 		src := newSource(ctx, "")
 		var calls []msg
@@ -41,7 +61,7 @@ var _ = Describe("Fetching ahead", func() {
 		Expect(err).NotTo(HaveOccurred())
 		consumer, err := js.Consumer(ctx, src.Stream().StreamName(), stream.WorkerConsumer)
 		Expect(err).NotTo(HaveOccurred())
-		f := w.fetch(consumer, false) // folded without an account property
+		f := fetchPart(ctx, w, consumer) // folded without an account property
 		Expect(f.items).To(HaveLen(1))
 
 		changed := *src
@@ -51,3 +71,15 @@ var _ = Describe("Fetching ahead", func() {
 		Expect(queryRow(ctx, `SELECT account_id FROM tally.events WHERE tenant = $1 AND message_id = 't1'`, src.Tenant)["account_id"]).To(Equal("acme"))
 	})
 })
+
+// fetchPart runs w's fetch loop on consumer until it hands over its first part.
+func fetchPart(ctx context.Context, w *Worker, consumer jetstream.Consumer) fetched {
+	fctx, stop := context.WithCancel(ctx)
+	parts := make(chan fetched)
+	go w.fetchLoop(fctx, consumer, parts)
+	f := <-parts
+	stop()
+	for range parts { // wait for the loop to end
+	}
+	return f
+}
