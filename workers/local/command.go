@@ -48,6 +48,6 @@ Secret manifests you would kubectl apply. Sources naming a SegmentSourcePool of 
 	f.BoolVar(&o.SyncAlways, "sync-always", false, "fsync every JetStream write before acknowledging (survives an OS crash)")
 	f.StringVar(&o.DatabaseURL, "database-url", DefaultDatabaseURL, "Postgres URL; the database is created if missing")
 	f.IntVar(&o.BatchSize, "batch-size", source.DefaultBatchSize, "messages a worker commits in one transaction")
-	f.DurationVar(&o.MaxWait, "max-wait", source.DefaultMaxWait, "how long a worker waits to fill a batch")
+	f.DurationVar(&o.MaxWait, "max-wait", source.DefaultMaxWait, "how long a worker's pull stays open to fill a batch; what it has is mapped once an eighth of this old and arrivals pause")
 	return cmd
 }

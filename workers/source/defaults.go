@@ -8,9 +8,10 @@ import "time"
 const (
 	// DefaultBatchSize is how many messages a worker fetches and commits in one transaction.
 	// Larger batches write each busy user and account row once for more messages and spread a
-	// commit over more of them; DefaultMaxWait still bounds the wait at low rates.
+	// commit over more of them; at low rates messages wait an eighth of DefaultMaxWait at most.
 	DefaultBatchSize = 2000
-	// DefaultMaxWait is how long a worker's fetch waits to fill a batch.
+	// DefaultMaxWait is how long a worker's pull stays open to fill a batch; the messages it has
+	// are handed over once they are an eighth of it old and their arrivals pause.
 	DefaultMaxWait = 200 * time.Millisecond
 	// DefaultPublishTimeout bounds how long a receiver's request waits for JetStream's PubAcks
 	// before it answers 503.

@@ -118,7 +118,7 @@ func workerCommand() *cobra.Command {
 	f.StringVar(&databaseURL, "database-url", "", "Postgres URL (or TALLY_DATABASE_URL)")
 	f.StringVar(&sourceConfig, "source-config", "/etc/tally/source/"+source.ConfigFileName, "the source's settings file, re-read periodically")
 	f.IntVar(&batchSize, "batch-size", source.DefaultBatchSize, "messages per batch transaction")
-	f.DurationVar(&maxWait, "max-wait", source.DefaultMaxWait, "how long to wait for a full batch")
+	f.DurationVar(&maxWait, "max-wait", source.DefaultMaxWait, "how long a pull stays open to fill a batch; what it has is mapped once an eighth of this old and arrivals pause")
 	f.IntVar(&batchBytes, "batch-bytes", DefaultBatchBytes, "most bytes of messages fetched in one batch")
 	f.DurationVar(&statementTimeout, "statement-timeout", DefaultStatementTimeout, "Postgres statement_timeout of each statement of a batch transaction")
 	f.DurationVar(&lockTimeout, "lock-timeout", DefaultLockTimeout, "Postgres lock_timeout of each lock wait in a batch transaction (the tenant's lock included)")

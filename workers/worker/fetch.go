@@ -16,7 +16,7 @@ type fetched struct {
 	items    []item
 	bad      []badMessage // messages that do not decode: dead-lettered, never mapped
 	lastMeta *jetstream.MsgMetadata
-	prepared *preparedFold // fold of all items, made while the previous batch was committing
+	prepared *preparedFold // a pull's last part: folded while the previous one commits; else nil, folded by commit
 	err      error         // the pull's own error, after its messages
 }
 
@@ -32,12 +32,15 @@ type preparedFold struct {
 	folded *folded
 }
 
-// fetchLoop pulls batches from the consumer and hands their messages over, decoded and folded,
-// one part at a time, so the next part is ready when the current transaction commits. A pull
-// stays open up to MaxWait to fill a batch, but its messages are handed over as soon as they stop
-// arriving (handOverAfter without one), not when the pull ends: under load a part is the whole
-// batch; at a trickle each message is mapped at once instead of waiting out the pull. It stops
-// when ctx is cancelled or a pull fails, and closes out.
+// fetchLoop pulls batches from the consumer and hands their messages over, decoded, in parts. A
+// pull stays open up to MaxWait to fill a batch, but its messages do not wait for it to end: once
+// a part is an eighth of MaxWait old and its arrivals pause (handOverAfter without one: the pull
+// has taken what was waiting), it is offered to the committer, and keeps growing until it is
+// taken. So the first message after a quiet spell is mapped at once (its one-message pull ends
+// with it), a trickle waits an eighth of MaxWait instead of all of it, and under load a part is a
+// whole batch, folded ahead while the previous one commits. The eighth keeps a busy tenant's
+// transactions few: a small one costs most of a millisecond of Postgres CPU (bench), whatever its
+// size. It stops when ctx is cancelled or a pull fails, and closes out.
 func (w *Worker) fetchLoop(ctx context.Context, consumer jetstream.Consumer, out chan<- fetched) {
 	defer close(out)
 	idle := false
@@ -63,9 +66,8 @@ func (w *Worker) fetchLoop(ctx context.Context, consumer jetstream.Consumer, out
 // it bounds how long stopping an idle worker takes.
 const maxIdleWait = time.Second
 
-// handOverAfter is the pause in a pull's arrivals after which the messages received so far are
-// handed over. JetStream delivers a backlog in one burst, so a pause this long means the pull
-// has taken what was waiting.
+// handOverAfter is the pause in a pull's arrivals after which its part is offered. JetStream
+// delivers what is waiting in one burst, so a pause this long means the burst is over.
 const handOverAfter = 2 * time.Millisecond
 
 // pull asks for a batch. After an empty pull (idle) it asks for one message only: a full batch's
@@ -78,60 +80,74 @@ func (w *Worker) pull(consumer jetstream.Consumer, idle bool) (jetstream.Message
 	return consumer.Fetch(w.batchSize, jetstream.FetchMaxWait(w.maxWait), jetstream.FetchMaxBytes(w.bounds.batchBytes))
 }
 
-// handOver hands a pull's messages over in parts, each when the arrivals pause or the pull ends
-// (an empty pull as one empty part, which resets the backlog gauge). It returns how many messages
-// the pull brought and whether to pull again: not after the pull failed or ctx was cancelled,
-// when what was not handed over is handed back.
+// handOver hands one pull's messages over in parts. It returns how many messages the pull brought
+// and whether to pull again: not after the pull failed or ctx was cancelled, when what was not
+// handed over is handed back.
 func (w *Worker) handOver(ctx context.Context, batch jetstream.MessageBatch, out chan<- fetched) (int, bool) {
 	msgs := batch.Messages()
-	send := func(f fetched) bool {
-		if len(f.items) > 0 {
-			src := w.source.Load()
-			f.prepared = &preparedFold{src: src, folded: fold(withoutIgnored(messagesOf(f.items), src), src.AccountProperty)}
-		}
-		select {
-		case out <- f:
-			return true
-		case <-ctx.Done():
-			nakAll(f)
-			for msg := range msgs { // the rest of the pull, until it ends (at most maxIdleWait or MaxWait)
-				_ = msg.NakWithDelay(time.Nanosecond)
-			}
-			return false
-		}
-	}
 	quiet := time.NewTimer(handOverAfter)
 	defer quiet.Stop()
 	var part fetched
+	var started time.Time // the part's first arrival
+	ready := false        // the part is old enough and its arrivals paused: it is offered
 	got := 0
 	for {
+		var offer chan<- fetched
 		var paused <-chan time.Time
 		if part.size() > 0 {
-			paused = quiet.C
+			if ready {
+				offer = out
+			} else {
+				paused = quiet.C
+			}
 		}
 		select {
 		case msg, open := <-msgs:
 			if !open {
-				if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-					part.err = err
-				}
-				if got > 0 && part.size() == 0 && part.err == nil {
-					return got, true // the last part went out already
-				}
-				return got, send(part) && part.err == nil
+				return got, w.endPull(ctx, batch, part, got > part.size(), out)
+			}
+			if part.size() == 0 {
+				started = time.Now()
 			}
 			got++
 			part.add(msg)
-			quiet.Reset(handOverAfter)
+			if !ready {
+				quiet.Reset(max(handOverAfter, time.Until(started.Add(w.maxWait/8))))
+			}
 		case <-paused:
-			if len(msgs) > 0 { // not a pause: this goroutine was not scheduled meanwhile
-				continue
+			ready = len(msgs) == 0 // else not a pause: this goroutine was not scheduled meanwhile
+		case offer <- part: // the committer folds it (commit)
+			part, ready = fetched{}, false
+		case <-ctx.Done():
+			nakAll(part)
+			for msg := range msgs { // the rest of the pull, until it ends (at most MaxWait)
+				_ = msg.NakWithDelay(time.Nanosecond)
 			}
-			if !send(part) {
-				return got, false
-			}
-			part = fetched{}
+			return got, false
 		}
+	}
+}
+
+// endPull hands over the last part of a pull that ended, folded while the previous part commits
+// (under load, the whole batch), with the pull's error. An empty pull is handed over as an empty
+// part (it resets the backlog gauge) unless parts of it went out already.
+func (w *Worker) endPull(ctx context.Context, batch jetstream.MessageBatch, part fetched, sentParts bool, out chan<- fetched) bool {
+	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		part.err = err
+	}
+	if sentParts && part.size() == 0 && part.err == nil {
+		return true
+	}
+	if len(part.items) > 0 {
+		src := w.source.Load()
+		part.prepared = &preparedFold{src: src, folded: fold(withoutIgnored(messagesOf(part.items), src), src.AccountProperty)}
+	}
+	select {
+	case out <- part:
+		return part.err == nil
+	case <-ctx.Done():
+		nakAll(part)
+		return false
 	}
 }
 

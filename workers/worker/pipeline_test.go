@@ -33,7 +33,6 @@ var _ = Describe("Fetching ahead", func() {
 		}
 	})
 
-
 	It("hands back the batch fetched ahead when a worker stops, and another worker maps everything once", func(ctx SpecContext) {
 		src := newSource(ctx, "")
 		var calls []msg
@@ -57,12 +56,14 @@ var _ = Describe("Fetching ahead", func() {
 	It("folds a batch fetched ahead again when the source's settings changed meanwhile", func(ctx SpecContext) {
 		src := newSource(ctx, "")
 		publish(ctx, src, track("t1", "u1", "Clicked", 1, map[string]any{"accountId": "acme"}, nil))
-		w, err := New(Options{Pool: testPool, JetStream: js, Source: src, Logger: testenv.QuietLogger()})
+		// A batch of one: the pull ends with its message, whose part is folded ahead.
+		w, err := New(Options{Pool: testPool, JetStream: js, Source: src, BatchSize: 1, Logger: testenv.QuietLogger()})
 		Expect(err).NotTo(HaveOccurred())
 		consumer, err := js.Consumer(ctx, src.Stream().StreamName(), stream.WorkerConsumer)
 		Expect(err).NotTo(HaveOccurred())
 		f := fetchPart(ctx, w, consumer) // folded without an account property
 		Expect(f.items).To(HaveLen(1))
+		Expect(f.prepared).NotTo(BeNil())
 
 		changed := *src
 		changed.AccountProperty = "accountId"

@@ -45,7 +45,7 @@ type Options struct {
 	JetStream jetstream.JetStream
 	Source    *source.Config
 	BatchSize int           // messages per fetch; source.DefaultBatchSize when 0
-	MaxWait   time.Duration // how long a fetch waits for a full batch; source.DefaultMaxWait when 0
+	MaxWait   time.Duration // how long a pull stays open to fill a batch (see fetchLoop); source.DefaultMaxWait when 0
 	Logger    *slog.Logger  // slog.Default() when nil
 	// Metrics records batches, messages and retries; the workers of one process share one.
 	// When nil, the worker keeps metrics nobody reads.
