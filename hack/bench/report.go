@@ -44,8 +44,11 @@ type Result struct {
 // ManyTenantsResult is the skewed many-tenants phase: one big tenant saturating its workers,
 // the others' freshness meanwhile.
 type ManyTenantsResult struct {
-	Tenants             int     `json:"tenants"`
-	BigEventsPerS       float64 `json:"big_tenant_events_per_s"`
+	Tenants       int     `json:"tenants"`
+	BigEventsPerS float64 `json:"big_tenant_events_per_s"`
+	// BigBacklogAtEnd: the big tenant's messages not yet applied when the load stopped (its
+	// workers were saturated when it is more than a batch or so).
+	BigBacklogAtEnd     uint64  `json:"big_tenant_backlog_at_end"`
 	SmallEventsPerS     float64 `json:"small_tenants_events_per_s"`
 	SmallFreshnessP50Ms float64 `json:"small_tenants_freshness_p50_ms"`
 	SmallFreshnessP99Ms float64 `json:"small_tenants_freshness_p99_ms"`
@@ -203,6 +206,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 	row("many tenants: tenants", many(func(m *ManyTenantsResult) float64 { return float64(m.Tenants) }), "%.0f")
 	row("many tenants: big events/s", many(func(m *ManyTenantsResult) float64 { return m.BigEventsPerS }), "%.0f")
+	row("many tenants: big backlog at end", many(func(m *ManyTenantsResult) float64 { return float64(m.BigBacklogAtEnd) }), "%.0f")
 	row("many tenants: small events/s", many(func(m *ManyTenantsResult) float64 { return m.SmallEventsPerS }), "%.0f")
 	row("many tenants: small fresh p50 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallFreshnessP50Ms }), "%.0f")
 	row("many tenants: small fresh p99 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallFreshnessP99Ms }), "%.0f")
