@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
@@ -24,46 +25,29 @@ import (
 // manifests a user would kubectl apply) and resolves each source's write keys. Suspended sources
 // are skipped.
 func LoadManifests(dir string) ([]*source.Config, error) {
-	files, err := manifestFiles(dir)
-	if err != nil {
-		return nil, err
-	}
 	var sources []tallyv1.SegmentSource
 	secrets := map[string]corev1.Secret{} // namespace/name
-	for _, file := range files {
-		data, err := os.ReadFile(file)
-		if err != nil {
-			return nil, err
-		}
-		docs, err := splitDocuments(data)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", file, err)
-		}
-		for _, doc := range docs {
-			var meta struct {
-				APIVersion string `json:"apiVersion"`
-				Kind       string `json:"kind"`
+	err := eachManifest(dir, func(file string, meta metav1.TypeMeta, doc []byte) error {
+		switch {
+		case meta.Kind == "SegmentSource" && meta.APIVersion == tallyv1.GroupVersion.String():
+			var s tallyv1.SegmentSource
+			if err := yaml.UnmarshalStrict(doc, &s); err != nil {
+				return fmt.Errorf("%s: SegmentSource: %w", file, err)
 			}
-			if err := yaml.Unmarshal(doc, &meta); err != nil {
-				return nil, fmt.Errorf("%s: %w", file, err)
+			defaultNamespace(&s.Namespace)
+			sources = append(sources, s)
+		case meta.Kind == "Secret" && meta.APIVersion == "v1":
+			var s corev1.Secret
+			if err := yaml.Unmarshal(doc, &s); err != nil {
+				return fmt.Errorf("%s: Secret: %w", file, err)
 			}
-			switch {
-			case meta.Kind == "SegmentSource" && meta.APIVersion == tallyv1.GroupVersion.String():
-				var s tallyv1.SegmentSource
-				if err := yaml.UnmarshalStrict(doc, &s); err != nil {
-					return nil, fmt.Errorf("%s: SegmentSource: %w", file, err)
-				}
-				defaultNamespace(&s.Namespace)
-				sources = append(sources, s)
-			case meta.Kind == "Secret" && meta.APIVersion == "v1":
-				var s corev1.Secret
-				if err := yaml.Unmarshal(doc, &s); err != nil {
-					return nil, fmt.Errorf("%s: Secret: %w", file, err)
-				}
-				defaultNamespace(&s.Namespace)
-				secrets[s.Namespace+"/"+s.Name] = s
-			}
+			defaultNamespace(&s.Namespace)
+			secrets[s.Namespace+"/"+s.Name] = s
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(sources) == 0 {
 		return nil, fmt.Errorf("no SegmentSource found under %s", dir)
@@ -135,6 +119,34 @@ func defaultNamespace(ns *string) {
 	if *ns == "" {
 		*ns = "default"
 	}
+}
+
+// eachManifest calls fn with every document of the manifest files of dir, its file and its kind.
+func eachManifest(dir string, fn func(file string, meta metav1.TypeMeta, doc []byte) error) error {
+	files, err := manifestFiles(dir)
+	if err != nil {
+		return err
+	}
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return err
+		}
+		docs, err := splitDocuments(data)
+		if err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		for _, doc := range docs {
+			var meta metav1.TypeMeta
+			if err := yaml.Unmarshal(doc, &meta); err != nil {
+				return fmt.Errorf("%s: %w", file, err)
+			}
+			if err := fn(file, meta, doc); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func manifestFiles(dir string) ([]string, error) {

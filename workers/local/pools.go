@@ -2,7 +2,6 @@ package local
 
 import (
 	"fmt"
-	"os"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,52 +21,38 @@ type poolRef = pool.Ref
 // Selector pools match the labels of the Namespace manifests in dir (none when a namespace has
 // no manifest).
 func poolMembership(dir string) (map[string]pool.Ref, error) {
-	files, err := manifestFiles(dir)
-	if err != nil {
-		return nil, err
-	}
 	pools := map[pool.Ref]*tallyv1.SegmentSourcePool{}
 	namespaces := map[string]labels.Set{}
 	var members []tallyv1.SegmentSource
-	for _, file := range files {
-		data, err := os.ReadFile(file)
-		if err != nil {
-			return nil, err
-		}
-		docs, err := splitDocuments(data)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", file, err)
-		}
-		for _, doc := range docs {
-			var meta metav1.TypeMeta
-			if err := yaml.Unmarshal(doc, &meta); err != nil {
-				return nil, fmt.Errorf("%s: %w", file, err)
+	err := eachManifest(dir, func(file string, meta metav1.TypeMeta, doc []byte) error {
+		switch {
+		case meta.Kind == "SegmentSourcePool" && meta.APIVersion == tallyv1.GroupVersion.String():
+			var p tallyv1.SegmentSourcePool
+			if err := yaml.UnmarshalStrict(doc, &p); err != nil {
+				return fmt.Errorf("%s: SegmentSourcePool: %w", file, err)
 			}
-			switch {
-			case meta.Kind == "SegmentSourcePool" && meta.APIVersion == tallyv1.GroupVersion.String():
-				var p tallyv1.SegmentSourcePool
-				if err := yaml.UnmarshalStrict(doc, &p); err != nil {
-					return nil, fmt.Errorf("%s: SegmentSourcePool: %w", file, err)
-				}
-				defaultNamespace(&p.Namespace)
-				pools[pool.Ref{Namespace: p.Namespace, Name: p.Name}] = &p
-			case meta.Kind == "Namespace" && meta.APIVersion == "v1":
-				var ns corev1.Namespace
-				if err := yaml.Unmarshal(doc, &ns); err != nil {
-					return nil, fmt.Errorf("%s: Namespace: %w", file, err)
-				}
-				namespaces[ns.Name] = ns.Labels
-			case meta.Kind == "SegmentSource" && meta.APIVersion == tallyv1.GroupVersion.String():
-				var s tallyv1.SegmentSource
-				if err := yaml.Unmarshal(doc, &s); err != nil { // LoadManifests checked it strictly
-					return nil, fmt.Errorf("%s: SegmentSource: %w", file, err)
-				}
-				defaultNamespace(&s.Namespace)
-				if s.Spec.Pool != nil && !s.Spec.Suspend {
-					members = append(members, s)
-				}
+			defaultNamespace(&p.Namespace)
+			pools[pool.Ref{Namespace: p.Namespace, Name: p.Name}] = &p
+		case meta.Kind == "Namespace" && meta.APIVersion == "v1":
+			var ns corev1.Namespace
+			if err := yaml.Unmarshal(doc, &ns); err != nil {
+				return fmt.Errorf("%s: Namespace: %w", file, err)
+			}
+			namespaces[ns.Name] = ns.Labels
+		case meta.Kind == "SegmentSource" && meta.APIVersion == tallyv1.GroupVersion.String():
+			var s tallyv1.SegmentSource
+			if err := yaml.Unmarshal(doc, &s); err != nil { // LoadManifests checked it strictly
+				return fmt.Errorf("%s: SegmentSource: %w", file, err)
+			}
+			defaultNamespace(&s.Namespace)
+			if s.Spec.Pool != nil && !s.Spec.Suspend {
+				members = append(members, s)
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	membership := map[string]pool.Ref{}
 	for i := range members {
