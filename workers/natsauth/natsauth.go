@@ -70,14 +70,16 @@ func PoolInboxOption(p pool.Ref, role Role) nats.Option {
 //     JetStream publish, single or atomic batch, is a plain publish whose PubAck comes back on the
 //     inbox). It calls no JetStream API: it never looks the stream up.
 //   - worker: look its durable consumers up ($JS.API.CONSUMER.INFO.<stream>.*: workers and one
-//     per partition, workers-<p>), fetch from them ($JS.API.CONSUMER.MSG.NEXT.<stream>.*),
+//     per partition, workers-<p>), create them again when the server forgot them
+//     ($JS.API.CONSUMER.CREATE.<stream>.*, with or without a filter token: memory-stored consumers
+//     do not survive a single server's restart), fetch from them ($JS.API.CONSUMER.MSG.NEXT.<stream>.*),
 //     acknowledge, nak and mark in progress the messages it fetched ($JS.ACK.<stream>.*.>, and
 //     the v2 ack subjects with domain and
 //     account hash that a server may be switched to), and publish dead letters to the source's
 //     dead-letter subject.
 //
 // Both may subscribe to their own inbox only. Neither may call any other JetStream API: no stream
-// or consumer is created, changed, read or deleted with these users.
+// is created, changed, read or deleted with these users, nor a consumer of another stream.
 func Permissions(src stream.Source, role Role) jwt.Permissions {
 	var p jwt.Permissions
 	p.Sub.Allow.Add(InboxPrefix(src, role) + ".>")
@@ -89,6 +91,8 @@ func Permissions(src stream.Source, role Role) jwt.Permissions {
 		name, consumer := src.StreamName(), "*"
 		p.Pub.Allow.Add(
 			"$JS.API.CONSUMER.INFO."+name+"."+consumer,
+			"$JS.API.CONSUMER.CREATE."+name+"."+consumer,
+			"$JS.API.CONSUMER.CREATE."+name+"."+consumer+".>",
 			"$JS.API.CONSUMER.MSG.NEXT."+name+"."+consumer,
 			"$JS.ACK."+name+"."+consumer+".>",
 			"$JS.ACK.*.*."+name+"."+consumer+".>",

@@ -187,15 +187,41 @@ var _ = Describe("a source's worker user", func() {
 		_, err = c.Request("$JS.API.CONSUMER.MSG.NEXT."+name+"."+stream.WorkerConsumer, []byte(`{"batch":1}`), time.Second)
 		Expect(err).To(HaveOccurred())
 		haveViolation(c, "publish", "$JS.API.CONSUMER.MSG.NEXT."+name+"."+stream.WorkerConsumer)
-		_, err = js.CreateOrUpdateConsumer(ctx, acme.Stream().StreamName(), jetstream.ConsumerConfig{Name: "spy"})
+		theirs := stream.NamedConsumerConfig(globex.Stream(), stream.WorkerConsumer)
+		_, err = js.CreateOrUpdateConsumer(ctx, name, theirs)
 		Expect(err).To(HaveOccurred())
-		haveViolation(c, "publish", "$JS.API.CONSUMER.CREATE."+acme.Stream().StreamName()+".spy")
+		haveViolation(c, "publish", "$JS.API.CONSUMER.CREATE."+name+"."+theirs.Durable+"."+theirs.FilterSubject)
 		_, err = c.Request("$JS.API.STREAM.MSG.GET."+acme.Stream().DeadLetterStreamName(), []byte(`{"seq":1}`), time.Second)
 		Expect(err).To(HaveOccurred())
 		haveViolation(c, "publish", "$JS.API.STREAM.MSG.GET."+acme.Stream().DeadLetterStreamName())
 		_, err = c.SubscribeSync(natsauth.InboxPrefix(globex.Stream(), natsauth.Worker) + ".>")
 		Expect(err).NotTo(HaveOccurred())
 		haveViolation(c, "subscription", natsauth.InboxPrefix(globex.Stream(), natsauth.Worker)+".>")
+	})
+
+	It("creates its own consumer again when the server forgot it, and consumes from it", func() {
+		name := acme.Stream().StreamName()
+		Expect(adminJS.DeleteConsumer(ctx, name, stream.WorkerConsumer)).To(Succeed())
+		_, err := js.CreateConsumer(ctx, name, stream.NamedConsumerConfig(acme.Stream(), stream.WorkerConsumer))
+		Expect(err).NotTo(HaveOccurred())
+		_, err = adminJS.Publish(ctx, acme.Stream().Subject("track"), []byte(`{"type":"track"}`), jetstream.WithMsgID("recreated"))
+		Expect(err).NotTo(HaveOccurred())
+		consumer, err := js.Consumer(ctx, name, stream.WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(func() error {
+			batch, err := consumer.Fetch(100, jetstream.FetchMaxWait(time.Second))
+			if err != nil {
+				return err
+			}
+			for m := range batch.Messages() {
+				if err := m.Ack(); err != nil {
+					return err
+				}
+			}
+			return batch.Error()
+		}).Should(Succeed())
+		Eventually(func() uint64 { return messages(acme) }).Should(BeZero())
+		Expect(c.errors()).To(BeEmpty())
 	})
 
 	It("cannot publish messages, another source's dead letters, or delete a stream or consumer", func() {

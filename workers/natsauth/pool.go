@@ -19,8 +19,9 @@ import (
 //     inspect and delete the ordered consumer a watch runs on, answer its flow control, direct
 //     and stored-message gets), and subscribe to their own inbox only.
 //   - receiver: publish any source's messages (tally.*.*.msg.>).
-//   - worker: inspect, fetch from and acknowledge any stream's consumers (the sources' workers
-//     and workers-<p>), and publish any source's dead letters (tally.*.*.dlq).
+//   - worker: inspect, create again (see Permissions), fetch from and acknowledge any stream's
+//     consumers (the sources' workers and workers-<p>), and publish any source's dead letters
+//     (tally.*.*.dlq).
 func PoolPermissions(p pool.Ref, role Role) jwt.Permissions {
 	var perms jwt.Permissions
 	perms.Sub.Allow.Add(PoolInboxPrefix(p, role) + ".>")
@@ -46,6 +47,8 @@ func PoolPermissions(p pool.Ref, role Role) jwt.Permissions {
 		// the workers' and the ordered ones of bucket watches, which cannot be fetched from.
 		perms.Pub.Allow.Add(
 			"$JS.API.CONSUMER.INFO.*.*",
+			"$JS.API.CONSUMER.CREATE.*.*",
+			"$JS.API.CONSUMER.CREATE.*.*.>",
 			"$JS.API.CONSUMER.MSG.NEXT.*.*",
 			"$JS.ACK.*.*.>",
 			"tally.*.*.dlq",

@@ -120,7 +120,13 @@ var _ = Describe("a SegmentSourcePool's users", func() {
 		}
 		Expect(c.Publish(acme.Stream().Subject("track"), []byte("x"))).To(Succeed())
 		haveViolation(c, "publish", acme.Stream().Subject("track"))
-		_, err := js.CreateOrUpdateConsumer(ctx, acme.Stream().StreamName(), jetstream.ConsumerConfig{Name: "spy"})
-		Expect(err).To(HaveOccurred())
+
+		By("creating a forgotten consumer again, but deleting none")
+		name := acme.Stream().StreamName()
+		Expect(adminJS.DeleteConsumer(ctx, name, stream.WorkerConsumer)).To(Succeed())
+		_, err := js.CreateConsumer(ctx, name, stream.NamedConsumerConfig(acme.Stream(), stream.WorkerConsumer))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(js.DeleteConsumer(ctx, name, stream.WorkerConsumer)).NotTo(Succeed())
+		haveViolation(c, "publish", "$JS.API.CONSUMER.DELETE."+name+"."+stream.WorkerConsumer)
 	})
 })

@@ -173,6 +173,20 @@ func PartitionConsumerConfig(src Source, partition int) jetstream.ConsumerConfig
 	return consumerConfig(src, PartitionConsumer(partition))
 }
 
+// NamedConsumerConfig is ConsumerConfig or PartitionConsumerConfig by the consumer's name (one of
+// Consumers): what a worker recreates when the server has forgotten its consumer.
+func NamedConsumerConfig(src Source, name string) jetstream.ConsumerConfig {
+	return consumerConfig(src, name)
+}
+
+// consumerConfig keeps the consumer's state in memory (MemoryStorage). A file-stored consumer
+// rewrites its state file (a temporary file, then a rename) after deliveries and acks, at most ten
+// times a second each: nothing for a busy source, but for a pool's thousand mostly idle members
+// that is two file writes per event, the largest cost of a small tenant's event (bench). The
+// state is redundant on a work queue: the stream, stored on disk, holds exactly the messages not
+// yet acknowledged. A single server forgets a memory-stored consumer when it restarts (a cluster
+// keeps it on the other replicas); the worker then creates it again (Worker.bind), and it delivers
+// everything the stream holds, which Postgres takes once.
 func consumerConfig(src Source, name string) jetstream.ConsumerConfig {
 	description, filter := "Workers of SegmentSource "+src.String(), src.unpartitionedSubjects()
 	if p := consumerPartition(name); p >= 0 {
@@ -188,6 +202,7 @@ func consumerConfig(src Source, name string) jetstream.ConsumerConfig {
 		MaxDeliver:    -1, // poison messages go to the dead-letter stream explicitly, never dropped
 		MaxAckPending: 20000,
 		MaxWaiting:    512,
+		MemoryStorage: true,
 	}
 }
 
@@ -210,11 +225,30 @@ func Ensure(ctx context.Context, js jetstream.JetStream, src Source, st Settings
 		return fmt.Errorf("stream %s: %w", src.DeadLetterStreamName(), err)
 	}
 	for _, name := range Consumers(st.Partitions) {
-		if _, err := js.CreateOrUpdateConsumer(ctx, src.StreamName(), consumerConfig(src, name)); err != nil {
+		if err := ensureConsumer(ctx, js, src, name); err != nil {
 			return fmt.Errorf("consumer %s on %s: %w", name, src.StreamName(), err)
 		}
 	}
 	return nil
+}
+
+// ensureConsumer creates or updates one worker consumer. JetStream cannot change a consumer's
+// storage in place, so one stored in a file (by an earlier version) is deleted and created again:
+// on a work queue nothing is lost, the new consumer delivers every message still in the stream,
+// and a message a worker holds meanwhile is delivered again, which Postgres takes once.
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, src Source, name string) error {
+	want := consumerConfig(src, name)
+	existing, err := js.Consumer(ctx, src.StreamName(), name)
+	switch {
+	case err == nil && existing.CachedInfo().Config.MemoryStorage != want.MemoryStorage:
+		if err := js.DeleteConsumer(ctx, src.StreamName(), name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return err
+		}
+	case err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound):
+		return err
+	}
+	_, err = js.CreateOrUpdateConsumer(ctx, src.StreamName(), want)
+	return err
 }
 
 // desiredStreamConfig is StreamConfig for a stream that may exist already. JetStream cannot turn
@@ -271,7 +305,8 @@ func consumerConfigEqual(got, want jetstream.ConsumerConfig) bool {
 		got.AckWait == want.AckWait &&
 		got.MaxDeliver == want.MaxDeliver &&
 		got.MaxAckPending == want.MaxAckPending &&
-		got.MaxWaiting == want.MaxWaiting
+		got.MaxWaiting == want.MaxWaiting &&
+		got.MemoryStorage == want.MemoryStorage
 }
 
 // ownerMetadata records the tenant and the owning source's UID, those that are known.

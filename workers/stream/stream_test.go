@@ -88,6 +88,47 @@ var _ = Describe("Ensure", func() {
 		Expect(ci.Config.DeliverPolicy).To(Equal(jetstream.DeliverAllPolicy))
 		Expect(ci.Config.AckWait).To(Equal(DefaultAckWait))
 		Expect(ci.Config.MaxDeliver).To(Equal(-1))
+		Expect(ci.Config.MemoryStorage).To(BeTrue(), "the stream keeps what is unacknowledged; no state file per ack")
+	})
+
+	It("replaces an earlier version's file-stored consumer, and its messages are all delivered", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		old := ConsumerConfig(src)
+		old.MemoryStorage = false
+		Expect(js.DeleteConsumer(ctx, src.StreamName(), WorkerConsumer)).To(Succeed())
+		_, err := js.CreateConsumer(ctx, src.StreamName(), old)
+		Expect(err).NotTo(HaveOccurred())
+		for _, id := range []string{"acked", "held", "waiting"} {
+			publish(ctx, src.Subject("track"), id)
+		}
+		c, err := js.Consumer(ctx, src.StreamName(), WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		batch, err := c.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
+		Expect(err).NotTo(HaveOccurred())
+		var held []jetstream.Msg
+		for m := range batch.Messages() {
+			held = append(held, m)
+		}
+		Expect(held).To(HaveLen(2))
+		Expect(held[0].DoubleAck(ctx)).To(Succeed())
+
+		state, err := Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(InSync(src, Settings{}, state)).To(BeFalse(), "a file-stored consumer is out of date")
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		Expect(consumerInfo(ctx, src).Config.MemoryStorage).To(BeTrue())
+
+		By("the new consumer delivers the held message and the waiting one at once, not after the ack wait")
+		c, err = js.Consumer(ctx, src.StreamName(), WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		batch, err = c.Fetch(3, jetstream.FetchMaxWait(2*time.Second))
+		Expect(err).NotTo(HaveOccurred())
+		var ids []string
+		for m := range batch.Messages() {
+			ids = append(ids, m.Headers().Get(nats.MsgIdHdr))
+		}
+		Expect(ids).To(Equal([]string{"held", "waiting"}))
 	})
 
 	It("uses the source's max age, and never a duplicate window longer than it", func(ctx SpecContext) {

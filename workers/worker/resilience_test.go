@@ -2,15 +2,18 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -18,6 +21,8 @@ import (
 
 	"github.com/tallyhq/tally/test/testdb"
 	"github.com/tallyhq/tally/test/testenv"
+	"github.com/tallyhq/tally/workers/natsserver"
+	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 )
 
@@ -100,21 +105,31 @@ var _ = Describe("Failures", func() {
 		Expect(dumpTenant(ctx, tenant)).To(Equal(once))
 	})
 
-	It("binds again when its consumer or its whole stream is deleted and recreated", func(ctx SpecContext) {
+	It("creates its consumer again when it is gone, and binds again when its whole stream is recreated", func(ctx SpecContext) {
 		src := newSource(ctx, "")
 		var w *Worker
 		startWorker(src, 10, func(worker *Worker) { w = worker })
 		publish(ctx, src, track("t1", "u1", "Clicked", 1, nil, nil))
 		drained(ctx, src)
 
-		// Each time, wait until the worker has noticed the loss (it reports not ready), so what
-		// follows shows it bound again rather than a consumer handle that never broke.
-		Expect(js.DeleteConsumer(ctx, src.Stream().StreamName(), stream.WorkerConsumer)).To(Succeed())
-		Eventually(w.Ready).WithTimeout(30 * time.Second).Should(BeFalse())
-		Expect(stream.Ensure(ctx, js, src.Stream(), src.StreamSettings())).To(Succeed())
+		By("a deleted consumer is created again by the worker, without the operator")
+		name := src.Stream().StreamName()
+		before, err := js.Consumer(ctx, name, stream.WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(js.DeleteConsumer(ctx, name, stream.WorkerConsumer)).To(Succeed())
+		Eventually(func(g Gomega) {
+			again, err := js.Consumer(ctx, name, stream.WorkerConsumer)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(again.CachedInfo().Created).To(BeTemporally(">", before.CachedInfo().Created))
+			g.Expect(again.CachedInfo().Config.MemoryStorage).To(BeTrue())
+		}).WithTimeout(30 * time.Second).Should(Succeed())
 		publish(ctx, src, track("t2", "u1", "Clicked", 2, nil, nil))
 		drained(ctx, src)
 		Eventually(w.Ready).WithTimeout(30 * time.Second).Should(BeTrue())
+
+		By("a deleted stream is waited for (the worker creates no stream); once recreated, it binds again")
+		// Wait until the worker has noticed the loss (it reports not ready), so what follows shows
+		// it bound again rather than a consumer handle that never broke.
 
 		Expect(stream.Delete(ctx, js, src.Stream())).To(Succeed())
 		Eventually(w.Ready).WithTimeout(30 * time.Second).Should(BeFalse())
@@ -124,6 +139,79 @@ var _ = Describe("Failures", func() {
 		Eventually(func() []map[string]any {
 			return queryRows(ctx, `SELECT message_id FROM tally.events WHERE tenant = $1 ORDER BY message_id`, src.Tenant)
 		}).Should(Equal([]map[string]any{{"message_id": "t1"}, {"message_id": "t2"}, {"message_id": "t3"}}))
+	})
+
+	It("maps every accepted message once across a NATS restart that forgets its consumer", Serial, func(ctx SpecContext) {
+		// A server of its own: the suite's other specs keep theirs running.
+		dir := GinkgoT().TempDir()
+		ns, err := natsserver.Start(natsserver.Options{StoreDir: dir})
+		Expect(err).NotTo(HaveOccurred())
+		port := ns.Addr().(*net.TCPAddr).Port
+		conn, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(conn.Close)
+		ownJS, err := jetstream.New(conn)
+		Expect(err).NotTo(HaveOccurred())
+		n := sourceSeq.Add(1)
+		src := &source.Config{Namespace: "test", Name: fmt.Sprintf("src%d", n), Tenant: fmt.Sprintf("tenant%d", n)}
+		Expect(stream.Ensure(ctx, ownJS, src.Stream(), src.StreamSettings())).To(Succeed())
+		send := func(prefix string) {
+			for i := range 10 {
+				id := fmt.Sprintf("%s-%d", prefix, i)
+				data, err := json.Marshal(track(id, "u1", "Clicked", float64(i), nil, nil))
+				Expect(err).NotTo(HaveOccurred())
+				_, err = ownJS.Publish(ctx, src.Stream().Subject("track"), data, jetstream.WithMsgID(id))
+				Expect(err).NotTo(HaveOccurred())
+			}
+		}
+		events := func() int {
+			var count int
+			Expect(testPool.QueryRow(ctx, `SELECT count(*) FROM tally.events WHERE tenant = $1`, src.Tenant).Scan(&count)).To(Succeed())
+			return count
+		}
+		w, err := New(Options{Pool: testPool, JetStream: ownJS, Source: src, MaxWait: 50 * time.Millisecond,
+			Logger: testenv.QuietLogger(), Metrics: testMetrics})
+		Expect(err).NotTo(HaveOccurred())
+		wctx, stop := context.WithCancel(context.Background())
+		ran := make(chan error, 1)
+		go func() { ran <- w.Run(wctx) }()
+		DeferCleanup(func() { stop(); <-ran })
+
+		send("before")
+		Eventually(events).WithTimeout(30 * time.Second).Should(Equal(10))
+
+		By("ten more held by the worker, unacknowledged, while Postgres is away")
+		restore := postgresOutage(ctx)
+		DeferCleanup(restore)
+		send("held")
+		old, err := ownJS.Consumer(ctx, src.Stream().StreamName(), stream.WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(func(g Gomega) {
+			info, err := old.Info(ctx)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(info.NumAckPending).To(Equal(10))
+		}).WithTimeout(30 * time.Second).Should(Succeed())
+
+		By("the server restarts on its store: the stream is back, the memory-stored consumer is not")
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		ns, err = natsserver.Start(natsserver.Options{StoreDir: dir, Port: port})
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(ns.Shutdown)
+		restore()
+		send("after")
+
+		By("the worker created its consumer again, and every message is in Postgres once")
+		Eventually(func(g Gomega) {
+			again, err := ownJS.Consumer(ctx, src.Stream().StreamName(), stream.WorkerConsumer)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(again.CachedInfo().Created).To(BeTemporally(">", old.CachedInfo().Created))
+		}).WithTimeout(30 * time.Second).Should(Succeed())
+		Eventually(events).WithTimeout(90 * time.Second).Should(Equal(30))
+		Eventually(func() error {
+			return testenv.Acknowledged(ctx, ownJS, src.Stream().StreamName(), stream.WorkerConsumer)
+		}).WithTimeout(60 * time.Second).Should(Succeed())
+		Expect(queryRow(ctx, `SELECT count FROM tally.event_catalog WHERE tenant = $1 AND event = 'Clicked'`, src.Tenant)["count"]).To(BeEquivalentTo(30))
 	})
 
 	It("migrates safely when several processes migrate at once, and again", func(ctx SpecContext) {

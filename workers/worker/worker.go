@@ -208,12 +208,20 @@ func (w *Worker) runLane(ctx context.Context, name string) {
 	}
 }
 
-// bind finds one of the source's durable consumers, waiting (with backoff) while it or the stream
-// is missing: the operator or tally local creates them.
+// bind finds one of the source's durable consumers, waiting (with backoff) while the stream is
+// missing: the operator or tally local creates it. A missing consumer is created again, as the
+// operator would: a single NATS server forgets the memory-stored consumers when it restarts (see
+// stream.NamedConsumerConfig), and the workers must not wait for the operator's next check.
 func (w *Worker) bind(ctx context.Context, name string) jetstream.Consumer {
 	var consumer jetstream.Consumer
 	_ = w.retry(ctx, "bind consumer "+name, func() error { // fails only when ctx ends
 		c, err := w.js.Consumer(ctx, w.stream.StreamName(), name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			c, err = w.js.CreateConsumer(ctx, w.stream.StreamName(), stream.NamedConsumerConfig(w.stream, name))
+			if err == nil {
+				w.log.Info("created the missing consumer", "consumer", name)
+			}
+		}
 		consumer = c
 		return err
 	})
