@@ -201,9 +201,9 @@ type folder struct {
 }
 
 func (f *folder) add(m *segment.Message, accountProperty string) {
-	ctx := object(m.Context)
 	// context.active false marks a call that must not bump "last seen" (Segment's spec).
-	active := !isFalse(ctx["active"])
+	flag, _ := segment.Member(m.Context, "active")
+	active := !isFalse(flag)
 	f.noteIDs(m)
 	// A message about a deleted user, as old as the deletion or older, is void: what it says
 	// about the user is dropped; what it says about an account (group traits, a named company)
@@ -216,7 +216,7 @@ func (f *folder) add(m *segment.Message, accountProperty string) {
 		f.identify(m, active, voidUser)
 	case segment.TypeTrack, segment.TypePage, segment.TypeScreen:
 		if !voidUser && !f.void.voidsAnonymousEvent(m) {
-			f.event(m, ctx, accountProperty)
+			f.event(m, accountProperty)
 		}
 	case segment.TypeAlias:
 		if !voidUser && !f.void.voidsUser(m.PreviousID, m) {
@@ -307,7 +307,7 @@ func (f *folder) identify(m *segment.Message, active, voidUser bool) {
 	}
 }
 
-func (f *folder) event(m *segment.Message, ctx map[string]json.RawMessage, accountProperty string) {
+func (f *folder) event(m *segment.Message, accountProperty string) {
 	if _, dup := f.events[m.MessageID]; dup {
 		return
 	}
@@ -326,7 +326,8 @@ func (f *folder) event(m *segment.Message, ctx map[string]json.RawMessage, accou
 	} else {
 		row.Event = optional(m.Name) // page and screen: the event is the page or screen name
 	}
-	if id, ok := idFromJSON(ctx["groupId"]); ok {
+	groupID, _ := segment.Member(m.Context, "groupId")
+	if id, ok := idFromJSON(groupID); ok {
 		row.AccountID, row.AccountFrom = &id, optional("context")
 	} else if accountProperty != "" {
 		if id, ok := pathValue(object(m.Properties), accountProperty); ok {
