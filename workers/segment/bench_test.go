@@ -1,6 +1,7 @@
 package segment_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -44,4 +45,35 @@ func BenchmarkDecodeNormalize100(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkParseNormalized100 reads back what the receiver publishes for a 100-message batch,
+// as a worker does: with the scanner (ParseNormalized) and, for comparison, json.Unmarshal.
+func BenchmarkParseNormalized100(b *testing.B) {
+	req, err := segment.ParseRequest(realisticBatch(100), segment.Endpoint{Batch: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	res := req.Normalize(time.Now())
+	b.Run("scanner", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, a := range res.Accepted {
+				if _, err := segment.ParseNormalized(a.JSON); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, a := range res.Accepted {
+				var m segment.Message
+				if err := json.Unmarshal(a.JSON, &m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
 }

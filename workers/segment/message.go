@@ -77,7 +77,7 @@ const MaxMessageIDLength = 100
 // never have produced, which the workers treat as a dead letter.
 func ParseNormalized(data []byte) (Message, error) {
 	var m Message
-	if err := json.Unmarshal(data, &m); err != nil {
+	if err := decodeMessage(data, &m); err != nil {
 		return m, fmt.Errorf("not a normalised Segment message: %w", err)
 	}
 	switch m.Type {
