@@ -71,12 +71,11 @@ func PoolInboxOption(p pool.Ref, role Role) nats.Option {
 //     inbox). It calls no JetStream API: it never looks the stream up.
 //   - worker: look its durable consumers up ($JS.API.CONSUMER.INFO.<stream>.*: workers and one
 //     per partition, workers-<p>), create them again when the server forgot them
-//     ($JS.API.CONSUMER.CREATE.<stream>.*, with or without a filter token: memory-stored consumers
-//     do not survive a single server's restart), fetch from them ($JS.API.CONSUMER.MSG.NEXT.<stream>.*),
-//     acknowledge, nak and mark in progress the messages it fetched ($JS.ACK.<stream>.*.>, and
-//     the v2 ack subjects with domain and
-//     account hash that a server may be switched to), and publish dead letters to the source's
-//     dead-letter subject.
+//     ($JS.API.CONSUMER.CREATE.<stream>.*, with or without a filter token: memory-stored
+//     consumers do not survive a single server's restart), fetch from them
+//     ($JS.API.CONSUMER.MSG.NEXT.<stream>.*), acknowledge, nak and mark in progress the messages
+//     it fetched ($JS.ACK.<stream>.*.>, and the v2 ack subjects with domain and account hash that
+//     a server may be switched to), and publish dead letters to the source's dead-letter subject.
 //
 // Both may subscribe to their own inbox only. Neither may call any other JetStream API: no stream
 // is created, changed, read or deleted with these users, nor a consumer of another stream.

@@ -168,10 +168,10 @@ func (f *fetched) add(msg jetstream.Msg) {
 
 // nakAll hands back a batch fetched but not mapped (shutdown), so it is redelivered at once.
 func nakAll(f fetched) {
-	// A Nak with a delay is recorded in the consumer's state (which a cluster replicates); a plain
-	// Nak would be forgotten by a consumer that lives on, and the messages would wait out the
-	// whole ack wait. (A single server forgets the memory-stored consumer itself when it restarts;
-	// the one created again delivers everything at once.)
+	// A Nak with a delay is recorded in the consumer's state, which a replicated consumer keeps
+	// through a node's restart; a plain Nak is not, and the messages would wait out the whole ack
+	// wait there. (A single server forgets the memory-stored consumer itself when it restarts; the
+	// one the worker creates again delivers everything at once.)
 	for _, it := range f.items {
 		_ = it.msg.NakWithDelay(time.Nanosecond)
 	}
