@@ -160,18 +160,7 @@ var _ = Describe("a source's worker user", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(got[0].DoubleAck(ctx)).To(Succeed())
 		Expect(deadLetters(acme)).To(Equal(deadBefore + 1))
-		Eventually(func() error {
-			batch, err := consumer.Fetch(100, jetstream.FetchMaxWait(time.Second))
-			if err != nil {
-				return err
-			}
-			for m := range batch.Messages() {
-				if err := m.Ack(); err != nil {
-					return err
-				}
-			}
-			return nil
-		}).Should(Succeed())
+		Eventually(ackWaiting(consumer)).Should(Succeed())
 		for _, m := range got[2:] {
 			Expect(m.Ack()).To(Succeed())
 		}
@@ -208,18 +197,7 @@ var _ = Describe("a source's worker user", func() {
 		Expect(err).NotTo(HaveOccurred())
 		consumer, err := js.Consumer(ctx, name, stream.WorkerConsumer)
 		Expect(err).NotTo(HaveOccurred())
-		Eventually(func() error {
-			batch, err := consumer.Fetch(100, jetstream.FetchMaxWait(time.Second))
-			if err != nil {
-				return err
-			}
-			for m := range batch.Messages() {
-				if err := m.Ack(); err != nil {
-					return err
-				}
-			}
-			return batch.Error()
-		}).Should(Succeed())
+		Eventually(ackWaiting(consumer)).Should(Succeed())
 		Eventually(func() uint64 { return messages(acme) }).Should(BeZero())
 		Expect(c.errors()).To(BeEmpty())
 	})
@@ -277,3 +255,19 @@ var _ = Describe("issued users", func() {
 		Expect(err).To(HaveOccurred())
 	})
 })
+
+// ackWaiting fetches what the consumer has waiting and acknowledges it.
+func ackWaiting(consumer jetstream.Consumer) func() error {
+	return func() error {
+		batch, err := consumer.Fetch(100, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return err
+		}
+		for m := range batch.Messages() {
+			if err := m.Ack(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}

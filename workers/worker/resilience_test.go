@@ -175,7 +175,7 @@ var _ = Describe("Failures", func() {
 		wctx, stop := context.WithCancel(context.Background())
 		ran := make(chan error, 1)
 		go func() { ran <- w.Run(wctx) }()
-		DeferCleanup(func() { stop(); <-ran })
+		DeferCleanup(func() error { stop(); return <-ran })
 
 		send("before")
 		Eventually(events).WithTimeout(30 * time.Second).Should(Equal(10))
