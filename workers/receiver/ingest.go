@@ -242,12 +242,14 @@ func (r *Receiver) sortMessages(auth authentication, res *segment.Result) sorted
 func (s sortedMessages) countAccepted(m *Metrics) {
 	for src, c := range s.perSource {
 		name := src.String()
-		if c.accepted > 0 {
-			m.messages.WithLabelValues(name, outcomeAccepted).Add(float64(c.accepted))
-		}
-		if c.clamped > 0 {
-			m.clamped.WithLabelValues(name).Add(float64(c.clamped))
-		}
+		m.counting(name, func() {
+			if c.accepted > 0 {
+				m.messages.WithLabelValues(name, outcomeAccepted).Add(float64(c.accepted))
+			}
+			if c.clamped > 0 {
+				m.clamped.WithLabelValues(name).Add(float64(c.clamped))
+			}
+		})
 	}
 }
 
@@ -256,12 +258,14 @@ func (s sortedMessages) countAccepted(m *Metrics) {
 func (s sortedMessages) countDecisions(m *Metrics) {
 	for src, c := range s.perSource {
 		name := src.String()
-		for code, n := range c.invalid {
-			m.messages.WithLabelValues(name, outcomeInvalid).Add(float64(n))
-			m.rejected.WithLabelValues(name, code).Add(float64(n))
-		}
-		if c.ignored > 0 {
-			m.messages.WithLabelValues(name, outcomeIgnored).Add(float64(c.ignored))
-		}
+		m.counting(name, func() {
+			for code, n := range c.invalid {
+				m.messages.WithLabelValues(name, outcomeInvalid).Add(float64(n))
+				m.rejected.WithLabelValues(name, code).Add(float64(n))
+			}
+			if c.ignored > 0 {
+				m.messages.WithLabelValues(name, outcomeIgnored).Add(float64(c.ignored))
+			}
+		})
 	}
 }

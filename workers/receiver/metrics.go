@@ -1,6 +1,8 @@
 package receiver
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -16,6 +18,10 @@ type Metrics struct {
 	publishDuration prometheus.Histogram
 	batchRequests   prometheus.Histogram
 	batchMessages   prometheus.Histogram
+
+	// left: the pool members whose series were forgotten (pool_metrics.go).
+	leftMu sync.RWMutex
+	left   map[string]bool
 }
 
 // NewMetrics creates the receiver's metrics and registers them with reg.

@@ -151,13 +151,16 @@ func (p *poolMembers) apply() {
 			active = append(active, c)
 		}
 	}
-	if err := p.rcv.SetMembers(active, suspended); err != nil {
-		// Not expected: every member was validated above.
-		p.log.Error("pool members refused; serving the previous set", "error", err)
-	}
 	served := make(map[string]bool, len(configs))
 	for _, c := range configs {
 		served[c.String()] = true
+		if !p.served[c.String()] {
+			p.rcv.metrics.Serve(c.String()) // joined, or came back: counted from its first request
+		}
+	}
+	if err := p.rcv.SetMembers(active, suspended); err != nil {
+		// Not expected: every member was validated above.
+		p.log.Error("pool members refused; serving the previous set", "error", err)
 	}
 	for name := range p.served {
 		if !served[name] {
