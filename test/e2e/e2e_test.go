@@ -205,7 +205,9 @@ var _ = Describe("from kubectl apply to rows in Postgres", Ordered, func() {
 		Expect(state.Partitions).To(Equal(4))
 		legacy, err := js.Consumer(ctx, state.StreamConfig.Name, stream.WorkerConsumer)
 		Expect(err).NotTo(HaveOccurred())
-		Expect(legacy.CachedInfo().Delivered.Stream).To(BeZero())
+		// The consumer sequence counts deliveries; the stream sequence may move past messages the
+		// consumer's filter skips (a memory-stored consumer reports that).
+		Expect(legacy.CachedInfo().Delivered.Consumer).To(BeZero())
 	})
 
 	It("accepts the new write key and refuses the old one after a rotation", func() {
