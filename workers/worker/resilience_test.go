@@ -130,7 +130,6 @@ var _ = Describe("Failures", func() {
 		By("a deleted stream is waited for (the worker creates no stream); once recreated, it binds again")
 		// Wait until the worker has noticed the loss (it reports not ready), so what follows shows
 		// it bound again rather than a consumer handle that never broke.
-
 		Expect(stream.Delete(ctx, js, src.Stream())).To(Succeed())
 		Eventually(w.Ready).WithTimeout(30 * time.Second).Should(BeFalse())
 		Expect(stream.Ensure(ctx, js, src.Stream(), src.StreamSettings())).To(Succeed())
@@ -146,6 +145,7 @@ var _ = Describe("Failures", func() {
 		dir := GinkgoT().TempDir()
 		ns, err := natsserver.Start(natsserver.Options{StoreDir: dir})
 		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(ns.Shutdown) // this first server's, should the spec fail before the restart
 		port := ns.Addr().(*net.TCPAddr).Port
 		conn, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 		Expect(err).NotTo(HaveOccurred())
