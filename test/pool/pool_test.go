@@ -230,11 +230,18 @@ var _ = Describe("One receiver and one worker for many members", func() {
 			p.join(ctx, m, false)
 		}
 		body := []byte(`{"type":"track","userId":"u1","event":"Signed","messageId":"sig-1","timestamp":"2026-03-01T12:00:00Z"}`)
-		Eventually(func() int { return signed(p.receiver, body, "secret-1") }).Should(Equal(http.StatusOK))
+		Eventually(func() int { return signed(p.receiver+"/v1/segment", body, "secret-1") }).Should(Equal(http.StatusOK))
 		drained(ctx, b)
 		Expect(eventsOf(ctx, b)).To(Equal([]string{"sig-1"}), "secret-1 is b's")
 		Expect(eventsOf(ctx, a)).To(BeEmpty())
-		Expect(signed(p.receiver, body, "not-a-secret")).To(Equal(http.StatusUnauthorized))
+		Expect(signed(p.receiver+"/v1/segment", body, "not-a-secret")).To(Equal(http.StatusUnauthorized))
+
+		By("the URL naming the member, as a pool of many members needs: only that member's secrets count")
+		named := []byte(`{"type":"track","userId":"u1","event":"Signed","messageId":"sig-2","timestamp":"2026-03-01T12:00:00Z"}`)
+		Expect(signed(p.receiver+"/v1/segment/"+a.src.Namespace+"/"+a.src.Name, named, "secret-1")).To(Equal(http.StatusUnauthorized))
+		Expect(signed(p.receiver+"/v1/segment/"+b.src.Namespace+"/"+b.src.Name, named, "secret-1")).To(Equal(http.StatusOK))
+		drained(ctx, b)
+		Expect(eventsOf(ctx, b)).To(Equal([]string{"sig-1", "sig-2"}))
 	})
 })
 

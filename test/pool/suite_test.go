@@ -341,13 +341,13 @@ func (p *podsOf) until(key, prefix string, want int) (accepted []string) {
 	return accepted
 }
 
-// signed delivers body to the destination route signed with secret, as Segment's classic
+// signed delivers body to a destination route's URL signed with secret, as Segment's classic
 // Webhooks destination does, and returns the status.
-func signed(base string, body []byte, secret string) int {
+func signed(url string, body []byte, secret string) int {
 	GinkgoHelper()
 	mac := hmac.New(sha1.New, []byte(secret))
 	mac.Write(body)
-	req, err := http.NewRequest(http.MethodPost, base+"/v1/segment", bytes.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
 	Expect(err).NotTo(HaveOccurred())
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Signature", hex.EncodeToString(mac.Sum(nil)))

@@ -38,27 +38,48 @@ func bearerToken(authorization string) (string, bool) {
 	return strings.TrimSpace(token), true
 }
 
+// maxUnnamedSignatureSecrets bounds the shared secrets a signed delivery to the bare destination
+// path is checked against. Each check is an HMAC of the whole body (up to 16 MB), so trying a
+// pool's thousand members' secrets would let anyone burn minutes of CPU with one request; past
+// this bound the delivery URL must name its source (DestinationPath/<namespace>/<name>).
+const maxUnnamedSignatureSecrets = 16
+
 // matchDestination finds the source of a delivery from Segment, by what its destinations can
 // send: the write key as the Basic username or as a Bearer token (custom headers, Webhooks
 // Actions), or an X-Signature that one of the source's shared secrets made of the body (classic
 // Webhooks; Segment signs only the first event of a batch). The body's writeKey does not count:
-// it may be the key of the Segment source the events came from.
+// it may be the key of the Segment source the events came from. When the path names a source
+// (DestinationPath/<namespace>/<name>), the credentials must be that source's.
 func (s *sourceSet) matchDestination(req *http.Request, parsed *segment.Request, body []byte) *source.Config {
+	candidates := s.list
+	var named *source.Config
+	if name := req.PathValue("name"); name != "" {
+		if named = s.byName[req.PathValue("namespace")+"/"+name]; named == nil {
+			return nil
+		}
+		candidates = []*source.Config{named}
+	}
+	only := func(c *source.Config) *source.Config {
+		if named != nil && c != named {
+			return nil
+		}
+		return c
+	}
 	authorization := req.Header.Get("Authorization")
 	if key, ok := headerWriteKey(authorization); ok {
-		return s.match(key)
+		return only(s.match(key))
 	}
 	if token, ok := bearerToken(authorization); ok {
-		return s.match(token)
+		return only(s.match(token))
 	}
 	signature := req.Header.Get("X-Signature")
-	if signature == "" {
+	if signature == "" || (named == nil && s.sharedSecrets > maxUnnamedSignatureSecrets) {
 		return nil
 	}
-	// Every secret of every source is tried, whatever matched, so the timing tells nothing.
+	// Every secret of every candidate is tried, whatever matched, so the timing tells nothing.
 	var found *source.Config
 	first := parsed.FirstItem()
-	for _, c := range s.list {
+	for _, c := range candidates {
 		whole := c.MatchesSignature(body, signature)
 		firstOnly := first != nil && c.MatchesSignature(first, signature)
 		if (whole || firstOnly) && found == nil {

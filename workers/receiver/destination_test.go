@@ -1,11 +1,14 @@
 package receiver_test
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha1"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,8 +16,12 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/segment"
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
 )
 
 // forwarded is a message as Segment's Webhooks destinations deliver it (the shape of Segment's
@@ -37,7 +44,13 @@ func signature(secret, body string) string {
 
 func send(method, body string, opts ...reqOpt) response {
 	GinkgoHelper()
-	req, err := http.NewRequest(method, srv.URL+"/v1/segment", strings.NewReader(body))
+	return sendTo(srv.URL+"/v1/segment", method, body, opts...)
+}
+
+// sendTo is send to another URL: the named destination path, or another receiver's.
+func sendTo(url, method, body string, opts ...reqOpt) response {
+	GinkgoHelper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	Expect(err).NotTo(HaveOccurred())
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "Segment.io/1.0")
@@ -110,6 +123,61 @@ var _ = Describe("The destination route, /v1/segment", func() {
 			Expect(r.Body).To(HaveErrorCode(segment.CodeInvalidWriteKey))
 		}
 		Expect(since(acme, from)).To(BeEmpty())
+	})
+
+	It("takes a delivery to /v1/segment/<namespace>/<name> with that source's credentials only", func() {
+		from := mark(acme)
+		body := forwarded("fw-named-1", "track", `,"event":"Named"`)
+		signed := header("X-Signature", signature(acmeSecret, body))
+		Expect(sendTo(srv.URL+"/v1/segment/tenants/acme-web", http.MethodPost, body, signed).Status).To(Equal(http.StatusOK))
+		Expect(sendTo(srv.URL+"/v1/segment/tenants/acme-web", http.MethodPut, forwarded("fw-named-2", "track", `,"event":"Named"`),
+			basic(acmeKey)).Status).To(Equal(http.StatusOK))
+		Expect(msgIDs(since(acme, from))).To(Equal([]string{"fw-named-1", "fw-named-2"}))
+
+		By("another source's path, an unknown one, or another source's key: 401")
+		for _, refused := range []struct {
+			path string
+			auth reqOpt
+		}{
+			{"/v1/segment/tenants/beta-app", signed},
+			{"/v1/segment/tenants/nobody", signed},
+			{"/v1/segment/tenants/acme-web", basic(betaKey)},
+			{"/v1/segment/tenants/beta-app", header("Authorization", "Bearer "+acmeKey)},
+		} {
+			r := sendTo(srv.URL+refused.path, http.MethodPost, forwarded("fw-named-x", "track", `,"event":"Named"`), refused.auth)
+			Expect(r.Status).To(Equal(http.StatusUnauthorized), refused.path)
+			Expect(r.Body).To(HaveErrorCode(segment.CodeInvalidWriteKey))
+		}
+		Expect(msgIDs(since(acme, from))).To(Equal([]string{"fw-named-1", "fw-named-2"}))
+		Expect(since(beta, from)).To(BeEmpty())
+	})
+
+	It("checks a signature against a few sources' secrets at most: a receiver of many needs the source named", func() {
+		// Each check is an HMAC of the whole body: trying a pool's thousand members' secrets on a
+		// 16 MB body would let anyone burn minutes of CPU per request.
+		var sources []*source.Config
+		for i := range 20 {
+			sources = append(sources, &source.Config{Namespace: "many", Name: fmt.Sprintf("s%02d", i), Tenant: fmt.Sprintf("many%02d", i),
+				WriteKeys: []string{fmt.Sprintf("many-write-key-%02d-0123456789abcdef", i)}, SharedSecrets: []string{fmt.Sprintf("many-secret-%02d", i)}})
+		}
+		target := sources[7]
+		Expect(stream.Ensure(context.Background(), js, target.Stream(), target.StreamSettings())).To(Succeed())
+		DeferCleanup(func() { _ = stream.Delete(context.Background(), js, target.Stream()) })
+		many, err := receiver.New(receiver.Options{JetStream: js, Conn: nc, PublishTimeout: 2 * time.Second,
+			Logger: slog.New(slog.NewTextHandler(GinkgoWriter, nil)), Metrics: receiver.NewMetrics(prometheus.NewRegistry()),
+			Gatherer: prometheus.NewRegistry()}, sources)
+		Expect(err).NotTo(HaveOccurred())
+		server := httptest.NewServer(many.Handler())
+		DeferCleanup(server.Close)
+
+		body := forwarded("fw-many-1", "track", `,"event":"Signed"`)
+		signed := header("X-Signature", signature("many-secret-07", body))
+		r := sendTo(server.URL+"/v1/segment", http.MethodPost, body, signed)
+		Expect(r.Status).To(Equal(http.StatusUnauthorized))
+		Expect(r.Body).To(HaveKeyWithValue("message", ContainSubstring("/v1/segment/<namespace>/<name>")))
+		Expect(sendTo(server.URL+"/v1/segment/many/s07", http.MethodPost, body, signed).Status).To(Equal(http.StatusOK))
+		Expect(sendTo(server.URL+"/v1/segment", http.MethodPost, forwarded("fw-many-2", "track", `,"event":"Keyed"`),
+			basic("many-write-key-07-0123456789abcdef")).Status).To(Equal(http.StatusOK), "a key still routes on the bare path")
 	})
 
 	It("answers 200 with the rejected list for a bad message, even alone (a 4xx would make Segment drop the good ones)", func() {

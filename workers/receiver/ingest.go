@@ -85,7 +85,7 @@ func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.E
 		releaseBody(body)
 		if ep.Destination {
 			return fail(http.StatusUnauthorized, segment.CodeInvalidWriteKey,
-				"no valid credentials: send the write key as Basic username or Bearer token, or sign with the source's shared secret (X-Signature)")
+				"no valid credentials: send the write key as Basic username or Bearer token, or sign with the source's shared secret (X-Signature; a receiver of more sources than a few needs the source in the URL, "+DestinationPath+"/<namespace>/<name>)")
 		}
 		return fail(http.StatusUnauthorized, segment.CodeInvalidWriteKey, "no valid write key: send it as the Basic auth username or as writeKey in the body")
 	}

@@ -139,6 +139,10 @@ type sourceSet struct {
 	byDigest map[[sha256.Size]byte]*source.Config
 	// suspended sources are known by their keys but refused (see SetMembers); nil when none.
 	suspended map[*source.Config]bool
+	// byName finds a source by "namespace/name" (the destination route's named form), and
+	// sharedSecrets counts the shared secrets of all sources (what an unnamed signature costs).
+	byName        map[string]*source.Config
+	sharedSecrets int
 }
 
 func newSourceSet(sources []*source.Config) (*sourceSet, error) {
@@ -146,8 +150,8 @@ func newSourceSet(sources []*source.Config) (*sourceSet, error) {
 		list:     append([]*source.Config(nil), sources...),
 		subjects: make(map[*source.Config]map[string]string, len(sources)),
 		byDigest: make(map[[sha256.Size]byte]*source.Config, len(sources)),
+		byName:   make(map[string]*source.Config, len(sources)),
 	}
-	seen := map[string]bool{}
 	for i, c := range set.list {
 		if c == nil {
 			return nil, fmt.Errorf("receiver: source %d is nil", i)
@@ -155,10 +159,11 @@ func newSourceSet(sources []*source.Config) (*sourceSet, error) {
 		if err := c.Validate(); err != nil {
 			return nil, fmt.Errorf("receiver: %w", err)
 		}
-		if seen[c.String()] {
+		if set.byName[c.String()] != nil {
 			return nil, fmt.Errorf("receiver: source %s is listed twice", c)
 		}
-		seen[c.String()] = true
+		set.byName[c.String()] = c
+		set.sharedSecrets += len(c.SharedSecrets)
 		set.subjects[c] = make(map[string]string, len(stream.MessageTypes))
 		for _, typ := range stream.MessageTypes {
 			set.subjects[c][typ] = c.Stream().Subject(typ)

@@ -41,6 +41,9 @@ func (r *Receiver) routes() http.Handler {
 	destination := r.ingestHandler(DestinationPath, segment.Endpoint{Destination: true})
 	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodPatch} {
 		mux.Handle(method+" "+DestinationPath, destination)
+		// The same, naming the source: what a signed delivery to a receiver of many sources needs
+		// (see matchDestination).
+		mux.Handle(method+" "+DestinationPath+"/{namespace}/{name}", destination)
 	}
 	mux.HandleFunc("GET "+SettingsPath, r.settings)
 	mux.HandleFunc("OPTIONS /v1/", preflight)
