@@ -360,8 +360,10 @@ type SegmentSourceSpec struct {
 	// +optional
 	AccountProperty string `json:"accountProperty,omitempty"`
 
-	// Destination configures the route Segment itself delivers to (`/v1/segment`), for a Segment
-	// source connected through Segment's Webhooks destinations.
+	// Destination configures the route Segment itself delivers to (`/v1/segment`, or
+	// `/v1/segment/<namespace>/<name>` naming this source, which signed deliveries to a receiver
+	// of many sources, such as a pool's, need), for a Segment source connected through Segment's
+	// Webhooks destinations.
 	// +optional
 	Destination DestinationSpec `json:"destination,omitempty"`
 
