@@ -30,6 +30,22 @@ func publish(ctx context.Context, subject, msgID string) *jetstream.PubAck {
 	return ack
 }
 
+// fetchWorkers pulls up to n messages from the source's worker consumer, waiting up to wait, and
+// fails on a pull error.
+func fetchWorkers(ctx context.Context, src Source, n int, wait time.Duration) []jetstream.Msg {
+	GinkgoHelper()
+	c, err := js.Consumer(ctx, src.StreamName(), WorkerConsumer)
+	Expect(err).NotTo(HaveOccurred())
+	batch, err := c.Fetch(n, jetstream.FetchMaxWait(wait))
+	Expect(err).NotTo(HaveOccurred())
+	var msgs []jetstream.Msg
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	Expect(batch.Error()).NotTo(HaveOccurred())
+	return msgs
+}
+
 func streamInfo(ctx context.Context, name string) *jetstream.StreamInfo {
 	s, err := js.Stream(ctx, name)
 	Expect(err).NotTo(HaveOccurred())
@@ -102,14 +118,7 @@ var _ = Describe("Ensure", func() {
 		for _, id := range []string{"acked", "held", "waiting"} {
 			publish(ctx, src.Subject("track"), id)
 		}
-		c, err := js.Consumer(ctx, src.StreamName(), WorkerConsumer)
-		Expect(err).NotTo(HaveOccurred())
-		batch, err := c.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
-		Expect(err).NotTo(HaveOccurred())
-		var held []jetstream.Msg
-		for m := range batch.Messages() {
-			held = append(held, m)
-		}
+		held := fetchWorkers(ctx, src, 2, 5*time.Second)
 		Expect(held).To(HaveLen(2))
 		Expect(held[0].DoubleAck(ctx)).To(Succeed())
 
@@ -120,12 +129,8 @@ var _ = Describe("Ensure", func() {
 		Expect(consumerInfo(ctx, src).Config.MemoryStorage).To(BeTrue())
 
 		By("the new consumer delivers the held message and the waiting one at once, not after the ack wait")
-		c, err = js.Consumer(ctx, src.StreamName(), WorkerConsumer)
-		Expect(err).NotTo(HaveOccurred())
-		batch, err = c.Fetch(3, jetstream.FetchMaxWait(2*time.Second))
-		Expect(err).NotTo(HaveOccurred())
 		var ids []string
-		for m := range batch.Messages() {
+		for _, m := range fetchWorkers(ctx, src, 3, 2*time.Second) {
 			ids = append(ids, m.Headers().Get(nats.MsgIdHdr))
 		}
 		Expect(ids).To(Equal([]string{"held", "waiting"}))
@@ -253,14 +258,7 @@ var _ = Describe("work queue", func() {
 		publish(ctx, src.Subject("identify"), "b")
 		Expect(publish(ctx, src.Subject("track"), "a").Duplicate).To(BeTrue())
 
-		c, err := js.Consumer(ctx, src.StreamName(), WorkerConsumer)
-		Expect(err).NotTo(HaveOccurred())
-		batch, err := c.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
-		Expect(err).NotTo(HaveOccurred())
-		var msgs []jetstream.Msg
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
-		}
+		msgs := fetchWorkers(ctx, src, 2, 5*time.Second)
 		Expect(msgs).To(HaveLen(2))
 		Expect(msgs[0].DoubleAck(ctx)).To(Succeed())
 		Expect(msgs[1].Nak()).To(Succeed())
@@ -275,7 +273,7 @@ var _ = Describe("work queue", func() {
 		Expect(publish(ctx, src.Subject("track"), "a").Duplicate).To(BeTrue())
 		// A second consumer with an overlapping filter is refused: the workers' consumer is the
 		// only reader, so nothing else can take messages off the queue.
-		_, err = js.CreateConsumer(ctx, src.StreamName(), jetstream.ConsumerConfig{Durable: "other", AckPolicy: jetstream.AckExplicitPolicy})
+		_, err := js.CreateConsumer(ctx, src.StreamName(), jetstream.ConsumerConfig{Durable: "other", AckPolicy: jetstream.AckExplicitPolicy})
 		Expect(err).To(HaveOccurred())
 	})
 })
@@ -355,17 +353,11 @@ var _ = Describe("Inspect", func() {
 		Expect(state.LastMessageAt).To(BeTemporally("<=", after))
 		Expect(state.LastMessageAt).To(BeTemporally(">=", state.FirstMessageAt))
 
-		c, err := js.Consumer(ctx, src.StreamName(), WorkerConsumer)
-		Expect(err).NotTo(HaveOccurred())
-		batch, err := c.Fetch(3, jetstream.FetchMaxWait(5*time.Second))
-		Expect(err).NotTo(HaveOccurred())
-		got := 0
-		for m := range batch.Messages() {
+		got := fetchWorkers(ctx, src, 3, 5*time.Second)
+		for _, m := range got {
 			Expect(m.DoubleAck(ctx)).To(Succeed())
-			got++
 		}
-		Expect(batch.Error()).NotTo(HaveOccurred())
-		Expect(got).To(Equal(3))
+		Expect(got).To(HaveLen(3))
 
 		Eventually(func(g Gomega) {
 			state, err := Inspect(ctx, js, src)
