@@ -237,6 +237,7 @@ var _ = Describe("SegmentSource", func() {
 		got := updateSource(key, func(s *tallyv1.SegmentSource) {
 			s.Spec.IgnoredEvents = []string{"Heartbeat", "Ping"}
 			s.Spec.AccountProperty = "orgId"
+			s.Spec.Receiver.RateLimit = &tallyv1.RateLimit{EventsPerSecond: 500}
 		})
 		Expect(kstatusOf(got)).To(Equal(status.InProgressStatus), "a new generation is InProgress until observed")
 
@@ -252,6 +253,7 @@ var _ = Describe("SegmentSource", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(cfg.IgnoredEvents).To(Equal([]string{"Heartbeat", "Ping"}))
 		Expect(cfg.AccountProperty).To(Equal("orgId"))
+		Expect(cfg.RateLimit).To(Equal(&source.RateLimit{EventsPerSecond: 500}))
 
 		By("reporting the rollout as not Ready until the new pods are available")
 		Eventually(readyReason(key)).Should(Equal("False/" + controllers.ReasonRollingOut))
@@ -966,6 +968,9 @@ var _ = Describe("SegmentSource validation by the API server", func() {
 		Entry("stream maxAge of seconds", func(s *tallyv1.SegmentSource) {
 			s.Spec.Stream.MaxAge = metav1.Duration{Duration: 30 * time.Second}
 		}, "maxAge must be at least 1m"),
+		Entry("rate limit of no events", func(s *tallyv1.SegmentSource) {
+			s.Spec.Receiver.RateLimit = &tallyv1.RateLimit{EventsPerSecond: 0}
+		}, "spec.receiver.rateLimit.eventsPerSecond"),
 		Entry("unknown deletion policy", func(s *tallyv1.SegmentSource) { s.Spec.Stream.DeletionPolicy = "Maybe" }, "spec.stream.deletionPolicy"),
 	)
 

@@ -200,7 +200,7 @@ func (r *SegmentSourceReconciler) reconcileMemberEntry(ctx context.Context, st *
 		return err
 	}
 
-	entry := pool.Member{Source: *resources.SourceConfig(obj), WriteKeyDigests: st.writeKeyDigests, Suspended: obj.Spec.Suspend}
+	entry := pool.Member{Source: *resources.MemberConfig(obj, p), WriteKeyDigests: st.writeKeyDigests, Suspended: obj.Spec.Suspend}
 	if err := r.putMember(ctx, poolRef(p), entry); err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/tallyhq/tally/controllers"
 	"github.com/tallyhq/tally/controllers/resources"
 	"github.com/tallyhq/tally/workers/pool"
+	"github.com/tallyhq/tally/workers/source"
 )
 
 // createPool creates a pool and deletes it when the spec ends.
@@ -346,6 +347,36 @@ var _ = Describe("SegmentSourcePool", func() {
 		Expect(entry(p, other)()).To(BeNil())
 		Expect(poolSecret(p, resources.PoolWorkerSecretsName("shared"))).NotTo(HaveKey(platform + ".globex-app.database-url"))
 		Eventually(func() int32 { return getPool(client.ObjectKeyFromObject(p)).Status.Members }).Should(BeZero())
+	})
+
+	It("gives members the pool's rate limit unless they set their own, and follows a change of it without a rollout", func() {
+		p := readyPool(platform, "limited", tallyv1.SegmentSourcePoolSpec{Receiver: tallyv1.ReceiverSpec{RateLimit: &tallyv1.RateLimit{EventsPerSecond: 200}}})
+		plain := createSource(member(platform, "plain", p), true)
+		own := member(platform, "own", p)
+		own.Spec.Receiver.RateLimit = &tallyv1.RateLimit{EventsPerSecond: 5000, Burst: 10000}
+		Expect(k8s.Create(ctx, writeKeySecret(platform, own.Spec.WriteKeySecretRef.Name, "key-of-own"))).To(Succeed())
+		createSource(own, false)
+		limitOf := func(s *tallyv1.SegmentSource) func() *source.RateLimit {
+			return func() *source.RateLimit {
+				if m := entry(p, s)(); m != nil {
+					return m.Source.RateLimit
+				}
+				return nil
+			}
+		}
+		Eventually(limitOf(plain)).Should(Equal(&source.RateLimit{EventsPerSecond: 200}))
+		Eventually(limitOf(own)).Should(Equal(&source.RateLimit{EventsPerSecond: 5000, Burst: 10000}))
+		receiverTemplate := podTemplateJSON(platform, "limited-receiver")
+
+		By("changing the pool's limit")
+		Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			latest := getPool(client.ObjectKeyFromObject(p))
+			latest.Spec.Receiver.RateLimit = &tallyv1.RateLimit{EventsPerSecond: 300, Burst: 600}
+			return k8s.Update(ctx, latest)
+		})).To(Succeed())
+		Eventually(limitOf(plain)).Should(Equal(&source.RateLimit{EventsPerSecond: 300, Burst: 600}))
+		Expect(limitOf(own)()).To(Equal(&source.RateLimit{EventsPerSecond: 5000, Burst: 10000}), "a member's own limit wins")
+		Expect(podTemplateJSON(platform, "limited-receiver")).To(Equal(receiverTemplate), "the receivers follow the bucket, no rollout")
 	})
 
 	It("takes the Deployments of a dedicated source that moves into a pool", func() {

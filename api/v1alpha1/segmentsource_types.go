@@ -250,6 +250,30 @@ type ReceiverSpec struct {
 	// +kubebuilder:default=8080
 	// +optional
 	Port int32 `json:"port,omitempty"`
+
+	// RateLimit bounds the events each receiver replica accepts for the source; past it the
+	// source's senders get 429 with Retry-After (every Segment client and Segment itself retry
+	// it) and nothing of the refused request is stored. On a SegmentSourcePool it is the limit of
+	// every member that sets none of its own, so one member cannot take the pool's pods from the
+	// others. Unset: no limit.
+	// +optional
+	RateLimit *RateLimit `json:"rateLimit,omitempty"`
+}
+
+// RateLimit is a token bucket of events: it refills at EventsPerSecond and holds at most Burst.
+// A request is admitted while the bucket is not empty and takes one token per accepted event,
+// so a batch larger than what is left puts the bucket in debt instead of being refused forever.
+type RateLimit struct {
+	// EventsPerSecond is the sustained rate each receiver replica accepts.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000000
+	EventsPerSecond int32 `json:"eventsPerSecond"`
+
+	// Burst is how many events may arrive at once after a quiet spell; EventsPerSecond when unset.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000000
+	// +optional
+	Burst int32 `json:"burst,omitempty"`
 }
 
 // WorkerSpec shapes the worker Deployment that maps messages into Postgres.

@@ -455,5 +455,24 @@ func SourceConfig(s *tallyv1.SegmentSource) *source.Config {
 	if ins := s.Spec.Insights; ins != nil && !ins.Suspend {
 		c.Insights = &source.InsightsConfig{Endpoint: ins.EndpointOrDefault(), Interval: ins.IntervalOrDefault()}
 	}
+	c.RateLimit = RateLimit(s.Spec.Receiver.RateLimit)
 	return c
+}
+
+// MemberConfig is SourceConfig for a member of pool p: a member without a rate limit of its own
+// gets the pool's.
+func MemberConfig(s *tallyv1.SegmentSource, p *tallyv1.SegmentSourcePool) *source.Config {
+	c := SourceConfig(s)
+	if c.RateLimit == nil {
+		c.RateLimit = RateLimit(p.Spec.Receiver.RateLimit)
+	}
+	return c
+}
+
+// RateLimit is a spec's rate limit as the receivers read it; nil when unset.
+func RateLimit(l *tallyv1.RateLimit) *source.RateLimit {
+	if l == nil {
+		return nil
+	}
+	return &source.RateLimit{EventsPerSecond: int(l.EventsPerSecond), Burst: int(l.Burst)}
 }

@@ -42,6 +42,7 @@ func run() error {
 	flag.IntVar(&s.Tenants, "tenants", 1000, "sources of the many-tenants phase, one of them big")
 	flag.IntVar(&s.SmallTenantsRate, "small-tenants-rate", 2000, "open-loop events/s spread over the small tenants in the many-tenants phase")
 	flag.IntVar(&s.BigTenantRate, "big-tenant-rate", 0, "events/s the big tenant sends in the many-tenants phase; 0 sends closed-loop batches as fast as it can")
+	flag.IntVar(&s.BigTenantLimit, "big-tenant-limit", 0, "the big tenant's rate limit (spec.receiver.rateLimit, events/s) in the many-tenants phase; 0: none")
 	flag.BoolVar(&s.Quick, "quick", false, "short phases for a smoke run (under two minutes)")
 	flag.StringVar(&out, "out", "bench-results.json", "where to write the JSON report")
 	flag.StringVar(&adminURL, "database-url", testdb.AdminURL(),

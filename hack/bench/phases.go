@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -183,7 +184,7 @@ func (e *env) freshness(ctx context.Context, res *Result) error {
 		go func() {
 			defer sends.Done()
 			// A refused request stored nothing: its rows will never appear, so stop waiting for them.
-			if ok, _ := e.post(client, src, "/v1/batch", body); !ok {
+			if ok, _, _ := e.post(client, src, "/v1/batch", body); !ok {
 				watch.forget(tracks)
 				rejected.Add(1)
 			}
@@ -218,7 +219,8 @@ type loadRun struct {
 func (r loadRun) eventsPerSecond() float64 { return float64(r.accepted) / r.elapsed.Seconds() }
 
 // closedLoop runs the configured number of clients, each sending its next request as soon as the
-// previous one was answered, for the phase's length. Only 200 answers count.
+// previous one was answered, for the phase's length. Only 200 answers count; a refusal with
+// Retry-After (a rate limit) is waited out, as Segment's clients do.
 func (e *env) closedLoop(ctx context.Context, src *source.Config, templates []template, perRequest int) loadRun {
 	client := e.client()
 	var seq atomic.Int64
@@ -238,12 +240,15 @@ func (e *env) closedLoop(ctx context.Context, src *source.Config, templates []te
 				t := templates[n%int64(len(templates))]
 				body, _ := t.instantiate(n)
 				began := time.Now()
-				ok, _ := e.post(client, src, t.path, body)
+				ok, wait, _ := e.post(client, src, t.path, body)
 				if ok {
 					local = append(local, time.Since(began))
 					accepted.Add(int64(perRequest))
 				} else {
 					rejected.Add(1)
+					if wait > 0 {
+						sleepUntil(ctx, earliest(time.Now().Add(wait), deadline))
+					}
 				}
 			}
 			mu.Lock()
@@ -261,19 +266,43 @@ func (e *env) client() *http.Client {
 	}}
 }
 
-// post sends one request with the source's write key; true when the receiver answered 200.
-func (e *env) post(client *http.Client, src *source.Config, path string, body []byte) (bool, error) {
+// post sends one request with the source's write key; true when the receiver answered 200, else
+// the Retry-After of a 429 (0 when none).
+func (e *env) post(client *http.Client, src *source.Config, path string, body []byte) (bool, time.Duration, error) {
 	req, err := http.NewRequest(http.MethodPost, e.baseURL+path, bytes.NewReader(body))
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	req.SetBasicAuth(src.WriteKeys[0], "")
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK, nil
+	var wait time.Duration
+	if resp.StatusCode == http.StatusTooManyRequests {
+		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
+			wait = time.Duration(s) * time.Second
+		}
+	}
+	return resp.StatusCode == http.StatusOK, wait, nil
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// sleepUntil waits until t or until ctx ends.
+func sleepUntil(ctx context.Context, t time.Time) {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+	case <-timer.C:
+	}
 }

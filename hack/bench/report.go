@@ -90,6 +90,7 @@ type Settings struct {
 	Tenants          int    `json:"tenants"`
 	SmallTenantsRate int    `json:"small_tenants_rate"`
 	BigTenantRate    int    `json:"big_tenant_rate"`
+	BigTenantLimit   int    `json:"big_tenant_limit"`
 	Quick            bool   `json:"quick"`
 }
 

@@ -84,6 +84,9 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 			WriteKeys: []string{e.writeKey + "-many-" + strconv.Itoa(i)}, StreamMaxBytes: 8 << 20}
 		if i == 0 {
 			src.StreamMaxBytes, src.Partitions = 256<<20, e.cfg.settings.Partitions
+			if limit := e.cfg.settings.BigTenantLimit; limit > 0 {
+				src.RateLimit = &source.RateLimit{EventsPerSecond: limit}
+			}
 		}
 		if err := stream.Ensure(ctx, e.js, src.Stream(), src.StreamSettings()); err != nil {
 			return err
@@ -183,7 +186,7 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 			watch.sent(src.Tenant, id, time.Now())
 			sends.Go(func() {
 				start := time.Now()
-				if ok, _ := e.post(client, src, "/v1/track", body); ok {
+				if ok, _, _ := e.post(client, src, "/v1/track", body); ok {
 					took := time.Since(start)
 					acksMu.Lock()
 					acks = append(acks, took)
@@ -336,7 +339,7 @@ func (e *env) openLoop(ctx context.Context, src *source.Config, templates []temp
 		n++
 		body, _ := templates[n%int64(len(templates))].instantiate(n + 2e7)
 		sends.Go(func() {
-			if ok, _ := e.post(client, src, "/v1/batch", body); ok {
+			if ok, _, _ := e.post(client, src, "/v1/batch", body); ok {
 				accepted.Add(int64(perRequest))
 			} else {
 				rejected.Add(1)

@@ -55,7 +55,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	pools, err := poolMembership(o.Manifests)
+	pools, err := poolMembership(o.Manifests, sources)
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	tallyv1 "github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/controllers/resources"
 	"github.com/tallyhq/tally/workers/pool"
+	"github.com/tallyhq/tally/workers/source"
 )
 
 // poolRef is pool.Ref, for code where a Postgres pool named pool hides the package.
@@ -19,8 +21,9 @@ type poolRef = pool.Ref
 // that names one ("namespace/name" of the source). A source whose pool is not in dir, or does
 // not admit its namespace, is an error: in a cluster it would be Stalled and served by nobody.
 // Selector pools match the labels of the Namespace manifests in dir (none when a namespace has
-// no manifest).
-func poolMembership(dir string) (map[string]pool.Ref, error) {
+// no manifest). A member of sources without a rate limit of its own gets its pool's, as the
+// operator gives it.
+func poolMembership(dir string, sources []*source.Config) (map[string]pool.Ref, error) {
 	pools := map[pool.Ref]*tallyv1.SegmentSourcePool{}
 	namespaces := map[string]labels.Set{}
 	var members []tallyv1.SegmentSource
@@ -68,6 +71,11 @@ func poolMembership(dir string) (map[string]pool.Ref, error) {
 				s.Namespace, s.Name, ref, s.Namespace)
 		}
 		membership[s.Namespace+"/"+s.Name] = ref
+	}
+	for _, c := range sources {
+		if ref, ok := membership[c.String()]; ok && c.RateLimit == nil {
+			c.RateLimit = resources.RateLimit(pools[ref].Spec.Receiver.RateLimit)
+		}
 	}
 	return membership, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/pool"
+	"github.com/tallyhq/tally/workers/source"
 )
 
 const (
@@ -26,6 +27,7 @@ func poolManifests(outsider bool) string {
 kind: SegmentSourcePool
 metadata: {name: shared, namespace: platform}
 spec:
+  receiver: {rateLimit: {eventsPerSecond: 1000, burst: 5000}}
   allowedNamespaces:
     from: Selector
     selector: {matchLabels: {pool: shared}}
@@ -68,7 +70,19 @@ var _ = Describe("The samples' pool", func() {
 		dir := filepath.Join(testenv.RepoRoot(), "config", "samples")
 		_, err := LoadManifests(dir)
 		Expect(err).NotTo(HaveOccurred())
-		Expect(poolMembership(dir)).To(Equal(map[string]pool.Ref{"default/globex-app": {Namespace: "default", Name: "shared"}}))
+		Expect(poolMembership(dir, nil)).To(Equal(map[string]pool.Ref{"default/globex-app": {Namespace: "default", Name: "shared"}}))
+	})
+})
+
+var _ = Describe("Pool membership", func() {
+	It("gives each member without a rate limit of its own the pool's, as the operator does", func() {
+		dir := poolManifests(false)
+		sources, err := LoadManifests(dir)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(poolMembership(dir, sources)).To(HaveLen(2))
+		for _, c := range sources {
+			Expect(c.RateLimit).To(Equal(&source.RateLimit{EventsPerSecond: 1000, Burst: 5000}), c.String())
+		}
 	})
 })
 

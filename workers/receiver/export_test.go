@@ -16,3 +16,8 @@ func (m *Metrics) RefusalsCounter(code string) prometheus.Counter {
 func (m *Metrics) ShedCounter(limit string) prometheus.Counter {
 	return m.shed.WithLabelValues(limit)
 }
+
+// RateLimitedCounter is one series of tally_receiver_rate_limited_requests_total, for the tests.
+func (m *Metrics) RateLimitedCounter(source string) prometheus.Counter {
+	return m.rateLimited.WithLabelValues(source)
+}

@@ -46,6 +46,7 @@ const (
 
 // ingest serves one Tracking API request.
 func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.Endpoint, limit int) outcome {
+	start := time.Now()
 	fail := func(status int, code, msg string) outcome {
 		writeError(w, status, code, msg)
 		return outcome{status, code}
@@ -54,6 +55,23 @@ func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.E
 		r.metrics.shed.WithLabelValues(what).Inc()
 		w.Header().Set("Retry-After", shedRetryAfterSeconds)
 		return fail(http.StatusTooManyRequests, codeOverloaded, "the receiver is at its limit of "+what+" in flight; retry shortly")
+	}
+	limited := func(src *source.Config, wait time.Duration) outcome {
+		name := src.String()
+		r.metrics.counting(name, func() { r.metrics.rateLimited.WithLabelValues(name).Inc() })
+		return rateLimited(w, src, wait)
+	}
+	// A source past its limit that names itself in the header is refused before its body is
+	// read: a sender hammering through its 429s costs a hash, not a parse.
+	if !ep.Destination {
+		if key, ok := headerWriteKey(req.Header.Get("Authorization")); ok {
+			sources := r.sources.Load()
+			if src := sources.match(key); src != nil {
+				if wait := sources.emptyFor(src, start); wait > 0 {
+					return limited(src, wait)
+				}
+			}
+		}
 	}
 	if !r.admission.enter() {
 		return shed("requests")
@@ -108,6 +126,9 @@ func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.E
 		sorted.countDecisions(r.metrics)
 		rej := res.Rejected[0]
 		return fail(http.StatusBadRequest, rej.Code, rej.Message)
+	}
+	if src, wait := auth.sources.admitRate(sorted.perSource, time.Now()); src != nil {
+		return limited(src, wait)
 	}
 	if len(sorted.outgoing) > 0 {
 		if err := r.publish(req.Context(), sorted.outgoing); err != nil {

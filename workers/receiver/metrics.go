@@ -15,6 +15,7 @@ type Metrics struct {
 	refusals        *prometheus.CounterVec
 	shed            *prometheus.CounterVec
 	clamped         *prometheus.CounterVec
+	rateLimited     *prometheus.CounterVec
 	publishDuration prometheus.Histogram
 	batchRequests   prometheus.Histogram
 	batchMessages   prometheus.Histogram
@@ -56,6 +57,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tally_receiver_clamped_timestamps_total",
 			Help: "Accepted messages dated more than a day after their receipt, whose timestamp was clamped to the receipt time.",
 		}, []string{"source"}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_receiver_rate_limited_requests_total",
+			Help: "Requests answered 429 rate_limited because their source was past its spec.receiver.rateLimit, per source.",
+		}, []string{"source"}),
 		publishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tally_receiver_publish_duration_seconds",
 			Help:    "Time from a request's first JetStream publish to its last PubAck.",
@@ -72,7 +77,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
 		}),
 	}
-	reg.MustRegister(m.requests, m.requestDuration, m.messages, m.rejected, m.refusals, m.shed, m.clamped, m.publishDuration,
+	reg.MustRegister(m.requests, m.requestDuration, m.messages, m.rejected, m.refusals, m.shed, m.clamped, m.rateLimited, m.publishDuration,
 		m.batchRequests, m.batchMessages)
 	return m
 }

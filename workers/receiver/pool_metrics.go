@@ -14,7 +14,7 @@ func (m *Metrics) Forget(source string) {
 	}
 	m.left[source] = true
 	l := prometheus.Labels{"source": source}
-	for _, v := range []*prometheus.CounterVec{m.messages, m.rejected, m.clamped} {
+	for _, v := range []*prometheus.CounterVec{m.messages, m.rejected, m.clamped, m.rateLimited} {
 		v.DeletePartialMatch(l)
 	}
 }

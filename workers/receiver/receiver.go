@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
@@ -65,7 +66,9 @@ type Receiver struct {
 	// admission bounds the requests and bytes in flight.
 	admission *admission
 	sources   atomic.Pointer[sourceSet]
-	handler   http.Handler
+	// rateLimits outlive the source sets, so a reload does not refill the buckets.
+	rateLimits rateLimits
+	handler    http.Handler
 	// draining is set once shutdown began: /readyz answers 503 so the pod leaves the Service's
 	// endpoints, while the Tracking API keeps serving whatever still arrives.
 	draining atomic.Bool
@@ -126,6 +129,7 @@ func (r *Receiver) SetSources(sources []*source.Config) error {
 	if err != nil {
 		return err
 	}
+	r.rateLimits.attach(set)
 	r.sources.Store(set)
 	return nil
 }
@@ -143,6 +147,9 @@ type sourceSet struct {
 	// sharedSecrets counts the shared secrets of all sources (what an unnamed signature costs).
 	byName        map[string]*source.Config
 	sharedSecrets int
+	// limiters are the token buckets of the rate-limited sources (rateLimits.attach); nil when
+	// none is.
+	limiters map[*source.Config]*rate.Limiter
 }
 
 func newSourceSet(sources []*source.Config) (*sourceSet, error) {

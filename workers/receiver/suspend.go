@@ -24,6 +24,7 @@ func (r *Receiver) SetMembers(active, suspended []*source.Config) error {
 			set.suspended[c] = true
 		}
 	}
+	r.rateLimits.attach(set)
 	r.sources.Store(set)
 	return nil
 }

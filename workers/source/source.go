@@ -46,6 +46,23 @@ type Config struct {
 	// Insights, when set, has the workers push the tenant's account and user insights to a
 	// Segment source (package insights); nil when the source pushes none or they are suspended.
 	Insights *InsightsConfig `json:"insights,omitempty"`
+	// RateLimit bounds the events each receiver accepts for the source; nil: no limit.
+	RateLimit *RateLimit `json:"rateLimit,omitempty"`
+}
+
+// RateLimit is a token bucket of events per receiver: EventsPerSecond refill it, Burst bounds
+// it (EventsPerSecond when 0).
+type RateLimit struct {
+	EventsPerSecond int `json:"eventsPerSecond"`
+	Burst           int `json:"burst,omitempty"`
+}
+
+// BurstOrDefault is the bucket's size.
+func (l RateLimit) BurstOrDefault() int {
+	if l.Burst > 0 {
+		return l.Burst
+	}
+	return l.EventsPerSecond
 }
 
 // InsightsConfig says where and how often a source's insights go.
@@ -148,6 +165,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("source %s: tenant is required", c)
 	case len(c.WriteKeys) == 0 && len(c.WriteKeyDigests) == 0:
 		return fmt.Errorf("source %s: no write key", c)
+	case c.RateLimit != nil && (c.RateLimit.EventsPerSecond <= 0 || c.RateLimit.Burst < 0):
+		return fmt.Errorf("source %s: a rate limit needs a positive eventsPerSecond and burst", c)
 	}
 	return nil
 }
