@@ -40,9 +40,9 @@ func run() error {
 	flag.IntVar(&s.Partitions, "partitions", 1, "partitions of the end-to-end, freshness and big-tenant sources (a power of two up to 64)")
 	flag.IntVar(&s.WorkerReplicas, "worker-replicas", 1, "workers per source in the end-to-end and freshness phases (and for the big tenant)")
 	flag.IntVar(&s.Tenants, "tenants", 1000, "sources of the many-tenants phase, one of them big")
-	flag.IntVar(&s.SmallTenantsRate, "small-tenants-rate", 2000, "open-loop events/s spread over the small tenants in the many-tenants phase")
+	flag.IntVar(&s.SmallTenantsRate, "small-tenants-rate", 500, "open-loop events/s spread over the small tenants in the many-tenants phase")
 	flag.IntVar(&s.BigTenantRate, "big-tenant-rate", 0, "events/s the big tenant sends in the many-tenants phase; 0 sends closed-loop batches as fast as it can")
-	flag.IntVar(&s.BigTenantLimit, "big-tenant-limit", 0, "the big tenant's rate limit (spec.receiver.rateLimit, events/s) in the many-tenants phase; 0: none")
+	flag.IntVar(&s.BigTenantLimit, "big-tenant-limit", -1, "the big tenant's rate limit (spec.receiver.rateLimit, events/s) in the many-tenants phase; -1: the small tenants' rate (half the traffic), 0: none")
 	flag.BoolVar(&s.Quick, "quick", false, "short phases for a smoke run (under two minutes)")
 	flag.StringVar(&out, "out", "bench-results.json", "where to write the JSON report")
 	flag.StringVar(&adminURL, "database-url", testdb.AdminURL(),

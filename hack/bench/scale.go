@@ -70,9 +70,10 @@ func histogramQuantile(h *dto.Histogram, q float64) float64 {
 }
 
 // manyTenants runs --tenants sources at once on one receiver, each with its own worker, as a pool
-// serves them: one big tenant sends closed-loop batches as fast as it can (saturating its worker)
-// while the others share an open-loop rate of single track calls, and the small tenants'
-// freshness (send to row visible) is measured.
+// serves them: one big tenant sends closed-loop batches as fast as it can (saturating its worker,
+// or, with --big-tenant-limit, its rate limit, whose 429s its clients wait out) while the others
+// share an open-loop rate of single track calls, and the small tenants' freshness (send to row
+// visible) is measured.
 func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	n := e.cfg.settings.Tenants
 	if n < 2 {
@@ -84,7 +85,10 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 			WriteKeys: []string{e.writeKey + "-many-" + strconv.Itoa(i)}, StreamMaxBytes: 8 << 20}
 		if i == 0 {
 			src.StreamMaxBytes, src.Partitions = 256<<20, e.cfg.settings.Partitions
-			if limit := e.cfg.settings.BigTenantLimit; limit > 0 {
+			if limit := e.cfg.settings.BigTenantLimit; limit != 0 {
+				if limit < 0 { // half the traffic, as the skew has it
+					limit = e.cfg.settings.SmallTenantsRate
+				}
 				src.RateLimit = &source.RateLimit{EventsPerSecond: limit}
 			}
 		}
