@@ -139,7 +139,7 @@ var _ = Describe("The Prometheus alerts", func() {
 				Expect(r.Annotations["runbook_url"]).To(HaveSuffix("#" + strings.ToLower(r.Alert)))
 			}
 		}
-		Expect(n).To(Equal(7))
+		Expect(n).To(Equal(8))
 	})
 
 	It("fire as their unit tests say (promtool test rules)", func() {
