@@ -63,9 +63,8 @@ func (r *Receiver) ingest(w http.ResponseWriter, req *http.Request, ep segment.E
 	}
 	// A source past its limit that names itself in the header is refused before its body is
 	// read: a sender hammering through its 429s costs a hash, not a parse.
-	if !ep.Destination {
+	if sources := r.sources.Load(); sources.limiters != nil && !ep.Destination {
 		if key, ok := headerWriteKey(req.Header.Get("Authorization")); ok {
-			sources := r.sources.Load()
 			if src := sources.match(key); src != nil {
 				if wait := sources.emptyFor(src, start); wait > 0 {
 					return limited(src, wait)
