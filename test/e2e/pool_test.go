@@ -138,4 +138,23 @@ spec:
 		Expect(err).NotTo(HaveOccurred())
 		Expect(code).To(Equal(http.StatusUnauthorized))
 	})
+
+	It("holds each member to the pool's rate limit, which reaches the running receiver without a rollout", func() {
+		receiver := started[0]
+		out, err := kubectl("patch", "segmentsourcepool/shared", "-n", "platform", "--type=merge",
+			"-p", `{"spec":{"receiver":{"rateLimit":{"eventsPerSecond":1,"burst":1}}}}`)
+		Expect(err).NotTo(HaveOccurred(), out)
+		Eventually(func() (int, error) { return post(receiver.url(8080), globexKey) }).
+			WithTimeout(30*time.Second).Should(Equal(http.StatusTooManyRequests), "one event a second, sent faster")
+		Expect(post(receiver.url(8080), initechKey)).To(Equal(http.StatusOK), "the other member has a bucket of its own")
+
+		out, err = kubectl("patch", "segmentsourcepool/shared", "-n", "platform", "--type=merge",
+			"-p", `{"spec":{"receiver":{"rateLimit":null}}}`)
+		Expect(err).NotTo(HaveOccurred(), out)
+		Eventually(func() (int, error) { return post(receiver.url(8080), globexKey) }).
+			WithTimeout(30*time.Second).Should(Equal(http.StatusOK))
+		for range 20 {
+			Expect(post(receiver.url(8080), globexKey)).To(Equal(http.StatusOK), "no limit once the pool's is lifted")
+		}
+	})
 })
