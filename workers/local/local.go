@@ -223,6 +223,9 @@ func printBanner(out io.Writer, addr, natsURL, dbURL string, sources []*source.C
 		if s.Insights != nil {
 			fmt.Fprintf(out, "    insights:  to %s every %s\n", s.Insights.Endpoint, s.Insights.Interval)
 		}
+		if l := s.RateLimit; l != nil {
+			fmt.Fprintf(out, "    limit:     %d events/s, bursts of %d\n", l.EventsPerSecond, l.BurstOrDefault())
+		}
 	}
 	fmt.Fprintf(out, "Send a first event:\n  curl -u '%s:' -H 'Content-Type: application/json' http://%s/v1/track -d '{\"userId\":\"u1\",\"event\":\"Signed In\"}'\n",
 		firstKey(sources), addr)

@@ -91,6 +91,7 @@ var _ = Describe("Run with a SegmentSourcePool", func() {
 		dbURL := freshDatabase(ctx, "local_pool")
 		r := start(Options{Manifests: poolManifests(false), DataDir: GinkgoT().TempDir(), DatabaseURL: dbURL})
 		Expect(string(r.banner.Contents())).To(ContainSubstring("source team-a/web (tenant tenant-a)\n    pool:      platform/shared"))
+		Expect(string(r.banner.Contents())).To(ContainSubstring("    limit:     1000 events/s, bursts of 5000\n"), "the pool's limit")
 
 		for key, tenant := range map[string]string{poolKeyA: "tenant-a", poolKeyB: "tenant-b"} {
 			status, body := r.post("/v1/track", key, `{"userId":"u1","event":"Pooled","messageId":"`+tenant+`-1"}`)
