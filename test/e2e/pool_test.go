@@ -152,7 +152,7 @@ spec:
 			"-p", `{"spec":{"receiver":{"rateLimit":null}}}`)
 		Expect(err).NotTo(HaveOccurred(), out)
 		Eventually(func() (int, error) { return post(receiver.url(8080), globexKey) }).
-			WithTimeout(30*time.Second).Should(Equal(http.StatusOK))
+			WithTimeout(30 * time.Second).Should(Equal(http.StatusOK))
 		for range 20 {
 			Expect(post(receiver.url(8080), globexKey)).To(Equal(http.StatusOK), "no limit once the pool's is lifted")
 		}
