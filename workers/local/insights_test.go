@@ -66,7 +66,10 @@ spec:
 		}).WithTimeout(60 * time.Second).WithPolling(200 * time.Millisecond).Should(ConsistOf(map[string]any{"users": 1.0}))
 		Expect(query(ctx, dbURL, `SELECT count(*) AS n FROM tally.events WHERE tenant = 'initech'`)).To(ConsistOf(
 			map[string]any{"n": int64(1)}), "the insights are no events")
-		Expect(query(ctx, dbURL, `SELECT source, entities_pushed, last_error FROM tally.insights_pushes`)).To(ContainElement(
-			map[string]any{"source": "default/initech-web", "entities_pushed": int64(2), "last_error": nil}))
+		// The row describes the latest push: the one that delivered both entities, or a later one
+		// (every 5 s) that delivered what changed since, so only its success is certain here.
+		Expect(query(ctx, dbURL, `SELECT source, entities_pushed, last_error FROM tally.insights_pushes`)).To(ContainElement(And(
+			HaveKeyWithValue("source", "default/initech-web"), HaveKeyWithValue("last_error", BeNil()),
+			HaveKeyWithValue("entities_pushed", BeNumerically(">=", 1)))))
 	})
 })
