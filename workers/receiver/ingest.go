@@ -3,6 +3,7 @@ package receiver
 import (
 	"cmp"
 	"errors"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
@@ -25,8 +26,14 @@ func (r *Receiver) ingestHandler(route string, ep segment.Endpoint) http.Handler
 		r.metrics.requestDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 		if out.status >= http.StatusBadRequest {
 			r.metrics.refusals.WithLabelValues(out.code).Inc()
-			// One line per refused request; never the write key or the body.
-			r.log.Info("request refused", "route", route, "status", out.status, "code", out.code,
+			// One line per refused request; never the write key or the body. A source held to its
+			// rate limit is throttling doing its job, at a rate its senders set: debug, so it cannot
+			// flood the logs (tally_receiver_rate_limited_requests_total counts it).
+			level := slog.LevelInfo
+			if out.code == codeRateLimited {
+				level = slog.LevelDebug
+			}
+			r.log.Log(req.Context(), level, "request refused", "route", route, "status", out.status, "code", out.code,
 				"remote", req.RemoteAddr, "userAgent", req.UserAgent())
 		}
 	})

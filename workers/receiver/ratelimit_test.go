@@ -3,6 +3,7 @@ package receiver_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/onsi/gomega/gbytes"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	analytics "github.com/segmentio/analytics-go/v3"
@@ -32,18 +34,25 @@ func tracks(prefix string, n int) []byte {
 
 // limitedReceiver serves sources on a receiver of its own, with metrics a spec can read.
 func limitedReceiver(sources ...*source.Config) (*receiver.Receiver, *receiver.Metrics, string) {
+	r, metrics, url, _ := limitedReceiverLogging(sources...)
+	return r, metrics, url
+}
+
+// limitedReceiverLogging is limitedReceiver with its Info-level log lines kept.
+func limitedReceiverLogging(sources ...*source.Config) (*receiver.Receiver, *receiver.Metrics, string, *gbytes.Buffer) {
 	GinkgoHelper()
 	for _, src := range sources {
 		Expect(stream.Ensure(context.Background(), js, src.Stream(), src.StreamSettings())).To(Succeed())
 		DeferCleanup(func() { _ = stream.Delete(context.Background(), js, src.Stream()) })
 	}
 	metrics := receiver.NewMetrics(prometheus.NewRegistry())
+	logs := gbytes.NewBuffer()
 	r, err := receiver.New(receiver.Options{JetStream: js, Conn: nc, PublishTimeout: 2 * time.Second, Metrics: metrics,
-		Logger: slog.New(slog.NewTextHandler(GinkgoWriter, nil)), Gatherer: prometheus.NewRegistry()}, sources)
+		Logger: slog.New(slog.NewTextHandler(io.MultiWriter(GinkgoWriter, logs), nil)), Gatherer: prometheus.NewRegistry()}, sources)
 	Expect(err).NotTo(HaveOccurred())
 	s := httptest.NewServer(r.Handler())
 	DeferCleanup(s.Close)
-	return r, metrics, s.URL
+	return r, metrics, s.URL, logs
 }
 
 func retryAfter(r response) int {
@@ -95,6 +104,17 @@ var _ = Describe("A source's rate limit (spec.receiver.rateLimit)", func() {
 
 		Expect(testutil.ToFloat64(metrics.RateLimitedCounter(capped.String()))).To(BeEquivalentTo(4))
 		Expect(testutil.ToFloat64(metrics.RefusalsCounter("rate_limited"))).To(BeEquivalentTo(4))
+	})
+
+	It("logs its refusals at debug level only: a sender held to its limit cannot flood the logs", func() {
+		_, _, url, logs := limitedReceiverLogging(capped)
+		Expect(postTo(url, "/v1/batch", tracks("log", 300), basic(capped.WriteKeys[0])).Status).To(Equal(http.StatusOK))
+		for range 50 {
+			Expect(postTo(url, "/v1/batch", tracks("log-more", 1), basic(capped.WriteKeys[0])).Status).To(Equal(http.StatusTooManyRequests))
+		}
+		Expect(string(logs.Contents())).NotTo(ContainSubstring("request refused"))
+		Expect(postTo(url, "/v1/batch", tracks("log-bad", 1), basic("not-a-key-0123456789")).Status).To(Equal(http.StatusUnauthorized))
+		Expect(string(logs.Contents())).To(ContainSubstring("code=invalid_write_key"), "other refusals are still logged")
 	})
 
 	It("takes the source again once Retry-After has passed", func() {
