@@ -91,7 +91,7 @@ var _ = Describe("A source's rate limit (spec.receiver.rateLimit)", func() {
 
 		By("refused with the key in the body, and a batch mixing it with another source is refused whole")
 		inBody := `{"writeKey":"` + capped.WriteKeys[0] + `","batch":[{"type":"track","userId":"u","event":"E","messageId":"in-body"}]}`
-		Expect(postTo(url, "/v1/batch", []byte(inBody), nil...).Status).To(Equal(http.StatusTooManyRequests))
+		Expect(postTo(url, "/v1/batch", []byte(inBody)).Status).To(Equal(http.StatusTooManyRequests))
 		mixed := `{"batch":[{"type":"track","userId":"u","event":"E","messageId":"mixed-free","writeKey":"` + free.WriteKeys[0] + `"},` +
 			`{"type":"track","userId":"u","event":"E","messageId":"mixed-capped","writeKey":"` + capped.WriteKeys[0] + `"}]}`
 		Expect(postTo(url, "/v1/batch", []byte(mixed)).Status).To(Equal(http.StatusTooManyRequests))

@@ -185,8 +185,8 @@ func NamedConsumerConfig(src Source, name string) jetstream.ConsumerConfig {
 // that is two file writes per event, the largest cost of a small tenant's event (bench). The
 // state is redundant on a work queue: the stream, stored on disk, holds exactly the messages not
 // yet acknowledged. A single server forgets a memory-stored consumer when it restarts (a
-// replicated one lives on in its other replicas); the worker then creates it again (Worker.bind), and it delivers
-// everything the stream holds, which Postgres takes once.
+// replicated one lives on in its other replicas); the worker then creates it again
+// (Worker.bind), and it delivers everything the stream holds, which Postgres takes once.
 func consumerConfig(src Source, name string) jetstream.ConsumerConfig {
 	description, filter := "Workers of SegmentSource "+src.String(), src.unpartitionedSubjects()
 	if p := consumerPartition(name); p >= 0 {
