@@ -282,7 +282,8 @@ func touch(key client.ObjectKey) {
 }
 
 // ackAll takes every message of the source's stream through the workers' consumer and
-// acknowledges it, as a worker does once the rows are committed.
+// acknowledges it, as a worker does once the rows are committed, then purges it, as a worker
+// does every second.
 func ackAll(ns, name string, want int) {
 	GinkgoHelper()
 	c, err := testJS.Consumer(ctx, stream.Source{Namespace: ns, Name: name}.StreamName(), stream.WorkerConsumer)
@@ -295,6 +296,8 @@ func ackAll(ns, name string, want int) {
 		got++
 	}
 	Expect(got).To(Equal(want))
+	_, _, err = stream.PurgeAcknowledged(ctx, testJS, stream.Source{Namespace: ns, Name: name}, c)
+	Expect(err).NotTo(HaveOccurred())
 }
 
 // conditionOf is "<status>/<reason>" of a condition, or "" when absent, for Eventually.

@@ -708,7 +708,7 @@ var _ = Describe("SegmentSource", func() {
 		Expect(gauge("tally_segmentsource_dead_letters")()).To(BeZero())
 		Eventually(gauge("tally_segmentsource_last_message_timestamp_seconds")).Should(Equal(float64(last.Unix())))
 
-		By("keeping firstMessageAt and Receiving once a worker consumed the message out of the work queue")
+		By("keeping firstMessageAt and Receiving once a worker consumed the message and purged it")
 		ackAll(ns, "live", 1)
 		Eventually(func(g Gomega) {
 			info, err := testJS.Stream(ctx, stream.Source{Namespace: ns, Name: "live"}.StreamName())

@@ -31,7 +31,7 @@ func (r *SegmentSourceReconciler) observe(ctx context.Context, st *reconcileStat
 
 	s := st.streamState
 	obj.Status.Backlog = int64(s.Backlog)
-	// The stream forgets: a work queue drops what the workers acknowledged, and a re-created
+	// The stream forgets: the workers purge what they acknowledged, and a re-created
 	// stream starts over. So the status keeps the earliest first and the latest last message
 	// time it ever saw, and Receiving, once true, stays true for the life of the object.
 	if s.LastSequence > 0 {

@@ -149,9 +149,10 @@ var _ = Describe("One receiver and one worker for many members", func() {
 		Expect(p.members("running")).To(Equal(1.0), "the other member's worker runs on")
 
 		By("messages in the member's stream wait while it is suspended")
-		waiting := storedMessages(ctx, m)
+		waiting := unacknowledged(ctx, m)
 		publish(ctx, m, "s-backlog")
-		Expect(storedMessages(ctx, m)).To(Equal(waiting+1), "no worker acknowledges them")
+		Eventually(func() uint64 { return unacknowledged(ctx, m) }).Should(Equal(waiting + 1))
+		Consistently(func() uint64 { return unacknowledged(ctx, m) }, "1s").Should(Equal(waiting+1), "no worker acknowledges them")
 		Expect(eventsOf(ctx, m)).NotTo(ContainElement("s-backlog"))
 
 		p.join(ctx, m, false)
@@ -199,7 +200,7 @@ var _ = Describe("One receiver and one worker for many members", func() {
 			ids = append(ids, id)
 		}
 		publishRaw(ctx, m, []byte(`{"type":"track","messageId":`)) // what no worker can decode
-		Eventually(func() error { return testenv.WorkQueueEmpty(ctx, js, m.src.Stream().StreamName()) }).
+		Eventually(func() error { return testenv.Drained(ctx, js, m.src.Stream().StreamName()) }).
 			WithTimeout(30 * time.Second).Should(Succeed())
 		Expect(eventsOf(ctx, m)).To(Equal(ids))
 		dlq, err := js.Stream(ctx, m.src.Stream().DeadLetterStreamName())

@@ -385,8 +385,8 @@ func catalogIgnored(ctx context.Context, m *member, event string) bool {
 	return len(ignored) == 1 && ignored[0]
 }
 
-// storedMessages is how many messages the member's stream holds: a work queue, so those no
-// worker has acknowledged yet.
+// storedMessages is how many messages the member's stream holds: those no worker has
+// acknowledged yet, and those acknowledged since the workers' last purge.
 func storedMessages(ctx context.Context, m *member) uint64 {
 	GinkgoHelper()
 	s, err := js.Stream(ctx, m.src.Stream().StreamName())
@@ -394,6 +394,17 @@ func storedMessages(ctx context.Context, m *member) uint64 {
 	info, err := s.Info(ctx)
 	Expect(err).NotTo(HaveOccurred())
 	return info.State.Msgs
+}
+
+// unacknowledged is how many of the member's messages no worker has acknowledged yet: its worker
+// consumer's pending and in-flight messages.
+func unacknowledged(ctx context.Context, m *member) uint64 {
+	GinkgoHelper()
+	c, err := js.Consumer(ctx, m.src.Stream().StreamName(), stream.WorkerConsumer)
+	Expect(err).NotTo(HaveOccurred())
+	info, err := c.Info(ctx)
+	Expect(err).NotTo(HaveOccurred())
+	return info.NumPending + uint64(info.NumAckPending)
 }
 
 func statusOf(resp *http.Response, err error) int {

@@ -34,9 +34,9 @@ func Acknowledged(ctx context.Context, js jetstream.JetStream, streamName, consu
 	return nil
 }
 
-// WorkQueueEmpty is nil once a work-queue stream holds no message: every one was acknowledged,
-// by whichever of its consumers (a partitioned source has one per partition).
-func WorkQueueEmpty(ctx context.Context, js jetstream.JetStream, streamName string) error {
+// Drained is nil once a source's stream holds no message: its workers acknowledged every one, by
+// whichever of its consumers (a partitioned source has one per partition), and purged it.
+func Drained(ctx context.Context, js jetstream.JetStream, streamName string) error {
 	s, err := js.Stream(ctx, streamName)
 	if err != nil {
 		return err
@@ -45,11 +45,8 @@ func WorkQueueEmpty(ctx context.Context, js jetstream.JetStream, streamName stri
 	if err != nil {
 		return err
 	}
-	if info.Config.Retention != jetstream.WorkQueuePolicy {
-		return fmt.Errorf("stream %s is not a work queue", streamName)
-	}
 	if info.State.Msgs > 0 {
-		return fmt.Errorf("stream %s: %d messages not acknowledged yet", streamName, info.State.Msgs)
+		return fmt.Errorf("stream %s: %d messages not acknowledged and purged yet", streamName, info.State.Msgs)
 	}
 	return nil
 }

@@ -75,10 +75,13 @@ func PoolInboxOption(p pool.Ref, role Role) nats.Option {
 //     consumers do not survive a single server's restart), fetch from them
 //     ($JS.API.CONSUMER.MSG.NEXT.<stream>.*), acknowledge, nak and mark in progress the messages
 //     it fetched ($JS.ACK.<stream>.*.>, and the v2 ack subjects with domain and account hash that
-//     a server may be switched to), and publish dead letters to the source's dead-letter subject.
+//     a server may be switched to), purge what its consumers acknowledged from the source's stream
+//     ($JS.API.STREAM.PURGE.<stream>, see stream.PurgeAcknowledged), and publish dead letters to
+//     the source's dead-letter subject.
 //
 // Both may subscribe to their own inbox only. Neither may call any other JetStream API: no stream
-// is created, changed, read or deleted with these users, nor a consumer of another stream.
+// is created, changed, read or deleted with these users (a worker purges only its own message
+// stream, whose messages it may already acknowledge away), nor a consumer of another stream.
 func Permissions(src stream.Source, role Role) jwt.Permissions {
 	var p jwt.Permissions
 	p.Sub.Allow.Add(InboxPrefix(src, role) + ".>")
@@ -93,6 +96,7 @@ func Permissions(src stream.Source, role Role) jwt.Permissions {
 			"$JS.API.CONSUMER.CREATE."+name+"."+consumer,
 			"$JS.API.CONSUMER.CREATE."+name+"."+consumer+".>",
 			"$JS.API.CONSUMER.MSG.NEXT."+name+"."+consumer,
+			"$JS.API.STREAM.PURGE."+name,
 			"$JS.ACK."+name+"."+consumer+".>",
 			"$JS.ACK.*.*."+name+"."+consumer+".>",
 			src.DeadLetterSubject(),

@@ -131,7 +131,7 @@ var _ = Describe("a source's worker user", func() {
 		Expect(err).NotTo(HaveOccurred())
 	})
 
-	It("consumes its own consumer and publishes dead letters, as the worker does", func() {
+	It("consumes its own consumer, publishes dead letters and purges what it acknowledged, as the worker does", func() {
 		By("the admin publishing three messages to the source")
 		for _, id := range []string{"w1", "w2", "w3"} {
 			_, err := adminJS.Publish(ctx, acme.Stream().Subject("track"), []byte(`{"type":"track"}`), jetstream.WithMsgID("worker-"+id))
@@ -164,7 +164,18 @@ var _ = Describe("a source's worker user", func() {
 		for _, m := range got[2:] {
 			Expect(m.Ack()).To(Succeed())
 		}
-		Eventually(func() uint64 { return messages(acme) }).Should(BeZero(), "a work queue keeps nothing acknowledged")
+		var highest uint64
+		for _, m := range got {
+			meta, err := m.Metadata()
+			Expect(err).NotTo(HaveOccurred())
+			highest = max(highest, meta.Sequence.Stream)
+		}
+		Eventually(func(g Gomega) {
+			floor, _, err := stream.PurgeAcknowledged(ctx, js, acme.Stream(), consumer)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(floor).To(BeNumerically(">=", highest))
+			g.Expect(messages(acme)).To(BeZero(), "the purge leaves nothing acknowledged in the stream")
+		}).Should(Succeed())
 		Expect(c.errors()).To(BeEmpty())
 	})
 
@@ -183,6 +194,13 @@ var _ = Describe("a source's worker user", func() {
 		_, err = c.Request("$JS.API.STREAM.MSG.GET."+acme.Stream().DeadLetterStreamName(), []byte(`{"seq":1}`), time.Second)
 		Expect(err).To(HaveOccurred())
 		haveViolation(c, "publish", "$JS.API.STREAM.MSG.GET."+acme.Stream().DeadLetterStreamName())
+
+		By("purging only its own message stream: not another source's, nor its dead letters")
+		for _, other := range []string{name, acme.Stream().DeadLetterStreamName()} {
+			_, err = c.Request("$JS.API.STREAM.PURGE."+other, []byte(`{}`), time.Second)
+			Expect(err).To(HaveOccurred())
+			haveViolation(c, "publish", "$JS.API.STREAM.PURGE."+other)
+		}
 		_, err = c.SubscribeSync(natsauth.InboxPrefix(globex.Stream(), natsauth.Worker) + ".>")
 		Expect(err).NotTo(HaveOccurred())
 		haveViolation(c, "subscription", natsauth.InboxPrefix(globex.Stream(), natsauth.Worker)+".>")
@@ -198,7 +216,11 @@ var _ = Describe("a source's worker user", func() {
 		consumer, err := js.Consumer(ctx, name, stream.WorkerConsumer)
 		Expect(err).NotTo(HaveOccurred())
 		Eventually(ackWaiting(consumer)).Should(Succeed())
-		Eventually(func() uint64 { return messages(acme) }).Should(BeZero())
+		Eventually(func(g Gomega) {
+			_, _, err := stream.PurgeAcknowledged(ctx, js, acme.Stream(), consumer)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(messages(acme)).To(BeZero())
+		}).Should(Succeed())
 		Expect(c.errors()).To(BeEmpty())
 	})
 

@@ -20,8 +20,9 @@ import (
 //     and stored-message gets), and subscribe to their own inbox only.
 //   - receiver: publish any source's messages (tally.*.*.msg.>).
 //   - worker: inspect, create again (see Permissions), fetch from and acknowledge any stream's
-//     consumers (the sources' workers and workers-<p>), and publish any source's dead letters
-//     (tally.*.*.dlq).
+//     consumers (the sources' workers and workers-<p>), purge what they acknowledged from any
+//     stream but the pool's bucket (stream names have no token to match the sources' alone, and
+//     acknowledging is as strong), and publish any source's dead letters (tally.*.*.dlq).
 func PoolPermissions(p pool.Ref, role Role) jwt.Permissions {
 	var perms jwt.Permissions
 	perms.Sub.Allow.Add(PoolInboxPrefix(p, role) + ".>")
@@ -50,9 +51,11 @@ func PoolPermissions(p pool.Ref, role Role) jwt.Permissions {
 			"$JS.API.CONSUMER.CREATE.*.*",
 			"$JS.API.CONSUMER.CREATE.*.*.>",
 			"$JS.API.CONSUMER.MSG.NEXT.*.*",
+			"$JS.API.STREAM.PURGE.*",
 			"$JS.ACK.*.*.>",
 			"tally.*.*.dlq",
 		)
+		perms.Pub.Deny.Add("$JS.API.STREAM.PURGE." + kv)
 	}
 	return perms
 }

@@ -115,6 +115,11 @@ var _ = Describe("a SegmentSourcePool's users", func() {
 				n++
 			}
 			Expect(n).To(BeNumerically(">=", 1))
+			Eventually(func(g Gomega) {
+				_, _, err := stream.PurgeAcknowledged(ctx, js, src.Stream(), consumer)
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(messages(src)).To(BeZero(), "it purges what it acknowledged")
+			}).Should(Succeed())
 			_, err = js.Publish(ctx, src.Stream().DeadLetterSubject(), []byte(`{}`))
 			Expect(err).NotTo(HaveOccurred())
 		}
@@ -128,5 +133,11 @@ var _ = Describe("a SegmentSourcePool's users", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(js.DeleteConsumer(ctx, name, stream.WorkerConsumer)).NotTo(Succeed())
 		haveViolation(c, "publish", "$JS.API.CONSUMER.DELETE."+name+"."+stream.WorkerConsumer)
+
+		By("purging no member from its pool's bucket")
+		_, err = c.Request("$JS.API.STREAM.PURGE.KV_"+ref.Bucket(), []byte(`{}`), time.Second)
+		Expect(err).To(HaveOccurred())
+		haveViolation(c, "publish", "$JS.API.STREAM.PURGE.KV_"+ref.Bucket())
+		Expect(watchMembers(js)).To(HaveKey(pool.Key(*acme)))
 	})
 })

@@ -119,11 +119,12 @@ func (st Settings) withDefaults() Settings {
 	return st
 }
 
-// StreamConfig is the desired configuration of the source's message stream. It is a work queue:
-// a message leaves the stream when the workers' consumer acknowledges it (it is in Postgres), and
-// never before, unless the user set a max age. When a server limit is hit the stream refuses new
-// messages (DiscardNew), so the receiver answers an error and the client retries, instead of
-// JetStream dropping accepted ones.
+// StreamConfig is the desired configuration of the source's message stream. A message leaves the
+// stream once a worker consumer acknowledged it (it is in Postgres) and a worker purged it
+// (PurgeAcknowledged: limits retention, purged in bulk, instead of a work queue's removal one by
+// one), and never before, unless the user set a max age. When a server limit is hit the stream
+// refuses new messages (DiscardNew), so the receiver answers an error and the client retries,
+// instead of JetStream dropping accepted ones.
 func StreamConfig(src Source, st Settings) jetstream.StreamConfig {
 	st = st.withDefaults()
 	return jetstream.StreamConfig{
@@ -131,7 +132,7 @@ func StreamConfig(src Source, st Settings) jetstream.StreamConfig {
 		Description: "Segment messages of SegmentSource " + src.String(),
 		Subjects:    []string{src.MessageSubjects()},
 		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.WorkQueuePolicy,
+		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardNew,
 		MaxAge:      st.MaxAge,
 		Duplicates:  st.DuplicateWindow,
@@ -183,10 +184,11 @@ func NamedConsumerConfig(src Source, name string) jetstream.ConsumerConfig {
 // rewrites its state file (a temporary file, then a rename) after deliveries and acks, at most ten
 // times a second each: nothing for a busy source, but for a pool's thousand mostly idle members
 // that is two file writes per event, the largest cost of a small tenant's event (bench). The
-// state is redundant on a work queue: the stream, stored on disk, holds exactly the messages not
-// yet acknowledged. A single server forgets a memory-stored consumer when it restarts (a
-// replicated one lives on in its other replicas); the worker then creates it again
-// (Worker.bind), and it delivers everything the stream holds, which Postgres takes once.
+// state is nearly redundant: the stream, stored on disk, holds the messages not yet acknowledged
+// and those acknowledged since the workers' last purge (a fraction of a second's). A single
+// server forgets a memory-stored consumer when it restarts (a replicated one lives on in its
+// other replicas); the worker then creates it again (Worker.bind), and it delivers everything the
+// stream holds, which Postgres takes once.
 func consumerConfig(src Source, name string) jetstream.ConsumerConfig {
 	description, filter := "Workers of SegmentSource "+src.String(), src.unpartitionedSubjects()
 	if p := consumerPartition(name); p >= 0 {
@@ -234,7 +236,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, src Source, st Settings
 
 // ensureConsumer creates or updates one worker consumer. JetStream cannot change a consumer's
 // storage in place, so one stored in a file (by an earlier version) is deleted and created again:
-// on a work queue nothing is lost, the new consumer delivers every message still in the stream,
+// nothing is lost, the new consumer delivers every message still in the stream,
 // and a message a worker holds meanwhile is delivered again, which Postgres takes once.
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, src Source, name string) error {
 	want := consumerConfig(src, name)
@@ -252,13 +254,14 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, src Source, nam
 }
 
 // desiredStreamConfig is StreamConfig for a stream that may exist already. JetStream cannot turn
-// a stream into a work queue in place (nor back), so a stream created with limits retention by an
-// earlier version keeps it; everything else, including the unlimited age, is still applied, so its
-// accepted messages no longer age out. Moving it to a work queue needs it drained and re-created.
+// a work queue into a stream with limits retention in place (nor back), so a work queue created by
+// an earlier version stays one: its acknowledged messages leave one by one, as before, and the
+// workers' purges find nothing to do. Everything else is applied. Moving it to limits retention
+// needs it drained and re-created.
 func desiredStreamConfig(src Source, st Settings, existing *jetstream.StreamConfig) jetstream.StreamConfig {
 	cfg := StreamConfig(src, st)
-	if existing != nil && existing.Retention == jetstream.LimitsPolicy {
-		cfg.Retention = jetstream.LimitsPolicy
+	if existing != nil && existing.Retention == jetstream.WorkQueuePolicy {
+		cfg.Retention = jetstream.WorkQueuePolicy
 	}
 	return cfg
 }
@@ -349,7 +352,7 @@ type State struct {
 	Bytes    uint64
 	MaxBytes int64
 	// LastSequence is the stream's last sequence: above 0 once anything ever arrived, even when
-	// the workers have consumed every message since (a work queue keeps no acknowledged message).
+	// the workers have consumed and purged every message since.
 	LastSequence uint64
 	// FirstMessageAt is the oldest message time the stream still knows: the first sequence if it
 	// is still stored, else the oldest message in it, else zero. It moves as messages are

@@ -85,7 +85,7 @@ var _ = Describe("Ensure", func() {
 		info := streamInfo(ctx, src.StreamName())
 		Expect(info.Config.Subjects).To(Equal([]string{src.MessageSubjects()}))
 		Expect(info.Config.Storage).To(Equal(jetstream.FileStorage))
-		Expect(info.Config.Retention).To(Equal(jetstream.WorkQueuePolicy), "acknowledged messages leave the stream")
+		Expect(info.Config.Retention).To(Equal(jetstream.LimitsPolicy), "acknowledged messages leave in the workers' purges")
 		Expect(info.Config.Discard).To(Equal(jetstream.DiscardNew), "a full stream refuses, it never drops accepted messages")
 		Expect(info.Config.MaxAge).To(BeZero(), "accepted messages never age out by default")
 		Expect(info.Config.Duplicates).To(Equal(DefaultDuplicateWindow))
@@ -121,6 +121,11 @@ var _ = Describe("Ensure", func() {
 		held := fetchWorkers(ctx, src, 2, 5*time.Second)
 		Expect(held).To(HaveLen(2))
 		Expect(held[0].DoubleAck(ctx)).To(Succeed())
+		c, err := js.Consumer(ctx, src.StreamName(), WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		_, purged, err := PurgeAcknowledged(ctx, js, src, c) // as the worker does
+		Expect(err).NotTo(HaveOccurred())
+		Expect(purged).To(Equal(uint64(1)))
 
 		state, err := Inspect(ctx, js, src)
 		Expect(err).NotTo(HaveOccurred())
@@ -192,24 +197,35 @@ var _ = Describe("Ensure", func() {
 		Expect(consumerInfo(ctx, src).Config.FilterSubject).To(Equal("tally." + src.Namespace + "." + src.Name + ".msg.*"))
 	})
 
-	It("keeps limits retention of a stream created before work queues, but no longer ages it out", func(ctx SpecContext) {
+	It("keeps a work queue made by an earlier version one, applies the rest, and purges nothing from it", func(ctx SpecContext) {
 		src := newSource()
 		old := StreamConfig(src, Settings{})
-		old.Retention, old.Discard, old.MaxAge = jetstream.LimitsPolicy, jetstream.DiscardOld, 7*24*time.Hour
+		old.Retention, old.MaxAge = jetstream.WorkQueuePolicy, 7*24*time.Hour
 		_, err := js.CreateStream(ctx, old)
 		Expect(err).NotTo(HaveOccurred())
 		publish(ctx, src.Subject("track"), "m1")
+		publish(ctx, src.Subject("track"), "m2")
 
 		// JetStream refuses to change retention to or from work queue in place.
 		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
 		info := streamInfo(ctx, src.StreamName())
-		Expect(info.Config.Retention).To(Equal(jetstream.LimitsPolicy))
-		Expect(info.Config.MaxAge).To(BeZero())
-		Expect(info.Config.Discard).To(Equal(jetstream.DiscardNew))
-		Expect(info.State.Msgs).To(Equal(uint64(1)))
+		Expect(info.Config.Retention).To(Equal(jetstream.WorkQueuePolicy))
+		Expect(info.Config.MaxAge).To(BeZero(), "accepted messages no longer age out")
+		Expect(info.State.Msgs).To(Equal(uint64(2)))
 		state, err := Inspect(ctx, js, src)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(InSync(src, Settings{}, state)).To(BeTrue())
+
+		msgs := fetchWorkers(ctx, src, 2, 5*time.Second)
+		Expect(msgs).To(HaveLen(2))
+		Expect(msgs[0].DoubleAck(ctx)).To(Succeed())
+		c, err := js.Consumer(ctx, src.StreamName(), WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		floor, purged, err := PurgeAcknowledged(ctx, js, src, c)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(floor).To(Equal(uint64(1)))
+		Expect(purged).To(BeZero(), "the work queue removed the acknowledged message itself")
+		Expect(streamInfo(ctx, src.StreamName()).State.Msgs).To(Equal(uint64(1)), "the held one stays")
 	})
 
 	It("recreates a deleted consumer", func(ctx SpecContext) {
@@ -250,8 +266,8 @@ var _ = Describe("InSync", func() {
 	})
 })
 
-var _ = Describe("work queue", func() {
-	It("keeps unacknowledged messages, dedupes by Nats-Msg-Id, and drops only what the consumer acked", func(ctx SpecContext) {
+var _ = Describe("acknowledged messages", func() {
+	It("stay until purged; the purge keeps unacknowledged messages, and Nats-Msg-Id still dedupes", func(ctx SpecContext) {
 		src := newSource()
 		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
 		publish(ctx, src.Subject("track"), "a")
@@ -262,19 +278,89 @@ var _ = Describe("work queue", func() {
 		Expect(msgs).To(HaveLen(2))
 		Expect(msgs[0].DoubleAck(ctx)).To(Succeed())
 		Expect(msgs[1].Nak()).To(Succeed())
+		state, err := Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.Messages).To(Equal(uint64(2)), "acknowledged, not yet purged")
+		// Fetched again before the purge: a purge empties the consumer's redelivery queue, and what
+		// was queued there is redelivered only after the ack wait (see PurgeAcknowledged).
+		redelivered := fetchWorkers(ctx, src, 1, 5*time.Second)
+		Expect(redelivered).To(HaveLen(1))
 
+		c, err := js.Consumer(ctx, src.StreamName(), WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		floor, purged, err := PurgeAcknowledged(ctx, js, src, c)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(floor).To(Equal(uint64(1)))
+		Expect(purged).To(Equal(uint64(1)))
 		Eventually(func(g Gomega) {
 			state, err := Inspect(ctx, js, src)
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(state.Messages).To(Equal(uint64(1)), "the unacknowledged message stays")
 			g.Expect(state.Backlog).To(Equal(uint64(1)))
 		}).WithContext(ctx).Should(Succeed())
-		// Within the duplicate window an acknowledged (removed) message is still a duplicate.
+		// Within the duplicate window a purged message is still a duplicate.
 		Expect(publish(ctx, src.Subject("track"), "a").Duplicate).To(BeTrue())
-		// A second consumer with an overlapping filter is refused: the workers' consumer is the
-		// only reader, so nothing else can take messages off the queue.
-		_, err := js.CreateConsumer(ctx, src.StreamName(), jetstream.ConsumerConfig{Durable: "other", AckPolicy: jetstream.AckExplicitPolicy})
-		Expect(err).To(HaveOccurred())
+
+		By("purging again once the rest is acknowledged")
+		Expect(redelivered[0].DoubleAck(ctx)).To(Succeed())
+		floor, purged, err = PurgeAcknowledged(ctx, js, src, c)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(floor).To(Equal(uint64(2)))
+		Expect(purged).To(Equal(uint64(1)))
+		Expect(streamInfo(ctx, src.StreamName()).State.Msgs).To(BeZero())
+	})
+
+	It("are purged per consumer: one partition's purge leaves the other partitions' messages", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{Partitions: 2})).To(Succeed())
+		publish(ctx, src.Subject("track"), "unpartitioned") // from before the source was partitioned
+		publish(ctx, src.PartitionSubject("track", 1, 2), "p1-a")
+		publish(ctx, src.PartitionSubject("track", 0, 2), "p0-a")
+		publish(ctx, src.PartitionSubject("track", 1, 2), "p1-b")
+		publish(ctx, src.PartitionSubject("track", 0, 2), "p0-b")
+
+		p0, err := js.Consumer(ctx, src.StreamName(), PartitionConsumer(0))
+		Expect(err).NotTo(HaveOccurred())
+		batch, err := p0.Fetch(10, jetstream.FetchMaxWait(time.Second))
+		Expect(err).NotTo(HaveOccurred())
+		n := 0
+		for m := range batch.Messages() {
+			Expect(m.DoubleAck(ctx)).To(Succeed())
+			n++
+		}
+		Expect(n).To(Equal(2))
+		floor, purged, err := PurgeAcknowledged(ctx, js, src, p0)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(floor).To(BeNumerically(">=", 5), "partition 0's last message is the stream's fifth")
+		Expect(purged).To(Equal(uint64(2)))
+
+		info := streamInfo(ctx, src.StreamName())
+		Expect(info.State.Msgs).To(Equal(uint64(3)), "the unpartitioned message and partition 1's stay")
+		for _, seq := range []uint64{1, 2, 4} {
+			s, err := js.Stream(ctx, src.StreamName())
+			Expect(err).NotTo(HaveOccurred())
+			_, err = s.GetMsg(ctx, seq)
+			Expect(err).NotTo(HaveOccurred(), "message %d", seq)
+		}
+		state, err := Inspect(ctx, js, src)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(state.Backlog).To(Equal(uint64(3)))
+	})
+
+	It("are not purged through a consumer without a filter of its own", func(ctx SpecContext) {
+		src := newSource()
+		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
+		publish(ctx, src.Subject("track"), "a")
+		c, err := js.CreateConsumer(ctx, src.StreamName(), jetstream.ConsumerConfig{Durable: "everything", AckPolicy: jetstream.AckExplicitPolicy})
+		Expect(err).NotTo(HaveOccurred())
+		batch, err := c.Fetch(1, jetstream.FetchMaxWait(time.Second))
+		Expect(err).NotTo(HaveOccurred())
+		for m := range batch.Messages() {
+			Expect(m.DoubleAck(ctx)).To(Succeed())
+		}
+		_, _, err = PurgeAcknowledged(ctx, js, src, c)
+		Expect(err).To(MatchError(ContainSubstring("no single filter subject")))
+		Expect(streamInfo(ctx, src.StreamName()).State.Msgs).To(Equal(uint64(1)), "the workers have not taken it yet")
 	})
 })
 
@@ -358,12 +444,16 @@ var _ = Describe("Inspect", func() {
 			Expect(m.DoubleAck(ctx)).To(Succeed())
 		}
 		Expect(got).To(HaveLen(3))
+		c, err := js.Consumer(ctx, src.StreamName(), WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		_, _, err = PurgeAcknowledged(ctx, js, src, c)
+		Expect(err).NotTo(HaveOccurred())
 
 		Eventually(func(g Gomega) {
 			state, err := Inspect(ctx, js, src)
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(state.Backlog).To(BeZero())
-			g.Expect(state.Messages).To(BeZero(), "acked messages leave the work queue")
+			g.Expect(state.Messages).To(BeZero(), "acked messages leave in the purge")
 		}).WithContext(ctx).Should(Succeed())
 		state, err = Inspect(ctx, js, src)
 		Expect(err).NotTo(HaveOccurred())

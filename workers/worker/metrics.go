@@ -23,6 +23,7 @@ type Metrics struct {
 	endToEnd       *prometheus.HistogramVec
 	lockWait       *prometheus.HistogramVec
 	consumed       *prometheus.CounterVec
+	purged         *prometheus.CounterVec
 }
 
 // NewMetrics creates the workers' metrics and registers them with reg.
@@ -79,9 +80,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "tally", Subsystem: "worker", Name: "consumer_messages_total",
 			Help: "Messages committed, per consumer: workers (unpartitioned) or workers-<partition>.",
 		}, []string{"source", "consumer"}),
+		purged: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tally", Subsystem: "worker", Name: "messages_purged_total",
+			Help: "Acknowledged messages the workers purged from the source's stream (a work queue made by an earlier version removes them itself and counts none).",
+		}, []string{"source"}),
 	}
 	reg.MustRegister(m.batches, m.messages, m.eventsInserted, m.unnamed, m.usersDeleted, m.deadLetters, m.retries, m.pending,
-		m.batchSeconds, m.endToEnd, m.lockWait, m.consumed)
+		m.batchSeconds, m.endToEnd, m.lockWait, m.consumed, m.purged)
 	return m
 }
 

@@ -189,7 +189,7 @@ func publishRaw(ctx context.Context, src *source.Config, typ, msgID string, data
 func drained(ctx context.Context, src *source.Config) {
 	Eventually(func() error {
 		if src.ConsumedPartitions() > 1 {
-			return testenv.WorkQueueEmpty(ctx, js, src.Stream().StreamName())
+			return testenv.Drained(ctx, js, src.Stream().StreamName())
 		}
 		return testenv.Acknowledged(ctx, js, src.Stream().StreamName(), stream.WorkerConsumer)
 	}).WithContext(ctx).WithTimeout(60 * time.Second).WithPolling(50 * time.Millisecond).Should(Succeed())

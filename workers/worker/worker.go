@@ -238,6 +238,7 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name 
 	fetchCtx, stopFetching := context.WithCancel(ctx)
 	batches := make(chan fetched)
 	go w.fetchLoop(fetchCtx, consumer, batches)
+	purges := purger{w: w, consumer: consumer, name: name}
 	defer func() {
 		stopFetching()
 		for f := range batches { // wait for the fetcher; what it still hands over is redelivered
@@ -265,7 +266,9 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name 
 			return err
 		} else {
 			w.metrics.consumed.WithLabelValues(w.stream.String(), name).Add(float64(len(f.items) + len(f.bad)))
+			purges.acknowledged(f.lastSeq)
 		}
+		purges.maybePurge(ctx) // also after an empty pull, so the last acknowledgements are purged
 		if f.err != nil {
 			return f.err
 		}
