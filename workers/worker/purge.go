@@ -9,11 +9,16 @@ import (
 	"github.com/tallyhq/tally/workers/stream"
 )
 
-// purgeEvery spaces a lane's purges of what it acknowledged (stream.PurgeAcknowledged): a busy
-// lane sends two small requests (the consumer's info, the purge) once a second, and the stream
-// holds about a second's acknowledged messages beyond its backlog. Seldom, because a purge
-// strands the consumer's queued redeliveries until the next ack wait (see PurgeAcknowledged).
-const purgeEvery = time.Second
+const (
+	// purgeEvery spaces a lane's purges of what it acknowledged (stream.PurgeBelowFloor): a busy
+	// lane asks for its consumer's info once a second and purges when a pull request waits.
+	purgeEvery = time.Second
+	// purgeAnyway is how long a lane goes without purging while its consumer never has a pull
+	// request waiting (a backlog fills every pull at once). A purge then may strand a queued
+	// redelivery until the next ack wait (see stream.PurgeBelowFloor); not purging would fill the
+	// stream, up to its byte limit, with what a long backlog's batches acknowledged.
+	purgeAnyway = 10 * time.Second
+)
 
 // purger purges a lane's acknowledged messages from the source's stream. It purges only after
 // acknowledgements, and again until the consumer's ack floor has reached the highest message the
@@ -27,22 +32,35 @@ type purger struct {
 	// highest is the highest stream sequence the lane acknowledged; purged is the ack floor the
 	// last purge reached.
 	highest, purged uint64
-	last            time.Time
-	failing         bool
+	// tried is the last look at the consumer; since is the last purge, or the lane's start.
+	tried, since time.Time
+	failing      bool
+}
+
+func newPurger(w *Worker, consumer jetstream.Consumer, name string) *purger {
+	return &purger{w: w, consumer: consumer, name: name, since: time.Now()}
 }
 
 // acknowledged records that the lane acknowledged messages up to stream sequence seq.
 func (p *purger) acknowledged(seq uint64) { p.highest = max(p.highest, seq) }
 
-// maybePurge purges when the lane acknowledged beyond the last purge's floor and purgeEvery has
-// passed since the last try. A failure is logged once and tried again later: the messages stay
-// in the stream, acknowledged, and take room until a purge succeeds.
+// maybePurge purges when the lane acknowledged beyond the last purge's floor, purgeEvery has
+// passed since the last look, and a pull request waits on the consumer (or purgeAnyway has
+// passed). A failure is logged once and tried again later: the messages stay in the stream,
+// acknowledged, and take room until a purge succeeds.
 func (p *purger) maybePurge(ctx context.Context) {
-	if p.highest <= p.purged || time.Since(p.last) < purgeEvery || ctx.Err() != nil {
+	if p.highest <= p.purged || time.Since(p.tried) < purgeEvery || ctx.Err() != nil {
 		return
 	}
-	p.last = time.Now()
-	floor, n, err := stream.PurgeAcknowledged(ctx, p.w.js, p.w.stream, p.consumer)
+	p.tried = time.Now()
+	info, err := p.consumer.Info(ctx)
+	if err == nil && info.NumWaiting == 0 && time.Since(p.since) < purgeAnyway {
+		return
+	}
+	var n uint64
+	if err == nil {
+		n, err = stream.PurgeBelowFloor(ctx, p.w.js, p.w.stream, info)
+	}
 	if err != nil {
 		if !p.failing && ctx.Err() == nil {
 			p.w.log.Warn("purging acknowledged messages failed; they stay in the stream until a purge succeeds", "consumer", p.name, "err", err)
@@ -54,7 +72,7 @@ func (p *purger) maybePurge(ctx context.Context) {
 		p.w.log.Info("purging acknowledged messages works again", "consumer", p.name)
 		p.failing = false
 	}
-	p.purged = max(p.purged, floor)
+	p.purged, p.since = max(p.purged, info.AckFloor.Stream), time.Now()
 	if n > 0 {
 		p.w.metrics.purged.WithLabelValues(p.w.stream.String()).Add(float64(n))
 	}

@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
 )
 
 var _ = Describe("Purging acknowledged messages", func() {
@@ -48,5 +51,67 @@ var _ = Describe("Purging acknowledged messages", func() {
 		Eventually(func() uint64 { return stored(ctx, src) }).WithTimeout(10 * time.Second).Should(BeZero())
 		Expect(events(ctx, src)).To(BeEquivalentTo(60))
 		Expect(purged()).To(BeEquivalentTo(60))
+	})
+
+	It("does not purge while no pull waits, so a message handed back is redelivered at once", func(ctx SpecContext) {
+		src := newSource(ctx, "")
+		tracks(ctx, src, 0, 10)
+		w, err := New(Options{Pool: testPool, JetStream: js, Source: src, Logger: testenv.QuietLogger(), Metrics: testMetrics})
+		Expect(err).NotTo(HaveOccurred())
+		consumer, err := js.Consumer(ctx, src.Stream().StreamName(), stream.WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		fetch := func(n int, wait time.Duration) []jetstream.Msg {
+			batch, err := consumer.Fetch(n, jetstream.FetchMaxWait(wait))
+			Expect(err).NotTo(HaveOccurred())
+			var got []jetstream.Msg
+			for m := range batch.Messages() {
+				got = append(got, m)
+			}
+			return got
+		}
+		held := fetch(10, time.Second)
+		Expect(held).To(HaveLen(10))
+		for _, m := range held[:5] {
+			Expect(m.DoubleAck(ctx)).To(Succeed())
+		}
+		for _, m := range held[5:] { // a stopping worker hands these back (nakAll)
+			Expect(m.NakWithDelay(time.Nanosecond)).To(Succeed())
+		}
+		p := newPurger(w, consumer, stream.WorkerConsumer)
+		p.acknowledged(5)
+		p.maybePurge(ctx)
+		Expect(stored(ctx, src)).To(BeEquivalentTo(10), "no pull waits: the handed-back messages may sit in the redelivery queue")
+
+		redelivered := fetch(10, time.Second) // far less than the ack wait
+		Expect(redelivered).To(HaveLen(5))
+		for _, m := range redelivered {
+			Expect(m.DoubleAck(ctx)).To(Succeed())
+		}
+		p.acknowledged(10)
+
+		By("purging once a pull waits")
+		waiting := make(chan []jetstream.Msg)
+		go func() { defer GinkgoRecover(); waiting <- fetch(1, 3*time.Second) }()
+		Eventually(func() int {
+			info, err := consumer.Info(ctx)
+			Expect(err).NotTo(HaveOccurred())
+			return info.NumWaiting
+		}).Should(Equal(1))
+		p.tried = time.Time{} // the spec does not wait out purgeEvery
+		p.maybePurge(ctx)
+		Expect(stored(ctx, src)).To(BeZero())
+		Expect(<-waiting).To(BeEmpty())
+
+		By("purging anyway after purgeAnyway without a waiting pull")
+		tracks(ctx, src, 10, 12)
+		more := fetch(2, time.Second)
+		Expect(more).To(HaveLen(2))
+		for _, m := range more {
+			Expect(m.DoubleAck(ctx)).To(Succeed())
+		}
+		p.acknowledged(12)
+		p.tried, p.since = time.Time{}, time.Now().Add(-purgeAnyway)
+		p.maybePurge(ctx)
+		Expect(stored(ctx, src)).To(BeZero())
 	})
 })

@@ -238,7 +238,7 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name 
 	fetchCtx, stopFetching := context.WithCancel(ctx)
 	batches := make(chan fetched)
 	go w.fetchLoop(fetchCtx, consumer, batches)
-	purges := purger{w: w, consumer: consumer, name: name}
+	purges := newPurger(w, consumer, name)
 	defer func() {
 		stopFetching()
 		for f := range batches { // wait for the fetcher; what it still hands over is redelivered
