@@ -1,11 +1,13 @@
 package stream
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -58,6 +60,13 @@ func PurgeBelowFloor(ctx context.Context, js jetstream.JetStream, src Source, in
 	req, err := json.Marshal(purgeRequest{Filter: filter, Sequence: floor + 1})
 	if err != nil {
 		return 0, err
+	}
+	// As the jetstream package does for its own requests: a stream without a leader (an election
+	// in a cluster) drops the request unanswered, and the worker's lane would wait forever.
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cmp.Or(js.Options().DefaultTimeout, 5*time.Second))
+		defer cancel()
 	}
 	msg, err := js.Conn().RequestWithContext(ctx, apiPrefix(js)+"STREAM.PURGE."+src.StreamName(), req)
 	if err != nil {

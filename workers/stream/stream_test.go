@@ -347,6 +347,25 @@ var _ = Describe("acknowledged messages", func() {
 		Expect(state.Backlog).To(Equal(uint64(3)))
 	})
 
+	It("gives up on a purge no one answers (a stream without a leader) after the API's timeout", func(ctx SpecContext) {
+		// A JetStream API under a prefix no server serves, whose purge requests a subscriber takes
+		// and never answers, as a stream in an election does.
+		silent, err := nc.SubscribeSync("$SILENT.API.STREAM.PURGE.>")
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(silent.Unsubscribe)
+		sjs, err := jetstream.NewWithAPIPrefix(nc, "$SILENT.API", jetstream.WithDefaultTimeout(300*time.Millisecond))
+		Expect(err).NotTo(HaveOccurred())
+		src := newSource()
+		info := &jetstream.ConsumerInfo{Name: WorkerConsumer, Config: ConsumerConfig(src), AckFloor: jetstream.SequenceInfo{Stream: 7}}
+
+		_, err = PurgeBelowFloor(context.Background(), sjs, src, info) // no deadline of its own
+		Expect(err).To(MatchError(context.DeadlineExceeded))
+		req, err := silent.NextMsg(time.Second)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(req.Subject).To(Equal("$SILENT.API.STREAM.PURGE." + src.StreamName()))
+		Expect(string(req.Data)).To(MatchJSON(`{"filter":"` + info.Config.FilterSubject + `","seq":8}`))
+	}, SpecTimeout(20*time.Second))
+
 	It("are not purged through a consumer without a filter of its own", func(ctx SpecContext) {
 		src := newSource()
 		Expect(Ensure(ctx, js, src, Settings{})).To(Succeed())
