@@ -185,7 +185,7 @@ func NamedConsumerConfig(src Source, name string) jetstream.ConsumerConfig {
 // times a second each: nothing for a busy source, but for a pool's thousand mostly idle members
 // that is two file writes per event, the largest cost of a small tenant's event (bench). The
 // state is nearly redundant: the stream, stored on disk, holds the messages not yet acknowledged
-// and those acknowledged since the workers' last purge (a fraction of a second's). A single
+// and those acknowledged since the workers' last purge (ten seconds' at most). A single
 // server forgets a memory-stored consumer when it restarts (a replicated one lives on in its
 // other replicas); the worker then creates it again (Worker.bind), and it delivers everything the
 // stream holds, which Postgres takes once.

@@ -282,7 +282,7 @@ var _ = Describe("acknowledged messages", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(state.Messages).To(Equal(uint64(2)), "acknowledged, not yet purged")
 		// Fetched again before the purge: a purge empties the consumer's redelivery queue, and what
-		// was queued there is redelivered only after the ack wait (see PurgeAcknowledged).
+		// was queued there is redelivered only after the ack wait (see PurgeBelowFloor).
 		redelivered := fetchWorkers(ctx, src, 1, 5*time.Second)
 		Expect(redelivered).To(HaveLen(1))
 
