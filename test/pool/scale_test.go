@@ -80,9 +80,7 @@ var _ = Describe("A pool worker with a thousand idle members", Label("scale"), f
 		// The members' start (a catalog transaction each, under its own login, through the
 		// worker's connection limit) is still running: on the slower AMD machine it took longer
 		// than drained's 30 s, before and after streams were purged (HEAD 25296b9 and 982ac40).
-		Eventually(func() error {
-			return testenv.Acknowledged(ctx, js, first.src.Stream().StreamName(), stream.WorkerConsumer)
-		}).WithTimeout(3 * time.Minute).Should(Succeed())
+		drainedWithin(ctx, first, 3*time.Minute)
 		AddReportEntry("first member's event applied after", time.Since(published).Round(time.Second).String())
 		Expect(eventsOf(ctx, first)).To(Equal([]string{"idle-0"}))
 		// Measurement windows, not waits for a condition: the members' start (a catalog

@@ -272,9 +272,15 @@ func eventsOf(ctx context.Context, m *member) []string {
 // drained waits until the member's messages have all been acknowledged by a worker.
 func drained(ctx context.Context, m *member) {
 	GinkgoHelper()
+	drainedWithin(ctx, m, 30*time.Second)
+}
+
+// drainedWithin is drained with a wait of its own.
+func drainedWithin(ctx context.Context, m *member, wait time.Duration) {
+	GinkgoHelper()
 	Eventually(func() error {
 		return testenv.Acknowledged(ctx, js, m.src.Stream().StreamName(), stream.WorkerConsumer)
-	}).WithTimeout(30 * time.Second).Should(Succeed())
+	}).WithTimeout(wait).Should(Succeed())
 }
 
 // members is how many of the pool's members the worker counts in the state; -1 when absent.
@@ -396,15 +402,13 @@ func storedMessages(ctx context.Context, m *member) uint64 {
 	return info.State.Msgs
 }
 
-// unacknowledged is how many of the member's messages no worker has acknowledged yet: its worker
-// consumer's pending and in-flight messages.
+// unacknowledged is how many of the member's messages no worker has acknowledged yet: the backlog
+// the operator reports (its worker consumers' pending and in-flight messages).
 func unacknowledged(ctx context.Context, m *member) uint64 {
 	GinkgoHelper()
-	c, err := js.Consumer(ctx, m.src.Stream().StreamName(), stream.WorkerConsumer)
+	state, err := stream.Inspect(ctx, js, m.src.Stream())
 	Expect(err).NotTo(HaveOccurred())
-	info, err := c.Info(ctx)
-	Expect(err).NotTo(HaveOccurred())
-	return info.NumPending + uint64(info.NumAckPending)
+	return state.Backlog
 }
 
 func statusOf(resp *http.Response, err error) int {

@@ -16,7 +16,7 @@ type fetched struct {
 	items    []item
 	bad      []badMessage // messages that do not decode: dead-lettered, never mapped
 	lastMeta *jetstream.MsgMetadata
-	lastSeq  uint64        // the highest stream sequence among the part's messages
+	maxSeq   uint64        // the highest stream sequence among the part's messages
 	prepared *preparedFold // a pull's last part: folded while the previous one commits; else nil, folded by commit
 	err      error         // the pull's own error, after its messages
 }
@@ -158,7 +158,7 @@ func (f *fetched) size() int { return len(f.items) + len(f.bad) }
 func (f *fetched) add(msg jetstream.Msg) {
 	if meta, err := msg.Metadata(); err == nil {
 		f.lastMeta = meta
-		f.lastSeq = max(f.lastSeq, meta.Sequence.Stream)
+		f.maxSeq = max(f.maxSeq, meta.Sequence.Stream)
 	}
 	m, err := segment.ParseNormalized(msg.Data())
 	if err != nil {

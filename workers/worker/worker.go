@@ -266,7 +266,7 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name 
 			return err
 		} else {
 			w.metrics.consumed.WithLabelValues(w.stream.String(), name).Add(float64(len(f.items) + len(f.bad)))
-			purges.acknowledged(f.lastSeq)
+			purges.acknowledged(f.maxSeq)
 		}
 		purges.maybePurge(ctx) // also after an empty pull, so the last acknowledgements are purged
 		if f.err != nil {
