@@ -41,8 +41,8 @@ func PurgeAcknowledged(ctx context.Context, js jetstream.JetStream, src Source, 
 // entries above the consumer's next sequence, which no queued redelivery is): a message nacked or
 // past its ack wait that no pull has taken yet is then redelivered after the next ack wait
 // instead of at once. It is still pending, never lost. The queue is empty while a pull request
-// waits (it would have taken such a message), so the workers purge when their consumer has one
-// (NumWaiting) and otherwise only now and then (worker.purgeAnyway).
+// waits and when one came back empty (either would have taken such a message), so the workers
+// purge then and otherwise only now and then (worker.purgeAnyway).
 //
 // The request is JetStream's purge API, sent as it is: the jetstream package purges only through
 // a Stream, and looking one up needs the stream's info, which the workers' NATS users may not

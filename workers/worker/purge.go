@@ -11,7 +11,8 @@ import (
 
 const (
 	// purgeEvery spaces a lane's purges of what it acknowledged (stream.PurgeBelowFloor): a busy
-	// lane asks for its consumer's info once a second and purges when a pull request waits.
+	// lane asks for its consumer's info at most once a second and purges when the redelivery
+	// queue is known to be empty (see maybePurge).
 	purgeEvery = time.Second
 	// purgeAnyway is how long a lane goes without purging while its consumer never has a pull
 	// request waiting (a backlog fills every pull at once). A purge then may strand a queued
@@ -45,16 +46,21 @@ func newPurger(w *Worker, consumer jetstream.Consumer, name string) *purger {
 func (p *purger) acknowledged(seq uint64) { p.highest = max(p.highest, seq) }
 
 // maybePurge purges when the lane acknowledged beyond the last purge's floor, purgeEvery has
-// passed since the last look, and a pull request waits on the consumer (or purgeAnyway has
-// passed). A failure is logged once and tried again later: the messages stay in the stream,
-// acknowledged, and take room until a purge succeeds.
-func (p *purger) maybePurge(ctx context.Context) {
+// passed since the last look, and the consumer's redelivery queue is empty, which a purge would
+// clear: the lane's own pull just came back empty (idle: it would have taken a queued message)
+// or another pull waits on the consumer. During a backlog neither holds, so it purges anyway
+// every purgeAnyway. A failure is logged once and tried again later: the messages stay in the
+// stream, acknowledged, and take room until a purge succeeds.
+//
+// The waiting pull alone is not enough: right after a lane's pull ends, its next one has often
+// not reached the server yet, and an idle lane looks only then.
+func (p *purger) maybePurge(ctx context.Context, idle bool) {
 	if p.highest <= p.purged || time.Since(p.tried) < purgeEvery || ctx.Err() != nil {
 		return
 	}
 	p.tried = time.Now()
 	info, err := p.consumer.Info(ctx)
-	if err == nil && info.NumWaiting == 0 && time.Since(p.since) < purgeAnyway {
+	if err == nil && !idle && info.NumWaiting == 0 && time.Since(p.since) < purgeAnyway {
 		return
 	}
 	var n uint64

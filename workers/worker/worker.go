@@ -260,7 +260,8 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name 
 			nakAll(f)
 			return nil
 		}
-		if len(f.items)+len(f.bad) == 0 {
+		idle := f.size() == 0 && f.err == nil
+		if idle {
 			w.metrics.pending.WithLabelValues(w.stream.String()).Set(0)
 		} else if err := w.handle(ctx, f); err != nil {
 			return err
@@ -268,7 +269,7 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name 
 			w.metrics.consumed.WithLabelValues(w.stream.String(), name).Add(float64(len(f.items) + len(f.bad)))
 			purges.acknowledged(f.maxSeq)
 		}
-		purges.maybePurge(ctx) // also after an empty pull, so the last acknowledgements are purged
+		purges.maybePurge(ctx, idle) // also after an empty pull, so the last acknowledgements are purged
 		if f.err != nil {
 			return f.err
 		}
