@@ -260,8 +260,7 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name 
 			nakAll(f)
 			return nil
 		}
-		idle := f.size() == 0 && f.err == nil
-		if idle {
+		if f.size() == 0 {
 			w.metrics.pending.WithLabelValues(w.stream.String()).Set(0)
 		} else if err := w.handle(ctx, f); err != nil {
 			return err
@@ -269,7 +268,8 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name 
 			w.metrics.consumed.WithLabelValues(w.stream.String(), name).Add(float64(len(f.items) + len(f.bad)))
 			purges.acknowledged(f.maxSeq)
 		}
-		purges.maybePurge(ctx, idle) // also after an empty pull, so the last acknowledgements are purged
+		idle := f.size() == 0 && f.err == nil // a pull that came back empty
+		purges.maybePurge(ctx, idle)          // also then, so the last acknowledgements are purged
 		if f.err != nil {
 			return f.err
 		}
