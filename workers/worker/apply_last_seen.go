@@ -42,26 +42,6 @@ func (s *lastSeenChanges) userEvent(id string, at time.Time) {
 	s.userEvents[id] = maxTime(s.userEvents[id], at)
 }
 
-// lockAccounts locks the existing rows of every account the transaction writes from here on (the
-// upserted, those raised, those recomputed) in one sorted pass. The upsert and the raise each lock
-// in an order of their own; two transactions of different partitions whose upserted and raised
-// accounts cross would deadlock, which Postgres finds only after deadlock_timeout (a second).
-func (a *applier) lockAccounts(b *pgx.Batch, f *folded) error {
-	ids := map[string]bool{}
-	for _, c := range f.Accounts {
-		ids[c.ID] = true
-	}
-	for id := range a.seen.accountEvents {
-		ids[id] = true
-	}
-	maps.Copy(ids, a.seen.recomputeAccounts)
-	if len(ids) > 0 {
-		b.Queue(`SELECT 1 FROM tally.accounts WHERE tenant = $1 AND account_id = ANY($2::text[]) ORDER BY account_id FOR NO KEY UPDATE`,
-			a.tenant, slices.Sorted(maps.Keys(ids)))
-	}
-	return nil
-}
-
 // raiseUserLastSeen and raiseAccountLastSeen take the events' maximum into last_seen_at of the
 // existing rows not upserted now. A row that does not exist yet is left alone: its creation
 // recomputes it. A user's creation and its raises hold the user's slot; an account may be

@@ -28,9 +28,7 @@ import (
 //   - Deletions lock every slot: they are rare and touch everything.
 //
 // Accounts are shared by the users of many partitions. Their upserts merge in one statement, so
-// concurrent ones need no lock of their own; the rows the upsert and the raise of last_seen_at
-// write are locked first in one sorted pass (lockAccounts), since the two statements each lock in
-// their own order. last_seen_at needs a lock where a maximum is not enough: an account
+// concurrent ones need no lock; last_seen_at needs one where a maximum is not enough: an account
 // created while another transaction attributes an event to it, and a recompute racing a raise.
 // Those take a lock row per account (a:<id>) and the account's row lock before the recompute
 // (settleAccounts), at the end of the transaction, so the locks are held for the shortest time.

@@ -2,12 +2,10 @@ package worker
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
@@ -43,54 +41,6 @@ var _ = Describe("Concurrent partitions of one tenant", func() {
 		}
 	})
 
-	It("lock the accounts they write in one order, so one's upsert crossing the other's raise does not deadlock", func(ctx SpecContext) {
-		tenant := fmt.Sprintf("cross-%d", sourceSeq.Add(1))
-		one, other := usersInDifferentSlots()
-		const accounts = 40
-		batch := func(round int, user, upserted, raised, event string) *folded {
-			var msgs []msg
-			for i := range accounts {
-				id := fmt.Sprintf("%s-%d-%d", user, round, i)
-				msgs = append(msgs,
-					group("g"+id, user, fmt.Sprintf("%s-%d-%d", upserted, round, i), float64(10+round), map[string]any{"plan": round}),
-					track("t"+id, user, event, float64(20+round), nil, map[string]any{"groupId": fmt.Sprintf("%s-%d-%d", raised, round, i)}))
-			}
-			return foldOf(msgs...)
-		}
-		deadlocks := 0
-		for round := range 20 {
-			var existing []msg // both sets of accounts exist, so each transaction raises rows the other upserts
-			for i := range accounts {
-				existing = append(existing, group(fmt.Sprintf("ga%d-%d", round, i), "setup", fmt.Sprintf("a-%d-%d", round, i), 1, nil),
-					group(fmt.Sprintf("gb%d-%d", round, i), "setup", fmt.Sprintf("b-%d-%d", round, i), 1, nil))
-			}
-			applyUntilDone(ctx, tenant, foldOf(existing...))
-			// Different event names: their catalog rows do not order the two transactions.
-			crossing := []*folded{batch(round, one, "a", "b", "Left"), batch(round, other, "b", "a", "Right")}
-			var wg sync.WaitGroup
-			var mu sync.Mutex
-			start := make(chan struct{})
-			for _, f := range crossing {
-				wg.Go(func() {
-					defer GinkgoRecover()
-					<-start
-					_, err := apply(ctx, testPool, tenant, "test/cross", f, testBounds, newLockSet())
-					if isDeadlock(err) {
-						mu.Lock()
-						deadlocks++
-						mu.Unlock()
-					}
-					applyUntilDone(ctx, tenant, f) // whatever happened, the batch lands
-				})
-			}
-			close(start)
-			wg.Wait()
-		}
-		Expect(deadlocks).To(BeZero())
-		row := queryRow(ctx, `SELECT count(*) AS n FROM tally.accounts WHERE tenant = $1 AND last_seen_at >= $2`, tenant, ts(20))
-		Expect(row["n"]).To(BeEquivalentTo(20*2*accounts), "every account raised to its track's time")
-	})
-
 	It("lock the slots of a batch's users, of the users its anonymous events are tied to, and every slot for a deletion", func(ctx SpecContext) {
 		tenant := fmt.Sprintf("locks-%d", sourceSeq.Add(1))
 		applyUntilDone(ctx, tenant, foldOf(msg{"type": "identify", "messageId": "i1", "userId": "u1", "anonymousId": "a1",
@@ -107,11 +57,6 @@ var _ = Describe("Concurrent partitions of one tenant", func() {
 		Expect(baseLocks(deletion).keys()).To(HaveLen(stream.Slots))
 	})
 })
-
-func isDeadlock(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "40P01"
-}
 
 // usersInDifferentSlots are two userIds whose lock slots differ.
 func usersInDifferentSlots() (string, string) {
