@@ -70,11 +70,21 @@ var _ = Describe("Purging acknowledged messages", func() {
 			}
 			return got
 		}
+		ackAll := func(msgs []jetstream.Msg) {
+			for _, m := range msgs {
+				Expect(m.DoubleAck(ctx)).To(Succeed())
+			}
+		}
+		// commitNew publishes tracks from..to and acknowledges them, as a lane that committed them.
+		commitNew := func(from, to int) {
+			tracks(ctx, src, from, to)
+			got := fetch(to-from, time.Second)
+			Expect(got).To(HaveLen(to - from))
+			ackAll(got)
+		}
 		held := fetch(10, time.Second)
 		Expect(held).To(HaveLen(10))
-		for _, m := range held[:5] {
-			Expect(m.DoubleAck(ctx)).To(Succeed())
-		}
+		ackAll(held[:5])
 		for _, m := range held[5:] { // a stopping worker hands these back (nakAll)
 			Expect(m.NakWithDelay(time.Nanosecond)).To(Succeed())
 		}
@@ -85,9 +95,7 @@ var _ = Describe("Purging acknowledged messages", func() {
 
 		redelivered := fetch(10, time.Second) // far less than the ack wait
 		Expect(redelivered).To(HaveLen(5))
-		for _, m := range redelivered {
-			Expect(m.DoubleAck(ctx)).To(Succeed())
-		}
+		ackAll(redelivered)
 		p.acknowledged(10)
 
 		By("purging once a pull waits")
@@ -104,12 +112,7 @@ var _ = Describe("Purging acknowledged messages", func() {
 		Expect(<-waiting).To(BeEmpty())
 
 		By("purging after the lane's own pull came back empty, with no pull waiting")
-		tracks(ctx, src, 10, 12)
-		got := fetch(2, time.Second)
-		Expect(got).To(HaveLen(2))
-		for _, m := range got {
-			Expect(m.DoubleAck(ctx)).To(Succeed())
-		}
+		commitNew(10, 12)
 		Expect(fetch(1, 100*time.Millisecond)).To(BeEmpty())
 		p.acknowledged(12)
 		p.tried = time.Time{}
@@ -117,12 +120,7 @@ var _ = Describe("Purging acknowledged messages", func() {
 		Expect(stored(ctx, src)).To(BeZero())
 
 		By("purging anyway after purgeAnyway without a waiting pull")
-		tracks(ctx, src, 12, 14)
-		more := fetch(2, time.Second)
-		Expect(more).To(HaveLen(2))
-		for _, m := range more {
-			Expect(m.DoubleAck(ctx)).To(Succeed())
-		}
+		commitNew(12, 14)
 		p.acknowledged(14)
 		p.tried, p.since = time.Time{}, time.Now().Add(-purgeAnyway)
 		p.maybePurge(ctx, false)

@@ -265,7 +265,7 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name 
 		} else if err := w.handle(ctx, f); err != nil {
 			return err
 		} else {
-			w.metrics.consumed.WithLabelValues(w.stream.String(), name).Add(float64(len(f.items) + len(f.bad)))
+			w.metrics.consumed.WithLabelValues(w.stream.String(), name).Add(float64(f.size()))
 			purges.acknowledged(f.maxSeq)
 		}
 		idle := f.size() == 0 && f.err == nil // a pull that came back empty
