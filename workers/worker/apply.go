@@ -70,7 +70,7 @@ func apply(ctx context.Context, pool *pgxpool.Pool, tenant, source string, f *fo
 		}
 		rounds = [][]func(*pgx.Batch, *folded) error{
 			// needs the inserted events
-			{a.users, a.raiseUserLastSeen, a.aliases, a.catalog, a.accounts, a.raiseAccountLastSeen},
+			{a.users, a.raiseUserLastSeen, a.aliases, a.catalog, a.lockAccounts, a.accounts, a.raiseAccountLastSeen},
 			{a.settleAccounts},    // needs the created accounts and those the raise missed
 			{a.recomputeLastSeen}, // under those locks
 		}

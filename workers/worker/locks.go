@@ -27,13 +27,17 @@ import (
 //     back, and it is tried again with those slots too (errLockSetGrew).
 //   - Deletions lock every slot: they are rare and touch everything.
 //
-// Accounts are shared by the users of many partitions. Their upserts merge in one statement, so
-// concurrent ones need no lock; last_seen_at needs one where a maximum is not enough: an account
-// created while another transaction attributes an event to it, and a recompute racing a raise.
-// Those take a lock row per account (a:<id>) and the account's row lock before the recompute
-// (settleAccounts), at the end of the transaction, so the locks are held for the shortest time.
-// Slots are taken first in one sorted statement, account locks later in another, so transactions
-// do not deadlock on them (a deadlock Postgres still finds elsewhere is retried as contention).
+// Accounts are shared by the users of many partitions. A transaction that writes any account
+// first takes its tenant's accounts row (lockAccounts, near its end, after the event catalog):
+// the upsert and the raise of last_seen_at each lock account rows in an order of their own, and
+// two partitions whose upserted and raised accounts crossed deadlocked. The catalog's rows
+// already order most transactions' ends (batches name the same events), so the tenant-wide row
+// costs little where it matters. last_seen_at also needs a lock where a maximum is not enough:
+// an account created while another transaction attributes an event to it, and a recompute racing
+// a raise. Those take a lock row per account (a:<id>) and the account's row lock before the
+// recompute (settleAccounts), as a worker of the previous version does. Slots are taken first in
+// one sorted statement, the accounts row and the account locks later, so transactions do not
+// deadlock on them (a deadlock Postgres still finds elsewhere is retried as contention).
 
 // lockSet is what a transaction locks: every slot, or some.
 type lockSet struct {
@@ -71,6 +75,18 @@ func (l lockSet) merge(other lockSet) lockSet {
 func slotKey(slot int) string { return fmt.Sprintf("s%02d", slot) }
 
 func accountKey(id string) string { return "a:" + id }
+
+// accountsKey is the lock row of all the tenant's accounts (no account key has this form).
+const accountsKey = "accounts"
+
+// lockAccounts takes the tenant's accounts row when the transaction writes an account: one it
+// upserts, raises or recomputes (those of moved events are known by now).
+func (a *applier) lockAccounts(b *pgx.Batch, f *folded) error {
+	if len(f.Accounts) > 0 || len(a.seen.accountEvents) > 0 || len(a.seen.recomputeAccounts) > 0 {
+		queueLockRows(b, a.tenant, []string{accountsKey})
+	}
+	return nil
+}
 
 // baseLocks are the slots a batch needs from its messages alone.
 func baseLocks(f *folded) lockSet {

@@ -2,10 +2,12 @@ package worker
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
@@ -41,6 +43,63 @@ var _ = Describe("Concurrent partitions of one tenant", func() {
 		}
 	})
 
+	It("take their tenant's accounts row before writing accounts, so one's upsert crossing the other's raise does not deadlock", func(ctx SpecContext) {
+		tenant := fmt.Sprintf("cross-%d", sourceSeq.Add(1))
+		one, other := usersInDifferentSlots()
+		const accounts, rounds = 40, 5
+		batch := func(round int, user, upserted, raised, event string) *folded {
+			var msgs []msg
+			for i := range accounts {
+				id := fmt.Sprintf("%s-%d-%02d", user, round, i)
+				msgs = append(msgs,
+					group("g"+id, user, fmt.Sprintf("%s-%d-%02d", upserted, round, i), float64(10+round), map[string]any{"plan": round}),
+					track("t"+id, user, event, float64(20+round), nil, map[string]any{"groupId": fmt.Sprintf("%s-%d-%02d", raised, round, i)}))
+			}
+			return foldOf(msgs...)
+		}
+		deadlocks := 0
+		for round := range rounds {
+			var existing []msg // both sets of accounts exist, so each transaction raises rows the other upserts
+			for i := range accounts {
+				existing = append(existing, group(fmt.Sprintf("ga%d-%d", round, i), "setup", fmt.Sprintf("a-%d-%02d", round, i), 1, nil),
+					group(fmt.Sprintf("gb%d-%d", round, i), "setup", fmt.Sprintf("b-%d-%02d", round, i), 1, nil))
+			}
+			applyUntilDone(ctx, tenant, foldOf(existing...))
+			// Line the two up: the last account each upserts is held here, so each has locked the
+			// others it upserts when both go on to raise the other's (what the scheduler makes
+			// rare, made certain). Different event names: their catalog rows do not order them.
+			hold, err := testPool.Begin(ctx)
+			Expect(err).NotTo(HaveOccurred())
+			_, err = hold.Exec(ctx, `SELECT 1 FROM tally.accounts WHERE tenant = $1 AND account_id = ANY($2::text[]) FOR UPDATE`,
+				tenant, []string{fmt.Sprintf("a-%d-%02d", round, accounts-1), fmt.Sprintf("b-%d-%02d", round, accounts-1)})
+			Expect(err).NotTo(HaveOccurred())
+			crossing := []*folded{batch(round, one, "a", "b", "Left"), batch(round, other, "b", "a", "Right")}
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			for _, f := range crossing {
+				wg.Go(func() {
+					defer GinkgoRecover()
+					_, err := apply(ctx, testPool, tenant, "test/cross", f, testBounds, newLockSet())
+					if isDeadlock(err) {
+						mu.Lock()
+						deadlocks++
+						mu.Unlock()
+					}
+					applyUntilDone(ctx, tenant, f) // whatever happened, the batch lands
+				})
+			}
+			Eventually(func() any {
+				return queryRow(ctx, `SELECT count(*) AS n FROM pg_stat_activity
+					WHERE datname = current_database() AND cardinality(pg_blocking_pids(pid)) > 0`)["n"]
+			}).Should(BeEquivalentTo(2), "both transactions wait (on the held accounts, or one on the other)")
+			Expect(hold.Commit(ctx)).To(Succeed())
+			wg.Wait()
+		}
+		Expect(deadlocks).To(BeZero())
+		row := queryRow(ctx, `SELECT count(*) AS n FROM tally.accounts WHERE tenant = $1 AND last_seen_at >= $2`, tenant, ts(20))
+		Expect(row["n"]).To(BeEquivalentTo(rounds*2*accounts), "every account raised to its track's time")
+	})
+
 	It("lock the slots of a batch's users, of the users its anonymous events are tied to, and every slot for a deletion", func(ctx SpecContext) {
 		tenant := fmt.Sprintf("locks-%d", sourceSeq.Add(1))
 		applyUntilDone(ctx, tenant, foldOf(msg{"type": "identify", "messageId": "i1", "userId": "u1", "anonymousId": "a1",
@@ -57,6 +116,11 @@ var _ = Describe("Concurrent partitions of one tenant", func() {
 		Expect(baseLocks(deletion).keys()).To(HaveLen(stream.Slots))
 	})
 })
+
+func isDeadlock(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "40P01"
+}
 
 // usersInDifferentSlots are two userIds whose lock slots differ.
 func usersInDifferentSlots() (string, string) {
