@@ -34,19 +34,33 @@ func Acknowledged(ctx context.Context, js jetstream.JetStream, streamName, consu
 	return nil
 }
 
-// Drained is nil once a source's stream holds no message: its workers acknowledged every one, by
-// whichever of its consumers (a partitioned source has one per partition), and purged it.
+// Drained is nil once the workers acknowledged every message of a source's stream, by whichever
+// of its consumers (a partitioned source has one per partition): none has a message waiting or
+// in flight, and the stream's last message is below one's ack floor. The stream may still hold
+// acknowledged messages: a quiet lane purges them later.
 func Drained(ctx context.Context, js jetstream.JetStream, streamName string) error {
 	s, err := js.Stream(ctx, streamName)
 	if err != nil {
 		return err
 	}
-	info, err := s.Info(ctx)
+	sinfo, err := s.Info(ctx)
 	if err != nil {
 		return err
 	}
-	if info.State.Msgs > 0 {
-		return fmt.Errorf("stream %s: %d messages not acknowledged and purged yet", streamName, info.State.Msgs)
+	var floor uint64
+	consumers := s.ListConsumers(ctx)
+	for info := range consumers.Info() {
+		if info.NumPending > 0 || info.NumAckPending > 0 {
+			return fmt.Errorf("stream %s: consumer %s has %d messages waiting, %d in flight",
+				streamName, info.Name, info.NumPending, info.NumAckPending)
+		}
+		floor = max(floor, info.AckFloor.Stream)
+	}
+	if err := consumers.Err(); err != nil {
+		return err
+	}
+	if floor < sinfo.State.LastSeq {
+		return fmt.Errorf("stream %s: its last message, %d, not acknowledged yet", streamName, sinfo.State.LastSeq)
 	}
 	return nil
 }

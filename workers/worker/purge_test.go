@@ -35,8 +35,10 @@ var _ = Describe("Purging acknowledged messages", func() {
 	It("empties the stream of what the worker committed, and keeps what no worker took", func(ctx SpecContext) {
 		src := newSource(ctx, "")
 		purged := func() float64 { return testutil.ToFloat64(testMetrics.purged.WithLabelValues(src.String())) }
+		// A lane this quiet would wait purgeQuiet; the spec looks at the rest of the schedule.
+		notQuiet := func(w *Worker) { w.purgeQuiet = 0 }
 		tracks(ctx, src, 0, 50)
-		stop := startWorker(src, 20)
+		stop := startWorker(src, 20, notQuiet)
 		Eventually(func() int64 { return events(ctx, src) }).Should(BeEquivalentTo(50))
 		// Within purgeAnyway: an idle lane purges after its next empty pull, not on the backlog's schedule.
 		Eventually(func() uint64 { return stored(ctx, src) }).WithTimeout(purgeAnyway/2).Should(BeZero(), "the last purge follows the last batch within seconds")
@@ -48,17 +50,18 @@ var _ = Describe("Purging acknowledged messages", func() {
 		Consistently(func() uint64 { return stored(ctx, src) }, 2*purgeEvery).Should(BeEquivalentTo(10))
 
 		By("purging them once a worker committed them, each once")
-		startWorker(src, 20)
+		startWorker(src, 20, notQuiet)
 		Eventually(func() uint64 { return stored(ctx, src) }).WithTimeout(purgeAnyway / 2).Should(BeZero())
 		Expect(events(ctx, src)).To(BeEquivalentTo(60))
 		Eventually(purged).Should(BeEquivalentTo(60))
 	})
 
-	It("does not purge while no pull waits and its own pull was not empty, so a message handed back is redelivered at once", func(ctx SpecContext) {
+	It("purges only when a message handed back cannot be stranded in the redelivery queue, and a quiet lane only now and then", func(ctx SpecContext) {
 		src := newSource(ctx, "")
 		tracks(ctx, src, 0, 10)
 		w, err := New(Options{Pool: testPool, JetStream: js, Source: src, Logger: testenv.QuietLogger(), Metrics: testMetrics})
 		Expect(err).NotTo(HaveOccurred())
+		w.purgeQuiet = 0 // until the last step, which is about quiet lanes
 		consumer, err := js.Consumer(ctx, src.Stream().StreamName(), stream.WorkerConsumer)
 		Expect(err).NotTo(HaveOccurred())
 		fetch := func(n int, wait time.Duration) []jetstream.Msg {
@@ -89,14 +92,14 @@ var _ = Describe("Purging acknowledged messages", func() {
 			Expect(m.NakWithDelay(time.Nanosecond)).To(Succeed())
 		}
 		p := newPurger(w, consumer, stream.WorkerConsumer)
-		p.acknowledged(5)
+		p.acknowledged(5, 5)
 		p.maybePurge(ctx, false)
 		Expect(stored(ctx, src)).To(BeEquivalentTo(10), "no pull waits: the handed-back messages may sit in the redelivery queue")
 
 		redelivered := fetch(10, time.Second) // far less than the ack wait
 		Expect(redelivered).To(HaveLen(5))
 		ackAll(redelivered)
-		p.acknowledged(10)
+		p.acknowledged(10, 5)
 
 		By("purging once a pull waits")
 		waiting := make(chan []jetstream.Msg)
@@ -114,16 +117,37 @@ var _ = Describe("Purging acknowledged messages", func() {
 		By("purging after the lane's own pull came back empty, with no pull waiting")
 		commitNew(10, 12)
 		Expect(fetch(1, 100*time.Millisecond)).To(BeEmpty())
-		p.acknowledged(12)
+		p.acknowledged(12, 2)
 		p.tried = time.Time{}
 		p.maybePurge(ctx, true)
 		Expect(stored(ctx, src)).To(BeZero())
 
 		By("purging anyway after purgeAnyway without a waiting pull")
 		commitNew(12, 14)
-		p.acknowledged(14)
+		p.acknowledged(14, 2)
 		p.tried, p.since = time.Time{}, time.Now().Add(-purgeAnyway)
 		p.maybePurge(ctx, false)
+		Expect(stored(ctx, src)).To(BeZero())
+
+		By("keeping a quiet lane's few acknowledged messages until purgeQuiet has passed since its last purge")
+		w.purgeQuiet = purgeQuiet
+		p.drawQuiet()
+		commitNew(14, 16)
+		Expect(fetch(1, 100*time.Millisecond)).To(BeEmpty())
+		p.acknowledged(16, 2)
+		p.tried = time.Time{}
+		p.maybePurge(ctx, true)
+		Expect(stored(ctx, src)).To(BeEquivalentTo(2), "two messages since the last purge, a moment ago")
+		p.tried, p.since = time.Time{}, time.Now().Add(-purgeQuiet)
+		p.maybePurge(ctx, true)
+		Expect(stored(ctx, src)).To(BeZero(), "purgeQuiet since the last purge")
+
+		By("purging a lane that acknowledged purgeBatch messages without waiting")
+		commitNew(16, 18)
+		Expect(fetch(1, 100*time.Millisecond)).To(BeEmpty())
+		p.acknowledged(18, purgeBatch) // as if the two were a thousand: the count is what matters
+		p.tried = time.Time{}
+		p.maybePurge(ctx, true)
 		Expect(stored(ctx, src)).To(BeZero())
 	})
 })

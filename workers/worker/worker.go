@@ -87,6 +87,8 @@ type Worker struct {
 	log       *slog.Logger
 	metrics   *Metrics
 	acks      Acknowledger
+	// purgeQuiet is how long a quiet lane waits to purge (see purgeQuiet; shorter in tests).
+	purgeQuiet time.Duration
 
 	source atomic.Pointer[source.Config]
 	ready  atomic.Bool
@@ -131,6 +133,7 @@ func New(o Options) (*Worker, error) {
 	w := &Worker{
 		pool: o.Pool, js: o.JetStream, stream: o.Source.Stream(), tenant: o.Source.Tenant,
 		batchSize: o.BatchSize, maxWait: o.MaxWait, metrics: o.Metrics, acks: o.Acknowledger,
+		purgeQuiet:   purgeQuiet,
 		bounds:       txBounds{statement: o.StatementTimeout, lock: o.LockTimeout, batchBytes: o.BatchBytes},
 		log:          o.Logger.With("source", o.Source.String()),
 		lanesChanged: make(chan struct{}, 1),
@@ -266,7 +269,7 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name 
 			return err
 		} else {
 			w.metrics.consumed.WithLabelValues(w.stream.String(), name).Add(float64(f.size()))
-			purges.acknowledged(f.maxSeq)
+			purges.acknowledged(f.maxSeq, f.size())
 		}
 		idle := f.size() == 0 && f.err == nil // a pull that came back empty
 		purges.maybePurge(ctx, idle)          // also then, so the last acknowledgements are purged
