@@ -1,10 +1,12 @@
 package worker
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -70,6 +72,7 @@ var _ = Describe("Concurrent partitions of one tenant", func() {
 			// rare, made certain). Different event names: their catalog rows do not order them.
 			hold, err := testPool.Begin(ctx)
 			Expect(err).NotTo(HaveOccurred())
+			DeferCleanup(func() { _ = hold.Rollback(context.Background()) }) // a no-op once committed
 			_, err = hold.Exec(ctx, `SELECT 1 FROM tally.accounts WHERE tenant = $1 AND account_id = ANY($2::text[]) FOR UPDATE`,
 				tenant, []string{fmt.Sprintf("a-%d-%02d", round, accounts-1), fmt.Sprintf("b-%d-%02d", round, accounts-1)})
 			Expect(err).NotTo(HaveOccurred())
@@ -91,7 +94,7 @@ var _ = Describe("Concurrent partitions of one tenant", func() {
 			Eventually(func() any {
 				return queryRow(ctx, `SELECT count(*) AS n FROM pg_stat_activity
 					WHERE datname = current_database() AND cardinality(pg_blocking_pids(pid)) > 0`)["n"]
-			}).Should(BeEquivalentTo(2), "both transactions wait (on the held accounts, or one on the other)")
+			}).WithTimeout(10*time.Second).Should(BeEquivalentTo(2), "both transactions wait (on the held accounts, or one on the other)")
 			Expect(hold.Commit(ctx)).To(Succeed())
 			wg.Wait()
 		}
