@@ -49,13 +49,15 @@ var _ = Describe("Concurrent partitions of one tenant", func() {
 		tenant := fmt.Sprintf("cross-%d", sourceSeq.Add(1))
 		one, other := usersInDifferentSlots()
 		const accounts, rounds = 40, 5
+		// name is the i-th id of a round under prefix; zero-padded, so the last is the greatest.
+		name := func(prefix string, round, i int) string { return fmt.Sprintf("%s-%d-%02d", prefix, round, i) }
 		batch := func(round int, user, upserted, raised, event string) *folded {
 			var msgs []msg
 			for i := range accounts {
-				id := fmt.Sprintf("%s-%d-%02d", user, round, i)
+				id := name(user, round, i)
 				msgs = append(msgs,
-					group("g"+id, user, fmt.Sprintf("%s-%d-%02d", upserted, round, i), float64(10+round), map[string]any{"plan": round}),
-					track("t"+id, user, event, float64(20+round), nil, map[string]any{"groupId": fmt.Sprintf("%s-%d-%02d", raised, round, i)}))
+					group("g"+id, user, name(upserted, round, i), float64(10+round), map[string]any{"plan": round}),
+					track("t"+id, user, event, float64(20+round), nil, map[string]any{"groupId": name(raised, round, i)}))
 			}
 			return foldOf(msgs...)
 		}
@@ -63,8 +65,8 @@ var _ = Describe("Concurrent partitions of one tenant", func() {
 		for round := range rounds {
 			var existing []msg // both sets of accounts exist, so each transaction raises rows the other upserts
 			for i := range accounts {
-				existing = append(existing, group(fmt.Sprintf("ga%d-%d", round, i), "setup", fmt.Sprintf("a-%d-%02d", round, i), 1, nil),
-					group(fmt.Sprintf("gb%d-%d", round, i), "setup", fmt.Sprintf("b-%d-%02d", round, i), 1, nil))
+				existing = append(existing, group(name("ga", round, i), "setup", name("a", round, i), 1, nil),
+					group(name("gb", round, i), "setup", name("b", round, i), 1, nil))
 			}
 			applyUntilDone(ctx, tenant, foldOf(existing...))
 			// Line the two up: the last account each upserts is held here, so each has locked the
@@ -74,7 +76,7 @@ var _ = Describe("Concurrent partitions of one tenant", func() {
 			Expect(err).NotTo(HaveOccurred())
 			DeferCleanup(func() { _ = hold.Rollback(context.Background()) }) // a no-op once committed
 			_, err = hold.Exec(ctx, `SELECT 1 FROM tally.accounts WHERE tenant = $1 AND account_id = ANY($2::text[]) FOR UPDATE`,
-				tenant, []string{fmt.Sprintf("a-%d-%02d", round, accounts-1), fmt.Sprintf("b-%d-%02d", round, accounts-1)})
+				tenant, []string{name("a", round, accounts-1), name("b", round, accounts-1)})
 			Expect(err).NotTo(HaveOccurred())
 			crossing := []*folded{batch(round, one, "a", "b", "Left"), batch(round, other, "b", "a", "Right")}
 			var wg sync.WaitGroup
