@@ -106,7 +106,7 @@ func Run(ctx context.Context, o Options) error {
 	defer tenants.Close()
 
 	// With fsync on every write, one atomic batch per request saves an fsync per message.
-	popts := PipelineOptions{Conn: nc, Pool: pool, TenantPool: tenants.Pool, TenantURL: tenants.URL, AtomicBatches: o.SyncAlways,
+	popts := PipelineOptions{Conn: nc, Pool: pool, TenantPool: tenants.Pool, PoolLogins: tenants, AtomicBatches: o.SyncAlways,
 		BatchSize: o.BatchSize, MaxWait: o.MaxWait, Logger: log}
 	if users != nil {
 		if popts.ReceiverConn, err = users.receiver(sources); err != nil {

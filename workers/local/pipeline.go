@@ -38,9 +38,9 @@ type PipelineOptions struct {
 	// PoolWorkerConn, when set, is the NATS connection of a SegmentSourcePool's workers (tally
 	// local: the pool's worker user); else they use Conn.
 	PoolWorkerConn func(p pool.Ref) (*nats.Conn, error)
-	// TenantURL is the Postgres login of a tenant, for pool members (see StartPool); without it
-	// they have none and wait.
-	TenantURL func(ctx context.Context, tenant string) (string, error)
+	// PoolLogins give a pool's members their Postgres login (see StartPool): the pool's own, as
+	// each member tenant's role; without them the members have none and wait.
+	PoolLogins PoolLogins
 	// AtomicBatches publishes each request as atomic batches: worth it when NATS fsyncs every
 	// write (see receiver.Options.AtomicBatches).
 	AtomicBatches bool

@@ -43,9 +43,12 @@ func (p *Pipeline) StartPool(ctx context.Context, ref pool.Ref, members []*sourc
 	}
 	o := worker.PoolOptions{Pool: ref, JetStream: js, Registerer: p.opts.Registry, InsightsMetrics: p.insights,
 		Worker: worker.Options{BatchSize: p.opts.BatchSize, MaxWait: p.opts.MaxWait, Logger: p.opts.Logger, Metrics: p.metrics}}
-	if p.opts.TenantURL != nil {
-		o.MemberDatabaseURL = func(ctx context.Context, src *source.Config) (string, error) {
-			return p.opts.TenantURL(ctx, src.Tenant)
+	if logins := p.opts.PoolLogins; logins != nil {
+		if err := logins.KeepMembers(ctx, ref, members); err != nil {
+			return err
+		}
+		o.MemberDatabaseLogin = func(ctx context.Context, src *source.Config) (worker.DatabaseLogin, error) {
+			return logins.MemberLogin(ctx, ref, src)
 		}
 	}
 	pw, err := worker.NewPool(o)

@@ -5,12 +5,15 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
 	"github.com/tallyhq/tally/test/testenv"
 	"github.com/tallyhq/tally/workers/pool"
 	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/worker"
 )
 
 const (
@@ -101,6 +104,13 @@ var _ = Describe("Run with a SegmentSourcePool", func() {
 			}).WithTimeout(30 * time.Second).Should(ConsistOf(HaveKeyWithValue("message_id", tenant+"-1")))
 		}
 
+		By("the pool's workers wrote both tenants' rows with one login, the pool's, as each tenant's role")
+		logins := query(ctx, dbURL, `SELECT DISTINCT a.usename::text AS login, p.pool FROM pg_stat_activity a
+			LEFT JOIN tally.pool_logins p ON p.role_name = a.usename WHERE a.datname = current_database() AND a.application_name = 'tally-pool-worker'`)
+		Expect(logins).To(ConsistOf(HaveKeyWithValue("pool", "platform/shared")))
+		Expect(query(ctx, dbURL, `SELECT member, tenant FROM tally.pool_members WHERE pool = 'platform/shared'`)).To(ConsistOf(
+			map[string]any{"member": "team-a/web", "tenant": "tenant-a"}, map[string]any{"member": "team-b/app", "tenant": "tenant-b"}))
+
 		By("the pool's bucket lists both members by key digest, never the key")
 		kv, err := r.jetStream().KeyValue(ctx, pool.Ref{Namespace: "platform", Name: "shared"}.Bucket())
 		Expect(err).NotTo(HaveOccurred())
@@ -116,5 +126,35 @@ var _ = Describe("Run with a SegmentSourcePool", func() {
 		err := Run(ctx, Options{Manifests: poolManifests(true), DataDir: GinkgoT().TempDir(), DatabaseURL: freshDatabase(ctx, "local_pool_refused"),
 			Listen: "127.0.0.1:0", NATSPort: -1, Logger: testenv.QuietLogger(), Out: GinkgoWriter})
 		Expect(err).To(MatchError(ContainSubstring("SegmentSource team-c/site: SegmentSourcePool platform/shared does not admit namespace team-c")))
+	})
+})
+
+var _ = Describe("Pool logins", func() {
+	It("give a pool's members one login, each as its tenant's role, and take back the grants of sources that left", func(ctx SpecContext) {
+		dbURL := freshDatabase(ctx, "local_pool_logins")
+		Expect(worker.Migrate(ctx, dbURL)).To(Succeed())
+		admin, err := pgxpool.New(ctx, dbURL)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(admin.Close)
+		tenants := newTenantPools(admin, dbURL, testenv.QuietLogger())
+		ref := pool.Ref{Namespace: "platform", Name: "shared"}
+		a := &source.Config{Namespace: "team-a", Name: "web", Tenant: "tenant-a"}
+		b := &source.Config{Namespace: "team-b", Name: "app", Tenant: "tenant-b"}
+		loginA, err := tenants.MemberLogin(ctx, ref, a)
+		Expect(err).NotTo(HaveOccurred())
+		loginB, err := tenants.MemberLogin(ctx, ref, b)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(loginA.URL).To(Equal(loginB.URL), "one login for the pool")
+		Expect(loginA.Role).NotTo(Equal(loginB.Role))
+
+		Expect(tenants.KeepMembers(ctx, ref, []*source.Config{a})).To(Succeed())
+		Expect(query(ctx, dbURL, `SELECT member FROM tally.pool_members`)).To(ConsistOf(HaveKeyWithValue("member", "team-a/web")))
+		conn, err := pgx.Connect(ctx, loginA.URL)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func(ctx SpecContext) { _ = conn.Close(ctx) })
+		_, err = conn.Exec(ctx, `SELECT set_config('role', $1, false)`, loginA.Role)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = conn.Exec(ctx, `SELECT set_config('role', $1, false)`, loginB.Role)
+		Expect(err).To(MatchError(ContainSubstring("permission denied")), "the pool's login can no longer act for tenant-b")
 	})
 })

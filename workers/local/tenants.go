@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/tallyhq/tally/workers/pool"
+	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/worker"
 )
 
@@ -38,8 +40,7 @@ func (t *tenantPools) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, e
 		return p, nil
 	}
 	url, err := t.roles.Ensure(ctx, tenant, "")
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.InsufficientPrivilege {
+	if mayNotCreateRoles(err) {
 		t.log.Warn("this database login may not create roles: every tenant's workers share it", "tenant", tenant)
 		t.pools[tenant] = t.admin
 		return t.admin, nil
@@ -55,15 +56,66 @@ func (t *tenantPools) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, e
 	return p, nil
 }
 
-// URL is the tenant's own login, made on first use; the shared login when this one may not create
-// roles.
-func (t *tenantPools) URL(ctx context.Context, tenant string) (string, error) {
-	url, err := t.roles.Ensure(ctx, tenant, "")
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.InsufficientPrivilege {
-		return t.adminURL, nil
+// PoolLogins give pool members their Postgres login.
+type PoolLogins interface {
+	// KeepMembers takes back the pool login's grants of members no longer listed.
+	KeepMembers(ctx context.Context, p pool.Ref, members []*source.Config) error
+	// MemberLogin is the pool's login, as the member tenant's role (see worker.EnsurePoolLogin).
+	MemberLogin(ctx context.Context, p pool.Ref, member *source.Config) (worker.DatabaseLogin, error)
+}
+
+// KeepMembers revokes what the pool's login was granted for sources no longer its members (a
+// manifest that left the pool since the last run).
+func (t *tenantPools) KeepMembers(ctx context.Context, p pool.Ref, members []*source.Config) error {
+	granted, err := t.roles.PoolMembers(ctx, p.String())
+	if err != nil {
+		if mayNotCreateRoles(err) {
+			return nil
+		}
+		return err
 	}
-	return url, err
+	listed := map[string]bool{}
+	for _, m := range members {
+		listed[memberName(m)] = true
+	}
+	for _, m := range granted {
+		if !listed[m] {
+			if err := t.roles.RevokePoolMember(ctx, p.String(), m); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// MemberLogin is the pool's login as the member tenant's role, made on first use; the shared
+// login when this one may not create roles.
+func (t *tenantPools) MemberLogin(ctx context.Context, p pool.Ref, member *source.Config) (worker.DatabaseLogin, error) {
+	login, err := t.memberLogin(ctx, p, member)
+	if mayNotCreateRoles(err) {
+		return worker.DatabaseLogin{URL: t.adminURL}, nil
+	}
+	return login, err
+}
+
+func (t *tenantPools) memberLogin(ctx context.Context, p pool.Ref, member *source.Config) (worker.DatabaseLogin, error) {
+	if _, err := t.roles.Ensure(ctx, member.Tenant, ""); err != nil {
+		return worker.DatabaseLogin{}, err
+	}
+	url, err := t.roles.EnsurePoolLogin(ctx, p.String())
+	if err != nil {
+		return worker.DatabaseLogin{}, err
+	}
+	role, err := t.roles.GrantPoolMember(ctx, p.String(), memberName(member), member.Tenant)
+	return worker.DatabaseLogin{URL: url, Role: role}, err
+}
+
+// memberName names a source in tally.pool_members.
+func memberName(src *source.Config) string { return src.Namespace + "/" + src.Name }
+
+func mayNotCreateRoles(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == pgerrcode.InsufficientPrivilege
 }
 
 // Close closes the tenants' own pools (not the shared one).

@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -148,16 +147,16 @@ func runInsights(ctx context.Context, src *source.Config, databaseURL, keyFile, 
 	if len(keys) == 0 {
 		return nil, fmt.Errorf("insights write key: %s holds no key", keyFile)
 	}
-	return startPusher(ctx, src, databaseURL, keys[0], version, insights.NewMetrics(reg), log)
+	return startPusher(ctx, src, DatabaseLogin{URL: databaseURL}, keys[0], version, insights.NewMetrics(reg), log)
 }
 
 // startPusher runs the source's insights pusher, pushing with writeKey, until the returned stop.
-func startPusher(ctx context.Context, src *source.Config, databaseURL, writeKey, version string,
+func startPusher(ctx context.Context, src *source.Config, login DatabaseLogin, writeKey, version string,
 	metrics *insights.Metrics, log *slog.Logger,
 ) (stop func(), err error) {
-	conn, err := pgx.ParseConfig(databaseURL)
+	conn, err := login.connConfig()
 	if err != nil {
-		return nil, errors.New("the database URL does not parse") // never the URL: it holds a password
+		return nil, err
 	}
 	settings := *src.Insights
 	settings.WriteKey = writeKey

@@ -36,10 +36,17 @@ func Migrate(ctx context.Context, databaseURL string) error {
 // MigrateWithProgress is Migrate telling progress what it applies, one line per migration as it
 // completes (some build indexes over large tables and take a while).
 func MigrateWithProgress(ctx context.Context, databaseURL string, progress io.Writer) error {
-	db, err := sql.Open("pgx", databaseURL)
+	return migrateAs(ctx, DatabaseLogin{URL: databaseURL}, progress)
+}
+
+// migrateAs is MigrateWithProgress with login (a pool's login only finds the schema current, as
+// the member tenant's role).
+func migrateAs(ctx context.Context, login DatabaseLogin, progress io.Writer) error {
+	cfg, err := login.connConfig()
 	if err != nil {
 		return err
 	}
+	db := stdlib.OpenDB(*cfg)
 	defer db.Close()
 	check, err := newMigrationProvider(db)
 	if err != nil {

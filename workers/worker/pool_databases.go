@@ -69,8 +69,10 @@ func (d *databases) closeIdle() {
 	}
 }
 
-// acquire returns the pool of url, creating it without connecting; release it when done.
-func (d *databases) acquire(url string) (*pgxpool.Pool, error) {
+// acquire returns the pool of login's URL, creating it without connecting; release it when done.
+// A pool login's connections take the role of each acquire's context (setRole).
+func (d *databases) acquire(login DatabaseLogin) (*pgxpool.Pool, error) {
+	url := login.URL
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if db := d.pools[url]; db != nil {
@@ -86,6 +88,9 @@ func (d *databases) acquire(url string) (*pgxpool.Pool, error) {
 	cfg.MaxConnIdleTime = poolConnIdleTime
 	cfg.HealthCheckPeriod = poolConnIdleTime / 2
 	cfg.ConnConfig.DialFunc = d.limit.dial(cfg.ConnConfig.DialFunc)
+	if login.Role != "" {
+		cfg.PrepareConn = setRole
+	}
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" { // what pg_stat_activity shows
 		cfg.ConnConfig.RuntimeParams["application_name"] = poolApplicationName
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -36,7 +37,7 @@ type poolWorkers struct {
 	opts           Options // BatchSize, MaxWait, bounds, Logger, Metrics; Pool and Source per member
 	credentialsDir string
 	databaseURL    string // when a member has no credentials file of its own
-	memberURL      func(context.Context, *source.Config) (string, error)
+	memberLogin    func(context.Context, *source.Config) (DatabaseLogin, error)
 	version        string
 	insights       *insights.Metrics
 	dbs            *databases
@@ -60,7 +61,7 @@ type poolWorkers struct {
 // memberRun is a member's running worker (and insights pusher).
 type memberRun struct {
 	src    *source.Config
-	url    string
+	login  DatabaseLogin
 	cancel context.CancelFunc
 	done   chan struct{}
 	worker *Worker
@@ -122,20 +123,20 @@ func (p *poolWorkers) reconcileLocked() {
 			p.problem(key, "invalid pool member; not running it", err)
 			continue
 		}
-		url, err := p.memberDatabaseURL(key, src)
-		if err != nil || url == "" {
+		login, err := p.memberDatabaseLogin(key, src)
+		if err != nil || login.URL == "" {
 			p.problem(key, "the member has no database credentials yet; it starts when they appear", err)
 			continue
 		}
 		run := p.running[key]
-		if run != nil && (run.url != url || run.src.Tenant != src.Tenant) {
+		if run != nil && (run.login != login || run.src.Tenant != src.Tenant) {
 			p.log.Info("pool member's database login changed; restarting its worker", "member", key)
 			p.stop(run)
 			delete(p.running, key)
 			run = nil
 		}
 		if run == nil {
-			if run, err = p.start(src, url); err != nil {
+			if run, err = p.start(src, login); err != nil {
 				p.problem(key, "cannot start the member's worker", err)
 				continue
 			}
@@ -186,29 +187,29 @@ func newPoolStates(reg prometheus.Registerer, ref pool.Ref) *prometheus.GaugeVec
 	return g.MustCurryWith(prometheus.Labels{"pool": ref.String()})
 }
 
-// start runs a worker for src on the pool of url.
-func (p *poolWorkers) start(src *source.Config, url string) (*memberRun, error) {
+// start runs a worker for src with login.
+func (p *poolWorkers) start(src *source.Config, login DatabaseLogin) (*memberRun, error) {
 	if !p.schemaChecked {
 		// Once per process: the owner login migrates when the schema is behind, a tenant login
 		// only finds it current (the manager migrates).
-		if err := Migrate(p.ctx, url); err != nil {
+		if err := migrateAs(p.ctx, login, io.Discard); err != nil {
 			return nil, err
 		}
 		p.schemaChecked = true
 	}
-	db, err := p.dbs.acquire(url)
+	db, err := p.dbs.acquire(login)
 	if err != nil {
 		return nil, err
 	}
 	o := p.opts
-	o.Pool, o.JetStream, o.Source = db, p.js, src
+	o.Pool, o.DatabaseRole, o.JetStream, o.Source = db, login.Role, p.js, src
 	w, err := New(o)
 	if err != nil {
-		p.dbs.release(url)
+		p.dbs.release(login.URL)
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(p.ctx)
-	run := &memberRun{src: src, url: url, cancel: cancel, done: make(chan struct{}), worker: w}
+	run := &memberRun{src: src, login: login, cancel: cancel, done: make(chan struct{}), worker: w}
 	go func() {
 		defer close(run.done)
 		_ = w.Run(ctx) // waits out lost connections; returns when ctx ends
@@ -226,7 +227,7 @@ func (p *poolWorkers) stop(runs ...*memberRun) {
 	}
 	for _, run := range runs {
 		<-run.done
-		p.dbs.release(run.url)
+		p.dbs.release(run.login.URL)
 	}
 }
 
@@ -270,7 +271,7 @@ func (p *poolWorkers) syncInsights(key string, run *memberRun) error {
 	if writeKey == "" {
 		return nil
 	}
-	stop, err := startPusher(p.ctx, run.src, run.url, writeKey, p.version, p.insights, p.log)
+	stop, err := startPusher(p.ctx, run.src, run.login, writeKey, p.version, p.insights, p.log)
 	if err != nil {
 		return err
 	}
@@ -278,21 +279,24 @@ func (p *poolWorkers) syncInsights(key string, run *memberRun) error {
 	return nil
 }
 
-// memberDatabaseURL is the member's own database login (from MemberDatabaseURL, else the
-// credentials directory), else the worker's --database-url; "" when neither.
-func (p *poolWorkers) memberDatabaseURL(key string, src *source.Config) (string, error) {
-	read := func() (string, error) { return p.readCredential(key + databaseURLSuffix) }
-	if p.memberURL != nil {
-		read = func() (string, error) { return p.memberURL(p.ctx, src) }
+// memberDatabaseLogin is the member's database login (from MemberDatabaseLogin, else its own
+// login in the credentials directory), else the worker's --database-url; no URL when neither.
+func (p *poolWorkers) memberDatabaseLogin(key string, src *source.Config) (DatabaseLogin, error) {
+	if p.memberLogin != nil {
+		login, err := p.memberLogin(p.ctx, src)
+		if err != nil || login.URL != "" {
+			return login, err
+		}
+		return DatabaseLogin{URL: p.databaseURL}, nil
 	}
-	url, err := read()
+	url, err := p.readCredential(key + databaseURLSuffix)
 	if err != nil {
-		return "", err
+		return DatabaseLogin{}, err
 	}
 	if url = strings.TrimSpace(url); url != "" {
-		return url, nil
+		return DatabaseLogin{URL: url}, nil
 	}
-	return p.databaseURL, nil
+	return DatabaseLogin{URL: p.databaseURL}, nil
 }
 
 // readCredential reads a file of the credentials directory; a missing one is "".

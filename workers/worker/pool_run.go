@@ -28,9 +28,9 @@ type PoolOptions struct {
 	// and <namespace>.<name>.insights-write-key, as the operator mounts them; re-read every
 	// ReloadInterval.
 	CredentialsDir string
-	// MemberDatabaseURL, when set, gives a member's own login instead of CredentialsDir (tally
-	// local: the tenant's login it derives); "" when it has none.
-	MemberDatabaseURL func(ctx context.Context, src *source.Config) (string, error)
+	// MemberDatabaseLogin, when set, gives a member's login instead of CredentialsDir (tally
+	// local: the pool's login, as the member tenant's role); no URL when it has none.
+	MemberDatabaseLogin func(ctx context.Context, src *source.Config) (DatabaseLogin, error)
 	// ReloadInterval is how often the credentials are read again; 10s when 0.
 	ReloadInterval time.Duration
 	// MaxConnsPerLogin and MaxConns bound the Postgres connections of one login and of all;
@@ -72,7 +72,7 @@ func NewPool(o PoolOptions) (*PoolWorkers, error) {
 		o.InsightsMetrics = insights.NewMetrics(o.Registerer)
 	}
 	return &PoolWorkers{o: o, p: &poolWorkers{js: o.JetStream, opts: o.Worker, credentialsDir: o.CredentialsDir,
-		databaseURL: o.DatabaseURL, memberURL: o.MemberDatabaseURL, version: o.Version, insights: o.InsightsMetrics,
+		databaseURL: o.DatabaseURL, memberLogin: o.MemberDatabaseLogin, version: o.Version, insights: o.InsightsMetrics,
 		dbs: newDatabases(o.MaxConnsPerLogin, o.MaxConns), log: o.Worker.Logger,
 		running: map[string]*memberRun{}, problems: map[string]string{}, states: newPoolStates(o.Registerer, o.Pool),
 		metrics: metrics}}, nil

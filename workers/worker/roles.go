@@ -115,10 +115,14 @@ func (k roleKey) fingerprint() string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// Drop removes the tenant's role; its rows stay (they belong to the schema's owner).
+// Drop removes the tenant's role, and with it the pool logins' memberships; its rows stay (they
+// belong to the schema's owner).
 func (t *TenantRoles) Drop(ctx context.Context, tenant string) error {
 	return pgx.BeginTxFunc(ctx, t.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, lockRoles); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM tally.pool_members WHERE tenant = $1`, tenant); err != nil {
 			return err
 		}
 		var role string

@@ -41,12 +41,15 @@ const (
 
 // Options configure a Worker.
 type Options struct {
-	Pool      *pgxpool.Pool
-	JetStream jetstream.JetStream
-	Source    *source.Config
-	BatchSize int           // messages per fetch; source.DefaultBatchSize when 0
-	MaxWait   time.Duration // how long a pull stays open to fill a batch (see fetchLoop); source.DefaultMaxWait when 0
-	Logger    *slog.Logger  // slog.Default() when nil
+	Pool *pgxpool.Pool
+	// DatabaseRole, on a pool login's connections (a pool worker's), is the member tenant's role
+	// every call to Postgres runs as; "" on a tenant's own login.
+	DatabaseRole string
+	JetStream    jetstream.JetStream
+	Source       *source.Config
+	BatchSize    int           // messages per fetch; source.DefaultBatchSize when 0
+	MaxWait      time.Duration // how long a pull stays open to fill a batch (see fetchLoop); source.DefaultMaxWait when 0
+	Logger       *slog.Logger  // slog.Default() when nil
 	// Metrics records batches, messages and retries; the workers of one process share one.
 	// When nil, the worker keeps metrics nobody reads.
 	Metrics *Metrics
@@ -78,6 +81,7 @@ func (JetStreamAcks) Ack(msg jetstream.Msg) error { return msg.Ack() }
 // source: they share its durable consumer, and their transactions are safe together.
 type Worker struct {
 	pool      *pgxpool.Pool
+	role      string // see Options.DatabaseRole
 	js        jetstream.JetStream
 	stream    stream.Source
 	tenant    string
@@ -131,7 +135,7 @@ func New(o Options) (*Worker, error) {
 		o.LockTimeout = DefaultLockTimeout
 	}
 	w := &Worker{
-		pool: o.Pool, js: o.JetStream, stream: o.Source.Stream(), tenant: o.Source.Tenant,
+		pool: o.Pool, role: o.DatabaseRole, js: o.JetStream, stream: o.Source.Stream(), tenant: o.Source.Tenant,
 		batchSize: o.BatchSize, maxWait: o.MaxWait, metrics: o.Metrics, acks: o.Acknowledger,
 		purgeQuiet:   purgeQuiet,
 		bounds:       txBounds{statement: o.StatementTimeout, lock: o.LockTimeout, batchBytes: o.BatchBytes},
@@ -145,6 +149,7 @@ func New(o Options) (*Worker, error) {
 // UpdateSource applies new settings of the same source (accountProperty, ignoredEvents) from the
 // next batch on. A different source or tenant is refused: that needs a new worker.
 func (w *Worker) UpdateSource(ctx context.Context, c *source.Config) error {
+	ctx = withDatabaseRole(ctx, w.role)
 	old := w.source.Load()
 	if c.Namespace != old.Namespace || c.Name != old.Name || c.Tenant != old.Tenant {
 		return fmt.Errorf("worker of %s (tenant %s) cannot switch to %s (tenant %s)", old, old.Tenant, c, c.Tenant)
@@ -174,6 +179,7 @@ func (w *Worker) Ready() bool { return w.ready.Load() }
 // its batches are fetched and committed one after the other, while the lanes run at once. Lost
 // connections, a deleted consumer or a missing stream are waited out, never fatal.
 func (w *Worker) Run(ctx context.Context) error {
+	ctx = withDatabaseRole(ctx, w.role)
 	_ = w.retry(ctx, "mark ignored events", func() error { // fails only when ctx ends
 		return markIgnored(ctx, w.pool, w.tenant, w.source.Load().IgnoredEvents, w.bounds)
 	})

@@ -1,0 +1,156 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+)
+
+// A pool's login, attacked as the pool's workers could use it.
+var _ = Describe("Pool logins", func() {
+	var roles *TenantRoles
+	BeforeEach(func() { roles = NewTenantRoles(testPool, databaseURL) })
+
+	connect := func(ctx context.Context, login DatabaseLogin) (*pgx.Conn, error) {
+		cfg, err := login.connConfig()
+		Expect(err).NotTo(HaveOccurred())
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err == nil {
+			DeferCleanup(func(ctx SpecContext) { _ = conn.Close(ctx) })
+		}
+		return conn, err
+	}
+	sqlState := func(err error) string {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			return pgErr.Code
+		}
+		return fmt.Sprint(err)
+	}
+	become := func(ctx context.Context, conn *pgx.Conn, role string) error {
+		_, err := conn.Exec(ctx, `SELECT set_config('role', $1, false)`, role)
+		return err
+	}
+
+	It("write each member's rows as its tenant's role over shared connections, and reach nothing else", func(ctx SpecContext) {
+		a, b, outsider := newSource(ctx, ""), newSource(ctx, ""), newSource(ctx, "")
+		for _, tenant := range []string{a.Tenant, b.Tenant, outsider.Tenant} {
+			_, err := roles.Ensure(ctx, tenant, "")
+			Expect(err).NotTo(HaveOccurred())
+		}
+		poolName := "platform/" + a.Tenant
+		url, err := roles.EnsurePoolLogin(ctx, poolName)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(roles.EnsurePoolLogin(ctx, poolName)).To(Equal(url), "the same login and password every time")
+		DeferCleanup(func(ctx SpecContext) { Expect(roles.DropPoolLogin(ctx, poolName)).To(Succeed()) })
+		roleA, err := roles.GrantPoolMember(ctx, poolName, "team-a/web", a.Tenant)
+		Expect(err).NotTo(HaveOccurred())
+		roleB, err := roles.GrantPoolMember(ctx, poolName, "team-b/app", b.Tenant)
+		Expect(err).NotTo(HaveOccurred())
+		outsiderURL, err := roles.Ensure(ctx, outsider.Tenant, "")
+		Expect(err).NotTo(HaveOccurred())
+		outsiderConn, err := pgx.Connect(ctx, outsiderURL)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func(ctx SpecContext) { _ = outsiderConn.Close(ctx) })
+		var roleOutsider string
+		Expect(outsiderConn.QueryRow(ctx, `SELECT current_user`).Scan(&roleOutsider)).To(Succeed())
+
+		By("both members' workers share one pool of the pool's login, at most two connections")
+		dbs := newDatabases(2, 2)
+		shared, err := dbs.acquire(DatabaseLogin{URL: url, Role: roleA})
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func() { dbs.release(url) })
+		Expect(dbs.acquire(DatabaseLogin{URL: url, Role: roleB})).To(BeIdenticalTo(shared))
+		DeferCleanup(func() { dbs.release(url) })
+		startWorkerOn(shared, a, 100, func(w *Worker) { w.role = roleA })
+		startWorkerOn(shared, b, 100, func(w *Worker) { w.role = roleB })
+		for i := range 5 {
+			for _, src := range []*struct {
+				tenant string
+				publish func(...msg)
+			}{
+				{a.Tenant, func(m ...msg) { publish(ctx, a, m...) }},
+				{b.Tenant, func(m ...msg) { publish(ctx, b, m...) }},
+			} {
+				id := fmt.Sprintf("%s-%d", src.tenant, i)
+				src.publish(group("g-"+id, "u", "acct", float64(i), map[string]any{"name": "A"}), track("t-"+id, "u", "E", float64(i)+0.5, nil, nil))
+			}
+		}
+		drained(ctx, a)
+		drained(ctx, b)
+		for _, tenant := range []string{a.Tenant, b.Tenant} {
+			Expect(queryRows(ctx, `SELECT message_id FROM tally.events WHERE tenant = $1`, tenant)).To(HaveLen(5), tenant)
+			Expect(queryRows(ctx, `SELECT account_id FROM tally.accounts WHERE tenant = $1`, tenant)).To(HaveLen(1), tenant)
+		}
+		logins := queryRows(ctx, `SELECT usename::text AS login, count(*) AS n FROM pg_stat_activity
+			WHERE datname = current_database() AND application_name = $1 GROUP BY usename`, poolApplicationName)
+		Expect(logins).To(HaveLen(1), "one login for both tenants")
+		Expect(logins[0]["login"]).NotTo(BeElementOf(roleA, roleB))
+		Expect(logins[0]["n"]).To(BeNumerically("<=", 2))
+
+		By("alone, the pool's login reaches no table")
+		conn, err := connect(ctx, DatabaseLogin{URL: url})
+		Expect(err).NotTo(HaveOccurred())
+		_, err = conn.Exec(ctx, `SELECT count(*) FROM tally.events`)
+		Expect(sqlState(err)).To(Equal("42501"))
+
+		By("as a member's tenant, it sees and writes that tenant's rows only")
+		Expect(become(ctx, conn, roleA)).To(Succeed())
+		var own, other int
+		Expect(conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE tenant = $1), count(*) FILTER (WHERE tenant <> $1) FROM tally.events`,
+			a.Tenant).Scan(&own, &other)).To(Succeed())
+		Expect(own).To(Equal(5))
+		Expect(other).To(BeZero())
+		_, err = conn.Exec(ctx, `INSERT INTO tally.users (tenant, user_id, created_at, updated_at) VALUES ($1, 'planted', now(), now())`, b.Tenant)
+		Expect(sqlState(err)).To(Equal("42501"), "row-level security refuses the other member's tenant")
+		tag, err := conn.Exec(ctx, `DELETE FROM tally.events WHERE tenant = $1`, b.Tenant)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(tag.RowsAffected()).To(BeZero())
+
+		By("it cannot become a tenant without a member in the pool; the tenants' group is no tenant")
+		Expect(sqlState(become(ctx, conn, roleOutsider))).To(Equal("42501"))
+		Expect(become(ctx, conn, "tally_tenant")).To(Succeed(), "a member's group, as for a tenant's own login")
+		var n int
+		Expect(conn.QueryRow(ctx, `SELECT count(*) FROM tally.events`).Scan(&n)).To(Succeed())
+		Expect(n).To(BeZero())
+		_, err = connect(ctx, DatabaseLogin{URL: url, Role: roleOutsider})
+		Expect(err).To(HaveOccurred(), "nor start a connection as one")
+		started, err := connect(ctx, DatabaseLogin{URL: url, Role: roleB})
+		Expect(err).NotTo(HaveOccurred())
+		var current string
+		Expect(started.QueryRow(ctx, `SELECT current_user`).Scan(&current)).To(Succeed())
+		Expect(current).To(Equal(roleB), "a connection may start as a member's tenant")
+
+		By("a tenant's role stays granted while one of its members is left, and goes with the last")
+		Expect(roles.GrantPoolMember(ctx, poolName, "team-a/second", a.Tenant)).To(Equal(roleA))
+		Expect(roles.RevokePoolMember(ctx, poolName, "team-a/web")).To(Succeed())
+		Expect(become(ctx, conn, roleA)).To(Succeed())
+		Expect(roles.PoolMembers(ctx, poolName)).To(Equal([]string{"team-a/second", "team-b/app"}))
+		Expect(roles.RevokePoolMember(ctx, poolName, "team-a/second")).To(Succeed())
+		Expect(sqlState(become(ctx, conn, roleA))).To(Equal("42501"))
+		Expect(roles.RevokePoolMember(ctx, poolName, "team-a/second")).To(Succeed(), "revoking twice is harmless")
+
+		By("a member that changed tenant leaves its former tenant's role")
+		Expect(roles.GrantPoolMember(ctx, poolName, "team-b/app", outsider.Tenant)).To(Equal(roleOutsider))
+		Expect(become(ctx, conn, roleOutsider)).To(Succeed())
+		Expect(sqlState(become(ctx, conn, roleB))).To(Equal("42501"))
+
+		By("the pool's workers, whose member left, fail instead of writing")
+		publish(ctx, b, track("t-after-leaving", "u", "E", 99, nil, nil))
+		Consistently(func() []map[string]any {
+			return queryRows(ctx, `SELECT message_id FROM tally.events WHERE message_id = 't-after-leaving'`)
+		}).WithTimeout(time.Second).Should(BeEmpty())
+
+		By("dropping the pool's login ends it")
+		Expect(roles.DropPoolLogin(ctx, poolName)).To(Succeed())
+		_, err = connect(ctx, DatabaseLogin{URL: url})
+		Expect(err).To(HaveOccurred())
+		Expect(roles.PoolMembers(ctx, poolName)).To(BeEmpty())
+	})
+})
