@@ -72,7 +72,7 @@ var _ = Describe("Pool logins", func() {
 		startWorkerOn(shared, b, 100, func(w *Worker) { w.role = roleB })
 		for i := range 5 {
 			for _, src := range []*struct {
-				tenant string
+				tenant  string
 				publish func(...msg)
 			}{
 				{a.Tenant, func(m ...msg) { publish(ctx, a, m...) }},
