@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+
+	"github.com/tallyhq/tally/workers/source"
 )
 
 // A pool's login, attacked as the pool's workers could use it.
@@ -71,15 +73,9 @@ var _ = Describe("Pool logins", func() {
 		startWorkerOn(shared, a, 100, func(w *Worker) { w.role = roleA })
 		startWorkerOn(shared, b, 100, func(w *Worker) { w.role = roleB })
 		for i := range 5 {
-			for _, src := range []*struct {
-				tenant  string
-				publish func(...msg)
-			}{
-				{a.Tenant, func(m ...msg) { publish(ctx, a, m...) }},
-				{b.Tenant, func(m ...msg) { publish(ctx, b, m...) }},
-			} {
-				id := fmt.Sprintf("%s-%d", src.tenant, i)
-				src.publish(group("g-"+id, "u", "acct", float64(i), map[string]any{"name": "A"}), track("t-"+id, "u", "E", float64(i)+0.5, nil, nil))
+			for _, src := range []*source.Config{a, b} {
+				id := fmt.Sprintf("%s-%d", src.Tenant, i)
+				publish(ctx, src, group("g-"+id, "u", "acct", float64(i), map[string]any{"name": "A"}), track("t-"+id, "u", "E", float64(i)+0.5, nil, nil))
 			}
 		}
 		drained(ctx, a)
