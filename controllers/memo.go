@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,8 +23,9 @@ type tenantLogin struct {
 	at        time.Time
 }
 
-// tenantLogins remembers, per tenant, the URL of its login and the rotation requests applied.
-type tenantLogins struct{ m sync.Map }
+// tenantLogins remembers, per tenant, the URL of its login and the rotation requests applied;
+// per pool, its login's URL; per pool member, the role its pool's login was granted.
+type tenantLogins struct{ m, pools, grants sync.Map }
 
 // tenantLogin is Roles.EnsureTenantRole, remembered: Postgres is asked only for a tenant not seen
 // lately or a rotation request not applied yet.
@@ -51,9 +53,63 @@ func (r *SegmentSourceReconciler) tenantLogin(ctx context.Context, tenant, rotat
 	return url, nil
 }
 
-// forget drops one tenant's login (dropped), or every one (the manager's credentials changed).
+// forget drops one tenant's login (dropped), or every one, pools' logins included (the
+// manager's credentials changed).
 func (l *tenantLogins) forget(tenant string) { l.m.Delete(tenant) }
-func (l *tenantLogins) forgetAll()           { l.m.Clear() }
+func (l *tenantLogins) forgetAll()           { l.m.Clear(); l.pools.Clear() }
+
+// forgetPool drops what is remembered of a pool's login and grants (the pool is gone).
+func (l *tenantLogins) forgetPool(pool string) {
+	l.pools.Delete(pool)
+	l.grants.Range(func(k, _ any) bool {
+		if strings.HasPrefix(k.(string), pool+"|") {
+			l.grants.Delete(k)
+		}
+		return true
+	})
+}
+
+// poolLogin is Roles.EnsurePoolLogin, remembered as tenantLogin is.
+func (r *SegmentSourceReconciler) poolLogin(ctx context.Context, pool string) (string, error) {
+	if v, ok := r.logins.pools.Load(pool); ok && time.Since(v.(tenantLogin).at) < tenantLoginRecheck {
+		return v.(tenantLogin).url, nil
+	}
+	url, err := r.Roles.EnsurePoolLogin(ctx, pool)
+	if err != nil {
+		return "", err
+	}
+	r.logins.pools.Store(pool, tenantLogin{url: url, at: time.Now()})
+	return url, nil
+}
+
+// poolGrant is what the last GrantPoolMember of a member gave.
+type poolGrant struct {
+	tenant, role string
+	at           time.Time
+}
+
+// poolMemberRole is Roles.GrantPoolMember, remembered per pool and member for as long as the
+// member's tenant stays the same.
+func (r *SegmentSourceReconciler) poolMemberRole(ctx context.Context, pool, member, tenant string) (string, error) {
+	key := pool + "|" + member
+	if v, ok := r.logins.grants.Load(key); ok {
+		if g := v.(poolGrant); g.tenant == tenant && time.Since(g.at) < tenantLoginRecheck {
+			return g.role, nil
+		}
+	}
+	role, err := r.Roles.GrantPoolMember(ctx, pool, member, tenant)
+	if err != nil {
+		return "", err
+	}
+	r.logins.grants.Store(key, poolGrant{tenant: tenant, role: role, at: time.Now()})
+	return role, nil
+}
+
+// revokePoolMember is Roles.RevokePoolMember, forgetting the member's grant.
+func (r *SegmentSourceReconciler) revokePoolMember(ctx context.Context, pool, member string) error {
+	r.logins.grants.Delete(pool + "|" + member)
+	return r.Roles.RevokePoolMember(ctx, pool, member)
+}
 
 // writeKeyRead is what the last read of a source's write key Secret found: digests and a hash,
 // never the keys.

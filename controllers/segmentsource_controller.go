@@ -134,6 +134,16 @@ type TenantDatabaseRoles interface {
 	EnsureTenantRole(ctx context.Context, tenant, rotation string) (string, error)
 	// DropTenantRole removes the tenant's login; its rows stay.
 	DropTenantRole(ctx context.Context, tenant string) error
+	// EnsurePoolLogin creates the login of a pool's workers (pool is <namespace>/<name>) if
+	// missing and returns the URL to connect with. On its own it reaches no row.
+	EnsurePoolLogin(ctx context.Context, pool string) (string, error)
+	// GrantPoolMember lets the pool's login act for member (<namespace>/<name>) as its tenant,
+	// whose role it returns: the pool's workers run the member's transactions as that role.
+	GrantPoolMember(ctx context.Context, pool, member, tenant string) (string, error)
+	// RevokePoolMember takes that back; the tenant's role goes with the pool's last member of it.
+	RevokePoolMember(ctx context.Context, pool, member string) error
+	// DropPoolLogin removes the pool's login.
+	DropPoolLogin(ctx context.Context, pool string) error
 }
 
 // RotateDatabaseCredentialsAnnotation: a new value rotates the password of the tenant's Postgres
@@ -171,6 +181,9 @@ type reconcileState struct {
 	sharedSecrets   []string
 	insightsKey     string
 	databaseURL     []byte
+	// databaseRole is the tenant's role the pool's login acts as for this member (instead of a
+	// databaseURL of its own).
+	databaseRole string
 }
 
 type subReconciler func(ctx context.Context, st *reconcileState) error

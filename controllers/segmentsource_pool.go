@@ -116,12 +116,13 @@ func (r *SegmentSourceReconciler) poolAdmits(ctx context.Context, p *tallyv1.Seg
 	}
 }
 
-// reconcileMemberDatabase resolves the URL the pool's workers write this member's rows with: the
-// tenant's own login, or the Secret the source names; nothing when neither (tenant logins off:
-// the pool's workers use the manager's login, as dedicated workers do).
+// reconcileMemberDatabase resolves how the pool's workers write this member's rows: as its
+// tenant's role, on the pool's own login (granted here), or with the Secret the source names;
+// nothing when neither (tenant logins off: the pool's workers use the manager's login, as
+// dedicated workers do).
 func (r *SegmentSourceReconciler) reconcileMemberDatabase(ctx context.Context, st *reconcileState) error {
 	obj := st.source
-	st.databaseURL = nil
+	st.databaseURL, st.databaseRole = nil, ""
 	if ref := obj.Spec.Worker.DatabaseSecretRef; ref != nil {
 		value, err := r.readSourceSecretKey(ctx, obj.Namespace, ref.Name, ref.DatabaseURLKey(), "database")
 		if err != nil {
@@ -133,11 +134,18 @@ func (r *SegmentSourceReconciler) reconcileMemberDatabase(ctx context.Context, s
 	if r.Roles == nil {
 		return nil
 	}
-	url, err := r.tenantLogin(ctx, obj.Spec.Tenant, obj.Annotations[RotateDatabaseCredentialsAnnotation])
-	if err != nil {
+	if _, err := r.tenantLogin(ctx, obj.Spec.Tenant, obj.Annotations[RotateDatabaseCredentialsAnnotation]); err != nil {
 		return transient(ReasonDatabaseRoleFailed, redacted(err), "creating the Postgres login of tenant %q", obj.Spec.Tenant)
 	}
-	st.databaseURL = []byte(url)
+	pool := poolRef(st.pool).String()
+	if _, err := r.poolLogin(ctx, pool); err != nil { // the pool's reconcile makes it too; whichever comes first
+		return transient(ReasonDatabaseRoleFailed, redacted(err), "creating the Postgres login of pool %s", pool)
+	}
+	role, err := r.poolMemberRole(ctx, pool, obj.Namespace+"/"+obj.Name, obj.Spec.Tenant)
+	if err != nil {
+		return transient(ReasonDatabaseRoleFailed, redacted(err), "letting the Postgres login of pool %s act for tenant %q", pool, obj.Spec.Tenant)
+	}
+	st.databaseRole = role
 	return nil
 }
 
@@ -166,7 +174,7 @@ func (r *SegmentSourceReconciler) removeDedicatedObjects(ctx context.Context, st
 	}
 	setCondition(obj, tallyv1.ConditionNATSIsolated, metav1.ConditionFalse, ReasonPoolMember, fmt.Sprintf(
 		"served by SegmentSourcePool %s/%s, whose pods are trusted with every member's subjects; the receivers keep "+
-			"members apart by write key and the workers write with each member tenant's own login", st.pool.Namespace, st.pool.Name))
+			"members apart by write key and the workers write each member's rows as its tenant's own Postgres role", st.pool.Namespace, st.pool.Name))
 	return nil
 }
 
@@ -189,14 +197,16 @@ func (r *SegmentSourceReconciler) reconcileMemberEntry(ctx context.Context, st *
 	if st.databaseURL != nil {
 		work[member+resources.MemberDatabaseURLSuffix] = st.databaseURL
 	}
+	if st.databaseRole != "" {
+		work[member+resources.MemberDatabaseRoleSuffix] = []byte(st.databaseRole)
+	}
 	if st.insightsKey != "" {
 		work[member+resources.MemberInsightsWriteKeySuffix] = []byte(st.insightsKey)
 	}
 	if err := r.patchMemberKeys(ctx, p.Namespace, resources.PoolReceiverSecretsName(p.Name), member, []string{member}, recv); err != nil {
 		return err
 	}
-	if err := r.patchMemberKeys(ctx, p.Namespace, resources.PoolWorkerSecretsName(p.Name), member,
-		[]string{member + resources.MemberDatabaseURLSuffix, member + resources.MemberInsightsWriteKeySuffix}, work); err != nil {
+	if err := r.patchMemberKeys(ctx, p.Namespace, resources.PoolWorkerSecretsName(p.Name), member, memberWorkerKeys(member), work); err != nil {
 		return err
 	}
 
@@ -277,9 +287,13 @@ func (r *SegmentSourceReconciler) leavePool(ctx context.Context, st *reconcileSt
 	if err := r.patchMemberKeys(ctx, ref.Namespace, resources.PoolReceiverSecretsName(ref.Name), member, []string{member}, nil); err != nil {
 		return err
 	}
-	if err := r.patchMemberKeys(ctx, ref.Namespace, resources.PoolWorkerSecretsName(ref.Name), member,
-		[]string{member + resources.MemberDatabaseURLSuffix, member + resources.MemberInsightsWriteKeySuffix}, nil); err != nil {
+	if err := r.patchMemberKeys(ctx, ref.Namespace, resources.PoolWorkerSecretsName(ref.Name), member, memberWorkerKeys(member), nil); err != nil {
 		return err
+	}
+	if r.Roles != nil {
+		if err := r.revokePoolMember(ctx, ref.String(), obj.Namespace+"/"+obj.Name); err != nil {
+			return transient(ReasonDatabaseRoleFailed, redacted(err), "taking back what the Postgres login of pool %s was granted for this source", ref)
+		}
 	}
 	log.FromContext(ctx).Info("left pool", "pool", ref.String())
 	obj.Status.Pool = ""
@@ -287,3 +301,8 @@ func (r *SegmentSourceReconciler) leavePool(ctx context.Context, st *reconcileSt
 }
 
 func joinLines(lines []string) string { return strings.Join(lines, "\n") }
+
+// memberWorkerKeys are a member's keys in its pool's worker Secret.
+func memberWorkerKeys(member string) []string {
+	return []string{member + resources.MemberDatabaseURLSuffix, member + resources.MemberDatabaseRoleSuffix, member + resources.MemberInsightsWriteKeySuffix}
+}

@@ -89,8 +89,8 @@ func (p *SegmentSourcePoolReconciler) Reconcile(ctx context.Context, req ctrl.Re
 	return ctrl.Result{RequeueAfter: jitter(p.Sources.Config.Interval)}, nil
 }
 
-// reconcileDelete deletes the pool's bucket, then lets the pool go. Its members' streams stay:
-// they are the members' own, and each member reports the missing pool.
+// reconcileDelete deletes the pool's bucket and Postgres login, then lets the pool go. Its
+// members' streams stay: they are the members' own, and each member reports the missing pool.
 func (p *SegmentSourcePoolReconciler) reconcileDelete(ctx context.Context, st *poolState) error {
 	obj := st.pool
 	if !controllerutil.ContainsFinalizer(obj, PoolFinalizer) {
@@ -108,6 +108,12 @@ func (p *SegmentSourcePoolReconciler) reconcileDelete(ctx context.Context, st *p
 		return r.natsError(err, "deleting bucket "+ref.Bucket())
 	}
 	r.buckets.forget(ref)
+	if r.Roles != nil {
+		r.logins.forgetPool(ref.String())
+		if err := r.Roles.DropPoolLogin(ctx, ref.String()); err != nil {
+			return transient(ReasonDatabaseRoleFailed, redacted(err), "dropping the Postgres login of pool %s", ref)
+		}
+	}
 	patch := client.MergeFromWithOptions(obj.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	controllerutil.RemoveFinalizer(obj, PoolFinalizer)
 	if err := r.Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {

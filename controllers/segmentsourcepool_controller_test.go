@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -163,7 +164,8 @@ var _ = Describe("SegmentSourcePool", func() {
 		}
 		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: platform, Name: "shared-receiver"}, &corev1.Service{})).To(Succeed())
 		Expect(poolSecret(got, resources.PoolReceiverSecretsName("shared"))).To(BeEmpty())
-		Expect(poolSecret(got, resources.PoolWorkerSecretsName("shared"))).To(BeEmpty())
+		Expect(poolSecret(got, resources.PoolWorkerSecretsName("shared"))).To(And(HaveLen(1), HaveKey(resources.PoolDatabaseURLKey)),
+			"only the pool's own Postgres login")
 		Expect(bucketEntries(got)).To(BeEmpty())
 
 		makeAvailable(platform, "shared-receiver")
@@ -294,8 +296,11 @@ var _ = Describe("SegmentSourcePool", func() {
 		recv := poolSecret(p, resources.PoolReceiverSecretsName("shared"))
 		Expect(recv).To(HaveKeyWithValue(platform+".acme-web", []byte("shared-secret-1")))
 		work := poolSecret(p, resources.PoolWorkerSecretsName("shared"))
-		Expect(work).To(HaveKey(platform + ".acme-web.database-url"))
-		Expect(string(work[platform+".acme-web.database-url"])).To(ContainSubstring("tally_t_"), "the tenant's own login")
+		Expect(work).NotTo(HaveKey(platform+".acme-web.database-url"), "no login per member")
+		Expect(string(work[platform+".acme-web.database-role"])).To(HavePrefix("tally_t_"), "the tenant's role")
+		Expect(string(work[resources.PoolDatabaseURLKey])).To(ContainSubstring("tally_p_"), "the pool's own login")
+		memberOf := poolLoginMemberOf(platform + "/shared")
+		Expect(memberOf()).To(ConsistOf(string(work[platform+".acme-web.database-role"])), "the pool's login may act as the member's tenant, and no other")
 		for _, data := range []map[string][]byte{recv, work} {
 			for _, v := range data {
 				Expect(string(v)).NotTo(ContainSubstring("plaintext-write-key-1"))
@@ -331,8 +336,10 @@ var _ = Describe("SegmentSourcePool", func() {
 		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Pool = nil; s.Spec.Suspend = false })
 		Eventually(entry(p, s)).Should(BeNil())
 		Eventually(func() map[string][]byte { return poolSecret(p, resources.PoolReceiverSecretsName("shared")) }).ShouldNot(HaveKey(platform + ".acme-web"))
-		Eventually(func() map[string][]byte { return poolSecret(p, resources.PoolWorkerSecretsName("shared")) }).ShouldNot(HaveKey(platform + ".acme-web.database-url"))
-		Expect(poolSecret(p, resources.PoolWorkerSecretsName("shared"))).To(HaveKey(platform + ".globex-app.database-url"))
+		Eventually(func() map[string][]byte { return poolSecret(p, resources.PoolWorkerSecretsName("shared")) }).ShouldNot(HaveKey(platform + ".acme-web.database-role"))
+		Expect(poolSecret(p, resources.PoolWorkerSecretsName("shared"))).To(HaveKey(platform + ".globex-app.database-role"))
+		Eventually(memberOf).Should(ConsistOf(string(poolSecret(p, resources.PoolWorkerSecretsName("shared"))[platform+".globex-app.database-role"])),
+			"the tenant of the member that left is taken back")
 		Eventually(func() error {
 			return k8s.Get(ctx, types.NamespacedName{Namespace: platform, Name: resources.ReceiverName(s)}, &appsv1.Deployment{})
 		}).Should(Succeed(), "dedicated Deployments again")
@@ -345,8 +352,16 @@ var _ = Describe("SegmentSourcePool", func() {
 			return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(other), &tallyv1.SegmentSource{}))
 		}).Should(BeTrue())
 		Expect(entry(p, other)()).To(BeNil())
-		Expect(poolSecret(p, resources.PoolWorkerSecretsName("shared"))).NotTo(HaveKey(platform + ".globex-app.database-url"))
+		Expect(poolSecret(p, resources.PoolWorkerSecretsName("shared"))).NotTo(HaveKey(platform + ".globex-app.database-role"))
 		Eventually(func() int32 { return getPool(client.ObjectKeyFromObject(p)).Status.Members }).Should(BeZero())
+		Expect(memberOf()).To(BeEmpty())
+
+		By("deleting the pool drops its login")
+		Expect(k8s.Delete(ctx, p)).To(Succeed())
+		Eventually(func() bool {
+			return notFound(k8s.Get(ctx, client.ObjectKeyFromObject(p), &tallyv1.SegmentSourcePool{}))
+		}).Should(BeTrue())
+		Expect(poolLogins(platform + "/shared")).To(BeEmpty())
 	})
 
 	It("gives members the pool's rate limit unless they set their own, and follows a change of it without a rollout", func() {
@@ -432,3 +447,30 @@ var _ = Describe("SegmentSourcePool", func() {
 		Expect(counterSum("tally_operator_status_writes_total")).To(Equal(statusWrites))
 	})
 })
+
+// poolLoginMemberOf reads, from Postgres, the roles the pool's login is a member of.
+func poolLoginMemberOf(pool string) func() []string {
+	return func() []string {
+		GinkgoHelper()
+		return dbStrings(`SELECT g.rolname::text FROM tally.pool_logins l JOIN pg_roles u ON u.rolname = l.role_name
+			JOIN pg_auth_members m ON m.member = u.oid JOIN pg_roles g ON g.oid = m.roleid WHERE l.pool = $1`, pool)
+	}
+}
+
+// poolLogins lists the logins Postgres has for the pool.
+func poolLogins(pool string) []string {
+	GinkgoHelper()
+	return dbStrings(`SELECT l.role_name FROM tally.pool_logins l JOIN pg_roles r ON r.rolname = l.role_name WHERE l.pool = $1`, pool)
+}
+
+func dbStrings(sql string, args ...any) []string {
+	GinkgoHelper()
+	db, err := pgx.Connect(ctx, databaseURL)
+	Expect(err).NotTo(HaveOccurred())
+	defer db.Close(ctx)
+	rows, err := db.Query(ctx, sql, args...)
+	Expect(err).NotTo(HaveOccurred())
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	Expect(err).NotTo(HaveOccurred())
+	return out
+}

@@ -135,6 +135,11 @@ func (p *SegmentSourcePoolReconciler) reconcileSecrets(ctx context.Context, st *
 			return err
 		}
 	}
+	if r.Roles != nil {
+		if err := p.reconcilePoolLogin(ctx, st); err != nil {
+			return err
+		}
+	}
 	name := resources.PoolDatabaseSecretCopyName(obj)
 	if r.Roles != nil || r.Config.DatabaseSecret == "" {
 		st.database = nil
@@ -151,6 +156,19 @@ func (p *SegmentSourcePoolReconciler) reconcileSecrets(ctx context.Context, st *
 	}
 	st.database = &resources.SecretKey{Name: name, Key: key, Hash: resources.Hash(data)}
 	return nil
+}
+
+// reconcilePoolLogin puts the pool's own Postgres login into its worker Secret: the members'
+// transactions run on it, each as its tenant's role (the members' reconciles grant them).
+func (p *SegmentSourcePoolReconciler) reconcilePoolLogin(ctx context.Context, st *poolState) error {
+	r, obj := p.Sources, st.pool
+	ref := poolRef(obj).String()
+	url, err := r.poolLogin(ctx, ref)
+	if err != nil {
+		return transient(ReasonDatabaseRoleFailed, redacted(err), "creating the Postgres login of pool %s", ref)
+	}
+	return r.patchMemberKeys(ctx, obj.Namespace, resources.PoolWorkerSecretsName(obj.Name), "pool",
+		[]string{resources.PoolDatabaseURLKey}, map[string][]byte{resources.PoolDatabaseURLKey: []byte(url)})
 }
 
 func (p *SegmentSourcePoolReconciler) inputs(st *poolState) resources.PoolInputs {

@@ -34,3 +34,39 @@ func (t *tenantRows) currentRoles(ctx context.Context) (*worker.TenantRoles, err
 	defer t.mu.Unlock()
 	return worker.NewTenantRoles(pool, t.url), nil
 }
+
+// EnsurePoolLogin gives a pool's workers their Postgres login (controllers.TenantDatabaseRoles).
+func (t *tenantRows) EnsurePoolLogin(ctx context.Context, pool string) (string, error) {
+	roles, err := t.currentRoles(ctx)
+	if err != nil {
+		return "", err
+	}
+	return roles.EnsurePoolLogin(ctx, pool)
+}
+
+// GrantPoolMember lets the pool's login act for the member as its tenant's role.
+func (t *tenantRows) GrantPoolMember(ctx context.Context, pool, member, tenant string) (string, error) {
+	roles, err := t.currentRoles(ctx)
+	if err != nil {
+		return "", err
+	}
+	return roles.GrantPoolMember(ctx, pool, member, tenant)
+}
+
+// RevokePoolMember takes the member's grant back.
+func (t *tenantRows) RevokePoolMember(ctx context.Context, pool, member string) error {
+	roles, err := t.currentRoles(ctx)
+	if err != nil {
+		return err
+	}
+	return roles.RevokePoolMember(ctx, pool, member)
+}
+
+// DropPoolLogin removes the pool's login.
+func (t *tenantRows) DropPoolLogin(ctx context.Context, pool string) error {
+	roles, err := t.currentRoles(ctx)
+	if err != nil {
+		return err
+	}
+	return roles.DropPoolLogin(ctx, pool)
+}

@@ -35,10 +35,15 @@ const (
 	PoolCredentialsMountPath   = "/etc/tally/credentials"
 )
 
-// Keys of a member in the pool's Secrets.
+// Keys of a member in the pool's Secrets: its own database login (a Secret the source names), or
+// the tenant's role the pool's login acts as (PoolDatabaseURLKey); its insights write key.
 const (
 	MemberDatabaseURLSuffix      = ".database-url"
+	MemberDatabaseRoleSuffix     = ".database-role"
 	MemberInsightsWriteKeySuffix = ".insights-write-key"
+	// PoolDatabaseURLKey is the pool's own login in its worker Secret (no member key has this
+	// form: a member's has its namespace and name before the suffix).
+	PoolDatabaseURLKey = "pool.database-url"
 )
 
 // PoolInputs are what the pool's builders need beyond the pool.

@@ -91,7 +91,8 @@ spec:
 				return k8s.Get(ctx, types.NamespacedName{Namespace: "platform", Name: name}, &appsv1.Deployment{})
 			}).WithTimeout(60*time.Second).Should(Succeed(), name)
 		}
-		// The members' tenant logins are in the workers' Secret before the workers start.
+		// The pool's own login and the members' tenant roles are in the workers' Secret before the
+		// workers start.
 		Eventually(func() []string {
 			var s corev1.Secret
 			if err := k8s.Get(ctx, types.NamespacedName{Namespace: "platform", Name: "shared-worker-secrets"}, &s); err != nil {
@@ -102,7 +103,7 @@ spec:
 				keys = append(keys, k)
 			}
 			return keys
-		}).WithTimeout(60 * time.Second).Should(ConsistOf("team-globex.web.database-url", "team-initech.app.database-url"))
+		}).WithTimeout(60 * time.Second).Should(ConsistOf("pool.database-url", "team-globex.web.database-role", "team-initech.app.database-role"))
 		var deps appsv1.DeploymentList
 		Expect(k8s.List(ctx, &deps)).To(Succeed())
 		for _, d := range deps.Items {

@@ -25,7 +25,7 @@ var _ = Describe("One receiver and one worker for many members", func() {
 	It("route each member's key to its own tenant's rows, which the other tenant's login cannot see, knowing only digests", func(ctx SpecContext) {
 		a, b := newMember(ctx), newMember(ctx)
 		for _, m := range []*member{a, b} {
-			p.mountCredentials(m)
+			p.mountCredentials(ctx, m)
 			p.join(ctx, m, false)
 		}
 		Eventually(func() int { return p.status(a.keys[0], "a-1", "Clicked", nil) }).Should(Equal(http.StatusOK))
@@ -36,6 +36,15 @@ var _ = Describe("One receiver and one worker for many members", func() {
 		drained(ctx, b)
 		Expect(eventsOf(ctx, a)).To(Equal([]string{"a-1"}), "tenant a's login sees its own event only")
 		Expect(eventsOf(ctx, b)).To(Equal([]string{"b-1"}), "tenant b's login sees its own event only")
+
+		By("the pool's worker connects with the pool's own login only, acting as each tenant's role")
+		var asPool, asTenants int
+		Expect(admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE a.usename = l.role_name),
+			count(*) FILTER (WHERE a.usename IN (SELECT role_name FROM tally.tenant_roles WHERE tenant = ANY($2)))
+			FROM pg_stat_activity a, tally.pool_logins l WHERE l.pool = $1 AND a.application_name = 'tally-pool-worker'`,
+			p.ref.String(), []string{a.src.Tenant, b.src.Tenant}).Scan(&asPool, &asTenants)).To(Succeed())
+		Expect(asPool).To(BeNumerically(">", 0))
+		Expect(asTenants).To(BeZero())
 
 		By("the bucket, all the pool's pods read, holds no write key")
 		for _, m := range []*member{a, b} {
@@ -48,7 +57,7 @@ var _ = Describe("One receiver and one worker for many members", func() {
 
 	It("follow a key rotation in the bucket without a restart", func(ctx SpecContext) {
 		m := newMember(ctx)
-		p.mountCredentials(m)
+		p.mountCredentials(ctx, m)
 		p.join(ctx, m, false)
 		old := m.keys[0]
 		Eventually(func() int { return p.status(old, "r-1", "E", nil) }).Should(Equal(http.StatusOK))
@@ -69,8 +78,8 @@ var _ = Describe("One receiver and one worker for many members", func() {
 
 	It("let members join and leave while another member's traffic flows: it gets only 2xx, every accepted event lands once", func(ctx SpecContext) {
 		steady, comer := newMember(ctx), newMember(ctx)
-		p.mountCredentials(steady)
-		p.mountCredentials(comer)
+		p.mountCredentials(ctx, steady)
+		p.mountCredentials(ctx, comer)
 		p.join(ctx, steady, false)
 		Eventually(func() int { return p.status(steady.keys[0], "warm-up", "E", nil) }).Should(Equal(http.StatusOK))
 
@@ -132,8 +141,8 @@ var _ = Describe("One receiver and one worker for many members", func() {
 
 	It("refuse a suspended member with 503 and stop its worker; resuming applies its backlog", func(ctx SpecContext) {
 		m, other := newMember(ctx), newMember(ctx)
-		p.mountCredentials(m)
-		p.mountCredentials(other)
+		p.mountCredentials(ctx, m)
+		p.mountCredentials(ctx, other)
 		p.join(ctx, other, false)
 		p.join(ctx, m, false)
 		Eventually(func() int { return p.status(m.keys[0], "s-1", "E", nil) }).Should(Equal(http.StatusOK))
@@ -163,7 +172,7 @@ var _ = Describe("One receiver and one worker for many members", func() {
 
 	It("apply a member's new settings: ignored events at the receiver, the account property at the worker", func(ctx SpecContext) {
 		m := newMember(ctx)
-		p.mountCredentials(m)
+		p.mountCredentials(ctx, m)
 		p.join(ctx, m, false)
 		Eventually(func() int { return p.status(m.keys[0], "c-1", "Noise", map[string]any{"acct": "acme"}) }).Should(Equal(http.StatusOK))
 		drained(ctx, m)
@@ -190,7 +199,7 @@ var _ = Describe("One receiver and one worker for many members", func() {
 
 	It("apply a partitioned member's users on all its partitions, and dead-letter what cannot be mapped", func(ctx SpecContext) {
 		m := newMember(ctx, "", "4")
-		p.mountCredentials(m)
+		p.mountCredentials(ctx, m)
 		p.join(ctx, m, false)
 		var ids []string
 		for i := range 20 {
@@ -217,7 +226,7 @@ var _ = Describe("One receiver and one worker for many members", func() {
 		Eventually(func() float64 { return p.members("waiting") }).Should(Equal(1.0))
 		Expect(storedMessages(ctx, m)).To(BeEquivalentTo(1), "accepted, waiting in the stream")
 
-		p.mountCredentials(m)
+		p.mountCredentials(ctx, m)
 		drained(ctx, m)
 		Expect(eventsOf(ctx, m)).To(Equal([]string{"w-1"}))
 		Expect(p.members("waiting")).To(Equal(0.0))
@@ -226,7 +235,7 @@ var _ = Describe("One receiver and one worker for many members", func() {
 	It("check Segment's signature with each member's own shared secret, mounted per member", func(ctx SpecContext) {
 		a, b := newMember(ctx), newMember(ctx)
 		for i, m := range []*member{a, b} {
-			p.mountCredentials(m)
+			p.mountCredentials(ctx, m)
 			Expect(os.WriteFile(filepath.Join(p.secretsDir, pool.Key(*m.src)), []byte(fmt.Sprintf("secret-%d\n", i)), 0o600)).To(Succeed())
 			p.join(ctx, m, false)
 		}
@@ -261,8 +270,8 @@ var _ = Describe("A pool's pods and its bucket", func() {
 	It("keep serving the last known members while the bucket is gone, and follow it once it is back", func(ctx SpecContext) {
 		p := newPool(ctx)
 		m, later := newMember(ctx), newMember(ctx)
-		p.mountCredentials(m)
-		p.mountCredentials(later)
+		p.mountCredentials(ctx, m)
+		p.mountCredentials(ctx, later)
 		p.join(ctx, m, false)
 		Eventually(func() int { return p.status(m.keys[0], "g-1", "E", nil) }).Should(Equal(http.StatusOK))
 
@@ -295,8 +304,8 @@ var _ = Describe("A pool member's insights", func() {
 	It("are pushed by the pool worker with the member's own insights write key, once it is mounted", func(ctx SpecContext) {
 		p := newPool(ctx)
 		pushing, receiving := newMember(ctx), newMember(ctx)
-		p.mountCredentials(pushing)
-		p.mountCredentials(receiving)
+		p.mountCredentials(ctx, pushing)
+		p.mountCredentials(ctx, receiving)
 		p.join(ctx, receiving, false)
 		// The insights go to the pool's own receiver, under the receiving member's key.
 		pushing.src.Insights = &source.InsightsConfig{Endpoint: p.receiver, Interval: time.Second}
@@ -318,7 +327,7 @@ var _ = Describe("A pool worker's Postgres connections", func() {
 		p := newPool(ctx, "--max-conns", "1")
 		members := []*member{newMember(ctx), newMember(ctx), newMember(ctx)}
 		for _, m := range members {
-			p.mountCredentials(m)
+			p.mountOwnLogin(m)
 			p.join(ctx, m, false)
 		}
 		for round := range 3 {

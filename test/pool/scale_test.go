@@ -36,8 +36,11 @@ var _ = Describe("A pool worker with a thousand idle members", Label("scale"), f
 		kv, err := pool.EnsureBucket(ctx, js, ref, 1)
 		Expect(err).NotTo(HaveOccurred())
 		credsDir := GinkgoT().TempDir()
+		poolURL, err := roles.EnsurePoolLogin(ctx, ref.String())
+		Expect(err).NotTo(HaveOccurred())
+		Expect(os.WriteFile(filepath.Join(credsDir, "pool.database-url"), []byte(poolURL), 0o600)).To(Succeed())
 		var first, last *member
-		By(fmt.Sprintf("making %d members of %d tenants, each with its stream and Postgres login", idleMembers, idleMembers))
+		By(fmt.Sprintf("making %d members of %d tenants, each with its stream and Postgres role, granted to the pool's login", idleMembers, idleMembers))
 		for i := range idleMembers {
 			src := &source.Config{Namespace: fmt.Sprintf("ns%d", i%10), Name: fmt.Sprintf("idle%d", i), Tenant: fmt.Sprintf("idle-tenant-%d", i),
 				StreamMaxBytes: 1 << 20}
@@ -45,7 +48,9 @@ var _ = Describe("A pool worker with a thousand idle members", Label("scale"), f
 			url, err := roles.Ensure(ctx, src.Tenant, "")
 			Expect(err).NotTo(HaveOccurred())
 			m := &member{src: src, keys: []string{fmt.Sprintf("idle-key-%d-0123456789abcdef", i)}, url: url}
-			Expect(os.WriteFile(filepath.Join(credsDir, pool.Key(*src)+".database-url"), []byte(url), 0o600)).To(Succeed())
+			role, err := roles.GrantPoolMember(ctx, ref.String(), src.Namespace+"/"+src.Name, src.Tenant)
+			Expect(err).NotTo(HaveOccurred())
+			Expect(os.WriteFile(filepath.Join(credsDir, pool.Key(*src)+".database-role"), []byte(role), 0o600)).To(Succeed())
 			_, err = pool.Put(ctx, kv, pool.Member{Source: *src, WriteKeyDigests: []string{pool.DigestKey(m.keys[0])}})
 			Expect(err).NotTo(HaveOccurred())
 			if first == nil {

@@ -229,8 +229,21 @@ func (p *podsOf) leave(ctx context.Context, m *member) {
 	Expect(pool.Remove(ctx, p.kv, m.src.Namespace, m.src.Name)).To(Succeed())
 }
 
-// mountCredentials writes the member's tenant login where the operator mounts it for the worker.
-func (p *podsOf) mountCredentials(m *member) {
+// mountCredentials grants the pool's Postgres login the member's tenant role and writes both
+// where the operator mounts them for the worker.
+func (p *podsOf) mountCredentials(ctx context.Context, m *member) {
+	GinkgoHelper()
+	url, err := roles.EnsurePoolLogin(ctx, p.ref.String())
+	Expect(err).NotTo(HaveOccurred())
+	role, err := roles.GrantPoolMember(ctx, p.ref.String(), m.src.Namespace+"/"+m.src.Name, m.src.Tenant)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(os.WriteFile(filepath.Join(p.credsDir, "pool.database-url"), []byte(url+"\n"), 0o600)).To(Succeed())
+	Expect(os.WriteFile(filepath.Join(p.credsDir, pool.Key(*m.src)+".database-role"), []byte(role+"\n"), 0o600)).To(Succeed())
+}
+
+// mountOwnLogin writes a login of the member's own (a source naming its database Secret; here its
+// tenant's login) where the operator mounts it for the worker.
+func (p *podsOf) mountOwnLogin(m *member) {
 	GinkgoHelper()
 	Expect(os.WriteFile(filepath.Join(p.credsDir, pool.Key(*m.src)+".database-url"), []byte(m.url+"\n"), 0o600)).To(Succeed())
 }

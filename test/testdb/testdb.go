@@ -58,20 +58,24 @@ func FreshOn(ctx context.Context, adminURL, prefix string) (string, func(), erro
 	return u.String(), drop, nil
 }
 
-// tenantRoles lists the login roles the database's tenants were given (none when it has no tally
-// schema).
+// tenantRoles lists the login roles the database's tenants and pools were given (none when it
+// has no tally schema).
 func tenantRoles(ctx context.Context, databaseURL string) []string {
 	c, err := pgx.Connect(ctx, databaseURL)
 	if err != nil {
 		return nil
 	}
 	defer c.Close(ctx)
-	rows, err := c.Query(ctx, "SELECT role_name FROM tally.tenant_roles")
-	if err != nil {
-		return nil
+	var all []string
+	for _, table := range []string{"tally.tenant_roles", "tally.pool_logins"} {
+		rows, err := c.Query(ctx, "SELECT role_name FROM "+table)
+		if err != nil {
+			continue // a schema from before the table
+		}
+		roles, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+		all = append(all, roles...)
 	}
-	roles, _ := pgx.CollectRows(rows, pgx.RowTo[string])
-	return roles
+	return all
 }
 
 func sanitize(s string) string {

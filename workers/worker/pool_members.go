@@ -25,7 +25,10 @@ import (
 // The files the operator mounts per member in a pool worker's credentials directory.
 const (
 	databaseURLSuffix      = ".database-url"
+	databaseRoleSuffix     = ".database-role"
 	insightsWriteKeySuffix = ".insights-write-key"
+	// poolDatabaseURLFile is the pool's own login, which members with a database-role use.
+	poolDatabaseURLFile = "pool.database-url"
 )
 
 // poolWorkers runs one Worker per member of a SegmentSourcePool that is not suspended: a member
@@ -279,8 +282,9 @@ func (p *poolWorkers) syncInsights(key string, run *memberRun) error {
 	return nil
 }
 
-// memberDatabaseLogin is the member's database login (from MemberDatabaseLogin, else its own
-// login in the credentials directory), else the worker's --database-url; no URL when neither.
+// memberDatabaseLogin is the member's database login: from MemberDatabaseLogin, else from the
+// credentials directory (its own login, or its tenant's role on the pool's login), else the
+// worker's --database-url; no URL when none.
 func (p *poolWorkers) memberDatabaseLogin(key string, src *source.Config) (DatabaseLogin, error) {
 	if p.memberLogin != nil {
 		login, err := p.memberLogin(p.ctx, src)
@@ -295,6 +299,20 @@ func (p *poolWorkers) memberDatabaseLogin(key string, src *source.Config) (Datab
 	}
 	if url = strings.TrimSpace(url); url != "" {
 		return DatabaseLogin{URL: url}, nil
+	}
+	role, err := p.readCredential(key + databaseRoleSuffix)
+	if err != nil {
+		return DatabaseLogin{}, err
+	}
+	if role = strings.TrimSpace(role); role != "" {
+		url, err := p.readCredential(poolDatabaseURLFile)
+		if err != nil {
+			return DatabaseLogin{}, err
+		}
+		if url = strings.TrimSpace(url); url == "" {
+			return DatabaseLogin{}, errors.New("the pool's own database login is not mounted yet")
+		}
+		return DatabaseLogin{URL: url, Role: role}, nil
 	}
 	return DatabaseLogin{URL: p.databaseURL}, nil
 }
