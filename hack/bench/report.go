@@ -56,6 +56,9 @@ type ManyTenantsResult struct {
 	SmallAckP50Ms float64 `json:"small_tenants_ack_p50_ms"`
 	SmallAckP99Ms float64 `json:"small_tenants_ack_p99_ms"`
 	Rejected      int64   `json:"rejected_requests"`
+	// SessionsOpened counts the Postgres sessions the phase opened (pg_stat_database.sessions):
+	// what the small tenants' logins cost in connections.
+	SessionsOpened int64 `json:"postgres_sessions_opened"`
 }
 
 // Report is what `make bench` writes: the default-mode figures at the top level, the fsync-always
@@ -91,7 +94,9 @@ type Settings struct {
 	SmallTenantsRate int    `json:"small_tenants_rate"`
 	BigTenantRate    int    `json:"big_tenant_rate"`
 	BigTenantLimit   int    `json:"big_tenant_limit"`
-	Quick            bool   `json:"quick"`
+	// SmallTenantsLogin is how the small tenants' pool worker logs in to Postgres: pool or tenant.
+	SmallTenantsLogin string `json:"small_tenants_login"`
+	Quick             bool   `json:"quick"`
 }
 
 func currentMachine() Machine {
@@ -213,6 +218,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	row("many tenants: small fresh p99 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallFreshnessP99Ms }), "%.0f")
 	row("many tenants: small ack p50 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallAckP50Ms }), "%.1f")
 	row("many tenants: small ack p99 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallAckP99Ms }), "%.1f")
+	row("many tenants: Postgres sessions opened", many(func(m *ManyTenantsResult) float64 { return float64(m.SessionsOpened) }), "%.0f")
 	tw.Flush()
 	fmt.Fprintf(w, "machine: %s, %d cores, %s\n", r.Machine.CPU, r.Machine.Cores, r.Machine.GoVersion)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/tallyhq/tally/workers/pool"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 	"github.com/tallyhq/tally/workers/worker"
@@ -105,39 +106,37 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	if err := e.pipeline.Serve(ctx, sources); err != nil {
 		return err
 	}
-	// A worker per source, as a pool's worker runs one per member: a longer fetch wait than the
-	// other phases' (a thousand idle fetch loops), and connection pools of their own, one for
-	// the big tenant and one shared by the small ones (a pool worker has one per tenant login).
+	// The big tenant's workers, on a connection pool of their own (a dedicated source, or a pool
+	// of its tier); the small ones in a pool worker (smallTenantsPool). Both fetch with a longer
+	// wait than the other phases' (a thousand idle fetch loops).
 	bigPool, err := e.connections(ctx, 8)
 	if err != nil {
 		return err
 	}
 	defer bigPool.Close()
-	smallPool, err := e.connections(ctx, 16)
-	if err != nil {
-		return err
-	}
-	defer smallPool.Close()
 	metrics := worker.NewMetrics(prometheus.NewRegistry())
 	wctx, stopWorkers := context.WithCancel(ctx)
 	var workers sync.WaitGroup
 	defer func() { stopWorkers(); workers.Wait() }()
 	var started []*worker.Worker
-	for i, src := range sources {
-		replicas, pool := 1, smallPool
-		if i == 0 {
-			replicas, pool = e.cfg.settings.WorkerReplicas, bigPool
+	for range e.cfg.settings.WorkerReplicas {
+		w, err := worker.New(worker.Options{Pool: bigPool, JetStream: e.js, Source: sources[0], MaxWait: manyMaxWait,
+			BatchSize: e.cfg.settings.WorkerBatchSize, Logger: e.cfg.log, Metrics: metrics})
+		if err != nil {
+			return err
 		}
-		for range replicas {
-			w, err := worker.New(worker.Options{Pool: pool, JetStream: e.js, Source: src, MaxWait: 200 * time.Millisecond,
-				BatchSize: e.cfg.settings.WorkerBatchSize, Logger: e.cfg.log, Metrics: metrics})
-			if err != nil {
-				return err
-			}
-			workers.Go(func() { _ = w.Run(wctx) })
-			started = append(started, w)
-		}
+		workers.Go(func() { _ = w.Run(wctx) })
+		started = append(started, w)
 	}
+	sessionsBefore, err := e.sessions(ctx)
+	if err != nil {
+		return err
+	}
+	stopSmall, err := e.smallTenantsPool(ctx, sources[1:])
+	if err != nil {
+		return err
+	}
+	defer stopSmall()
 	// Measure a running pool, not its start: every worker bound to its consumers first.
 	for _, w := range started {
 		for !w.Ready() {
@@ -221,13 +220,118 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	res.ManyTenants = &ManyTenantsResult{
+	sessionsAfter, err := e.sessions(ctx)
+	if err != nil {
+		return err
+	}
+	res.ManyTenants = &ManyTenantsResult{SessionsOpened: sessionsAfter - sessionsBefore,
 		Tenants: n, BigEventsPerS: big.eventsPerSecond(), SmallEventsPerS: float64(sent.Load()) / e.phaseLength().Seconds(),
 		SmallFreshnessP50Ms: percentileMs(lat, 50), SmallFreshnessP99Ms: percentileMs(lat, 99),
 		SmallAckP50Ms: percentileMs(acks, 50), SmallAckP99Ms: percentileMs(acks, 99),
 		BigBacklogAtEnd: bigState.Backlog, Rejected: big.rejected + refused.Load(),
 	}
 	return nil
+}
+
+// sessions is how many sessions Postgres has opened on the bench's database so far.
+func (e *env) sessions(ctx context.Context) (int64, error) {
+	var n int64
+	err := e.pool.QueryRow(ctx, `SELECT sessions FROM pg_stat_database WHERE datname = current_database()`).Scan(&n)
+	return n, err
+}
+
+// manyMaxWait is the fetch wait of the many-tenants phase's workers.
+const manyMaxWait = 200 * time.Millisecond
+
+// smallTenantsPool runs the small tenants' workers in one pool worker (worker.NewPool), as a
+// SegmentSourcePool's worker runs its members, with --small-tenants-login: the pool's login,
+// acting as each member's tenant role (as the operator sets it up), or each tenant's own login
+// (one connection per tenant that has work, within the pool worker's 40). It returns once every
+// member runs.
+func (e *env) smallTenantsPool(ctx context.Context, members []*source.Config) (stop func(), err error) {
+	ref := pool.Ref{Namespace: "bench", Name: "small"}
+	kv, err := pool.EnsureBucket(ctx, e.js, ref, 1)
+	if err != nil {
+		return nil, err
+	}
+	roles := worker.NewTenantRoles(e.pool, e.dbURL)
+	poolURL, err := roles.EnsurePoolLogin(ctx, ref.String())
+	if err != nil {
+		return nil, err
+	}
+	logins := make(map[string]worker.DatabaseLogin, len(members))
+	for _, src := range members {
+		url, err := roles.Ensure(ctx, src.Tenant, "")
+		if err != nil {
+			return nil, err
+		}
+		login := worker.DatabaseLogin{URL: url}
+		if e.cfg.settings.SmallTenantsLogin != "tenant" {
+			role, err := roles.GrantPoolMember(ctx, ref.String(), src.Namespace+"/"+src.Name, src.Tenant)
+			if err != nil {
+				return nil, err
+			}
+			login = worker.DatabaseLogin{URL: poolURL, Role: role}
+		}
+		logins[src.Tenant] = login
+		digests := make([]string, len(src.WriteKeys))
+		for i, k := range src.WriteKeys {
+			digests[i] = pool.DigestKey(k)
+		}
+		if _, err := pool.Put(ctx, kv, pool.Member{Source: *src, WriteKeyDigests: digests}); err != nil {
+			return nil, err
+		}
+	}
+	reg := prometheus.NewRegistry()
+	pw, err := worker.NewPool(worker.PoolOptions{Pool: ref, JetStream: e.js, Registerer: reg,
+		Worker: worker.Options{MaxWait: manyMaxWait, BatchSize: e.cfg.settings.WorkerBatchSize, Logger: e.cfg.log},
+		MemberDatabaseLogin: func(_ context.Context, src *source.Config) (worker.DatabaseLogin, error) {
+			return logins[src.Tenant], nil
+		}})
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	var runErr error
+	go func() { runErr = pw.Run(runCtx); close(done) }()
+	stop = func() {
+		cancel()
+		<-done
+		_ = pool.DeleteBucket(context.WithoutCancel(ctx), e.js, ref)
+	}
+	deadline := time.After(2 * time.Minute)
+	for running(reg) < len(members) {
+		select {
+		case <-done:
+			cancel()
+			return nil, fmt.Errorf("the small tenants' pool worker stopped: %w", runErr)
+		case <-deadline:
+			stop()
+			return nil, fmt.Errorf("the small tenants' pool worker runs %d of %d members after 2 minutes", running(reg), len(members))
+		case <-ctx.Done():
+			stop()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return stop, nil
+}
+
+// running is the pool worker's count of running members (tally_worker_pool_members).
+func running(reg *prometheus.Registry) int {
+	families, _ := reg.Gather()
+	for _, f := range families {
+		if f.GetName() != "tally_worker_pool_members" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if label(m, "state") == "running" {
+				return int(m.GetGauge().GetValue())
+			}
+		}
+	}
+	return 0
 }
 
 // tenantsWatch is visibilityWatch over many tenants: it records when each sent row became

@@ -26,10 +26,14 @@ type tenantPools struct {
 
 	mu    sync.Mutex
 	pools map[string]*pgxpool.Pool
+	// logins remembers the pool members' logins (pool, member and tenant), so the pool workers'
+	// periodic look at their members' credentials costs no round trip.
+	logins map[[3]string]worker.DatabaseLogin
 }
 
 func newTenantPools(admin *pgxpool.Pool, adminURL string, log *slog.Logger) *tenantPools {
-	return &tenantPools{admin: admin, adminURL: adminURL, roles: worker.NewTenantRoles(admin, adminURL), log: log, pools: map[string]*pgxpool.Pool{}}
+	return &tenantPools{admin: admin, adminURL: adminURL, roles: worker.NewTenantRoles(admin, adminURL), log: log, pools: map[string]*pgxpool.Pool{},
+		logins: map[[3]string]worker.DatabaseLogin{}}
 }
 
 // Pool is the tenant's pool, made on first use.
@@ -91,9 +95,18 @@ func (t *tenantPools) KeepMembers(ctx context.Context, p pool.Ref, members []*so
 // MemberLogin is the pool's login as the member tenant's role, made on first use; the shared
 // login when this one may not create roles.
 func (t *tenantPools) MemberLogin(ctx context.Context, p pool.Ref, member *source.Config) (worker.DatabaseLogin, error) {
+	key := [3]string{p.String(), memberName(member), member.Tenant}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if login, ok := t.logins[key]; ok {
+		return login, nil
+	}
 	login, err := t.memberLogin(ctx, p, member)
 	if mayNotCreateRoles(err) {
-		return worker.DatabaseLogin{URL: t.adminURL}, nil
+		login, err = worker.DatabaseLogin{URL: t.adminURL}, nil
+	}
+	if err == nil {
+		t.logins[key] = login
 	}
 	return login, err
 }

@@ -11,8 +11,9 @@ import (
 
 // Defaults of a pool worker's Postgres connections.
 const (
-	// DefaultPoolMaxConns bounds the connections of one tenant login in a pool worker: a member's
-	// worker runs one transaction at a time per consumer, and most members are idle.
+	// DefaultPoolMaxConns bounds the connections of one tenant's own login in a pool worker (a
+	// source naming a database Secret of its own): a member's worker runs one transaction at a
+	// time per consumer, and most members are idle. The pool's own login is bounded by the total.
 	DefaultPoolMaxConns = 4
 	// DefaultPoolMaxConnsTotal bounds a pool worker's connections over all logins (Postgres
 	// allows 100 by default, and the manager and others need some).
@@ -28,10 +29,12 @@ const (
 // members: the members of one tenant log in with the same URL, and a thousand mostly idle
 // members must not hold a thousand connections.
 type databases struct {
-	maxConns int32
-	limit    *connLimit
-	mu       sync.Mutex
-	pools    map[string]*sharedDatabase
+	// maxConns bounds a tenant's own login; a pool's login, which every member shares, may use
+	// all maxTotal.
+	maxConns, maxTotal int32
+	limit              *connLimit
+	mu                 sync.Mutex
+	pools              map[string]*sharedDatabase
 }
 
 type sharedDatabase struct {
@@ -47,7 +50,7 @@ func newDatabases(maxConns, maxTotal int) *databases {
 	if maxTotal <= 0 {
 		maxTotal = DefaultPoolMaxConnsTotal
 	}
-	d := &databases{maxConns: int32(min(maxConns, maxTotal, 1<<15)), pools: map[string]*sharedDatabase{}}
+	d := &databases{maxConns: int32(min(maxConns, maxTotal, 1<<15)), maxTotal: int32(min(maxTotal, 1<<15)), pools: map[string]*sharedDatabase{}}
 	d.limit = newConnLimit(maxTotal, d.closeIdle)
 	return d
 }
@@ -89,6 +92,7 @@ func (d *databases) acquire(login DatabaseLogin) (*pgxpool.Pool, error) {
 	cfg.HealthCheckPeriod = poolConnIdleTime / 2
 	cfg.ConnConfig.DialFunc = d.limit.dial(cfg.ConnConfig.DialFunc)
 	if login.Role != "" {
+		cfg.MaxConns = d.maxTotal
 		cfg.PrepareConn = setRole
 	}
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" { // what pg_stat_activity shows

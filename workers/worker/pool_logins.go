@@ -176,14 +176,7 @@ func (t *TenantRoles) DropPoolLogin(ctx context.Context, pool string) error {
 		if _, err := tx.Exec(ctx, lockRoles); err != nil {
 			return err
 		}
-		var role string
-		err := tx.QueryRow(ctx, `DELETE FROM tally.pool_logins WHERE pool = $1 RETURNING role_name`, pool).Scan(&role)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		return execFormatted(ctx, tx, `SELECT format('DROP ROLE IF EXISTS %I', $1::text)`, role)
+		return dropDeletedRole(ctx, tx, `DELETE FROM tally.pool_logins WHERE pool = $1 RETURNING role_name`, pool)
 	})
 }
 

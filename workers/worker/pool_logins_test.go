@@ -2,12 +2,10 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
@@ -27,13 +25,6 @@ var _ = Describe("Pool logins", func() {
 			DeferCleanup(func(ctx SpecContext) { _ = conn.Close(ctx) })
 		}
 		return conn, err
-	}
-	sqlState := func(err error) string {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
-			return pgErr.Code
-		}
-		return fmt.Sprint(err)
 	}
 	become := func(ctx context.Context, conn *pgx.Conn, role string) error {
 		_, err := conn.Exec(ctx, `SELECT set_config('role', $1, false)`, role)

@@ -125,15 +125,21 @@ func (t *TenantRoles) Drop(ctx context.Context, tenant string) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM tally.pool_members WHERE tenant = $1`, tenant); err != nil {
 			return err
 		}
-		var role string
-		err := tx.QueryRow(ctx, `DELETE FROM tally.tenant_roles WHERE tenant = $1 RETURNING role_name`, tenant).Scan(&role)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		return execFormatted(ctx, tx, `SELECT format('DROP ROLE IF EXISTS %I', $1::text)`, role)
+		return dropDeletedRole(ctx, tx, `DELETE FROM tally.tenant_roles WHERE tenant = $1 RETURNING role_name`, tenant)
 	})
+}
+
+// dropDeletedRole runs deleteReturningRole (a DELETE ... RETURNING role_name) and drops the role
+// it returns, if any.
+func dropDeletedRole(ctx context.Context, tx pgx.Tx, deleteReturningRole string, args ...any) error {
+	var role string
+	err := tx.QueryRow(ctx, deleteReturningRole, args...).Scan(&role)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	return execFormatted(ctx, tx, `SELECT format('DROP ROLE IF EXISTS %I', $1::text)`, role)
 }
 
 func (t *TenantRoles) createRole(ctx context.Context, tx pgx.Tx, role, password string) error {

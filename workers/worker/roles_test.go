@@ -28,13 +28,6 @@ var _ = Describe("Tenant roles", func() {
 		DeferCleanup(func(ctx SpecContext) { _ = conn.Close(ctx) })
 		return conn
 	}
-	sqlState := func(err error) string {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
-			return pgErr.Code
-		}
-		return fmt.Sprint(err)
-	}
 
 	It("see and change only their own tenant's rows, whatever the query, and cannot change the schema", func(ctx SpecContext) {
 		// Two tenants with rows, written by their own workers logged in with their own roles.
@@ -206,6 +199,15 @@ var _ = Describe("Tenant roles", func() {
 		}
 	})
 })
+
+// sqlState is the SQLSTATE of a Postgres error, or the error's text.
+func sqlState(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return fmt.Sprint(err)
+}
 
 var _ = Describe("SCRAM verifiers", func() {
 	It("are what Postgres stores for a password (checked against Python's hashlib with a fixed salt)", func() {
