@@ -58,16 +58,9 @@ func (r *SegmentSourceReconciler) tenantLogin(ctx context.Context, tenant, rotat
 func (l *tenantLogins) forget(tenant string) { l.m.Delete(tenant) }
 func (l *tenantLogins) forgetAll()           { l.m.Clear(); l.pools.Clear() }
 
-// forgetPool drops what is remembered of a pool's login and grants (the pool is gone).
-func (l *tenantLogins) forgetPool(pool string) {
-	l.pools.Delete(pool)
-	l.grants.Range(func(k, _ any) bool {
-		if strings.HasPrefix(k.(string), pool+"|") {
-			l.grants.Delete(k)
-		}
-		return true
-	})
-}
+// forgetPool drops what is remembered of a pool's login (the pool is gone). Its grants were
+// remembered by the pool's UID, which a pool made again under the same name does not have.
+func (l *tenantLogins) forgetPool(pool string) { l.pools.Delete(pool) }
 
 // poolLogin is Roles.EnsurePoolLogin, remembered as tenantLogin is.
 func (r *SegmentSourceReconciler) poolLogin(ctx context.Context, pool string) (string, error) {
@@ -88,10 +81,10 @@ type poolGrant struct {
 	at           time.Time
 }
 
-// poolMemberRole is Roles.GrantPoolMember, remembered per pool and member for as long as the
-// member's tenant stays the same.
-func (r *SegmentSourceReconciler) poolMemberRole(ctx context.Context, pool, member, tenant string) (string, error) {
-	key := pool + "|" + member
+// poolMemberRole is Roles.GrantPoolMember, remembered per pool (by UID) and member for as long as
+// the member's tenant stays the same.
+func (r *SegmentSourceReconciler) poolMemberRole(ctx context.Context, poolUID types.UID, pool, member, tenant string) (string, error) {
+	key := string(poolUID) + "|" + member
 	if v, ok := r.logins.grants.Load(key); ok {
 		if g := v.(poolGrant); g.tenant == tenant && time.Since(g.at) < tenantLoginRecheck {
 			return g.role, nil
@@ -105,9 +98,14 @@ func (r *SegmentSourceReconciler) poolMemberRole(ctx context.Context, pool, memb
 	return role, nil
 }
 
-// revokePoolMember is Roles.RevokePoolMember, forgetting the member's grant.
+// revokePoolMember is Roles.RevokePoolMember, forgetting the member's grants.
 func (r *SegmentSourceReconciler) revokePoolMember(ctx context.Context, pool, member string) error {
-	r.logins.grants.Delete(pool + "|" + member)
+	r.logins.grants.Range(func(k, _ any) bool {
+		if strings.HasSuffix(k.(string), "|"+member) {
+			r.logins.grants.Delete(k)
+		}
+		return true
+	})
 	return r.Roles.RevokePoolMember(ctx, pool, member)
 }
 

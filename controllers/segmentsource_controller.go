@@ -138,9 +138,12 @@ type TenantDatabaseRoles interface {
 	// missing and returns the URL to connect with. On its own it reaches no row.
 	EnsurePoolLogin(ctx context.Context, pool string) (string, error)
 	// GrantPoolMember lets the pool's login act for member (<namespace>/<name>) as its tenant,
-	// whose role it returns: the pool's workers run the member's transactions as that role.
+	// whose role it returns: the pool's workers run the member's transactions as that role. It
+	// is ErrNoPoolLogin until the pool's reconcile made the login, and takes the member out of
+	// any other pool.
 	GrantPoolMember(ctx context.Context, pool, member, tenant string) (string, error)
-	// RevokePoolMember takes that back; the tenant's role goes with the pool's last member of it.
+	// RevokePoolMember takes that back, in every pool when pool is ""; the tenant's role goes
+	// with the pool's last member of it.
 	RevokePoolMember(ctx context.Context, pool, member string) error
 	// DropPoolLogin removes the pool's login.
 	DropPoolLogin(ctx context.Context, pool string) error
@@ -330,9 +333,15 @@ func (r *SegmentSourceReconciler) reconcileDelete(ctx context.Context, st *recon
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, eventReasonStreamRetained, "Delete",
 			"kept stream %s (deletionPolicy Retain)", src.StreamName())
 	}
-	// The pool's workers drained the stream above; now the pool forgets the member.
+	// The pool's workers drained the stream above; now the pool forgets the member, and every
+	// pool's login what it was granted for it (a grant may precede the entry its status records).
 	if err := r.leavePool(ctx, st); err != nil {
 		return err
+	}
+	if r.Roles != nil {
+		if err := r.revokePoolMember(ctx, "", obj.Namespace+"/"+obj.Name); err != nil {
+			return transient(ReasonDatabaseRoleFailed, redacted(err), "taking back what pools' Postgres logins were granted for this source")
+		}
 	}
 	if err := r.dropTenantRoleIfLast(ctx, obj); err != nil {
 		return err

@@ -6,6 +6,9 @@ import (
 	"time"
 )
 
+// ErrNoPoolLogin is TenantDatabaseRoles.GrantPoolMember's answer before the pool's login exists.
+var ErrNoPoolLogin = errors.New("the pool's Postgres login does not exist yet")
+
 // Reasons of the Ready condition (and of Reconciling/Stalled, which mirror it). Each names what a
 // person has to look at; the message says exactly which object or server.
 const (

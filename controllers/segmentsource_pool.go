@@ -138,10 +138,10 @@ func (r *SegmentSourceReconciler) reconcileMemberDatabase(ctx context.Context, s
 		return transient(ReasonDatabaseRoleFailed, redacted(err), "creating the Postgres login of tenant %q", obj.Spec.Tenant)
 	}
 	pool := poolRef(st.pool).String()
-	if _, err := r.poolLogin(ctx, pool); err != nil { // the pool's reconcile makes it too; whichever comes first
-		return transient(ReasonDatabaseRoleFailed, redacted(err), "creating the Postgres login of pool %s", pool)
+	role, err := r.poolMemberRole(ctx, st.pool.UID, pool, obj.Namespace+"/"+obj.Name, obj.Spec.Tenant)
+	if errors.Is(err, ErrNoPoolLogin) { // the pool's reconcile makes it
+		return waiting(ReasonProgressing, poolRequeue, "the Postgres login of pool %s does not exist yet", pool)
 	}
-	role, err := r.poolMemberRole(ctx, pool, obj.Namespace+"/"+obj.Name, obj.Spec.Tenant)
 	if err != nil {
 		return transient(ReasonDatabaseRoleFailed, redacted(err), "letting the Postgres login of pool %s act for tenant %q", pool, obj.Spec.Tenant)
 	}

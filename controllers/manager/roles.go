@@ -2,7 +2,9 @@ package manager
 
 import (
 	"context"
+	"errors"
 
+	"github.com/tallyhq/tally/controllers"
 	"github.com/tallyhq/tally/workers/worker"
 )
 
@@ -50,7 +52,11 @@ func (t *tenantRows) GrantPoolMember(ctx context.Context, pool, member, tenant s
 	if err != nil {
 		return "", err
 	}
-	return roles.GrantPoolMember(ctx, pool, member, tenant)
+	role, err := roles.GrantPoolMember(ctx, pool, member, tenant)
+	if errors.Is(err, worker.ErrNoPoolLogin) {
+		return "", controllers.ErrNoPoolLogin
+	}
+	return role, err
 }
 
 // RevokePoolMember takes the member's grant back.

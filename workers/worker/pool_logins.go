@@ -18,6 +18,9 @@ import (
 // login inherits nothing, so it reaches no row on its own, and it is a member of exactly the
 // roles of its members' tenants.
 
+// ErrNoPoolLogin: the pool's login is not made yet (EnsurePoolLogin is the pool's to call).
+var ErrNoPoolLogin = errors.New("the pool's Postgres login does not exist yet")
+
 // poolLoginAttributes: a login that may only become the roles granted to it.
 const poolLoginAttributes = "LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 
@@ -90,28 +93,54 @@ func (t *TenantRoles) createPoolLogin(ctx context.Context, tx pgx.Tx, role, pass
 		return err
 	}
 	for _, g := range granted {
-		if err := execFormatted(ctx, tx, `SELECT format('REVOKE %I FROM %I', $1::text, $2::text)`, g, role); err != nil {
+		if err := revokeMembership(ctx, tx, g, role); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// revokeMembership revokes role from login and checks that it is gone: from Postgres 16 on, a
+// REVOKE takes back only the revoker's own grant, with a warning for another grantor's (the
+// administrator's credentials changed to another user), which must not pass unnoticed.
+func revokeMembership(ctx context.Context, tx pgx.Tx, role, login string) error {
+	if err := execFormatted(ctx, tx, `SELECT format('REVOKE %I FROM %I', $1::text, $2::text)`, role, login); err != nil {
+		return err
+	}
+	var still bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+		JOIN pg_roles u ON u.oid = m.member WHERE g.rolname = $1 AND u.rolname = $2)`, role, login).Scan(&still); err != nil {
+		return err
+	}
+	if still {
+		return fmt.Errorf("role %s is still granted to %s by another role than this login; revoke it as that role", role, login)
+	}
+	return nil
+}
+
 // GrantPoolMember lets pool's login act for member (<namespace>/<name> of a source) of tenant,
 // whose role must exist (Ensure), and returns that role: the one the pool's workers become for
-// the member's transactions. A member that changed tenant leaves its former tenant's role.
+// the member's transactions. It is ErrNoPoolLogin until the pool's login exists. A member that
+// changed tenant leaves its former tenant's role, and one that changed pool leaves the others.
 func (t *TenantRoles) GrantPoolMember(ctx context.Context, pool, member, tenant string) (string, error) {
 	var role string
 	err := pgx.BeginTxFunc(ctx, t.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, lockRoles); err != nil {
 			return err
 		}
-		var login string
-		err := tx.QueryRow(ctx, `SELECT l.role_name, r.role_name FROM tally.pool_logins l, tally.tenant_roles r
-			WHERE l.pool = $1 AND r.tenant = $2`, pool, tenant).Scan(&login, &role)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return errors.New("the pool's login or the tenant's role does not exist yet")
-		} else if err != nil {
+		var login, tenantRole *string
+		if err := tx.QueryRow(ctx, `SELECT (SELECT role_name FROM tally.pool_logins WHERE pool = $1),
+			(SELECT role_name FROM tally.tenant_roles WHERE tenant = $2)`, pool, tenant).Scan(&login, &tenantRole); err != nil {
+			return err
+		}
+		switch {
+		case login == nil:
+			return ErrNoPoolLogin
+		case tenantRole == nil:
+			return errors.New("the tenant's Postgres role does not exist yet")
+		}
+		role = *tenantRole
+		if err := leavePools(ctx, tx, member, pool); err != nil {
 			return err
 		}
 		var former *string
@@ -127,7 +156,7 @@ func (t *TenantRoles) GrantPoolMember(ctx context.Context, pool, member, tenant 
 				return err
 			}
 		}
-		return execFormatted(ctx, tx, `SELECT format('GRANT %I TO %I', $1::text, $2::text)`, role, login)
+		return execFormatted(ctx, tx, `SELECT format('GRANT %I TO %I', $1::text, $2::text)`, role, *login)
 	})
 	if err != nil {
 		return "", fmt.Errorf("member %q of pool %q: %w", member, pool, err)
@@ -135,12 +164,15 @@ func (t *TenantRoles) GrantPoolMember(ctx context.Context, pool, member, tenant 
 	return role, nil
 }
 
-// RevokePoolMember stops pool's login acting for member; its tenant's role is revoked once no
-// other member of the pool has that tenant.
+// RevokePoolMember stops pool's login acting for member, or every pool's when pool is "" (a
+// source deleted); its tenant's role is revoked once no other member of the pool has that tenant.
 func (t *TenantRoles) RevokePoolMember(ctx context.Context, pool, member string) error {
 	return pgx.BeginTxFunc(ctx, t.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, lockRoles); err != nil {
 			return err
+		}
+		if pool == "" {
+			return leavePools(ctx, tx, member, "")
 		}
 		var tenant string
 		err := tx.QueryRow(ctx, `DELETE FROM tally.pool_members WHERE pool = $1 AND member = $2 RETURNING tenant`, pool, member).Scan(&tenant)
@@ -151,6 +183,24 @@ func (t *TenantRoles) RevokePoolMember(ctx context.Context, pool, member string)
 		}
 		return revokeUnheld(ctx, tx, pool, tenant)
 	})
+}
+
+// leavePools removes member from every pool but except, revoking what no other member holds.
+func leavePools(ctx context.Context, tx pgx.Tx, member, except string) error {
+	rows, err := tx.Query(ctx, `DELETE FROM tally.pool_members WHERE member = $1 AND pool <> $2 RETURNING pool, tenant`, member, except)
+	if err != nil {
+		return err
+	}
+	left, err := pgx.CollectRows(rows, pgx.RowToStructByPos[struct{ Pool, Tenant string }])
+	if err != nil {
+		return err
+	}
+	for _, l := range left {
+		if err := revokeUnheld(ctx, tx, l.Pool, l.Tenant); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // revokeUnheld revokes tenant's role from pool's login when no member of the pool has the tenant.
@@ -167,7 +217,7 @@ func revokeUnheld(ctx context.Context, tx pgx.Tx, pool, tenant string) error {
 	if login == nil || role == nil {
 		return nil
 	}
-	return execFormatted(ctx, tx, `SELECT format('REVOKE %I FROM %I', $1::text, $2::text)`, *role, *login)
+	return revokeMembership(ctx, tx, *role, *login)
 }
 
 // DropPoolLogin removes pool's login and its memberships.

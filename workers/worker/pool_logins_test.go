@@ -140,4 +140,38 @@ var _ = Describe("Pool logins", func() {
 		Expect(err).To(HaveOccurred())
 		Expect(roles.PoolMembers(ctx, poolName)).To(BeEmpty())
 	})
+
+	It("take members only once the pool's login exists, and one pool at a time", func(ctx SpecContext) {
+		src := newSource(ctx, "")
+		_, err := roles.Ensure(ctx, src.Tenant, "")
+		Expect(err).NotTo(HaveOccurred())
+		first, second := "platform/first-"+src.Tenant, "platform/second-"+src.Tenant
+		_, err = roles.GrantPoolMember(ctx, first, "team/web", src.Tenant)
+		Expect(err).To(MatchError(ErrNoPoolLogin))
+
+		urls := map[string]string{}
+		for _, p := range []string{first, second} {
+			urls[p], err = roles.EnsurePoolLogin(ctx, p)
+			Expect(err).NotTo(HaveOccurred())
+			DeferCleanup(func(ctx SpecContext) { Expect(roles.DropPoolLogin(ctx, p)).To(Succeed()) })
+		}
+		role, err := roles.GrantPoolMember(ctx, first, "team/web", src.Tenant)
+		Expect(err).NotTo(HaveOccurred())
+		canBecome := func(p string) bool {
+			_, err := connect(ctx, DatabaseLogin{URL: urls[p], Role: role})
+			return err == nil
+		}
+		Expect(canBecome(first)).To(BeTrue())
+		Expect(canBecome(second)).To(BeFalse())
+
+		By("moving to the second pool takes it out of the first")
+		Expect(roles.GrantPoolMember(ctx, second, "team/web", src.Tenant)).To(Equal(role))
+		Expect(canBecome(first)).To(BeFalse())
+		Expect(canBecome(second)).To(BeTrue())
+
+		By("revoking it everywhere (the source deleted)")
+		Expect(roles.RevokePoolMember(ctx, "", "team/web")).To(Succeed())
+		Expect(canBecome(second)).To(BeFalse())
+		Expect(roles.PoolMembers(ctx, second)).To(BeEmpty())
+	})
 })

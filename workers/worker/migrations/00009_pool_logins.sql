@@ -40,6 +40,18 @@ CREATE TABLE tally.pool_members (
 ALTER TABLE tally.pool_members ENABLE ROW LEVEL SECURITY; -- no policy, no grant: the owner's only
 
 -- +goose Down
+-- The pools' logins go with their table (the pool's workers then use each member's own login).
+-- +goose StatementBegin
+DO $$
+DECLARE
+    l record;
+BEGIN
+    FOR l IN SELECT role_name FROM tally.pool_logins LOOP
+        EXECUTE format('DROP ROLE IF EXISTS %I', l.role_name);
+    END LOOP;
+END
+$$;
+-- +goose StatementEnd
 DROP TABLE tally.pool_members;
 DROP TABLE tally.pool_logins;
 REVOKE ALL ON tally.tenant_roles FROM tally_tenant;
