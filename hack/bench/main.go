@@ -52,6 +52,9 @@ func run() error {
 	phases := flag.String("phases", "", "comma-separated words of the phases to run (e.g. ingest, or \"100-message\" for the batch ingest alone); all when empty")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (receiver, workers, embedded NATS, load) to this file")
 	flag.Parse()
+	if s.SmallTenantsLogin != "pool" && s.SmallTenantsLogin != "tenant" {
+		return fmt.Errorf("--small-tenants-login must be pool or tenant, not %q", s.SmallTenantsLogin)
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
