@@ -67,22 +67,12 @@ func (t *TenantRoles) EnsurePoolLogin(ctx context.Context, pool string) (string,
 }
 
 func (t *TenantRoles) createPoolLogin(ctx context.Context, tx pgx.Tx, role, password string) error {
-	verifier, err := scramVerifier(password)
-	if err != nil {
+	existed, err := createLogin(ctx, tx, role, poolLoginAttributes, "", password)
+	if err != nil || !existed {
 		return err
-	}
-	var exists bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, role).Scan(&exists); err != nil {
-		return err
-	}
-	if !exists {
-		return execFormatted(ctx, tx, `SELECT format('CREATE ROLE %I `+poolLoginAttributes+` PASSWORD %L', $1::text, $2::text)`, role, verifier)
 	}
 	// Left by an earlier install of this database: taken over, stripped of every membership (the
 	// members are granted again as they join).
-	if err := execFormatted(ctx, tx, `SELECT format('ALTER ROLE %I `+poolLoginAttributes+` PASSWORD %L', $1::text, $2::text)`, role, verifier); err != nil {
-		return err
-	}
 	rows, err := tx.Query(ctx, `SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
 		JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1`, role)
 	if err != nil {

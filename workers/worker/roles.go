@@ -143,24 +143,30 @@ func dropDeletedRole(ctx context.Context, tx pgx.Tx, deleteReturningRole string,
 }
 
 func (t *TenantRoles) createRole(ctx context.Context, tx pgx.Tx, role, password string) error {
-	password, err := scramVerifier(password)
-	if err != nil {
-		return err
-	}
-	var exists bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, role).Scan(&exists); err != nil {
-		return err
-	}
 	// The role's privileges are the group's, and only those.
 	const attributes = "LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-	if !exists {
-		return execFormatted(ctx, tx, `SELECT format('CREATE ROLE %I `+attributes+` PASSWORD %L IN ROLE tally_tenant', $1::text, $2::text)`, role, password)
-	}
-	// Left by an earlier install of this database: taken over, with the group's privileges only.
-	if err := execFormatted(ctx, tx, `SELECT format('ALTER ROLE %I `+attributes+` PASSWORD %L', $1::text, $2::text)`, role, password); err != nil {
+	existed, err := createLogin(ctx, tx, role, attributes, " IN ROLE tally_tenant", password)
+	if err != nil || !existed {
 		return err
 	}
+	// Left by an earlier install of this database: taken over, with the group's privileges only.
 	return execFormatted(ctx, tx, `SELECT format('GRANT tally_tenant TO %I', $1::text)`, role)
+}
+
+// createLogin creates role with attributes (and createSuffix, such as IN ROLE), or, when it
+// exists already, sets its attributes and password and reports so: the caller then takes it over.
+func createLogin(ctx context.Context, tx pgx.Tx, role, attributes, createSuffix, password string) (existed bool, err error) {
+	verifier, err := scramVerifier(password)
+	if err != nil {
+		return false, err
+	}
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, role).Scan(&existed); err != nil {
+		return false, err
+	}
+	if !existed {
+		return false, execFormatted(ctx, tx, `SELECT format('CREATE ROLE %I `+attributes+` PASSWORD %L`+createSuffix+`', $1::text, $2::text)`, role, verifier)
+	}
+	return true, execFormatted(ctx, tx, `SELECT format('ALTER ROLE %I `+attributes+` PASSWORD %L', $1::text, $2::text)`, role, verifier)
 }
 
 func (t *TenantRoles) setPassword(ctx context.Context, tx pgx.Tx, role, password string) error {
