@@ -95,8 +95,26 @@ func (r *SegmentSourceReconciler) poolMemberRole(ctx context.Context, poolUID ty
 		return "", err
 	}
 	r.logins.grants.Store(key, poolGrant{tenant: tenant, role: role, at: time.Now()})
+	r.logins.grants.Delete(ownLoginKey(member))
 	return role, nil
 }
+
+// revokeForOwnLogin is revokePoolMember in every pool for a member that writes with a database
+// Secret of its own, asked again only every tenantLoginRecheck (and after a grant in between).
+func (r *SegmentSourceReconciler) revokeForOwnLogin(ctx context.Context, member string) error {
+	key := ownLoginKey(member)
+	if v, ok := r.logins.grants.Load(key); ok && time.Since(v.(poolGrant).at) < tenantLoginRecheck {
+		return nil
+	}
+	if err := r.revokePoolMember(ctx, "", member); err != nil {
+		return err
+	}
+	r.logins.grants.Store(key, poolGrant{at: time.Now()})
+	return nil
+}
+
+// ownLoginKey remembers, among the grants, a member's last revoke for its own login.
+func ownLoginKey(member string) string { return "own|" + member }
 
 // revokePoolMember is Roles.RevokePoolMember, forgetting the member's grants.
 func (r *SegmentSourceReconciler) revokePoolMember(ctx context.Context, pool, member string) error {

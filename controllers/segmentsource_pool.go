@@ -129,6 +129,14 @@ func (r *SegmentSourceReconciler) reconcileMemberDatabase(ctx context.Context, s
 			return err
 		}
 		st.databaseURL = value
+		if r.Roles == nil {
+			return nil
+		}
+		// A grant from before the member named its Secret would let the pool's login go on
+		// acting for its tenant, which its workers no longer need.
+		if err := r.revokeForOwnLogin(ctx, obj.Namespace+"/"+obj.Name); err != nil {
+			return transient(ReasonDatabaseRoleFailed, redacted(err), "taking back the pools' Postgres grants for %s/%s", obj.Namespace, obj.Name)
+		}
 		return nil
 	}
 	if r.Roles == nil {

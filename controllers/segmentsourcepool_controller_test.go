@@ -326,6 +326,29 @@ var _ = Describe("SegmentSourcePool", func() {
 		Eventually(func() int32 { return getPool(client.ObjectKeyFromObject(p)).Status.Members }).Should(Equal(int32(2)))
 		Expect(podTemplateJSON(platform, "shared-receiver")).To(Equal(receiverTemplate), "no rollout of the pool's receivers")
 		Expect(podTemplateJSON(platform, "shared-worker")).To(Equal(workerTemplate), "no rollout of the pool's workers")
+		poolMembers := func() []string {
+			return dbStrings(`SELECT member FROM tally.pool_members WHERE pool = $1`, platform+"/shared")
+		}
+		Eventually(poolMembers).Should(ConsistOf(platform+"/acme-web", platform+"/globex-app"))
+
+		By("a member that names a database Secret of its own writes with it, and the pool's login no longer acts for it")
+		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "globex-app-postgres", Namespace: platform, Labels: sourceSecretLabels},
+			StringData: map[string]string{"url": "postgres://own@db/tally"}})).To(Succeed())
+		otherKey := client.ObjectKeyFromObject(other)
+		updateSource(otherKey, func(s *tallyv1.SegmentSource) {
+			s.Spec.Worker.DatabaseSecretRef = &tallyv1.DatabaseSecretRef{Name: "globex-app-postgres"}
+		})
+		workerSecrets := func() map[string][]byte { return poolSecret(p, resources.PoolWorkerSecretsName("shared")) }
+		Eventually(workerSecrets).Should(And(
+			HaveKeyWithValue(platform+".globex-app.database-url", []byte("postgres://own@db/tally")),
+			Not(HaveKey(platform+".globex-app.database-role"))))
+		Eventually(poolMembers).Should(ConsistOf(platform + "/acme-web"))
+
+		By("and when it names none again, the pool's login acts for it again")
+		updateSource(otherKey, func(s *tallyv1.SegmentSource) { s.Spec.Worker.DatabaseSecretRef = nil })
+		Eventually(workerSecrets).Should(And(
+			HaveKey(platform+".globex-app.database-role"), Not(HaveKey(platform+".globex-app.database-url"))))
+		Eventually(poolMembers).Should(ConsistOf(platform+"/acme-web", platform+"/globex-app"))
 
 		By("suspending a member")
 		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Suspend = true })

@@ -46,7 +46,8 @@ type Options struct {
 	// write key), which must be set.
 	Source *source.Config
 	// Conn configures the pusher's one Postgres connection, which holds the lock and runs every
-	// statement of its pushes: nothing is taken from the workers' pool.
+	// statement of its pushes: nothing is taken from the workers' pool. A "role" runtime parameter
+	// is checked again before every push (see recheck).
 	Conn *pgx.ConnConfig
 	// LibraryVersion is context.library.version of the messages (Tally's version).
 	LibraryVersion string
@@ -243,10 +244,11 @@ func (p *Pusher) push(ctx context.Context, now time.Time) (Result, error) {
 	return res, nil
 }
 
-// acquire makes sure the pusher holds the lock on a live connection.
+// acquire makes sure the pusher holds the lock on a live connection that may still act as its
+// role.
 func (p *Pusher) acquire(ctx context.Context) error {
 	if p.conn != nil {
-		if err := p.conn.Ping(ctx); err == nil {
+		if err := p.recheck(ctx); err == nil {
 			return nil
 		}
 		p.release()
@@ -272,6 +274,19 @@ func (p *Pusher) acquire(ctx context.Context) error {
 	}
 	p.o.Logger.Info("insights pusher active", "source", p.source, "endpoint", p.settings.Endpoint, "interval", p.settings.Interval)
 	return nil
+}
+
+// recheck asks the held connection whether it still works and, when it starts as a role (a
+// pool's login acting for a member tenant), whether its login may still become it: setting the
+// role again checks the membership, which a member that left the pool no longer grants. Without
+// it, a connection would keep the role it connected as for as long as it lives.
+func (p *Pusher) recheck(ctx context.Context) error {
+	role := p.o.Conn.RuntimeParams["role"]
+	if role == "" {
+		return p.conn.Ping(ctx)
+	}
+	_, err := p.conn.Exec(ctx, `SELECT set_config('role', $1, false)`, role)
+	return err
 }
 
 // release closes the connection, which drops the lock.

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -29,33 +30,7 @@ var _ = Describe("tally worker with insights", func() {
 	}
 
 	It("pushes the insights of its source with the mounted write key, and needs that key", func(ctx SpecContext) {
-		var mu sync.Mutex
-		var identifies []map[string]any
-		var keys []string
-		fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			defer GinkgoRecover()
-			var body io.Reader = r.Body
-			if r.Header.Get("Content-Encoding") == "gzip" {
-				zr, err := gzip.NewReader(r.Body)
-				Expect(err).NotTo(HaveOccurred())
-				body = zr
-			}
-			var payload struct {
-				Batch []map[string]any `json:"batch"`
-			}
-			Expect(json.NewDecoder(body).Decode(&payload)).To(Succeed())
-			key, _, _ := r.BasicAuth()
-			mu.Lock()
-			defer mu.Unlock()
-			keys = append(keys, key)
-			for _, m := range payload.Batch {
-				if m["type"] == "identify" {
-					identifies = append(identifies, m)
-				}
-			}
-		}))
-		DeferCleanup(fake.Close)
-
+		fake := newSegmentRecorder()
 		src := newSource(ctx, "accountId")
 		src.Insights = &source.InsightsConfig{Endpoint: fake.URL, Interval: 200 * time.Millisecond}
 		file := writeSourceConfig(src)
@@ -77,16 +52,10 @@ var _ = Describe("tally worker with insights", func() {
 		publish(ctx, src, identify("i1", "u1", minuteAgo, map[string]any{"email": "u1@example.test"}),
 			track("t1", "u1", "Clicked", minuteAgo, map[string]any{"accountId": "acme"}, nil))
 		drained(ctx, src)
-		Eventually(func() []map[string]any {
-			mu.Lock()
-			defer mu.Unlock()
-			return identifies
-		}).WithTimeout(30 * time.Second).Should(ContainElement(And(
+		Eventually(fake.identified).WithTimeout(30 * time.Second).Should(ContainElement(And(
 			HaveKeyWithValue("userId", "u1"),
 			HaveKeyWithValue("traits", HaveKeyWithValue("tally_events_30d", 1.0)))))
-		mu.Lock()
-		Expect(keys).To(HaveEach("insights-key"))
-		mu.Unlock()
+		Expect(fake.writeKeys()).To(HaveEach("insights-key"))
 
 		metrics := func() string {
 			resp, err := http.Get("http://" + addr + "/metrics")
@@ -102,3 +71,61 @@ var _ = Describe("tally worker with insights", func() {
 		Expect(metrics()).To(ContainSubstring(`tally_insights_lock_held{source="` + src.String() + `"} 1`))
 	})
 })
+
+// segmentRecorder is a fake Segment endpoint for insights: it keeps the identify calls and the
+// write keys of the batches it receives.
+type segmentRecorder struct {
+	*httptest.Server
+	mu         sync.Mutex
+	identifies []map[string]any
+	keys       []string
+}
+
+func newSegmentRecorder() *segmentRecorder {
+	s := &segmentRecorder{}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer GinkgoRecover()
+		var body io.Reader = r.Body
+		if r.Header.Get("Content-Encoding") == "gzip" {
+			zr, err := gzip.NewReader(r.Body)
+			Expect(err).NotTo(HaveOccurred())
+			body = zr
+		}
+		var payload struct {
+			Batch []map[string]any `json:"batch"`
+		}
+		Expect(json.NewDecoder(body).Decode(&payload)).To(Succeed())
+		key, _, _ := r.BasicAuth()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.keys = append(s.keys, key)
+		for _, m := range payload.Batch {
+			if m["type"] == "identify" {
+				s.identifies = append(s.identifies, m)
+			}
+		}
+	}))
+	DeferCleanup(s.Close)
+	return s
+}
+
+func (s *segmentRecorder) identified() []map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.identifies)
+}
+
+func (s *segmentRecorder) writeKeys() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.keys)
+}
+
+// identifiedUsers are the userIds of the identify calls received.
+func (s *segmentRecorder) identifiedUsers() []any {
+	var users []any
+	for _, m := range s.identified() {
+		users = append(users, m["userId"])
+	}
+	return users
+}

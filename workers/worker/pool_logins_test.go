@@ -3,12 +3,15 @@ package worker
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tallyhq/tally/workers/insights"
 	"github.com/tallyhq/tally/workers/source"
 )
 
@@ -173,5 +176,41 @@ var _ = Describe("Pool logins", func() {
 		Expect(roles.RevokePoolMember(ctx, "", "team/web")).To(Succeed())
 		Expect(canBecome(second)).To(BeFalse())
 		Expect(roles.PoolMembers(ctx, second)).To(BeEmpty())
+	})
+
+	It("stop a member's insights pusher at its next push once the member left the pool", func(ctx SpecContext) {
+		src := newSource(ctx, "")
+		_, err := roles.Ensure(ctx, src.Tenant, "")
+		Expect(err).NotTo(HaveOccurred())
+		poolName := "platform/insights-" + src.Tenant
+		url, err := roles.EnsurePoolLogin(ctx, poolName)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func(ctx SpecContext) { Expect(roles.DropPoolLogin(ctx, poolName)).To(Succeed()) })
+		role, err := roles.GrantPoolMember(ctx, poolName, "team/web", src.Tenant)
+		Expect(err).NotTo(HaveOccurred())
+
+		fake := newSegmentRecorder()
+		src.Insights = &source.InsightsConfig{Endpoint: fake.URL, Interval: 100 * time.Millisecond}
+		stop, err := startPusher(ctx, src, DatabaseLogin{URL: url, Role: role}, "insights-key", "test",
+			insights.NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(stop)
+		addUser := func(user string) {
+			_, err := testPool.Exec(ctx, `INSERT INTO tally.users (tenant, user_id, created_at, updated_at) VALUES ($1, $2, now(), now())`,
+				src.Tenant, user)
+			Expect(err).NotTo(HaveOccurred())
+		}
+		addUser("before-leaving")
+		Eventually(fake.identifiedUsers).WithTimeout(10 * time.Second).Should(ContainElement("before-leaving"))
+
+		By("the member leaves the pool: the pusher's connection may no longer read the tenant's rows")
+		Expect(roles.RevokePoolMember(ctx, poolName, "team/web")).To(Succeed())
+		addUser("after-leaving")
+		Consistently(fake.identifiedUsers).WithTimeout(2 * time.Second).ShouldNot(ContainElement("after-leaving"))
+		login, err := pgx.ParseConfig(url)
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(func() []map[string]any {
+			return queryRows(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND usename = $1`, login.User)
+		}).Should(BeEmpty(), "the pusher let its connection go")
 	})
 })
