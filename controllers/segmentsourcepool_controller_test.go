@@ -320,8 +320,10 @@ var _ = Describe("SegmentSourcePool", func() {
 			return nil
 		}).Should(Equal([]string{pool.DigestKey("plaintext-write-key-1"), pool.DigestKey("plaintext-write-key-2")}))
 
-		By("another member joining from the same namespace")
-		other := createSource(member(platform, "globex-app", p), true)
+		By("another member joining from the same namespace, for another tenant")
+		other := member(platform, "globex-app", p)
+		other.Spec.Tenant = "globex-" + platform
+		other = createSource(other, true)
 		Eventually(readyReason(client.ObjectKeyFromObject(other))).Should(Equal("True/" + controllers.ReasonSucceeded))
 		Eventually(func() int32 { return getPool(client.ObjectKeyFromObject(p)).Status.Members }).Should(Equal(int32(2)))
 		Expect(podTemplateJSON(platform, "shared-receiver")).To(Equal(receiverTemplate), "no rollout of the pool's receivers")
@@ -343,12 +345,15 @@ var _ = Describe("SegmentSourcePool", func() {
 			HaveKeyWithValue(platform+".globex-app.database-url", []byte("postgres://own@db/tally")),
 			Not(HaveKey(platform+".globex-app.database-role"))))
 		Eventually(poolMembers).Should(ConsistOf(platform + "/acme-web"))
+		Eventually(memberOf).Should(ConsistOf(string(work[platform+".acme-web.database-role"])), "its tenant's role is taken back")
 
 		By("and when it names none again, the pool's login acts for it again")
 		updateSource(otherKey, func(s *tallyv1.SegmentSource) { s.Spec.Worker.DatabaseSecretRef = nil })
 		Eventually(workerSecrets).Should(And(
 			HaveKey(platform+".globex-app.database-role"), Not(HaveKey(platform+".globex-app.database-url"))))
 		Eventually(poolMembers).Should(ConsistOf(platform+"/acme-web", platform+"/globex-app"))
+		Expect(memberOf()).To(ConsistOf(string(work[platform+".acme-web.database-role"]),
+			string(workerSecrets()[platform+".globex-app.database-role"])))
 
 		By("suspending a member")
 		updateSource(key, func(s *tallyv1.SegmentSource) { s.Spec.Suspend = true })
