@@ -144,6 +144,8 @@ func (e *env) endToEnd(ctx context.Context, res *Result) error {
 	}
 	elapsed := time.Since(start)
 	res.E2EEventsPerS = float64(run.accepted) / elapsed.Seconds()
+	res.E2EIngestEventsPerS = float64(run.accepted) / run.elapsed.Seconds()
+	res.E2EDrainMs = float64((elapsed - run.elapsed).Milliseconds())
 	res.Rejected += run.rejected
 	return e.workerFigures(src, elapsed, res)
 }

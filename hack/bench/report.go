@@ -27,6 +27,12 @@ type Result struct {
 	FreshnessP99Ms           float64 `json:"freshness_p99_ms"`
 	FreshnessRatePerS        float64 `json:"freshness_rate_per_s"`
 
+	// Of the end-to-end phase: what the receiver accepted while the workers ran, and how long the
+	// backlog took to drain once the load stopped. A short drain means ingest bounds end to end; a
+	// long one, the workers.
+	E2EIngestEventsPerS float64 `json:"e2e_ingest_events_per_s"`
+	E2EDrainMs          float64 `json:"e2e_drain_after_load_ms"`
+
 	CeilingJetStreamPublishPerS float64 `json:"ceiling_jetstream_publish_per_s"`
 	CeilingPostgresCopyRowsPerS float64 `json:"ceiling_postgres_copy_rows_per_s"`
 
@@ -191,6 +197,8 @@ func (r *Report) WriteTable(w io.Writer) {
 	row("ingest single p50 ms", func(x *Result) float64 { return x.IngestSingleP50Ms }, "%.1f")
 	row("ingest single p99 ms", func(x *Result) float64 { return x.IngestSingleP99Ms }, "%.1f")
 	row("end to end events/s", func(x *Result) float64 { return x.E2EEventsPerS }, "%.0f")
+	row("e2e ingest while applying events/s", func(x *Result) float64 { return x.E2EIngestEventsPerS }, "%.0f")
+	row("e2e drain after the load ms", func(x *Result) float64 { return x.E2EDrainMs }, "%.0f")
 	row("freshness p50 ms", func(x *Result) float64 { return x.FreshnessP50Ms }, "%.0f")
 	row("freshness p99 ms", func(x *Result) float64 { return x.FreshnessP99Ms }, "%.0f")
 	row("ceiling JetStream publish/s", func(x *Result) float64 { return x.CeilingJetStreamPublishPerS }, "%.0f")
