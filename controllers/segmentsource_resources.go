@@ -76,10 +76,7 @@ func (r *SegmentSourceReconciler) reconcileWriteKey(ctx context.Context, st *rec
 			"key %q of write key Secret %q holds no write key", obj.WriteKeyKey(), ref.Name)
 	}
 	st.writeKeyHash = resources.Hash(map[string][]byte{"keys": []byte(strings.Join(keys, "\n"))})
-	st.writeKeyDigests = make([]string, 0, len(keys))
-	for _, k := range keys {
-		st.writeKeyDigests = append(st.writeKeyDigests, pool.DigestKey(k))
-	}
+	st.writeKeyDigests = pool.DigestKeys(keys)
 	obj.Status.WriteKeySecretVersion = secret.ResourceVersion
 	r.writeKeys.store(obj.UID, writeKeyRead{secret: ref.Name, key: obj.WriteKeyKey(), resourceVersion: secret.ResourceVersion,
 		hash: st.writeKeyHash, digests: st.writeKeyDigests})

@@ -274,11 +274,7 @@ func (e *env) smallTenantsPool(ctx context.Context, members []*source.Config) (s
 			login = worker.DatabaseLogin{URL: poolURL, Role: role}
 		}
 		logins[src.Tenant] = login
-		digests := make([]string, len(src.WriteKeys))
-		for i, k := range src.WriteKeys {
-			digests[i] = pool.DigestKey(k)
-		}
-		if _, err := pool.Put(ctx, kv, pool.Member{Source: *src, WriteKeyDigests: digests}); err != nil {
+		if _, err := pool.Put(ctx, kv, pool.Member{Source: *src, WriteKeyDigests: pool.DigestKeys(src.WriteKeys)}); err != nil {
 			return nil, err
 		}
 	}

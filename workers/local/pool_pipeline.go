@@ -22,11 +22,8 @@ func (p *Pipeline) StartPool(ctx context.Context, ref pool.Ref, members []*sourc
 		return err
 	}
 	for _, src := range members {
-		m := pool.Member{Source: *src}
+		m := pool.Member{Source: *src, WriteKeyDigests: pool.DigestKeys(src.WriteKeys)}
 		m.Source.Insights = nil
-		for _, k := range src.WriteKeys {
-			m.WriteKeyDigests = append(m.WriteKeyDigests, pool.DigestKey(k))
-		}
 		if _, err := pool.Put(ctx, kv, m); err != nil {
 			return err
 		}

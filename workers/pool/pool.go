@@ -61,6 +61,15 @@ func DigestKey(key string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// DigestKeys are the digests of keys, in their order.
+func DigestKeys(keys []string) []string {
+	digests := make([]string, len(keys))
+	for i, k := range keys {
+		digests[i] = DigestKey(k)
+	}
+	return digests
+}
+
 // Config is the member's source settings with its key digests, ready for a receiver or worker.
 func (m Member) Config() (*source.Config, error) {
 	c := m.Source
