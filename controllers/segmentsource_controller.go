@@ -184,8 +184,8 @@ type reconcileState struct {
 	sharedSecrets   []string
 	insightsKey     string
 	databaseURL     []byte
-	// databaseRole is the tenant's role the pool's login acts as for this member (instead of a
-	// databaseURL of its own).
+	// databaseRole is the tenant's role granted to the pool's login, which lets it write this
+	// member's tenant (instead of a databaseURL of its own).
 	databaseRole string
 }
 

@@ -116,8 +116,8 @@ func (r *SegmentSourceReconciler) poolAdmits(ctx context.Context, p *tallyv1.Seg
 	}
 }
 
-// reconcileMemberDatabase resolves how the pool's workers write this member's rows: as its
-// tenant's role, on the pool's own login (granted here), or with the Secret the source names;
+// reconcileMemberDatabase resolves how the pool's workers write this member's rows: on the pool's
+// own login, granted its tenant's role here, or with the Secret the source names;
 // nothing when neither (tenant logins off: the pool's workers use the manager's login, as
 // dedicated workers do).
 func (r *SegmentSourceReconciler) reconcileMemberDatabase(ctx context.Context, st *reconcileState) error {

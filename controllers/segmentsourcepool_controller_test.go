@@ -3,6 +3,7 @@ package controllers_test
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
@@ -476,12 +477,18 @@ var _ = Describe("SegmentSourcePool", func() {
 	})
 })
 
-// poolLoginMemberOf reads, from Postgres, the roles the pool's login is a member of.
+// poolLoginMemberOf reads, from Postgres, the tenant roles the pool's login is a member of (it is
+// in the tenants' group besides, checked here).
 func poolLoginMemberOf(pool string) func() []string {
 	return func() []string {
 		GinkgoHelper()
-		return dbStrings(`SELECT g.rolname::text FROM tally.pool_logins l JOIN pg_roles u ON u.rolname = l.role_name
+		roles := dbStrings(`SELECT g.rolname::text FROM tally.pool_logins l JOIN pg_roles u ON u.rolname = l.role_name
 			JOIN pg_auth_members m ON m.member = u.oid JOIN pg_roles g ON g.oid = m.roleid WHERE l.pool = $1`, pool)
+		if len(roles) == 0 {
+			return nil // the pool's login is gone
+		}
+		Expect(roles).To(ContainElement("tally_tenant"))
+		return slices.DeleteFunc(roles, func(r string) bool { return r == "tally_tenant" })
 	}
 }
 

@@ -159,7 +159,7 @@ func (p *SegmentSourcePoolReconciler) reconcileSecrets(ctx context.Context, st *
 }
 
 // reconcilePoolLogin puts the pool's own Postgres login into its worker Secret: the members'
-// transactions run on it, each as its tenant's role (the members' reconciles grant them).
+// transactions run on it, each naming its tenant (the members' reconciles grant their roles).
 func (p *SegmentSourcePoolReconciler) reconcilePoolLogin(ctx context.Context, st *poolState) error {
 	r, obj := p.Sources, st.pool
 	ref := poolRef(obj).String()

@@ -46,7 +46,7 @@ func (t *tenantRows) EnsurePoolLogin(ctx context.Context, pool string) (string, 
 	return roles.EnsurePoolLogin(ctx, pool)
 }
 
-// GrantPoolMember lets the pool's login act for the member as its tenant's role.
+// GrantPoolMember lets the pool's login write for the member's tenant (a member of its role).
 func (t *tenantRows) GrantPoolMember(ctx context.Context, pool, member, tenant string) (string, error) {
 	roles, err := t.currentRoles(ctx)
 	if err != nil {

@@ -36,7 +36,7 @@ const (
 )
 
 // Keys of a member in the pool's Secrets: its own database login (a Secret the source names), or
-// the tenant's role the pool's login acts as (PoolDatabaseURLKey); its insights write key.
+// the tenant's role granted to the pool's login (PoolDatabaseURLKey); its insights write key.
 const (
 	MemberDatabaseURLSuffix      = ".database-url"
 	MemberDatabaseRoleSuffix     = ".database-role"

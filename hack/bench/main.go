@@ -44,7 +44,7 @@ func run() error {
 	flag.IntVar(&s.BigTenantRate, "big-tenant-rate", 0, "events/s the big tenant sends in the many-tenants phase; 0 sends closed-loop batches as fast as it can")
 	flag.IntVar(&s.BigTenantLimit, "big-tenant-limit", -1, "the big tenant's rate limit (spec.receiver.rateLimit, events/s) in the many-tenants phase; -1: the small tenants' rate (half the traffic), 0: none")
 	flag.StringVar(&s.SmallTenantsLogin, "small-tenants-login", "pool", "how the small tenants' pool worker logs in to Postgres in the many-tenants phase: "+
-		"pool (the pool's login, as each tenant's role, as the operator sets it up) or tenant (each tenant's own login, a connection per tenant)")
+		"pool (the pool's login, naming each member's tenant, as the operator sets it up) or tenant (each tenant's own login, a connection per tenant)")
 	flag.BoolVar(&s.Quick, "quick", false, "short phases for a smoke run (under two minutes)")
 	flag.StringVar(&out, "out", "bench-results.json", "where to write the JSON report")
 	flag.StringVar(&adminURL, "database-url", testdb.AdminURL(),

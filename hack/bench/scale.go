@@ -245,7 +245,7 @@ const manyMaxWait = 200 * time.Millisecond
 
 // smallTenantsPool runs the small tenants' workers in one pool worker (worker.NewPool), as a
 // SegmentSourcePool's worker runs its members, with --small-tenants-login: the pool's login,
-// acting as each member's tenant role (as the operator sets it up), or each tenant's own login
+// naming each member's tenant (as the operator sets it up), or each tenant's own login
 // (one connection per tenant that has work, within the pool worker's 40). It returns once every
 // member runs.
 func (e *env) smallTenantsPool(ctx context.Context, members []*source.Config) (stop func(), err error) {

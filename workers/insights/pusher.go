@@ -46,8 +46,9 @@ type Options struct {
 	// write key), which must be set.
 	Source *source.Config
 	// Conn configures the pusher's one Postgres connection, which holds the lock and runs every
-	// statement of its pushes: nothing is taken from the workers' pool. A "role" runtime parameter
-	// is checked again before every push (see recheck).
+	// statement of its pushes: nothing is taken from the workers' pool. A tenant named in the
+	// runtime parameter TenantSetting (a pool's login) is checked again before every push (see
+	// recheck).
 	Conn *pgx.ConnConfig
 	// LibraryVersion is context.library.version of the messages (Tally's version).
 	LibraryVersion string
@@ -248,7 +249,7 @@ func (p *Pusher) push(ctx context.Context, now time.Time) (Result, error) {
 // role.
 func (p *Pusher) acquire(ctx context.Context) error {
 	if p.conn != nil {
-		if err := p.recheck(ctx); err == nil {
+		if err := p.recheck(ctx, p.conn); err == nil {
 			return nil
 		}
 		p.release()
@@ -256,6 +257,10 @@ func (p *Pusher) acquire(ctx context.Context) error {
 	conn, err := pgx.ConnectConfig(ctx, p.o.Conn)
 	if err != nil {
 		return fmt.Errorf("connecting to Postgres: %w", err)
+	}
+	if err := p.recheck(ctx, conn); err != nil {
+		_ = conn.Close(context.Background())
+		return err
 	}
 	var held bool
 	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", p.lockKey).Scan(&held); err != nil {
@@ -276,17 +281,27 @@ func (p *Pusher) acquire(ctx context.Context) error {
 	return nil
 }
 
-// recheck asks the held connection whether it still works and, when it starts as a role (a
-// pool's login acting for a member tenant), whether its login may still become it: setting the
-// role again checks the membership, which a member that left the pool no longer grants. Without
-// it, a connection would keep the role it connected as for as long as it lives.
-func (p *Pusher) recheck(ctx context.Context) error {
-	role := p.o.Conn.RuntimeParams["role"]
-	if role == "" {
-		return p.conn.Ping(ctx)
+// TenantSetting is the Postgres setting in which a pool's login names the member tenant it
+// writes for (migration 00012): the row policies honour it only while the login is a member of
+// that tenant's role.
+const TenantSetting = "tally.tenant"
+
+// recheck asks conn whether it still works and, when it names a tenant (a pool's login acting for
+// a member), whether its login may still reach that tenant: a member that left the pool no longer
+// grants it. Without it, a connection would keep reading and pushing for as long as it lives.
+func (p *Pusher) recheck(ctx context.Context, conn *pgx.Conn) error {
+	tenant := p.o.Conn.RuntimeParams[TenantSetting]
+	if tenant == "" {
+		return conn.Ping(ctx)
 	}
-	_, err := p.conn.Exec(ctx, `SELECT set_config('role', $1, false)`, role)
-	return err
+	var reached *string
+	if err := conn.QueryRow(ctx, `SELECT tally.current_tenant()`).Scan(&reached); err != nil {
+		return err
+	}
+	if reached == nil || *reached != tenant {
+		return fmt.Errorf("the pool's login may no longer read tenant %q (has its member left the pool?)", tenant)
+	}
+	return nil
 }
 
 // release closes the connection, which drops the lock.

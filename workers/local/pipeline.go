@@ -38,8 +38,8 @@ type PipelineOptions struct {
 	// PoolWorkerConn, when set, is the NATS connection of a SegmentSourcePool's workers (tally
 	// local: the pool's worker user); else they use Conn.
 	PoolWorkerConn func(p pool.Ref) (*nats.Conn, error)
-	// PoolLogins give a pool's members their Postgres login (see StartPool): the pool's own, as
-	// each member tenant's role; without them the members have none and wait.
+	// PoolLogins give a pool's members their Postgres login (see StartPool): the pool's own,
+	// granted each member tenant's role; without them the members have none and wait.
 	PoolLogins PoolLogins
 	// AtomicBatches publishes each request as atomic batches: worth it when NATS fsyncs every
 	// write (see receiver.Options.AtomicBatches).

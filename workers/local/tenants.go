@@ -64,7 +64,7 @@ func (t *tenantPools) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, e
 type PoolLogins interface {
 	// KeepMembers takes back the pool login's grants of members no longer listed.
 	KeepMembers(ctx context.Context, p pool.Ref, members []*source.Config) error
-	// MemberLogin is the pool's login, as the member tenant's role (see worker.EnsurePoolLogin).
+	// MemberLogin is the pool's login, granted the member tenant's role (see worker.EnsurePoolLogin).
 	MemberLogin(ctx context.Context, p pool.Ref, member *source.Config) (worker.DatabaseLogin, error)
 }
 
@@ -92,7 +92,7 @@ func (t *tenantPools) KeepMembers(ctx context.Context, p pool.Ref, members []*so
 	return nil
 }
 
-// MemberLogin is the pool's login as the member tenant's role, made on first use; the shared
+// MemberLogin is the pool's login, granted the member tenant's role, made on first use; the shared
 // login when this one may not create roles.
 func (t *tenantPools) MemberLogin(ctx context.Context, p pool.Ref, member *source.Config) (worker.DatabaseLogin, error) {
 	key := [3]string{p.String(), memberName(member), member.Tenant}

@@ -124,7 +124,7 @@ func workerCommand() *cobra.Command {
 	f.StringVar(&metricsListen, "metrics-listen", ":9090", "address serving /metrics, /healthz and /readyz")
 	f.StringVar(&insightsKeyFile, "insights-write-key-file", "", "file holding the write key insights are pushed with (needed when the source settings have insights)")
 	f.StringVar(&poolName, "pool", "", "run every member of this SegmentSourcePool (namespace/name), read from the pool's JetStream bucket, instead of one source (--source-config is then unused)")
-	f.StringVar(&credentialsDir, "credentials-dir", "", "with --pool: directory of the pool's own login (pool.database-url), and per member <namespace>.<name>.database-role (its tenant's role, which the pool's login becomes for its transactions) or .database-url (a login of its own; with neither, --database-url) and .insights-write-key")
+	f.StringVar(&credentialsDir, "credentials-dir", "", "with --pool: directory of the pool's own login (pool.database-url), and per member <namespace>.<name>.database-role (its tenant's role, granted to the pool's login, which names the tenant for its transactions) or .database-url (a login of its own; with neither, --database-url) and .insights-write-key")
 	f.DurationVar(&reloadInterval, "reload-interval", 10*time.Second, "with --pool: how often the credentials directory is re-read")
 	f.IntVar(&poolMaxConns, "max-conns-per-login", DefaultPoolMaxConns, "with --pool: most Postgres connections per login of a member's own (a source naming its database Secret; idle ones close); the pool's own login may use all of --max-conns")
 	f.IntVar(&poolMaxConnsTotal, "max-conns", DefaultPoolMaxConnsTotal, "with --pool: most Postgres connections over all logins (idle ones are closed when others need one)")
@@ -154,7 +154,7 @@ func runInsights(ctx context.Context, src *source.Config, databaseURL, keyFile, 
 func startPusher(ctx context.Context, src *source.Config, login DatabaseLogin, writeKey, version string,
 	metrics *insights.Metrics, log *slog.Logger,
 ) (stop func(), err error) {
-	conn, err := login.connConfig()
+	conn, err := login.connConfig(src.Tenant)
 	if err != nil {
 		return nil, err
 	}

@@ -39,10 +39,10 @@ func MigrateWithProgress(ctx context.Context, databaseURL string, progress io.Wr
 	return migrateAs(ctx, DatabaseLogin{URL: databaseURL}, progress)
 }
 
-// migrateAs is MigrateWithProgress with login (a pool's login only finds the schema current, as
-// the member tenant's role).
+// migrateAs is MigrateWithProgress with login (a pool's login only finds the schema current,
+// through the tenants' group).
 func migrateAs(ctx context.Context, login DatabaseLogin, progress io.Writer) error {
-	cfg, err := login.connConfig()
+	cfg, err := login.connConfig("")
 	if err != nil {
 		return err
 	}

@@ -73,7 +73,7 @@ func (d *databases) closeIdle() {
 }
 
 // acquire returns the pool of login's URL, creating it without connecting; release it when done.
-// A pool login's connections take the role of each acquire's context (setRole).
+// A pool login's connections name the tenant of each acquire's context (nameTenant).
 func (d *databases) acquire(login DatabaseLogin) (*pgxpool.Pool, error) {
 	url := login.URL
 	d.mu.Lock()
@@ -93,7 +93,14 @@ func (d *databases) acquire(login DatabaseLogin) (*pgxpool.Pool, error) {
 	cfg.ConnConfig.DialFunc = d.limit.dial(cfg.ConnConfig.DialFunc)
 	if login.Role != "" {
 		cfg.MaxConns = d.maxTotal
-		cfg.PrepareConn = setRole
+		cfg.PrepareConn = nameTenant
+		// Every member's statements are the same few dozen, with a member's handful of rows
+		// each: a plan made once per connection serves them all. Left to itself, Postgres plans
+		// most of them again at every execution (a custom plan), which cost a third of its CPU
+		// in the bench's many-tenants phase. A URL that sets plan_cache_mode keeps its own.
+		if cfg.ConnConfig.RuntimeParams["plan_cache_mode"] == "" {
+			cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
+		}
 	}
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" { // what pg_stat_activity shows
 		cfg.ConnConfig.RuntimeParams["application_name"] = poolApplicationName

@@ -12,17 +12,19 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Pool logins (migration 00009). A pool's workers connect once, with the pool's login, and run
-// each member's transactions as the member tenant's role (SET ROLE, see DatabaseRole): a
-// thousand members then share a few connections instead of opening one per tenant. The pool's
-// login inherits nothing, so it reaches no row on its own, and it is a member of exactly the
-// roles of its members' tenants.
+// Pool logins (migrations 00009 and 00012). A pool's workers connect once, with the pool's login,
+// and run each member's transactions naming the member's tenant (see nameTenant): a thousand
+// members then share a few connections instead of opening one per tenant. The pool's login is a
+// member of exactly the roles of its members' tenants, and the row policies let it reach the
+// tenant it names only while it is; naming none, it reaches no row. It holds the tenants'
+// group's privileges on the tables, and nothing else.
 
 // ErrNoPoolLogin: the pool's login is not made yet (EnsurePoolLogin is the pool's to call).
 var ErrNoPoolLogin = errors.New("the pool's Postgres login does not exist yet")
 
-// poolLoginAttributes: a login that may only become the roles granted to it.
-const poolLoginAttributes = "LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+// poolLoginAttributes: a login with its groups' privileges only (the tenants' group's, as its
+// member tenants' roles have no others).
+const poolLoginAttributes = "LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 
 // EnsurePoolLogin creates the login of pool (<namespace>/<name>) if it is missing, sets its
 // password again when the administrator's credentials changed, and returns the URL the pool's
@@ -67,12 +69,12 @@ func (t *TenantRoles) EnsurePoolLogin(ctx context.Context, pool string) (string,
 }
 
 func (t *TenantRoles) createPoolLogin(ctx context.Context, tx pgx.Tx, role, password string) error {
-	existed, err := createLogin(ctx, tx, role, poolLoginAttributes, "", password)
+	existed, err := createLogin(ctx, tx, role, poolLoginAttributes, " IN ROLE tally_tenant", password)
 	if err != nil || !existed {
 		return err
 	}
-	// Left by an earlier install of this database: taken over, stripped of every membership (the
-	// members are granted again as they join).
+	// Left by an earlier install of this database: taken over, stripped of every membership but
+	// the tenants' group (the members are granted again as they join).
 	rows, err := tx.Query(ctx, `SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
 		JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1`, role)
 	if err != nil {
@@ -87,7 +89,7 @@ func (t *TenantRoles) createPoolLogin(ctx context.Context, tx pgx.Tx, role, pass
 			return err
 		}
 	}
-	return nil
+	return execFormatted(ctx, tx, `SELECT format('GRANT tally_tenant TO %I', $1::text)`, role)
 }
 
 // revokeMembership revokes role from login and checks that it is gone: from Postgres 16 on, a
@@ -109,8 +111,8 @@ func revokeMembership(ctx context.Context, tx pgx.Tx, role, login string) error 
 }
 
 // GrantPoolMember lets pool's login act for member (<namespace>/<name> of a source) of tenant,
-// whose role must exist (Ensure), and returns that role: the one the pool's workers become for
-// the member's transactions. It is ErrNoPoolLogin until the pool's login exists. A member that
+// whose role must exist (Ensure), and returns that role: granted to the pool's login, it lets the
+// pool's workers name the tenant for the member's transactions. It is ErrNoPoolLogin until the pool's login exists. A member that
 // changed tenant leaves its former tenant's role, and one that changed pool leaves the others.
 func (t *TenantRoles) GrantPoolMember(ctx context.Context, pool, member, tenant string) (string, error) {
 	var role string

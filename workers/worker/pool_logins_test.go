@@ -20,8 +20,8 @@ var _ = Describe("Pool logins", func() {
 	var roles *TenantRoles
 	BeforeEach(func() { roles = NewTenantRoles(testPool, databaseURL) })
 
-	connect := func(ctx context.Context, login DatabaseLogin) (*pgx.Conn, error) {
-		cfg, err := login.connConfig()
+	connect := func(ctx context.Context, login DatabaseLogin, tenant string) (*pgx.Conn, error) {
+		cfg, err := login.connConfig(tenant)
 		Expect(err).NotTo(HaveOccurred())
 		conn, err := pgx.ConnectConfig(ctx, cfg)
 		if err == nil {
@@ -29,12 +29,25 @@ var _ = Describe("Pool logins", func() {
 		}
 		return conn, err
 	}
-	become := func(ctx context.Context, conn *pgx.Conn, role string) error {
-		_, err := conn.Exec(ctx, `SELECT set_config('role', $1, false)`, role)
-		return err
+	name := func(ctx context.Context, conn *pgx.Conn, tenant string) {
+		_, err := conn.Exec(ctx, `SELECT set_config('tally.tenant', $1, false)`, tenant)
+		Expect(err).NotTo(HaveOccurred())
+	}
+	// reached is the tenant whose rows conn reaches, "" for none.
+	reached := func(ctx context.Context, conn *pgx.Conn) string {
+		var tenant *string
+		Expect(conn.QueryRow(ctx, `SELECT tally.current_tenant()`).Scan(&tenant)).To(Succeed())
+		if tenant == nil {
+			return ""
+		}
+		return *tenant
+	}
+	reaches := func(ctx context.Context, conn *pgx.Conn, tenant string) bool {
+		name(ctx, conn, tenant)
+		return reached(ctx, conn) == tenant
 	}
 
-	It("write each member's rows as its tenant's role over shared connections, and reach nothing else", func(ctx SpecContext) {
+	It("write each member's rows naming its tenant over shared connections, and reach nothing else", func(ctx SpecContext) {
 		a, b, outsider := newSource(ctx, ""), newSource(ctx, ""), newSource(ctx, "")
 		for _, tenant := range []string{a.Tenant, b.Tenant, outsider.Tenant} {
 			_, err := roles.Ensure(ctx, tenant, "")
@@ -84,52 +97,67 @@ var _ = Describe("Pool logins", func() {
 		Expect(logins[0]["login"]).NotTo(BeElementOf(roleA, roleB))
 		Expect(logins[0]["n"]).To(BeNumerically("<=", 2))
 
-		By("alone, the pool's login reaches no table")
-		conn, err := connect(ctx, DatabaseLogin{URL: url})
+		By("alone, naming no tenant, the pool's login sees and writes no row")
+		conn, err := connect(ctx, DatabaseLogin{URL: url}, "")
 		Expect(err).NotTo(HaveOccurred())
-		_, err = conn.Exec(ctx, `SELECT count(*) FROM tally.events`)
-		Expect(sqlState(err)).To(Equal("42501"))
+		count := func(table string) (own, other int) {
+			Expect(conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE tenant = $1), count(*) FILTER (WHERE tenant <> $1) FROM tally.`+table,
+				a.Tenant).Scan(&own, &other)).To(Succeed())
+			return own, other
+		}
+		plant := func(tenant string) error {
+			_, err := conn.Exec(ctx, `INSERT INTO tally.users (tenant, user_id, created_at, updated_at) VALUES ($1, 'planted', now(), now())`, tenant)
+			return err
+		}
+		Expect(reached(ctx, conn)).To(BeEmpty())
+		Expect(count("events")).To(BeZero())
+		Expect(sqlState(plant(a.Tenant))).To(Equal("42501"))
 
-		By("as a member's tenant, it sees and writes that tenant's rows only")
-		Expect(become(ctx, conn, roleA)).To(Succeed())
-		var own, other int
-		Expect(conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE tenant = $1), count(*) FILTER (WHERE tenant <> $1) FROM tally.events`,
-			a.Tenant).Scan(&own, &other)).To(Succeed())
+		By("naming a member's tenant, it sees and writes that tenant's rows only")
+		Expect(reaches(ctx, conn, a.Tenant)).To(BeTrue())
+		own, other := count("events")
 		Expect(own).To(Equal(5))
 		Expect(other).To(BeZero())
-		_, err = conn.Exec(ctx, `INSERT INTO tally.users (tenant, user_id, created_at, updated_at) VALUES ($1, 'planted', now(), now())`, b.Tenant)
-		Expect(sqlState(err)).To(Equal("42501"), "row-level security refuses the other member's tenant")
+		Expect(sqlState(plant(b.Tenant))).To(Equal("42501"), "row-level security refuses the other member's tenant")
 		tag, err := conn.Exec(ctx, `DELETE FROM tally.events WHERE tenant = $1`, b.Tenant)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(tag.RowsAffected()).To(BeZero())
 
-		By("it cannot become a tenant without a member in the pool; the tenants' group is no tenant")
-		Expect(sqlState(become(ctx, conn, roleOutsider))).To(Equal("42501"))
-		Expect(become(ctx, conn, "tally_tenant")).To(Succeed(), "a member's group, as for a tenant's own login")
-		var n int
-		Expect(conn.QueryRow(ctx, `SELECT count(*) FROM tally.events`).Scan(&n)).To(Succeed())
-		Expect(n).To(BeZero())
-		_, err = connect(ctx, DatabaseLogin{URL: url, Role: roleOutsider})
-		Expect(err).To(HaveOccurred(), "nor start a connection as one")
-		started, err := connect(ctx, DatabaseLogin{URL: url, Role: roleB})
+		By("naming a tenant without a member in the pool, or as the tenants' group, it reaches no row")
+		Expect(reaches(ctx, conn, outsider.Tenant)).To(BeFalse())
+		Expect(sqlState(plant(outsider.Tenant))).To(Equal("42501"))
+		name(ctx, conn, a.Tenant)
+		_, err = conn.Exec(ctx, `SET ROLE tally_tenant`)
 		Expect(err).NotTo(HaveOccurred())
-		var current string
-		Expect(started.QueryRow(ctx, `SELECT current_user`).Scan(&current)).To(Succeed())
-		Expect(current).To(Equal(roleB), "a connection may start as a member's tenant")
+		Expect(reached(ctx, conn)).To(BeEmpty())
+		Expect(count("events")).To(BeZero())
+		_, err = conn.Exec(ctx, `RESET ROLE`)
+		Expect(err).NotTo(HaveOccurred())
 
-		By("a tenant's role stays granted while one of its members is left, and goes with the last")
+		By("a tenant's own login reaches its own tenant, whatever it names")
+		Expect(reaches(ctx, outsiderConn, a.Tenant)).To(BeFalse())
+		Expect(reached(ctx, outsiderConn)).To(Equal(outsider.Tenant))
+
+		By("a connection may name a member's tenant from its start")
+		started, err := connect(ctx, DatabaseLogin{URL: url, Role: roleB}, b.Tenant)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(reached(ctx, started)).To(Equal(b.Tenant))
+
+		By("a tenant stays reachable while one of its members is left, and goes with the last")
 		Expect(roles.GrantPoolMember(ctx, poolName, "team-a/second", a.Tenant)).To(Equal(roleA))
 		Expect(roles.RevokePoolMember(ctx, poolName, "team-a/web")).To(Succeed())
-		Expect(become(ctx, conn, roleA)).To(Succeed())
+		Expect(reaches(ctx, conn, a.Tenant)).To(BeTrue())
 		Expect(roles.PoolMembers(ctx, poolName)).To(Equal([]string{"team-a/second", "team-b/app"}))
 		Expect(roles.RevokePoolMember(ctx, poolName, "team-a/second")).To(Succeed())
-		Expect(sqlState(become(ctx, conn, roleA))).To(Equal("42501"))
+		Expect(reaches(ctx, conn, a.Tenant)).To(BeFalse(), "on a connection that reached it before")
+		Expect(count("events")).To(BeZero())
 		Expect(roles.RevokePoolMember(ctx, poolName, "team-a/second")).To(Succeed(), "revoking twice is harmless")
 
-		By("a member that changed tenant leaves its former tenant's role")
+		By("a member that changed tenant leaves its former tenant")
 		Expect(roles.GrantPoolMember(ctx, poolName, "team-b/app", outsider.Tenant)).To(Equal(roleOutsider))
-		Expect(become(ctx, conn, roleOutsider)).To(Succeed())
-		Expect(sqlState(become(ctx, conn, roleB))).To(Equal("42501"))
+		Expect(reaches(ctx, conn, outsider.Tenant)).To(BeTrue())
+		Expect(reaches(ctx, conn, b.Tenant)).To(BeFalse())
+		Expect(reached(ctx, started)).To(BeEmpty(), "nor does a connection that named it from its start")
 
 		By("the pool's workers, whose member left, fail instead of writing")
 		publish(ctx, b, track("t-after-leaving", "u", "E", 99, nil, nil))
@@ -139,7 +167,7 @@ var _ = Describe("Pool logins", func() {
 
 		By("dropping the pool's login ends it")
 		Expect(roles.DropPoolLogin(ctx, poolName)).To(Succeed())
-		_, err = connect(ctx, DatabaseLogin{URL: url})
+		_, err = connect(ctx, DatabaseLogin{URL: url}, "")
 		Expect(err).To(HaveOccurred())
 		Expect(roles.PoolMembers(ctx, poolName)).To(BeEmpty())
 	})
@@ -161,8 +189,9 @@ var _ = Describe("Pool logins", func() {
 		role, err := roles.GrantPoolMember(ctx, first, "team/web", src.Tenant)
 		Expect(err).NotTo(HaveOccurred())
 		canBecome := func(p string) bool {
-			_, err := connect(ctx, DatabaseLogin{URL: urls[p], Role: role})
-			return err == nil
+			conn, err := connect(ctx, DatabaseLogin{URL: urls[p], Role: role}, src.Tenant)
+			Expect(err).NotTo(HaveOccurred())
+			return reached(ctx, conn) == src.Tenant
 		}
 		Expect(canBecome(first)).To(BeTrue())
 		Expect(canBecome(second)).To(BeFalse())

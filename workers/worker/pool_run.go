@@ -29,7 +29,7 @@ type PoolOptions struct {
 	// ReloadInterval.
 	CredentialsDir string
 	// MemberDatabaseLogin, when set, gives a member's login instead of CredentialsDir (tally
-	// local: the pool's login, as the member tenant's role); no URL when it has none.
+	// local: the pool's login, granted the member tenant's role); no URL when it has none.
 	MemberDatabaseLogin func(ctx context.Context, src *source.Config) (DatabaseLogin, error)
 	// ReloadInterval is how often the credentials are read again; 10s when 0.
 	ReloadInterval time.Duration

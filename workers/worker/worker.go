@@ -42,8 +42,9 @@ const (
 // Options configure a Worker.
 type Options struct {
 	Pool *pgxpool.Pool
-	// DatabaseRole, on a pool login's connections (a pool worker's), is the member tenant's role
-	// every call to Postgres runs as; "" on a tenant's own login.
+	// DatabaseRole, on a pool login's connections (a pool worker's), is the member tenant's role,
+	// granted to the pool's login: every call to Postgres names the member's tenant (see
+	// nameTenant); "" on a tenant's own login.
 	DatabaseRole string
 	JetStream    jetstream.JetStream
 	Source       *source.Config
@@ -149,7 +150,7 @@ func New(o Options) (*Worker, error) {
 // UpdateSource applies new settings of the same source (accountProperty, ignoredEvents) from the
 // next batch on. A different source or tenant is refused: that needs a new worker.
 func (w *Worker) UpdateSource(ctx context.Context, c *source.Config) error {
-	ctx = withDatabaseRole(ctx, w.role)
+	ctx = w.databaseContext(ctx)
 	old := w.source.Load()
 	if c.Namespace != old.Namespace || c.Name != old.Name || c.Tenant != old.Tenant {
 		return fmt.Errorf("worker of %s (tenant %s) cannot switch to %s (tenant %s)", old, old.Tenant, c, c.Tenant)
@@ -171,6 +172,14 @@ func (w *Worker) UpdateSource(ctx context.Context, c *source.Config) error {
 	return nil
 }
 
+// databaseContext is ctx naming the member's tenant, on a pool login's connections.
+func (w *Worker) databaseContext(ctx context.Context) context.Context {
+	if w.role == "" {
+		return ctx
+	}
+	return withPoolTenant(ctx, w.tenant)
+}
+
 // Ready reports whether the worker is bound to its consumer and Postgres answered its last batch.
 func (w *Worker) Ready() bool { return w.ready.Load() }
 
@@ -179,7 +188,7 @@ func (w *Worker) Ready() bool { return w.ready.Load() }
 // its batches are fetched and committed one after the other, while the lanes run at once. Lost
 // connections, a deleted consumer or a missing stream are waited out, never fatal.
 func (w *Worker) Run(ctx context.Context) error {
-	ctx = withDatabaseRole(ctx, w.role)
+	ctx = w.databaseContext(ctx)
 	_ = w.retry(ctx, "mark ignored events", func() error { // fails only when ctx ends
 		return markIgnored(ctx, w.pool, w.tenant, w.source.Load().IgnoredEvents, w.bounds)
 	})
