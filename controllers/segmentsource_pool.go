@@ -182,7 +182,7 @@ func (r *SegmentSourceReconciler) removeDedicatedObjects(ctx context.Context, st
 	}
 	setCondition(obj, tallyv1.ConditionNATSIsolated, metav1.ConditionFalse, ReasonPoolMember, fmt.Sprintf(
 		"served by SegmentSourcePool %s/%s, whose pods are trusted with every member's subjects; the receivers keep "+
-			"members apart by write key and the workers write each member's rows as its tenant's own Postgres role", st.pool.Namespace, st.pool.Name))
+			"members apart by write key and the workers write each member's rows only where its tenant's Postgres role reaches", st.pool.Namespace, st.pool.Name))
 	return nil
 }
 

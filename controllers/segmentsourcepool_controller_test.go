@@ -301,7 +301,7 @@ var _ = Describe("SegmentSourcePool", func() {
 		Expect(string(work[platform+".acme-web.database-role"])).To(HavePrefix("tally_t_"), "the tenant's role")
 		Expect(string(work[resources.PoolDatabaseURLKey])).To(ContainSubstring("tally_p_"), "the pool's own login")
 		memberOf := poolLoginMemberOf(platform + "/shared")
-		Expect(memberOf()).To(ConsistOf(string(work[platform+".acme-web.database-role"])), "the pool's login may act as the member's tenant, and no other")
+		Expect(memberOf(Default)).To(ConsistOf(string(work[platform+".acme-web.database-role"])), "the pool's login may act as the member's tenant, and no other")
 		for _, data := range []map[string][]byte{recv, work} {
 			for _, v := range data {
 				Expect(string(v)).NotTo(ContainSubstring("plaintext-write-key-1"))
@@ -353,7 +353,7 @@ var _ = Describe("SegmentSourcePool", func() {
 		Eventually(workerSecrets).Should(And(
 			HaveKey(platform+".globex-app.database-role"), Not(HaveKey(platform+".globex-app.database-url"))))
 		Eventually(poolMembers).Should(ConsistOf(platform+"/acme-web", platform+"/globex-app"))
-		Expect(memberOf()).To(ConsistOf(string(work[platform+".acme-web.database-role"]),
+		Expect(memberOf(Default)).To(ConsistOf(string(work[platform+".acme-web.database-role"]),
 			string(workerSecrets()[platform+".globex-app.database-role"])))
 
 		By("suspending a member")
@@ -383,7 +383,7 @@ var _ = Describe("SegmentSourcePool", func() {
 		Expect(entry(p, other)()).To(BeNil())
 		Expect(poolSecret(p, resources.PoolWorkerSecretsName("shared"))).NotTo(HaveKey(platform + ".globex-app.database-role"))
 		Eventually(func() int32 { return getPool(client.ObjectKeyFromObject(p)).Status.Members }).Should(BeZero())
-		Expect(memberOf()).To(BeEmpty())
+		Expect(memberOf(Default)).To(BeEmpty())
 
 		By("deleting the pool drops its login")
 		Expect(k8s.Delete(ctx, p)).To(Succeed())
@@ -477,17 +477,14 @@ var _ = Describe("SegmentSourcePool", func() {
 	})
 })
 
-// poolLoginMemberOf reads, from Postgres, the tenant roles the pool's login is a member of (it is
-// in the tenants' group besides, checked here).
-func poolLoginMemberOf(pool string) func() []string {
-	return func() []string {
-		GinkgoHelper()
+// poolLoginMemberOf reads, from Postgres, the tenant roles the pool's login is a member of; the
+// login must exist and be in the tenants' group besides.
+func poolLoginMemberOf(pool string) func(g Gomega) []string {
+	return func(g Gomega) []string {
+		g.Expect(poolLogins(pool)).To(HaveLen(1), "the pool's login")
 		roles := dbStrings(`SELECT g.rolname::text FROM tally.pool_logins l JOIN pg_roles u ON u.rolname = l.role_name
 			JOIN pg_auth_members m ON m.member = u.oid JOIN pg_roles g ON g.oid = m.roleid WHERE l.pool = $1`, pool)
-		if len(roles) == 0 {
-			return nil // the pool's login is gone
-		}
-		Expect(roles).To(ContainElement("tally_tenant"))
+		g.Expect(roles).To(ContainElement("tally_tenant"), "the tenants' group")
 		return slices.DeleteFunc(roles, func(r string) bool { return r == "tally_tenant" })
 	}
 }

@@ -37,7 +37,7 @@ var _ = Describe("One receiver and one worker for many members", func() {
 		Expect(eventsOf(ctx, a)).To(Equal([]string{"a-1"}), "tenant a's login sees its own event only")
 		Expect(eventsOf(ctx, b)).To(Equal([]string{"b-1"}), "tenant b's login sees its own event only")
 
-		By("the pool's worker connects with the pool's own login only, acting as each tenant's role")
+		By("the pool's worker connects with the pool's own login only, naming each member's tenant")
 		var asPool, asTenants int
 		Expect(admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE a.usename = l.role_name),
 			count(*) FILTER (WHERE a.usename IN (SELECT role_name FROM tally.tenant_roles WHERE tenant = ANY($2)))

@@ -245,8 +245,8 @@ func (p *Pusher) push(ctx context.Context, now time.Time) (Result, error) {
 	return res, nil
 }
 
-// acquire makes sure the pusher holds the lock on a live connection that may still act as its
-// role.
+// acquire makes sure the pusher holds the lock on a live connection that may still reach its
+// tenant.
 func (p *Pusher) acquire(ctx context.Context) error {
 	if p.conn != nil {
 		if err := p.recheck(ctx, p.conn); err == nil {

@@ -104,7 +104,7 @@ var _ = Describe("Run with a SegmentSourcePool", func() {
 			}).WithTimeout(30 * time.Second).Should(ConsistOf(HaveKeyWithValue("message_id", tenant+"-1")))
 		}
 
-		By("the pool's workers wrote both tenants' rows with one login, the pool's, as each tenant's role")
+		By("the pool's workers wrote both tenants' rows with one login, the pool's, naming each tenant")
 		logins := query(ctx, dbURL, `SELECT DISTINCT a.usename::text AS login, p.pool FROM pg_stat_activity a
 			LEFT JOIN tally.pool_logins p ON p.role_name = a.usename WHERE a.datname = current_database() AND a.application_name = 'tally-pool-worker'`)
 		Expect(logins).To(ConsistOf(HaveKeyWithValue("pool", "platform/shared")))
@@ -130,7 +130,7 @@ var _ = Describe("Run with a SegmentSourcePool", func() {
 })
 
 var _ = Describe("Pool logins", func() {
-	It("give a pool's members one login, each as its tenant's role, and take back the grants of sources that left", func(ctx SpecContext) {
+	It("give a pool's members one login, granted each member's tenant, and take back the grants of sources that left", func(ctx SpecContext) {
 		dbURL := freshDatabase(ctx, "local_pool_logins")
 		Expect(worker.Migrate(ctx, dbURL)).To(Succeed())
 		admin, err := pgxpool.New(ctx, dbURL)
@@ -152,9 +152,15 @@ var _ = Describe("Pool logins", func() {
 		conn, err := pgx.Connect(ctx, loginA.URL)
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(func(ctx SpecContext) { _ = conn.Close(ctx) })
-		_, err = conn.Exec(ctx, `SELECT set_config('role', $1, false)`, loginA.Role)
-		Expect(err).NotTo(HaveOccurred())
-		_, err = conn.Exec(ctx, `SELECT set_config('role', $1, false)`, loginB.Role)
-		Expect(err).To(MatchError(ContainSubstring("permission denied")), "the pool's login can no longer act for tenant-b")
+		reach := func(tenant string) (string, error) {
+			var reached string
+			_, err := conn.Exec(ctx, `SELECT set_config('tally.tenant', $1, false)`, tenant)
+			Expect(err).NotTo(HaveOccurred())
+			err = conn.QueryRow(ctx, `SELECT tally.current_tenant()`).Scan(&reached)
+			return reached, err
+		}
+		Expect(reach("tenant-a")).To(Equal("tenant-a"))
+		_, err = reach("tenant-b")
+		Expect(err).To(MatchError(ContainSubstring("may not reach tenant tenant-b")), "the pool's login can no longer write for tenant-b")
 	})
 })

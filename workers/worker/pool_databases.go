@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -97,8 +98,10 @@ func (d *databases) acquire(login DatabaseLogin) (*pgxpool.Pool, error) {
 		// Every member's statements are the same few dozen, with a member's handful of rows
 		// each: a plan made once per connection serves them all. Left to itself, Postgres plans
 		// most of them again at every execution (a custom plan), which cost a third of its CPU
-		// in the bench's many-tenants phase. A URL that sets plan_cache_mode keeps its own.
-		if cfg.ConnConfig.RuntimeParams["plan_cache_mode"] == "" {
+		// in the bench's many-tenants phase. A URL that sets plan_cache_mode (as a parameter or in
+		// options) keeps its own.
+		params := cfg.ConnConfig.RuntimeParams
+		if params["plan_cache_mode"] == "" && !strings.Contains(params["options"], "plan_cache_mode") {
 			cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
 		}
 	}

@@ -76,7 +76,7 @@ func (t *TenantRoles) createPoolLogin(ctx context.Context, tx pgx.Tx, role, pass
 	// Left by an earlier install of this database: taken over, stripped of every membership but
 	// the tenants' group (the members are granted again as they join).
 	rows, err := tx.Query(ctx, `SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
-		JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1`, role)
+		JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1 AND g.rolname <> 'tally_tenant'`, role)
 	if err != nil {
 		return err
 	}

@@ -33,10 +33,15 @@ var _ = Describe("Pool logins", func() {
 		_, err := conn.Exec(ctx, `SELECT set_config('tally.tenant', $1, false)`, tenant)
 		Expect(err).NotTo(HaveOccurred())
 	}
-	// reached is the tenant whose rows conn reaches, "" for none.
+	// reached is the tenant whose rows conn reaches, "" for none; "refused" when its statements
+	// fail (it names a tenant it may not reach).
 	reached := func(ctx context.Context, conn *pgx.Conn) string {
 		var tenant *string
-		Expect(conn.QueryRow(ctx, `SELECT tally.current_tenant()`).Scan(&tenant)).To(Succeed())
+		err := conn.QueryRow(ctx, `SELECT tally.current_tenant()`).Scan(&tenant)
+		if sqlState(err) == "42501" {
+			return "refused"
+		}
+		Expect(err).NotTo(HaveOccurred())
 		if tenant == nil {
 			return ""
 		}
@@ -123,14 +128,16 @@ var _ = Describe("Pool logins", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(tag.RowsAffected()).To(BeZero())
 
-		By("naming a tenant without a member in the pool, or as the tenants' group, it reaches no row")
-		Expect(reaches(ctx, conn, outsider.Tenant)).To(BeFalse())
+		By("naming a tenant without a member in the pool, or as a role it became, every statement is refused")
+		name(ctx, conn, outsider.Tenant)
+		Expect(reached(ctx, conn)).To(Equal("refused"))
+		_, err = conn.Exec(ctx, `SELECT count(*) FROM tally.events`)
+		Expect(sqlState(err)).To(Equal("42501"))
 		Expect(sqlState(plant(outsider.Tenant))).To(Equal("42501"))
 		name(ctx, conn, a.Tenant)
 		_, err = conn.Exec(ctx, `SET ROLE tally_tenant`)
 		Expect(err).NotTo(HaveOccurred())
-		Expect(reached(ctx, conn)).To(BeEmpty())
-		Expect(count("events")).To(BeZero())
+		Expect(reached(ctx, conn)).To(Equal("refused"))
 		_, err = conn.Exec(ctx, `RESET ROLE`)
 		Expect(err).NotTo(HaveOccurred())
 
@@ -138,26 +145,39 @@ var _ = Describe("Pool logins", func() {
 		Expect(reaches(ctx, outsiderConn, a.Tenant)).To(BeFalse())
 		Expect(reached(ctx, outsiderConn)).To(Equal(outsider.Tenant))
 
+		By("a call of a member's worker without its tenant is refused before it reaches Postgres")
+		_, err = shared.Exec(ctx, `SELECT count(*) FROM tally.events`)
+		Expect(err).To(MatchError(errNoPoolTenant))
+
 		By("a connection may name a member's tenant from its start")
 		started, err := connect(ctx, DatabaseLogin{URL: url, Role: roleB}, b.Tenant)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(reached(ctx, started)).To(Equal(b.Tenant))
 
-		By("a tenant stays reachable while one of its members is left, and goes with the last")
+		By("a tenant stays reachable while one of its members is left")
 		Expect(roles.GrantPoolMember(ctx, poolName, "team-a/second", a.Tenant)).To(Equal(roleA))
 		Expect(roles.RevokePoolMember(ctx, poolName, "team-a/web")).To(Succeed())
 		Expect(reaches(ctx, conn, a.Tenant)).To(BeTrue())
 		Expect(roles.PoolMembers(ctx, poolName)).To(Equal([]string{"team-a/second", "team-b/app"}))
+
+		By("and goes with the last: a transaction in flight fails at its next statement, and rolls back whole")
+		tx, err := conn.Begin(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = tx.Exec(ctx, `INSERT INTO tally.users (tenant, user_id, created_at, updated_at) VALUES ($1, 'in-flight', now(), now())`, a.Tenant)
+		Expect(err).NotTo(HaveOccurred())
 		Expect(roles.RevokePoolMember(ctx, poolName, "team-a/second")).To(Succeed())
+		_, err = tx.Exec(ctx, `UPDATE tally.users SET traits = '{"plan": "pro"}' WHERE tenant = $1 AND user_id = 'in-flight'`, a.Tenant)
+		Expect(sqlState(err)).To(Equal("42501"), "not an update of no row")
+		Expect(tx.Rollback(ctx)).To(Succeed())
+		Expect(queryRows(ctx, `SELECT user_id FROM tally.users WHERE tenant = $1 AND user_id LIKE 'in-flight-%'`, a.Tenant)).To(BeEmpty())
 		Expect(reaches(ctx, conn, a.Tenant)).To(BeFalse(), "on a connection that reached it before")
-		Expect(count("events")).To(BeZero())
 		Expect(roles.RevokePoolMember(ctx, poolName, "team-a/second")).To(Succeed(), "revoking twice is harmless")
 
 		By("a member that changed tenant leaves its former tenant")
 		Expect(roles.GrantPoolMember(ctx, poolName, "team-b/app", outsider.Tenant)).To(Equal(roleOutsider))
 		Expect(reaches(ctx, conn, outsider.Tenant)).To(BeTrue())
 		Expect(reaches(ctx, conn, b.Tenant)).To(BeFalse())
-		Expect(reached(ctx, started)).To(BeEmpty(), "nor does a connection that named it from its start")
+		Expect(reached(ctx, started)).To(Equal("refused"), "nor does a connection that named it from its start")
 
 		By("the pool's workers, whose member left, fail instead of writing")
 		publish(ctx, b, track("t-after-leaving", "u", "E", 99, nil, nil))
@@ -188,22 +208,22 @@ var _ = Describe("Pool logins", func() {
 		}
 		role, err := roles.GrantPoolMember(ctx, first, "team/web", src.Tenant)
 		Expect(err).NotTo(HaveOccurred())
-		canBecome := func(p string) bool {
+		canReach := func(p string) bool {
 			conn, err := connect(ctx, DatabaseLogin{URL: urls[p], Role: role}, src.Tenant)
 			Expect(err).NotTo(HaveOccurred())
 			return reached(ctx, conn) == src.Tenant
 		}
-		Expect(canBecome(first)).To(BeTrue())
-		Expect(canBecome(second)).To(BeFalse())
+		Expect(canReach(first)).To(BeTrue())
+		Expect(canReach(second)).To(BeFalse())
 
 		By("moving to the second pool takes it out of the first")
 		Expect(roles.GrantPoolMember(ctx, second, "team/web", src.Tenant)).To(Equal(role))
-		Expect(canBecome(first)).To(BeFalse())
-		Expect(canBecome(second)).To(BeTrue())
+		Expect(canReach(first)).To(BeFalse())
+		Expect(canReach(second)).To(BeTrue())
 
 		By("revoking it everywhere (the source deleted)")
 		Expect(roles.RevokePoolMember(ctx, "", "team/web")).To(Succeed())
-		Expect(canBecome(second)).To(BeFalse())
+		Expect(canReach(second)).To(BeFalse())
 		Expect(roles.PoolMembers(ctx, second)).To(BeEmpty())
 	})
 

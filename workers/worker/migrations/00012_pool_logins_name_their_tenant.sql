@@ -6,8 +6,10 @@
 --
 -- The wall is the same: the login reaches a tenant's rows only while it is a member of that
 -- tenant's role (granted per member, as before; checked at every statement), and only the one it
--- names. Naming none, or a tenant that is not a member's, it reaches no row; nor does a role it
--- became. A tenant's own login gets its own tenant, whatever it names. To reach the tables at all,
+-- names. Naming none, it reaches no row; naming a tenant it may not reach, every statement fails,
+-- so a membership revoked in the middle of a transaction rolls it back instead of leaving half of
+-- its writes undone. A role the login became reaches that role's tenant, if any, never a named
+-- one. A tenant's own login gets its own tenant, whatever it names. To reach the tables at all,
 -- a pool's login now inherits the tenants' group (it could already become any member's role,
 -- which has it).
 --
@@ -27,18 +29,23 @@ CREATE OR REPLACE FUNCTION tally.current_tenant() RETURNS text
 LANGUAGE plpgsql STABLE SECURITY INVOKER AS $$
 DECLARE
     named pg_catalog.text := pg_catalog.current_setting('tally.tenant', true);
-    found pg_catalog.text;
+    hit pg_catalog.text;
 BEGIN
     -- The login itself (not a role it became) naming a tenant whose row it may read.
     IF named OPERATOR(pg_catalog.<>) '' AND current_user OPERATOR(pg_catalog.=) session_user THEN
-        SELECT r.tenant INTO found FROM tally.tenant_roles r WHERE r.tenant OPERATOR(pg_catalog.=) named;
-        IF found IS NOT NULL THEN
-            RETURN found;
+        SELECT r.tenant INTO hit FROM tally.tenant_roles r WHERE r.tenant OPERATOR(pg_catalog.=) named;
+        IF hit IS NOT NULL THEN
+            RETURN hit;
         END IF;
     END IF;
     -- Else the current role's own tenant, if it is a tenant's role.
-    RETURN (SELECT r.tenant FROM tally.tenant_roles r
-        WHERE r.role_name OPERATOR(pg_catalog.=) (current_user::pg_catalog.text COLLATE pg_catalog."default"));
+    SELECT r.tenant INTO hit FROM tally.tenant_roles r
+        WHERE r.role_name OPERATOR(pg_catalog.=) (current_user::pg_catalog.text COLLATE pg_catalog."default");
+    IF hit IS NULL AND named OPERATOR(pg_catalog.<>) '' THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = pg_catalog.format('%s may not reach tenant %s', current_user, named);
+    END IF;
+    RETURN hit;
 END
 $$;
 -- +goose StatementEnd
@@ -48,7 +55,7 @@ DO $$
 DECLARE
     l record;
 BEGIN
-    FOR l IN SELECT role_name FROM tally.pool_logins LOOP
+    FOR l IN SELECT p.role_name FROM tally.pool_logins p JOIN pg_roles r ON r.rolname = p.role_name LOOP
         EXECUTE format('ALTER ROLE %I INHERIT', l.role_name);
         EXECUTE format('GRANT tally_tenant TO %I', l.role_name);
     END LOOP;
@@ -62,7 +69,7 @@ DO $$
 DECLARE
     l record;
 BEGIN
-    FOR l IN SELECT role_name FROM tally.pool_logins LOOP
+    FOR l IN SELECT p.role_name FROM tally.pool_logins p JOIN pg_roles r ON r.rolname = p.role_name LOOP
         EXECUTE format('REVOKE tally_tenant FROM %I', l.role_name);
         EXECUTE format('ALTER ROLE %I NOINHERIT', l.role_name);
     END LOOP;
