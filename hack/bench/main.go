@@ -29,7 +29,7 @@ func main() {
 func run() error {
 	var s Settings
 	var out, adminURL, modes string
-	var duration, freshDuration time.Duration
+	var duration, freshDuration, manyWarmUp time.Duration
 	flag.DurationVar(&duration, "duration", 15*time.Second, "length of each closed-loop ingest phase")
 	flag.IntVar(&s.Concurrency, "concurrency", 16, "concurrent HTTP clients in the closed-loop phases")
 	flag.IntVar(&s.BatchSize, "batch-size", 100, "messages per /v1/batch request")
@@ -42,6 +42,7 @@ func run() error {
 	flag.IntVar(&s.Tenants, "tenants", 1000, "sources of the many-tenants phase, one of them big")
 	flag.IntVar(&s.SmallTenantsRate, "small-tenants-rate", 500, "open-loop events/s spread over the small tenants in the many-tenants phase")
 	flag.IntVar(&s.BigTenantRate, "big-tenant-rate", 0, "events/s the big tenant sends in the many-tenants phase; 0 sends closed-loop batches as fast as it can")
+	flag.DurationVar(&manyWarmUp, "many-warm-up", 5*time.Second, "how long the small tenants send in the many-tenants phase before it measures (and the big tenant starts): the pool worker's connections and their plans are made then")
 	flag.IntVar(&s.BigTenantLimit, "big-tenant-limit", -1, "the big tenant's rate limit (spec.receiver.rateLimit, events/s) in the many-tenants phase; -1: the small tenants' rate (half the traffic), 0: none")
 	flag.StringVar(&s.SmallTenantsLogin, "small-tenants-login", "pool", "how the small tenants' pool worker logs in to Postgres in the many-tenants phase: "+
 		"pool (the pool's login, naming each member's tenant, as the operator sets it up) or tenant (each tenant's own login, a connection per tenant)")
@@ -68,7 +69,7 @@ func run() error {
 	if s.Quick {
 		duration, freshDuration = 5*time.Second, 10*time.Second
 	}
-	s.Duration = duration.String()
+	s.Duration, s.ManyWarmUp = duration.String(), manyWarmUp.String()
 	s.FreshnessSeconds = int(freshDuration / time.Second)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -79,7 +80,7 @@ func run() error {
 	for _, mode := range splitModes(modes) {
 		fmt.Fprintf(os.Stderr, "== durability %s\n", mode)
 		res, err := runMode(ctx, modeConfig{
-			durability: mode, adminURL: adminURL, duration: duration, freshDuration: freshDuration,
+			durability: mode, adminURL: adminURL, duration: duration, freshDuration: freshDuration, manyWarmUp: manyWarmUp,
 			settings: s, log: log, phases: splitList(*phases),
 		})
 		if err != nil {

@@ -58,6 +58,9 @@ type ManyTenantsResult struct {
 	SmallEventsPerS     float64 `json:"small_tenants_events_per_s"`
 	SmallFreshnessP50Ms float64 `json:"small_tenants_freshness_p50_ms"`
 	SmallFreshnessP99Ms float64 `json:"small_tenants_freshness_p99_ms"`
+	// SmallWarmUpFreshnessP99Ms: of the small tenants' rows sent in the warm-up, before the
+	// measured phase (--many-warm-up).
+	SmallWarmUpFreshnessP99Ms float64 `json:"small_tenants_warm_up_freshness_p99_ms"`
 	// SmallAck*: send to 2xx of the small tenants' calls, the receiver's share of their freshness.
 	SmallAckP50Ms float64 `json:"small_tenants_ack_p50_ms"`
 	SmallAckP99Ms float64 `json:"small_tenants_ack_p99_ms"`
@@ -100,6 +103,7 @@ type Settings struct {
 	SmallTenantsRate int    `json:"small_tenants_rate"`
 	BigTenantRate    int    `json:"big_tenant_rate"`
 	BigTenantLimit   int    `json:"big_tenant_limit"`
+	ManyWarmUp       string `json:"many_warm_up"`
 	// SmallTenantsLogin is how the small tenants' pool worker logs in to Postgres: pool or tenant.
 	SmallTenantsLogin string `json:"small_tenants_login"`
 	Quick             bool   `json:"quick"`
@@ -224,6 +228,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	row("many tenants: small events/s", many(func(m *ManyTenantsResult) float64 { return m.SmallEventsPerS }), "%.0f")
 	row("many tenants: small fresh p50 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallFreshnessP50Ms }), "%.0f")
 	row("many tenants: small fresh p99 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallFreshnessP99Ms }), "%.0f")
+	row("many tenants: warm-up fresh p99 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallWarmUpFreshnessP99Ms }), "%.0f")
 	row("many tenants: small ack p50 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallAckP50Ms }), "%.1f")
 	row("many tenants: small ack p99 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallAckP99Ms }), "%.1f")
 	row("many tenants: Postgres sessions opened", many(func(m *ManyTenantsResult) float64 { return float64(m.SessionsOpened) }), "%.0f")

@@ -27,6 +27,7 @@ type modeConfig struct {
 	adminURL      string
 	duration      time.Duration
 	freshDuration time.Duration
+	manyWarmUp    time.Duration // of the many-tenants phase, before it measures
 	settings      Settings
 	log           *slog.Logger
 	phases        []string // words of the phase names to run; all when empty

@@ -153,6 +153,54 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	go func() { polled <- watch.poll(pollCtx) }()
 	defer stopPoll()
 
+	// The small ones: an open loop of single tracks over every other tenant, for d. Before the
+	// measured phase, a warm-up of --many-warm-up: a pool worker that just started makes its
+	// connections and their plans in the first seconds of load, which a running one has made.
+	client := e.client()
+	rng := rand.New(rand.NewPCG(8, 8))
+	var sends sync.WaitGroup
+	var sent, refused atomic.Int64
+	var acksMu sync.Mutex
+	var acks []time.Duration
+	seq := 0
+	sendSmall := func(d time.Duration, measured bool) {
+		const tick = 20 * time.Millisecond
+		perTick := max(1, e.cfg.settings.SmallTenantsRate*int(tick)/int(time.Second))
+		ticker := time.NewTicker(tick)
+		defer ticker.Stop()
+		deadline := time.Now().Add(d)
+		for now := range ticker.C {
+			if now.After(deadline) {
+				return
+			}
+			for range perTick {
+				seq++
+				src := sources[1+rng.IntN(n-1)]
+				id := fmt.Sprintf("small-%d", seq)
+				body := []byte(`{"type":"track","userId":"u` + strconv.Itoa(seq%50) + `","event":"Small","messageId":"` + id + `"}`)
+				watch.sent(src.Tenant, id, time.Now(), measured)
+				sends.Go(func() {
+					start := time.Now()
+					ok, _, _ := e.post(client, src, "/v1/track", body)
+					switch {
+					case !ok:
+						watch.forget(src.Tenant, id)
+						if measured {
+							refused.Add(1)
+						}
+					case measured:
+						took := time.Since(start)
+						acksMu.Lock()
+						acks = append(acks, took)
+						acksMu.Unlock()
+						sent.Add(1)
+					}
+				})
+			}
+		}
+	}
+	sendSmall(e.cfg.manyWarmUp, false)
+
 	// The big tenant: a closed loop for the phase's length, or --big-tenant-rate events/s.
 	var big loadRun
 	var bigDone sync.WaitGroup
@@ -164,45 +212,7 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 			big = e.closedLoop(ctx, sources[0], templates, e.cfg.settings.BatchSize)
 		}
 	})
-
-	// The small ones: an open loop of single tracks over every other tenant.
-	client := e.client()
-	const tick = 20 * time.Millisecond
-	perTick := max(1, e.cfg.settings.SmallTenantsRate*int(tick)/int(time.Second))
-	rng := rand.New(rand.NewPCG(8, 8))
-	ticker := time.NewTicker(tick)
-	deadline := time.Now().Add(e.phaseLength())
-	var sends sync.WaitGroup
-	var sent, refused atomic.Int64
-	var acksMu sync.Mutex
-	var acks []time.Duration
-	seq := 0
-	for now := range ticker.C {
-		if now.After(deadline) {
-			break
-		}
-		for range perTick {
-			seq++
-			src := sources[1+rng.IntN(n-1)]
-			id := fmt.Sprintf("small-%d", seq)
-			body := []byte(`{"type":"track","userId":"u` + strconv.Itoa(seq%50) + `","event":"Small","messageId":"` + id + `"}`)
-			watch.sent(src.Tenant, id, time.Now())
-			sends.Go(func() {
-				start := time.Now()
-				if ok, _, _ := e.post(client, src, "/v1/track", body); ok {
-					took := time.Since(start)
-					acksMu.Lock()
-					acks = append(acks, took)
-					acksMu.Unlock()
-					sent.Add(1)
-				} else {
-					watch.forget(src.Tenant, id)
-					refused.Add(1)
-				}
-			})
-		}
-	}
-	ticker.Stop()
+	sendSmall(e.phaseLength(), true)
 	sends.Wait()
 	bigDone.Wait()
 	// What the big tenant's workers had not applied when the load stopped: above zero, it
@@ -227,7 +237,8 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	res.ManyTenants = &ManyTenantsResult{SessionsOpened: sessionsAfter - sessionsBefore,
 		Tenants: n, BigEventsPerS: big.eventsPerSecond(), SmallEventsPerS: float64(sent.Load()) / e.phaseLength().Seconds(),
 		SmallFreshnessP50Ms: percentileMs(lat, 50), SmallFreshnessP99Ms: percentileMs(lat, 99),
-		SmallAckP50Ms: percentileMs(acks, 50), SmallAckP99Ms: percentileMs(acks, 99),
+		SmallWarmUpFreshnessP99Ms: percentileMs(watch.warmUpLatencies(), 99),
+		SmallAckP50Ms:             percentileMs(acks, 50), SmallAckP99Ms: percentileMs(acks, 99),
 		BigBacklogAtEnd: bigState.Backlog, Rejected: big.rejected + refused.Load(),
 	}
 	return nil
@@ -335,18 +346,24 @@ func running(reg *prometheus.Registry) int {
 type tenantsWatch struct {
 	e       *env
 	mu      sync.Mutex
-	pending map[[2]string]time.Time
-	found   []time.Duration
-	done    chan struct{}
+	pending map[[2]string]sentRow
+	// found: the measured rows' latencies; warmUp: those sent during the warm-up.
+	found, warmUp []time.Duration
+	done          chan struct{}
+}
+
+type sentRow struct {
+	at       time.Time
+	measured bool
 }
 
 func newTenantsWatch(e *env) *tenantsWatch {
-	return &tenantsWatch{e: e, pending: map[[2]string]time.Time{}, done: make(chan struct{})}
+	return &tenantsWatch{e: e, pending: map[[2]string]sentRow{}, done: make(chan struct{})}
 }
 
-func (w *tenantsWatch) sent(tenant, id string, at time.Time) {
+func (w *tenantsWatch) sent(tenant, id string, at time.Time, measured bool) {
 	w.mu.Lock()
-	w.pending[[2]string{tenant, id}] = at
+	w.pending[[2]string{tenant, id}] = sentRow{at: at, measured: measured}
 	w.mu.Unlock()
 }
 
@@ -362,6 +379,12 @@ func (w *tenantsWatch) latencies() []time.Duration {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]time.Duration(nil), w.found...)
+}
+
+func (w *tenantsWatch) warmUpLatencies() []time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]time.Duration(nil), w.warmUp...)
 }
 
 func (w *tenantsWatch) poll(ctx context.Context) error {
@@ -404,8 +427,12 @@ func (w *tenantsWatch) poll(ctx context.Context) error {
 		}
 		w.mu.Lock()
 		for _, k := range visible {
-			if at, ok := w.pending[k]; ok {
-				w.found = append(w.found, seenAt.Sub(at))
+			if row, ok := w.pending[k]; ok {
+				if row.measured {
+					w.found = append(w.found, seenAt.Sub(row.at))
+				} else {
+					w.warmUp = append(w.warmUp, seenAt.Sub(row.at))
+				}
 				delete(w.pending, k)
 			}
 		}
