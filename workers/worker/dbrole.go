@@ -16,8 +16,9 @@ import (
 // (insights.TenantSetting), which the row policies honour only while the login is a member of
 // that tenant's role (migration 00012): a statement naming a tenant the login may not reach
 // fails. A member's worker puts its tenant on every context it reaches Postgres with; an acquire
-// without one fails, instead of reading nothing and writing nothing. The login never changes role: Postgres plans a statement
-// under row-level security again whenever the role changes, and keeps the plans while it stays.
+// without one fails, instead of reading nothing and writing nothing. The login never changes
+// role: Postgres plans a statement under row-level security again whenever the role changes, and
+// keeps the plans while it stays.
 
 type poolTenantKey struct{}
 

@@ -112,8 +112,9 @@ func revokeMembership(ctx context.Context, tx pgx.Tx, role, login string) error 
 
 // GrantPoolMember lets pool's login act for member (<namespace>/<name> of a source) of tenant,
 // whose role must exist (Ensure), and returns that role: granted to the pool's login, it lets the
-// pool's workers name the tenant for the member's transactions. It is ErrNoPoolLogin until the pool's login exists. A member that
-// changed tenant leaves its former tenant's role, and one that changed pool leaves the others.
+// pool's workers name the tenant for the member's transactions. It is ErrNoPoolLogin until the
+// pool's login exists. A member that changed tenant leaves its former tenant's role, and one that
+// changed pool leaves the others.
 func (t *TenantRoles) GrantPoolMember(ctx context.Context, pool, member, tenant string) (string, error) {
 	var role string
 	err := pgx.BeginTxFunc(ctx, t.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
