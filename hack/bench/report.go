@@ -99,6 +99,9 @@ type Settings struct {
 	WorkerBatchSize  int    `json:"worker_batch_size"`
 	Partitions       int    `json:"partitions"`
 	WorkerReplicas   int    `json:"worker_replicas"`
+	// NATSNodes is how many NATS servers the run's JetStream cluster has; every stream has as
+	// many replicas.
+	NATSNodes        int    `json:"nats_nodes"`
 	Tenants          int    `json:"tenants"`
 	SmallTenantsRate int    `json:"small_tenants_rate"`
 	BigTenantRate    int    `json:"big_tenant_rate"`

@@ -53,15 +53,11 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	ns, err := natsserver.Start(natsserver.Options{StoreDir: dir, SyncAlways: cfg.durability == "always"})
+	nc, shutdown, err := startNATS(ctx, dir, cfg)
 	if err != nil {
 		return nil, err
 	}
-	defer ns.Shutdown()
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		return nil, err
-	}
+	defer shutdown()
 	defer nc.Close()
 
 	dbURL, drop, err := testdb.FreshOn(ctx, cfg.adminURL, "bench")
@@ -119,6 +115,66 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 	return res, nil
 }
 
+// startNATS runs the embedded server, or with --nats-nodes 3 a JetStream cluster of three in this
+// process, and connects to it (the first node: stream leaders are placed on any, so a cluster's
+// publishes and deliveries cross the routes as they do between machines).
+func startNATS(ctx context.Context, dir string, cfg modeConfig) (*nats.Conn, func(), error) {
+	syncAlways := cfg.durability == "always"
+	if cfg.settings.NATSNodes <= 1 {
+		ns, err := natsserver.Start(natsserver.Options{StoreDir: dir, SyncAlways: syncAlways})
+		if err != nil {
+			return nil, nil, err
+		}
+		nc, err := nats.Connect(ns.ClientURL())
+		if err != nil {
+			ns.Shutdown()
+			return nil, nil, err
+		}
+		return nc, ns.Shutdown, nil
+	}
+	nodes, err := natsserver.StartCluster(cfg.settings.NATSNodes, dir, syncAlways)
+	if err != nil {
+		return nil, nil, err
+	}
+	shutdown := func() {
+		for _, ns := range nodes {
+			ns.Shutdown()
+		}
+	}
+	nc, err := nats.Connect(nodes[0].ClientURL())
+	if err == nil {
+		err = waitForMetaLeader(ctx, nc)
+	}
+	if err != nil {
+		if nc != nil {
+			nc.Close()
+		}
+		shutdown()
+		return nil, nil, err
+	}
+	return nc, shutdown, nil
+}
+
+// waitForMetaLeader returns once the cluster answers JetStream requests: it has elected the
+// leader that places streams.
+func waitForMetaLeader(ctx context.Context, nc *nats.Conn) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err := js.AccountInfo(ctx)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the NATS cluster elected no JetStream meta leader in a minute: %w", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // runs reports whether the phase is among those asked for (--phases): every phase when none
 // were named, else those whose name contains one of the words.
 func (cfg modeConfig) runs(phase string) bool {
@@ -136,7 +192,8 @@ func (cfg modeConfig) runs(phase string) bool {
 // newSource makes a source with its own stream, so each phase starts from an empty backlog.
 func (e *env) newSource(ctx context.Context, name string) (*source.Config, error) {
 	src := &source.Config{Namespace: "bench", Name: name, Tenant: "bench-" + name,
-		AccountProperty: "accountId", WriteKeys: []string{e.writeKey + "-" + name}, Partitions: e.cfg.settings.Partitions}
+		AccountProperty: "accountId", WriteKeys: []string{e.writeKey + "-" + name}, Partitions: e.cfg.settings.Partitions,
+		StreamReplicas: e.cfg.settings.NATSNodes}
 	if err := stream.Ensure(ctx, e.js, src.Stream(), src.StreamSettings()); err != nil {
 		return nil, err
 	}

@@ -83,7 +83,8 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	sources := make([]*source.Config, n)
 	for i := range sources {
 		src := &source.Config{Namespace: "many", Name: "t" + strconv.Itoa(i), Tenant: "many-t" + strconv.Itoa(i),
-			WriteKeys: []string{e.writeKey + "-many-" + strconv.Itoa(i)}, StreamMaxBytes: 8 << 20}
+			WriteKeys: []string{e.writeKey + "-many-" + strconv.Itoa(i)}, StreamMaxBytes: 8 << 20,
+			StreamReplicas: e.cfg.settings.NATSNodes}
 		if i == 0 {
 			src.StreamMaxBytes, src.Partitions = 256<<20, e.cfg.settings.Partitions
 			if limit := e.cfg.settings.BigTenantLimit; limit != 0 {

@@ -25,7 +25,7 @@ type Options struct {
 	SyncAlways bool
 	// Name is the server's name, unique within a cluster; "tally-embedded" when empty.
 	Name string
-	// Cluster, when set, makes the server one node of a JetStream cluster (see StartCluster).
+	// Cluster, when set, makes the server one node of a JetStream cluster (see Cluster, StartCluster).
 	Cluster *Cluster
 	// Auth, when set, runs the server in decentralized JWT mode with these keys: every client
 	// needs a user JWT signed for the account (natsauth.EmbeddedAdminCreds, or natsauth.EmbeddedIssuer on

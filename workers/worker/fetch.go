@@ -133,7 +133,7 @@ func (w *Worker) handOver(ctx context.Context, batch jetstream.MessageBatch, out
 // (under load, the whole batch), with the pull's error. An empty pull is handed over as an empty
 // part (it resets the backlog gauge) unless parts of it went out already.
 func (w *Worker) endPull(ctx context.Context, batch jetstream.MessageBatch, part fetched, sentParts bool, out chan<- fetched) bool {
-	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	if err := batch.Error(); !pullEndedNormally(err) {
 		part.err = err
 	}
 	if sentParts && part.size() == 0 && part.err == nil {
@@ -150,6 +150,17 @@ func (w *Worker) endPull(ctx context.Context, batch jetstream.MessageBatch, part
 		nakAll(part)
 		return false
 	}
+}
+
+// pullEndedNormally tells a pull that simply ended from a consumer that failed (and is bound
+// again, a second later). A pull ends at its MaxWait, and when the server counts its batch
+// delivered while bytes remain it ends it with a "batch completed" status: as a Fetch stops
+// reading at its count, that status reaches it only when some of the batch's messages did not
+// (on a busy cluster, seen in the bench with R3 streams). Those are redelivered after the ack
+// wait; the consumer itself is fine, so the lane pulls again at once, as nats.go's own Consume
+// does on that status.
+func pullEndedNormally(err error) bool {
+	return err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrBatchCompleted)
 }
 
 func (f *fetched) size() int { return len(f.items) + len(f.bad) }
