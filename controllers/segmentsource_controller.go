@@ -79,6 +79,9 @@ type Config struct {
 	// sets none of its own.
 	ReceiverResources corev1.ResourceRequirements
 	WorkerResources   corev1.ResourceRequirements
+	// ReceiverAtomicBatches runs every receiver, dedicated and pooled, with group commit
+	// (`tally receiver --atomic-batches`): for NATS servers that fsync every write.
+	ReceiverAtomicBatches bool
 	// RequireTenant refuses a source unless a Tenant lists its namespace; when false, the
 	// namespace of a tenant's first source claims it (recorded as a Tenant).
 	RequireTenant bool

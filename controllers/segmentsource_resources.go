@@ -258,6 +258,7 @@ func (r *SegmentSourceReconciler) inputs(st *reconcileState) resources.Inputs {
 
 		ReceiverResources: r.Config.ReceiverResources,
 		WorkerResources:   r.Config.WorkerResources,
+		AtomicBatches:     r.Config.ReceiverAtomicBatches,
 	}
 }
 

@@ -177,6 +177,7 @@ func (p *SegmentSourcePoolReconciler) inputs(st *poolState) resources.PoolInputs
 		Pool: st.pool, Image: c.Image, NATSURL: c.NATSURL,
 		ReceiverNATSCreds: st.receiverNATSCreds, WorkerNATSCreds: st.workerNATSCreds, Database: st.database,
 		ReceiverResources: c.ReceiverResources, WorkerResources: c.WorkerResources,
+		AtomicBatches: c.ReceiverAtomicBatches,
 	}
 }
 

@@ -72,6 +72,8 @@ type Options struct {
 	// ReceiverResources and WorkerResources apply to sources whose spec sets no resources.
 	ReceiverResources corev1.ResourceRequirements
 	WorkerResources   corev1.ResourceRequirements
+	// ReceiverAtomicBatches runs the receivers with group commit, for NATS that fsyncs every write.
+	ReceiverAtomicBatches bool
 	// RequireTenant refuses a SegmentSource unless a Tenant lists its namespace.
 	RequireTenant bool
 
@@ -154,6 +156,7 @@ account or ~/.kube/config, in that order. Every flag may also be set as TALLY_<F
 	f.Float32Var(&o.KubeAPIQPS, "kube-api-qps", 50, "requests per second the manager may send the API server (sustained)")
 	f.IntVar(&o.KubeAPIBurst, "kube-api-burst", 100, "requests the manager may send the API server in a burst")
 	f.Var(resourcesFlag{&o.ReceiverResources}, "receiver-resources", "resources (JSON ResourceRequirements) of receiver containers whose SegmentSource sets none in spec.receiver.resources; {} for none")
+	f.BoolVar(&o.ReceiverAtomicBatches, "receiver-atomic-batches", false, "run every receiver with --atomic-batches: concurrent requests' messages published as shared JetStream atomic batches (group commit), one fsync each; for NATS servers that fsync every write (sync_interval: always), where it multiplies ingest, and slower otherwise")
 	f.Var(resourcesFlag{&o.WorkerResources}, "worker-resources", "resources (JSON ResourceRequirements) of worker containers whose SegmentSource sets none in spec.worker.resources; {} for none")
 	f.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint; 0 disables it")
 	f.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
@@ -274,19 +277,20 @@ func SetupWithMetrics(mgr ctrl.Manager, o *Options, n controllers.NATS, m *contr
 		NATS:      n,
 		Metrics:   m,
 		Config: controllers.Config{
-			Image:              o.WorkloadImage,
-			NATSURL:            o.NATSURL,
-			ManagerNamespace:   o.ManagerNamespace,
-			DatabaseSecret:     o.DatabaseSecret,
-			DatabaseSecretKey:  o.DatabaseSecretKey,
-			NATSCredsSecret:    o.NATSCredsSecret,
-			NATSCredsSecretKey: o.NATSCredsSecretKey,
-			Interval:           o.RequeueInterval,
-			StreamMaxBytes:     o.StreamMaxBytes.Value(),
-			NATSTimeout:        o.NATSTimeout,
-			ReceiverResources:  o.ReceiverResources,
-			WorkerResources:    o.WorkerResources,
-			RequireTenant:      o.RequireTenant,
+			Image:                 o.WorkloadImage,
+			NATSURL:               o.NATSURL,
+			ManagerNamespace:      o.ManagerNamespace,
+			DatabaseSecret:        o.DatabaseSecret,
+			DatabaseSecretKey:     o.DatabaseSecretKey,
+			NATSCredsSecret:       o.NATSCredsSecret,
+			NATSCredsSecretKey:    o.NATSCredsSecretKey,
+			Interval:              o.RequeueInterval,
+			StreamMaxBytes:        o.StreamMaxBytes.Value(),
+			NATSTimeout:           o.NATSTimeout,
+			ReceiverResources:     o.ReceiverResources,
+			WorkerResources:       o.WorkerResources,
+			ReceiverAtomicBatches: o.ReceiverAtomicBatches,
+			RequireTenant:         o.RequireTenant,
 
 			MaxConcurrentReconciles: o.MaxConcurrentReconciles,
 

@@ -59,6 +59,8 @@ type PoolInputs struct {
 	Database          *SecretKey
 	ReceiverResources corev1.ResourceRequirements
 	WorkerResources   corev1.ResourceRequirements
+	// AtomicBatches makes the receivers publish with group commit (--receiver-atomic-batches).
+	AtomicBatches bool
 }
 
 // PoolReceiverName names the pool's receiver Deployment, Service and HPA.
@@ -164,6 +166,7 @@ func PoolReceiverDeployment(in PoolInputs) *appsv1ac.DeploymentApplyConfiguratio
 		"--shared-secrets-dir=" + PoolSharedSecretsMountPath,
 		"--shutdown-delay=" + source.DefaultShutdownDelay.String(),
 	}
+	args = withAtomicBatches(args, in.AtomicBatches)
 	volumes := []*corev1ac.VolumeApplyConfiguration{tmpVolume(), secretDirVolume("shared-secrets", PoolReceiverSecretsName(p.Name))}
 	mounts := []*corev1ac.VolumeMountApplyConfiguration{
 		corev1ac.VolumeMount().WithName("tmp").WithMountPath(TmpMountPath),

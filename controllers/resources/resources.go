@@ -57,6 +57,8 @@ type Inputs struct {
 	// --worker-resources), used for a source whose spec sets no resources of its own.
 	ReceiverResources corev1.ResourceRequirements
 	WorkerResources   corev1.ResourceRequirements
+	// AtomicBatches makes the receivers publish with group commit (--receiver-atomic-batches).
+	AtomicBatches bool
 }
 
 // DefaultReceiverResources are the manager's built-in receiver resources: enough to schedule the
@@ -158,6 +160,15 @@ func WorkerReplicas(s *tallyv1.SegmentSource) int32 {
 	}
 }
 
+// withAtomicBatches adds the receiver flag of group commit: requests' messages published as
+// JetStream atomic batches shared by concurrent requests, which NATS stores with one fsync each.
+func withAtomicBatches(args []string, on bool) []string {
+	if on {
+		return append(args, "--atomic-batches")
+	}
+	return args
+}
+
 // ReceiverDeployment runs `tally receiver`. The rolling update never takes a ready pod away before
 // its replacement is ready (maxUnavailable 0), so a settings change or key rotation never refuses
 // traffic.
@@ -171,6 +182,7 @@ func ReceiverDeployment(in Inputs) *appsv1ac.DeploymentApplyConfiguration {
 		"--write-keys-file=" + WriteKeysMountPath + "/" + s.WriteKeyKey(),
 		"--shutdown-delay=" + source.DefaultShutdownDelay.String(),
 	}
+	args = withAtomicBatches(args, in.AtomicBatches)
 	volumes := []*corev1ac.VolumeApplyConfiguration{
 		tmpVolume(),
 		configVolume(s),

@@ -410,3 +410,22 @@ func TestHashIsStableAndSensitive(t *testing.T) {
 		t.Error("hash does not separate keys from values")
 	}
 }
+
+// With --receiver-atomic-batches the manager runs every receiver, a source's own and a pool's,
+// with group commit; without it, none.
+func TestReceiversPublishWithGroupCommitOnlyWhenAsked(t *testing.T) {
+	pool := &tallyv1.SegmentSourcePool{ObjectMeta: metav1.ObjectMeta{Name: "shared", Namespace: "platform", UID: types.UID("uid-p")}}
+	for _, on := range []bool{false, true} {
+		in := inputs(sample())
+		in.AtomicBatches = on
+		pin := resources.PoolInputs{Pool: pool, Image: "img:1", NATSURL: "nats://nats:4222", AtomicBatches: on}
+		for name, d := range map[string]*appsv1.Deployment{
+			"source receiver": typed[appsv1.Deployment](t, resources.ReceiverDeployment(in)),
+			"pool receiver":   typed[appsv1.Deployment](t, resources.PoolReceiverDeployment(pin)),
+		} {
+			if got := slices.Contains(d.Spec.Template.Spec.Containers[0].Args, "--atomic-batches"); got != on {
+				t.Errorf("%s with AtomicBatches %v: --atomic-batches in args = %v", name, on, got)
+			}
+		}
+	}
+}

@@ -326,6 +326,7 @@ var _ = Describe("Helm chart", func() {
 				"--nats-creds-secret-key=tally.creds",
 				"--workload-image=registry.example.com/mirror/tally-workload:1.2.3",
 				`--receiver-resources={"limits":{},"requests":{"cpu":"250m","memory":"64Mi"}}`,
+				"--receiver-atomic-batches",
 				`--worker-resources={"limits":{"cpu":2,"memory":"1Gi"},"requests":{"cpu":"500m","memory":"256Mi"}}`,
 				"--stream-max-bytes=5Gi",
 				"--database-secret=acme-db",

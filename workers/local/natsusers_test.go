@@ -1,9 +1,11 @@
 package local
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -61,4 +63,42 @@ var _ = Describe("NATS users in tally local", func() {
 			Expect(info.Mode().Perm()).To(Equal(os.FileMode(0o600)), f)
 		}
 	})
+	// The operator runs receivers with --atomic-batches when NATS fsyncs every write
+	// (--receiver-atomic-batches), on the NATS users it issues: a source's receiver user and a
+	// pool's must be able to send atomic batches, not only single messages.
+	DescribeTable("stores a request as one atomic batch through the receiver's own NATS user when every write is fsynced",
+		func(ctx SpecContext, files func() string, key string, src stream.Source, tenant string) {
+			dbURL := freshDatabase(ctx, "local_nats_users_atomic")
+			r := start(Options{Manifests: files(), DataDir: GinkgoT().TempDir(), DatabaseURL: dbURL, SyncAlways: true})
+
+			var batch strings.Builder
+			batch.WriteString(`{"batch":[`)
+			for i := range 20 { // more than the receiver's smallest atomic batch (16)
+				if i > 0 {
+					batch.WriteString(",")
+				}
+				fmt.Fprintf(&batch, `{"type":"track","messageId":"atomic-%02d","userId":"u1","event":"Signed In"}`, i)
+			}
+			batch.WriteString(`]}`)
+			code, body := r.post("/v1/batch", key, batch.String())
+			Expect(code).To(Equal(http.StatusOK), body)
+
+			s, err := r.jetStream().Stream(ctx, src.StreamName())
+			Expect(err).NotTo(HaveOccurred())
+			batchIDs := map[string]int{}
+			for seq := uint64(1); seq <= 20; seq++ {
+				m, err := s.GetMsg(ctx, seq)
+				Expect(err).NotTo(HaveOccurred())
+				batchIDs[m.Header.Get("Nats-Batch-Id")]++
+			}
+			Expect(batchIDs).To(HaveLen(1), "one atomic batch carried the request")
+			Expect(batchIDs).NotTo(HaveKey(""))
+			Eventually(func() []map[string]any {
+				return query(ctx, dbURL, `select count(*) as n from tally.events where tenant = $1`, tenant)
+			}).WithTimeout(30 * time.Second).Should(Equal([]map[string]any{{"n": int64(20)}}))
+		},
+		Entry("a source's receiver", manifests, acmeKey1, stream.Source{Namespace: "default", Name: "acme-web"}, "acme"),
+		Entry("a pool's receiver, for a member", func() string { return poolManifests(false) }, poolKeyA,
+			stream.Source{Namespace: "team-a", Name: "web"}, "tenant-a"),
+	)
 })
