@@ -40,6 +40,7 @@ func run() error {
 	flag.IntVar(&s.Partitions, "partitions", 1, "partitions of the end-to-end, freshness and big-tenant sources (a power of two up to 64)")
 	flag.IntVar(&s.WorkerReplicas, "worker-replicas", 1, "workers per source in the end-to-end and freshness phases (and for the big tenant)")
 	flag.IntVar(&s.NATSNodes, "nats-nodes", 1, "NATS servers (in this process, on loopback) of one JetStream cluster; every stream gets as many replicas (1 or 3)")
+	flag.StringVar(&s.AtomicBatches, "atomic-batches", "auto", "the receiver's publishing: auto (shared atomic batches with fsync always, message by message otherwise, as tally local), on or off")
 	flag.IntVar(&s.Tenants, "tenants", 1000, "sources of the many-tenants phase, one of them big")
 	flag.IntVar(&s.SmallTenantsRate, "small-tenants-rate", 500, "open-loop events/s spread over the small tenants in the many-tenants phase")
 	flag.IntVar(&s.BigTenantRate, "big-tenant-rate", 0, "events/s the big tenant sends in the many-tenants phase; 0 sends closed-loop batches as fast as it can")
@@ -56,6 +57,9 @@ func run() error {
 	flag.Parse()
 	if s.SmallTenantsLogin != "pool" && s.SmallTenantsLogin != "tenant" {
 		return fmt.Errorf("--small-tenants-login must be pool or tenant, not %q", s.SmallTenantsLogin)
+	}
+	if !slices.Contains([]string{"auto", "on", "off"}, s.AtomicBatches) {
+		return fmt.Errorf("--atomic-batches must be auto, on or off, not %q", s.AtomicBatches)
 	}
 	if s.NATSNodes != 1 && s.NATSNodes != 3 {
 		return fmt.Errorf("--nats-nodes must be 1 or 3, not %d", s.NATSNodes)

@@ -101,7 +101,10 @@ type Settings struct {
 	WorkerReplicas   int    `json:"worker_replicas"`
 	// NATSNodes is how many NATS servers the run's JetStream cluster has; every stream has as
 	// many replicas.
-	NATSNodes        int    `json:"nats_nodes"`
+	NATSNodes int `json:"nats_nodes"`
+	// AtomicBatches is the receiver's publishing: auto (group commit with fsync always, as tally
+	// local runs it), on or off.
+	AtomicBatches    string `json:"atomic_batches"`
 	Tenants          int    `json:"tenants"`
 	SmallTenantsRate int    `json:"small_tenants_rate"`
 	BigTenantRate    int    `json:"big_tenant_rate"`

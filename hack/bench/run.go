@@ -74,9 +74,13 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 	}
 	defer pool.Close()
 
-	// As tally local does: atomic batches when every write is fsynced, per message otherwise.
+	// By default as tally local does: atomic batches when every write is fsynced, per message otherwise.
+	atomic := cfg.durability == "always"
+	if a := cfg.settings.AtomicBatches; a != "auto" {
+		atomic = a == "on"
+	}
 	registry := prometheus.NewRegistry()
-	p, err := local.NewPipeline(local.PipelineOptions{Conn: nc, Pool: pool, Registry: registry, AtomicBatches: cfg.durability == "always",
+	p, err := local.NewPipeline(local.PipelineOptions{Conn: nc, Pool: pool, Registry: registry, AtomicBatches: atomic,
 		BatchSize: cfg.settings.WorkerBatchSize, MaxWait: 50 * time.Millisecond, Logger: cfg.log})
 	if err != nil {
 		return nil, err
@@ -143,7 +147,7 @@ func startNATS(ctx context.Context, dir string, cfg modeConfig) (*nats.Conn, fun
 	}
 	nc, err := nats.Connect(nodes[0].ClientURL())
 	if err == nil {
-		err = waitForMetaLeader(ctx, nc)
+		err = waitForReplicas(ctx, nc, len(nodes))
 	}
 	if err != nil {
 		if nc != nil {
@@ -155,21 +159,29 @@ func startNATS(ctx context.Context, dir string, cfg modeConfig) (*nats.Conn, fun
 	return nc, shutdown, nil
 }
 
-// waitForMetaLeader returns once the cluster answers JetStream requests: it has elected the
-// leader that places streams.
-func waitForMetaLeader(ctx context.Context, nc *nats.Conn) error {
+// waitForReplicas returns once the cluster places a stream of n replicas: it has elected the
+// leader that places streams, and that leader knows n servers (it may be elected by two before
+// it hears of the third).
+func waitForReplicas(ctx context.Context, nc *nats.Conn, n int) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
 	}
 	deadline := time.Now().Add(time.Minute)
 	for {
-		_, err := js.AccountInfo(ctx)
+		attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := js.CreateStream(attempt, jetstream.StreamConfig{Name: "BENCH_PROBE", Subjects: []string{"bench.probe"}, Replicas: n})
 		if err == nil {
-			return nil
+			err = js.DeleteStream(attempt, "BENCH_PROBE")
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the NATS cluster elected no JetStream meta leader in a minute: %w", err)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case time.Now().After(deadline):
+			return fmt.Errorf("the NATS cluster placed no stream of %d replicas in a minute: %w", n, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

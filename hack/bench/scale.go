@@ -262,7 +262,7 @@ const manyMaxWait = 200 * time.Millisecond
 // member runs.
 func (e *env) smallTenantsPool(ctx context.Context, members []*source.Config) (stop func(), err error) {
 	ref := pool.Ref{Namespace: "bench", Name: "small"}
-	kv, err := pool.EnsureBucket(ctx, e.js, ref, 1)
+	kv, err := pool.EnsureBucket(ctx, e.js, ref, e.cfg.settings.NATSNodes)
 	if err != nil {
 		return nil, err
 	}

@@ -63,9 +63,9 @@ var _ = Describe("NATS users in tally local", func() {
 			Expect(info.Mode().Perm()).To(Equal(os.FileMode(0o600)), f)
 		}
 	})
-	// The operator runs receivers with --atomic-batches when NATS fsyncs every write
-	// (--receiver-atomic-batches), on the NATS users it issues: a source's receiver user and a
-	// pool's must be able to send atomic batches, not only single messages.
+	// tally local --sync-always publishes with group commit on its receiver's NATS user (one user
+	// with every served source's receiver permissions), for dedicated sources and pool members
+	// alike, and the rows land. The users the operator issues are checked in package natsauth.
 	DescribeTable("stores a request as one atomic batch through the receiver's own NATS user when every write is fsynced",
 		func(ctx SpecContext, files func() string, key string, src stream.Source, tenant string) {
 			dbURL := freshDatabase(ctx, "local_nats_users_atomic")

@@ -52,7 +52,7 @@ func TestStartClusterReplicatesAStreamOverEveryNode(t *testing.T) {
 	}
 	msg, err := other.GetMsg(ctx, 1)
 	if err != nil || string(msg.Data) != "stored three times" {
-		t.Fatalf("the third node serves %v, %v", msg, err)
+		t.Fatalf("read through the third node: %v, %v", msg, err)
 	}
 }
 

@@ -153,7 +153,7 @@ func (w *Worker) endPull(ctx context.Context, batch jetstream.MessageBatch, part
 }
 
 // pullEndedNormally tells a pull that simply ended from a consumer that failed (and is bound
-// again, a second later). A pull ends at its MaxWait, and when the server counts its batch
+// again, a second later). A pull ends at its MaxWait (without an error), and when the server counts its batch
 // delivered while bytes remain it ends it with a "batch completed" status: as a Fetch stops
 // reading at its count, that status reaches it only when some of the batch's messages did not
 // (on a busy cluster, seen in the bench with R3 streams). Those are redelivered after the ack

@@ -15,7 +15,7 @@ var _ = Describe("The end of a pull", func() {
 			Expect(pullEndedNormally(err)).To(Equal(normal))
 		},
 		Entry("no error", nil, true),
-		Entry("its MaxWait ran out", context.DeadlineExceeded, true),
+		Entry("a context deadline ended it", context.DeadlineExceeded, true),
 		Entry("the server counted the batch delivered, some messages did not arrive (a busy cluster)", jetstream.ErrBatchCompleted, true),
 		Entry("the same, wrapped", fmt.Errorf("pull: %w", jetstream.ErrBatchCompleted), true),
 		Entry("the consumer was deleted", jetstream.ErrConsumerDeleted, false),
