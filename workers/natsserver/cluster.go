@@ -19,10 +19,10 @@ type Cluster struct {
 }
 
 // StartCluster runs n servers in this process on loopback as one JetStream cluster, each storing
-// under storeDir/<its name>, each fsyncing every write when syncAlways is set: what the bench measures replicated
-// streams on. Clients may connect to any node; a stream with Replicas up to n can be created once
-// the cluster has elected its meta leader, a few seconds after StartCluster returns. The test
-// that kills a node runs its nodes as processes instead (test/cluster).
+// under storeDir/<its name> and fsyncing every write when syncAlways is set: what the bench
+// measures replicated streams on. Clients may connect to any node; a stream with Replicas up to n
+// can be created once the cluster has elected its meta leader, a few seconds after StartCluster
+// returns. The test that kills a node runs its nodes as processes instead (test/cluster).
 func StartCluster(n int, storeDir string, syncAlways bool) ([]*server.Server, error) {
 	routePorts := make([]int, n)
 	routes := make([]string, n)
