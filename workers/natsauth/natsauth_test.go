@@ -2,9 +2,6 @@ package natsauth_test
 
 import (
 	"errors"
-	"net/http"
-	"net/http/httptest"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -13,8 +10,6 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/tallyhq/tally/workers/natsauth"
-	"github.com/tallyhq/tally/workers/receiver"
-	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 )
 
@@ -34,24 +29,11 @@ var _ = Describe("a source's receiver user", func() {
 	})
 
 	It("stores what the real receiver publishes, message by message and as atomic batches", func() {
-		for _, atomic := range []bool{false, true} {
-			before := messages(acme)
-			rcv, err := receiver.New(receiver.Options{JetStream: js, Conn: c.Conn, AtomicBatches: atomic}, []*source.Config{acme})
-			Expect(err).NotTo(HaveOccurred())
-			srv := httptest.NewServer(rcv.Handler())
-			// 20 messages: the receiver sends requests of 16 or more as atomic batches.
-			body := `{"type":"identify","userId":"u1","traits":{"plan":"pro"}}` +
-				strings.Repeat(`,{"type":"track","userId":"u1","event":"Signed In"}`, 19)
-			req, err := http.NewRequest(http.MethodPost, srv.URL+"/v1/batch", strings.NewReader(`{"batch":[`+body+`]}`))
-			Expect(err).NotTo(HaveOccurred())
-			req.SetBasicAuth(acme.WriteKeys[0], "")
-			resp, err := http.DefaultClient.Do(req)
-			Expect(err).NotTo(HaveOccurred())
-			resp.Body.Close()
-			srv.Close()
-			Expect(resp.StatusCode).To(Equal(http.StatusOK), "atomic batches: %v", atomic)
-			Expect(messages(acme)).To(Equal(before + 20))
-		}
+		Expect(publishThroughReceiver(js, c.Conn, false)).To(Equal(map[string]int{"": 20}))
+		// tally manager --receiver-atomic-batches: the whole request in one atomic batch
+		atomic := publishThroughReceiver(js, c.Conn, true)
+		Expect(atomic).To(HaveLen(1), "one atomic batch carried the request")
+		Expect(atomic).NotTo(HaveKey(""))
 		Expect(c.errors()).To(BeEmpty())
 	})
 

@@ -100,6 +100,14 @@ var _ = Describe("a SegmentSourcePool's users", func() {
 		haveViolation(c, "publish", acme.Stream().DeadLetterSubject())
 	})
 
+	It("lets the receiver store a member's request as one atomic batch (tally manager --receiver-atomic-batches)", func() {
+		c, js := poolConn(natsauth.Receiver)
+		atomic := publishThroughReceiver(js, c.Conn, true)
+		Expect(atomic).To(HaveLen(1), "one atomic batch carried the request")
+		Expect(atomic).NotTo(HaveKey(""))
+		Expect(c.errors()).To(BeEmpty())
+	})
+
 	It("lets the worker consume every source's workers consumer and dead-letter, but not publish messages", func() {
 		c, js := poolConn(natsauth.Worker)
 		for _, src := range allPeers {

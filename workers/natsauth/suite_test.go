@@ -2,6 +2,8 @@ package natsauth_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/natsserver"
+	"github.com/tallyhq/tally/workers/receiver"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 )
@@ -134,4 +137,41 @@ func deadLetters(src *source.Config) uint64 {
 func streamExists(name string) bool {
 	_, err := adminJS.Stream(ctx, name)
 	return err == nil
+}
+
+// publishThroughReceiver runs the real receiver for acme on a pod's connection, sends it one
+// request of 20 messages (the receiver sends requests of 16 or more as atomic batches when
+// atomic is set) and returns how many of the 20 stored messages each atomic batch id carried
+// ("" for messages published one by one).
+func publishThroughReceiver(js jetstream.JetStream, nc *nats.Conn, atomic bool) map[string]int {
+	GinkgoHelper()
+	s, err := adminJS.Stream(ctx, acme.Stream().StreamName())
+	Expect(err).NotTo(HaveOccurred())
+	lastSeq := func() uint64 {
+		info, err := s.Info(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		return info.State.LastSeq
+	}
+	before := lastSeq()
+	rcv, err := receiver.New(receiver.Options{JetStream: js, Conn: nc, AtomicBatches: atomic}, []*source.Config{acme})
+	Expect(err).NotTo(HaveOccurred())
+	srv := httptest.NewServer(rcv.Handler())
+	defer srv.Close()
+	body := `{"type":"identify","userId":"u1","traits":{"plan":"pro"}}` +
+		strings.Repeat(`,{"type":"track","userId":"u1","event":"Signed In"}`, 19)
+	req, err := http.NewRequest(http.MethodPost, srv.URL+"/v1/batch", strings.NewReader(`{"batch":[`+body+`]}`))
+	Expect(err).NotTo(HaveOccurred())
+	req.SetBasicAuth(acme.WriteKeys[0], "")
+	resp, err := http.DefaultClient.Do(req)
+	Expect(err).NotTo(HaveOccurred())
+	resp.Body.Close()
+	Expect(resp.StatusCode).To(Equal(http.StatusOK), "atomic batches: %v", atomic)
+	Expect(lastSeq()).To(Equal(before + 20))
+	batchIDs := map[string]int{}
+	for seq := before + 1; seq <= before+20; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		Expect(err).NotTo(HaveOccurred())
+		batchIDs[m.Header.Get("Nats-Batch-Id")]++
+	}
+	return batchIDs
 }
