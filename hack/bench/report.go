@@ -68,6 +68,9 @@ type ManyTenantsResult struct {
 	// SessionsOpened counts the Postgres sessions the phase opened (pg_stat_database.sessions):
 	// what the small tenants' logins cost in connections.
 	SessionsOpened int64 `json:"postgres_sessions_opened"`
+	// IdleCPUPercent is this process's CPU (NATS, receiver, the pool worker with every small
+	// tenant, the big tenant's workers) before anyone sends, in percent of one core.
+	IdleCPUPercent float64 `json:"idle_cpu_percent"`
 }
 
 // Report is what `make bench` writes: the default-mode figures at the top level, the fsync-always
@@ -238,6 +241,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	row("many tenants: small ack p50 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallAckP50Ms }), "%.1f")
 	row("many tenants: small ack p99 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallAckP99Ms }), "%.1f")
 	row("many tenants: Postgres sessions opened", many(func(m *ManyTenantsResult) float64 { return float64(m.SessionsOpened) }), "%.0f")
+	row("many tenants: idle CPU % of a core", many(func(m *ManyTenantsResult) float64 { return m.IdleCPUPercent }), "%.1f")
 	tw.Flush()
 	fmt.Fprintf(w, "machine: %s, %d cores, %s\n", r.Machine.CPU, r.Machine.Cores, r.Machine.GoVersion)
 }

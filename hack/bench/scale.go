@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -148,6 +149,14 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 		}
 	}
 
+	// What a thousand members cost while none of them sends: the pool worker's idle fetch
+	// loops, and NATS answering them. After a settling time: each member's start (its
+	// transaction that marks the ignored events, its first pulls) is not idle.
+	idle, err := idleCPU(ctx, manyIdleSettle, manyIdleWindow)
+	if err != nil {
+		return err
+	}
+
 	watch := newTenantsWatch(e)
 	pollCtx, stopPoll := context.WithCancel(ctx)
 	polled := make(chan error, 1)
@@ -240,7 +249,7 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 		SmallFreshnessP50Ms: percentileMs(lat, 50), SmallFreshnessP99Ms: percentileMs(lat, 99),
 		SmallWarmUpFreshnessP99Ms: percentileMs(watch.warmUpLatencies(), 99),
 		SmallAckP50Ms:             percentileMs(acks, 50), SmallAckP99Ms: percentileMs(acks, 99),
-		BigBacklogAtEnd: bigState.Backlog, Rejected: big.rejected + refused.Load(),
+		BigBacklogAtEnd: bigState.Backlog, Rejected: big.rejected + refused.Load(), IdleCPUPercent: idle,
 	}
 	return nil
 }
@@ -250,6 +259,43 @@ func (e *env) sessions(ctx context.Context) (int64, error) {
 	var n int64
 	err := e.pool.QueryRow(ctx, `SELECT sessions FROM pg_stat_database WHERE datname = current_database()`).Scan(&n)
 	return n, err
+}
+
+// manyIdleSettle and manyIdleWindow: how long the many-tenants phase waits before it measures
+// its idle CPU, and how long it measures.
+const manyIdleSettle, manyIdleWindow = 10 * time.Second, 10 * time.Second
+
+// idleCPU is this process's CPU time (user and system) over d after settle, in percent of one
+// core.
+func idleCPU(ctx context.Context, settle, d time.Duration) (float64, error) {
+	select {
+	case <-time.After(settle):
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	before, err := cpuTime()
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	after, err := cpuTime()
+	if err != nil {
+		return 0, err
+	}
+	return 100 * float64(after-before) / float64(time.Since(start)), nil
+}
+
+func cpuTime() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, err
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
 // manyMaxWait is the fetch wait of the many-tenants phase's workers.

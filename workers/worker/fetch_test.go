@@ -2,11 +2,20 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+
+	"github.com/tallyhq/tally/test/testenv"
+	"github.com/tallyhq/tally/workers/natsserver"
+	"github.com/tallyhq/tally/workers/source"
+	"github.com/tallyhq/tally/workers/stream"
 )
 
 var _ = Describe("The end of a pull", func() {
@@ -16,10 +25,125 @@ var _ = Describe("The end of a pull", func() {
 		},
 		Entry("no error", nil, true),
 		Entry("a context deadline ended it", context.DeadlineExceeded, true),
+		Entry("the worker stopped during a long idle pull", context.Canceled, true),
 		Entry("the server counted the batch delivered, some messages did not arrive (a busy cluster)", jetstream.ErrBatchCompleted, true),
 		Entry("the same, wrapped", fmt.Errorf("pull: %w", jetstream.ErrBatchCompleted), true),
 		Entry("the consumer was deleted", jetstream.ErrConsumerDeleted, false),
 		Entry("the server stopped sending heartbeats", jetstream.ErrNoHeartbeat, false),
 		Entry("the consumer's leader changed", jetstream.ErrConsumerLeadershipChanged, false),
 	)
+})
+
+var _ = Describe("An idle lane", func() {
+	// pullRequest is what a worker asks its consumer for ($JS.API.CONSUMER.MSG.NEXT).
+	type pullRequest struct {
+		Batch     int           `json:"batch"`
+		Expires   time.Duration `json:"expires"`
+		Heartbeat time.Duration `json:"idle_heartbeat"`
+	}
+	// spyOnPulls records the pull requests sent to src's consumer, as the server receives them.
+	spyOnPulls := func(nc *nats.Conn, src *source.Config) *nats.Subscription {
+		sub, err := nc.SubscribeSync("$JS.API.CONSUMER.MSG.NEXT." + src.Stream().StreamName() + "." + stream.WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(sub.Unsubscribe)
+		return sub
+	}
+	// untilLongPull reads the pulls until one is long (JetStream's default expiry, with the
+	// server's heartbeat), and returns those before it.
+	untilLongPull := func(sub *nats.Subscription) []pullRequest {
+		var before []pullRequest
+		for {
+			msg, err := sub.NextMsg(10 * time.Second)
+			Expect(err).NotTo(HaveOccurred(), "a lane left idle pulls for long, after a few short pulls")
+			var req pullRequest
+			Expect(json.Unmarshal(msg.Data, &req)).To(Succeed())
+			if req.Expires == jetstream.DefaultExpires {
+				Expect(req).To(Equal(pullRequest{Batch: 1, Expires: 30 * time.Second, Heartbeat: 5 * time.Second}))
+				return before
+			}
+			before = append(before, req)
+			Expect(len(before)).To(BeNumerically("<", 10), "pulls of MaxWait, five times MaxWait, then a long one")
+		}
+	}
+	events := func(ctx context.Context, src *source.Config) int64 {
+		return queryRow(ctx, `SELECT count(*) AS n FROM tally.events WHERE tenant = $1`, src.Tenant)["n"].(int64)
+	}
+
+	It("waits in one long pull, takes a message at once, and stops without waiting the pull out", func(ctx SpecContext) {
+		src := newSource(ctx, "")
+		pulls := spyOnPulls(nc, src)
+		stop := startWorker(src, 20) // MaxWait 50 ms
+		publish(ctx, src, track("t1", "u1", "Clicked", 1, nil, nil))
+		Eventually(func() int64 { return events(ctx, src) }).Should(BeEquivalentTo(1))
+
+		By("a short pull after the first empty one, then a long one, and no more pulls meanwhile")
+		before := untilLongPull(pulls)
+		Expect(before).NotTo(BeEmpty())
+		Expect(before[len(before)-1]).To(Equal(pullRequest{Batch: 1, Expires: 250 * time.Millisecond}), "five times MaxWait")
+		Consistently(func() int { n, _, _ := pulls.Pending(); return n }, 2*time.Second).Should(BeZero(),
+			"with pulls of five times MaxWait, eight more would have gone")
+
+		By("a message arriving during the long pull is mapped at once")
+		publish(ctx, src, track("t2", "u1", "Clicked", 2, nil, nil))
+		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(5 * time.Second).Should(BeEquivalentTo(2))
+
+		By("stopping in a long pull does not wait it out")
+		untilLongPull(pulls)
+		stopping := time.Now()
+		Expect(stop()).To(Succeed())
+		Expect(time.Since(stopping)).To(BeNumerically("<", 5*time.Second), "the pull had 30 s to go")
+
+		By("what arrives after the stop is not delivered to the abandoned pull: the next worker maps it at once, not after the ack wait")
+		publish(ctx, src, track("t3", "u1", "Clicked", 3, nil, nil))
+		startWorker(src, 20)
+		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(10 * time.Second).Should(BeEquivalentTo(3))
+		Expect(stream.DefaultAckWait).To(BeNumerically(">", 10*time.Second))
+	})
+
+	It("binds again at once when the server its long pull waits on restarts", Serial, func(ctx SpecContext) {
+		// A server of its own, restarted on its store: the stream is back, the memory-stored
+		// consumer and the pull waiting on it are not.
+		dir := GinkgoT().TempDir()
+		ns, err := natsserver.Start(natsserver.Options{StoreDir: dir})
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(ns.Shutdown)
+		port := ns.Addr().(*net.TCPAddr).Port
+		conn, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(conn.Close)
+		ownJS, err := jetstream.New(conn)
+		Expect(err).NotTo(HaveOccurred())
+		n := sourceSeq.Add(1)
+		src := &source.Config{Namespace: "test", Name: fmt.Sprintf("src%d", n), Tenant: fmt.Sprintf("tenant%d", n)}
+		Expect(stream.Ensure(ctx, ownJS, src.Stream(), src.StreamSettings())).To(Succeed())
+		send := func(id string) {
+			data, err := json.Marshal(track(id, "u1", "Clicked", 1, nil, nil))
+			Expect(err).NotTo(HaveOccurred())
+			_, err = ownJS.Publish(ctx, src.Stream().Subject("track"), data, jetstream.WithMsgID(id))
+			Expect(err).NotTo(HaveOccurred())
+		}
+		pulls := spyOnPulls(conn, src)
+		w, err := New(Options{Pool: testPool, JetStream: ownJS, Source: src, MaxWait: 50 * time.Millisecond,
+			Logger: testenv.QuietLogger(), Metrics: testMetrics})
+		Expect(err).NotTo(HaveOccurred())
+		wctx, stop := context.WithCancel(context.Background())
+		ran := make(chan error, 1)
+		go func() { ran <- w.Run(wctx) }()
+		DeferCleanup(func() error { stop(); return <-ran })
+		send("before")
+		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(10 * time.Second).Should(BeEquivalentTo(1))
+		untilLongPull(pulls)
+
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		ns, err = natsserver.Start(natsserver.Options{StoreDir: dir, Port: port})
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(ns.Shutdown)
+		Eventually(conn.IsConnected).WithTimeout(10 * time.Second).Should(BeTrue())
+		send("after")
+		By("the server ended the waiting pulls as it shut down: the lane bound again and created its consumer, not waiting out the pull's 30 s")
+		// (A server that crashes sends nothing; then the pull's heartbeats, every 5 s, end it
+		// within 10 s, as pullEndedNormally's table has it: ErrNoHeartbeat binds again.)
+		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(20 * time.Second).Should(BeEquivalentTo(2))
+	})
 })

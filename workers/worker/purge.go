@@ -51,6 +51,10 @@ type purger struct {
 	// quiet is how long a quiet lane waits after since (see purgeQuiet).
 	quiet   time.Duration
 	failing bool
+	// timer wakes a lane that waits in a long idle pull when a purge is due (see due); it is
+	// set for dueAt.
+	timer *time.Timer
+	dueAt time.Time
 }
 
 func newPurger(w *Worker, consumer jetstream.Consumer, name string) *purger {
@@ -82,7 +86,8 @@ func (p *purger) acknowledged(seq uint64, n int) {
 // stay in the stream, acknowledged, and take room until a purge succeeds.
 //
 // The waiting pull alone is not enough: right after a lane's pull ends, its next one has often
-// not reached the server yet, and an idle lane looks only then.
+// not reached the server yet. An idle lane looks then, and while it waits in a long pull, when
+// due fires.
 func (p *purger) maybePurge(ctx context.Context, idle bool) {
 	if p.highest <= p.purged || time.Since(p.tried) < purgeEvery || ctx.Err() != nil {
 		return
@@ -115,4 +120,39 @@ func (p *purger) maybePurge(ctx context.Context, idle bool) {
 	if n > 0 {
 		p.w.metrics.purged.WithLabelValues(p.w.stream.String()).Add(float64(n))
 	}
+}
+
+// due fires when maybePurge would next look, or never when nothing acknowledged awaits a purge.
+// A lane long idle waits in one long pull (see Worker.pull) rather than in a pull after pull, so
+// what its last batches acknowledged is purged on this schedule instead: a purge then finds its
+// pull waiting on the consumer.
+func (p *purger) due() <-chan time.Time {
+	if p.highest <= p.purged {
+		return nil
+	}
+	at := p.tried.Add(purgeEvery)
+	if p.unpurged < purgeBatch {
+		at = later(at, p.since.Add(p.quiet))
+	}
+	if p.timer == nil {
+		p.timer = time.NewTimer(time.Until(at))
+	} else if !at.Equal(p.dueAt) {
+		p.timer.Reset(time.Until(at))
+	}
+	p.dueAt = at
+	return p.timer.C
+}
+
+// stop releases the timer.
+func (p *purger) stop() {
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

@@ -258,6 +258,7 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name 
 	go w.fetchLoop(fetchCtx, consumer, batches)
 	purges := newPurger(w, consumer, name)
 	defer func() {
+		purges.stop()
 		stopFetching()
 		for f := range batches { // wait for the fetcher; what it still hands over is redelivered
 			nakAll(f)
@@ -269,6 +270,9 @@ func (w *Worker) consume(ctx context.Context, consumer jetstream.Consumer, name 
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-purges.due():
+			purges.maybePurge(ctx, false)
+			continue
 		case f, ok = <-batches:
 		}
 		if !ok {
