@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -12,8 +11,6 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
-	"github.com/tallyhq/tally/test/testenv"
-	"github.com/tallyhq/tally/workers/natsserver"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 )
@@ -101,45 +98,24 @@ var _ = Describe("An idle lane", func() {
 	})
 
 	It("binds again at once when the server its long pull waits on restarts", Serial, func(ctx SpecContext) {
-		// A server of its own, restarted on its store: the stream is back, the memory-stored
-		// consumer and the pull waiting on it are not.
-		dir := GinkgoT().TempDir()
-		ns, err := natsserver.Start(natsserver.Options{StoreDir: dir})
-		Expect(err).NotTo(HaveOccurred())
-		DeferCleanup(ns.Shutdown)
-		port := ns.Addr().(*net.TCPAddr).Port
-		conn, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-		Expect(err).NotTo(HaveOccurred())
-		DeferCleanup(conn.Close)
-		ownJS, err := jetstream.New(conn)
-		Expect(err).NotTo(HaveOccurred())
-		n := sourceSeq.Add(1)
-		src := &source.Config{Namespace: "test", Name: fmt.Sprintf("src%d", n), Tenant: fmt.Sprintf("tenant%d", n)}
-		Expect(stream.Ensure(ctx, ownJS, src.Stream(), src.StreamSettings())).To(Succeed())
+		// Restarted on its store: the stream is back, the memory-stored consumer and the pull
+		// waiting on it are not.
+		own := startOwnNATS(ctx)
+		src := own.src
 		send := func(id string) {
 			data, err := json.Marshal(track(id, "u1", "Clicked", 1, nil, nil))
 			Expect(err).NotTo(HaveOccurred())
-			_, err = ownJS.Publish(ctx, src.Stream().Subject("track"), data, jetstream.WithMsgID(id))
+			_, err = own.js.Publish(ctx, src.Stream().Subject("track"), data, jetstream.WithMsgID(id))
 			Expect(err).NotTo(HaveOccurred())
 		}
-		pulls := spyOnPulls(conn, src)
-		w, err := New(Options{Pool: testPool, JetStream: ownJS, Source: src, MaxWait: 50 * time.Millisecond,
-			Logger: testenv.QuietLogger(), Metrics: testMetrics})
-		Expect(err).NotTo(HaveOccurred())
-		wctx, stop := context.WithCancel(context.Background())
-		ran := make(chan error, 1)
-		go func() { ran <- w.Run(wctx) }()
-		DeferCleanup(func() error { stop(); return <-ran })
+		pulls := spyOnPulls(own.conn, src)
+		own.runWorker()
 		send("before")
 		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(10 * time.Second).Should(BeEquivalentTo(1))
 		untilLongPull(pulls)
 
-		ns.Shutdown()
-		ns.WaitForShutdown()
-		ns, err = natsserver.Start(natsserver.Options{StoreDir: dir, Port: port})
-		Expect(err).NotTo(HaveOccurred())
-		DeferCleanup(ns.Shutdown)
-		Eventually(conn.IsConnected).WithTimeout(10 * time.Second).Should(BeTrue())
+		own.restart()
+		Eventually(own.conn.IsConnected).WithTimeout(10 * time.Second).Should(BeTrue())
 		send("after")
 		By("the server ended the waiting pulls as it shut down: the lane bound again and created its consumer, not waiting out the pull's 30 s")
 		// (A server that crashes sends nothing; then the pull's heartbeats, every 5 s, end it

@@ -6,14 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -21,8 +19,6 @@ import (
 
 	"github.com/tallyhq/tally/test/testdb"
 	"github.com/tallyhq/tally/test/testenv"
-	"github.com/tallyhq/tally/workers/natsserver"
-	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
 )
 
@@ -141,20 +137,8 @@ var _ = Describe("Failures", func() {
 	})
 
 	It("maps every accepted message once across a NATS restart that forgets its consumer", Serial, func(ctx SpecContext) {
-		// A server of its own: the suite's other specs keep theirs running.
-		dir := GinkgoT().TempDir()
-		ns, err := natsserver.Start(natsserver.Options{StoreDir: dir})
-		Expect(err).NotTo(HaveOccurred())
-		DeferCleanup(ns.Shutdown) // this first server's, should the spec fail before the restart
-		port := ns.Addr().(*net.TCPAddr).Port
-		conn, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-		Expect(err).NotTo(HaveOccurred())
-		DeferCleanup(conn.Close)
-		ownJS, err := jetstream.New(conn)
-		Expect(err).NotTo(HaveOccurred())
-		n := sourceSeq.Add(1)
-		src := &source.Config{Namespace: "test", Name: fmt.Sprintf("src%d", n), Tenant: fmt.Sprintf("tenant%d", n)}
-		Expect(stream.Ensure(ctx, ownJS, src.Stream(), src.StreamSettings())).To(Succeed())
+		own := startOwnNATS(ctx)
+		ownJS, src := own.js, own.src
 		send := func(prefix string) {
 			for i := range 10 {
 				id := fmt.Sprintf("%s-%d", prefix, i)
@@ -169,13 +153,7 @@ var _ = Describe("Failures", func() {
 			Expect(testPool.QueryRow(ctx, `SELECT count(*) FROM tally.events WHERE tenant = $1`, src.Tenant).Scan(&count)).To(Succeed())
 			return count
 		}
-		w, err := New(Options{Pool: testPool, JetStream: ownJS, Source: src, MaxWait: 50 * time.Millisecond,
-			Logger: testenv.QuietLogger(), Metrics: testMetrics})
-		Expect(err).NotTo(HaveOccurred())
-		wctx, stop := context.WithCancel(context.Background())
-		ran := make(chan error, 1)
-		go func() { ran <- w.Run(wctx) }()
-		DeferCleanup(func() error { stop(); return <-ran })
+		own.runWorker()
 
 		send("before")
 		Eventually(events).WithTimeout(30 * time.Second).Should(Equal(10))
@@ -197,11 +175,7 @@ var _ = Describe("Failures", func() {
 		}).WithTimeout(30 * time.Second).Should(Succeed())
 
 		By("the server restarts on its store: the stream is back, the memory-stored consumer is not")
-		ns.Shutdown()
-		ns.WaitForShutdown()
-		ns, err = natsserver.Start(natsserver.Options{StoreDir: dir, Port: port})
-		Expect(err).NotTo(HaveOccurred())
-		DeferCleanup(ns.Shutdown)
+		own.restart()
 		restore()
 		send("after")
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,6 +127,53 @@ func startWorkerOn(testPool *pgxpool.Pool, src *source.Config, batchSize int, tw
 	}
 	DeferCleanup(stop)
 	return stop
+}
+
+// ownNATS is a NATS server of a spec's own (the suite's other specs keep theirs running), a
+// connection to it that reconnects forever, and a source whose stream is there.
+type ownNATS struct {
+	conn *nats.Conn
+	js   jetstream.JetStream
+	src  *source.Config
+	// restart shuts the server down and starts it again on its store and port: the stream is
+	// back, a memory-stored consumer is not.
+	restart func()
+}
+
+func startOwnNATS(ctx context.Context) *ownNATS {
+	GinkgoHelper()
+	dir := GinkgoT().TempDir()
+	ns, err := natsserver.Start(natsserver.Options{StoreDir: dir})
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(func() { ns.Shutdown() }) // the server running when the spec ends
+	port := ns.Addr().(*net.TCPAddr).Port
+	conn, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(conn.Close)
+	ownJS, err := jetstream.New(conn)
+	Expect(err).NotTo(HaveOccurred())
+	n := sourceSeq.Add(1)
+	src := &source.Config{Namespace: "test", Name: fmt.Sprintf("src%d", n), Tenant: fmt.Sprintf("tenant%d", n)}
+	Expect(stream.Ensure(ctx, ownJS, src.Stream(), src.StreamSettings())).To(Succeed())
+	return &ownNATS{conn: conn, js: ownJS, src: src, restart: func() {
+		GinkgoHelper()
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		ns, err = natsserver.Start(natsserver.Options{StoreDir: dir, Port: port})
+		Expect(err).NotTo(HaveOccurred())
+	}}
+}
+
+// runWorker runs a worker on the source until the spec ends.
+func (o *ownNATS) runWorker() {
+	GinkgoHelper()
+	w, err := New(Options{Pool: testPool, JetStream: o.js, Source: o.src, MaxWait: 50 * time.Millisecond,
+		Logger: testenv.QuietLogger(), Metrics: testMetrics})
+	Expect(err).NotTo(HaveOccurred())
+	ctx, stop := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(ctx) }()
+	DeferCleanup(func() error { stop(); return <-ran })
 }
 
 // msg is a normalised Segment message as the receiver publishes it.
