@@ -263,7 +263,8 @@ func (e *env) sessions(ctx context.Context) (int64, error) {
 
 // manyIdleSettle and manyIdleWindow: how long the many-tenants phase waits before it measures
 // its idle CPU, and how long it measures.
-const manyIdleSettle, manyIdleWindow = 10 * time.Second, 10 * time.Second
+// The window is one idle worker's long pull (30 s), so it holds each member's renewal once.
+const manyIdleSettle, manyIdleWindow = 10 * time.Second, 30 * time.Second
 
 // idleCPU is this process's CPU time (user and system) over d after settle, in percent of one
 // core.

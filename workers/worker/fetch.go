@@ -85,10 +85,12 @@ const handOverAfter = 2 * time.Millisecond
 // latency: it is what an idle lane costs, a pull request and its timeout each time. The first
 // waits up to five times MaxWait (firstIdleWait), and the worker's stop waits it out, handing
 // back what it brings. The next ones are long: JetStream's default of 30 s, with the server's
-// heartbeat every 5 s, so that a pull the server lost (a restart, a reconnect) fails within 10 s
-// and the lane binds again; those end when ctx does, and the server then drops the pull, whose
-// reply subject lost its subscriber, instead of delivering to it. A pool worker with a thousand
-// idle members (test/pool's scale test): 0.06 of a core with pulls a second apart, 0.01 with these.
+// heartbeat every 5 s, so that a pull the server lost (a crash, a reconnect, a clustered
+// consumer's server stopping) ends within 10 s and the lane pulls again; a single server that
+// shuts down ends them at once. Those end when ctx does, and the server then drops the pull, whose
+// reply subject lost its subscriber, instead of delivering to it; only a message it delivers in
+// the instant before it learns of that waits out the ack wait. A pool worker with a thousand idle
+// members (test/pool's scale test): 0.06 of a core with pulls a second apart, 0.01 with these.
 func (w *Worker) pull(ctx context.Context, consumer jetstream.Consumer, empty int) (jetstream.MessageBatch, context.CancelFunc, error) {
 	switch empty {
 	case 0:
@@ -178,8 +180,11 @@ func (w *Worker) endPull(ctx context.Context, batch jetstream.MessageBatch, part
 }
 
 // pullEndedNormally tells a pull that simply ended from a consumer that failed (and is bound
-// again, a second later). A pull ends at its MaxWait (without an error), a long idle one when
-// the worker stops (cancelled), and when the server counts its batch
+// again, a second later). A pull ends at its MaxWait (without an error); a long idle one when
+// the worker stops (cancelled) or when the server's heartbeats stopped coming (the server lost
+// the pull: if it lost the consumer too, the next pull fails with no responders and the lane
+// binds again; every idle lane of a pool binding again after a reconnect would be a thousand
+// warnings and requests at once); and when the server counts its batch
 // delivered while bytes remain it ends it with a "batch completed" status: as a Fetch stops
 // reading at its count, that status reaches it only when some of the batch's messages did not
 // (on a busy cluster, seen in the bench with R3 streams). Those are redelivered after the ack
@@ -187,7 +192,7 @@ func (w *Worker) endPull(ctx context.Context, batch jetstream.MessageBatch, part
 // does on that status.
 func pullEndedNormally(err error) bool {
 	return err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
-		errors.Is(err, jetstream.ErrBatchCompleted)
+		errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrBatchCompleted)
 }
 
 func (f *fetched) size() int { return len(f.items) + len(f.bad) }

@@ -26,7 +26,9 @@ var _ = Describe("The end of a pull", func() {
 		Entry("the server counted the batch delivered, some messages did not arrive (a busy cluster)", jetstream.ErrBatchCompleted, true),
 		Entry("the same, wrapped", fmt.Errorf("pull: %w", jetstream.ErrBatchCompleted), true),
 		Entry("the consumer was deleted", jetstream.ErrConsumerDeleted, false),
-		Entry("the server stopped sending heartbeats", jetstream.ErrNoHeartbeat, false),
+		Entry("the server lost a long idle pull (no heartbeats): the next pull finds out whether the consumer is there", jetstream.ErrNoHeartbeat, true),
+		Entry("the next pull found no consumer to answer it", nats.ErrNoResponders, false),
+		Entry("a server shut down under the pull", jetstream.ErrServerShutdown, false),
 		Entry("the consumer's leader changed", jetstream.ErrConsumerLeadershipChanged, false),
 	)
 })
@@ -90,11 +92,42 @@ var _ = Describe("An idle lane", func() {
 		Expect(stop()).To(Succeed())
 		Expect(time.Since(stopping)).To(BeNumerically("<", 5*time.Second), "the pull had 30 s to go")
 
-		By("what arrives after the stop is not delivered to the abandoned pull: the next worker maps it at once, not after the ack wait")
+		By("the server dropped the abandoned pull: what arrives next waits for the next worker, which maps it at once, not after the ack wait")
+		consumer, err := js.Consumer(ctx, src.Stream().StreamName(), stream.WorkerConsumer)
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(func(g Gomega) int {
+			info, err := consumer.Info(ctx)
+			g.Expect(err).NotTo(HaveOccurred())
+			return info.NumWaiting
+		}).Should(BeZero())
 		publish(ctx, src, track("t3", "u1", "Clicked", 3, nil, nil))
 		startWorker(src, 20)
 		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(10 * time.Second).Should(BeEquivalentTo(3))
 		Expect(stream.DefaultAckWait).To(BeNumerically(">", 10*time.Second))
+	})
+
+	It("purges what it acknowledged while it waits in the long pull", func(ctx SpecContext) {
+		src := newSource(ctx, "")
+		pulls := spyOnPulls(nc, src)
+		// A quiet lane purges 3-6 s after its start: well after its long pull began.
+		startWorker(src, 20, func(w *Worker) { w.purgeQuiet = 6 * time.Second })
+		for i := range 5 {
+			publish(ctx, src, track(fmt.Sprintf("t%d", i), "u1", "Clicked", float64(i), nil, nil))
+		}
+		Eventually(func() int64 { return events(ctx, src) }).Should(BeEquivalentTo(5))
+		untilLongPull(pulls)
+		stored := func() uint64 {
+			s, err := js.Stream(ctx, src.Stream().StreamName())
+			Expect(err).NotTo(HaveOccurred())
+			info, err := s.Info(ctx)
+			Expect(err).NotTo(HaveOccurred())
+			return info.State.Msgs
+		}
+		Expect(stored()).To(BeEquivalentTo(5), "not purged before the long pull")
+		Eventually(stored).WithTimeout(10 * time.Second).Should(BeZero())
+		n, _, err := pulls.Pending()
+		Expect(err).NotTo(HaveOccurred())
+		Expect(n).To(BeZero(), "purged during the same long pull")
 	})
 
 	It("binds again at once when the server its long pull waits on restarts", Serial, func(ctx SpecContext) {
@@ -117,9 +150,9 @@ var _ = Describe("An idle lane", func() {
 		own.restart()
 		Eventually(own.conn.IsConnected).WithTimeout(10 * time.Second).Should(BeTrue())
 		send("after")
-		By("the server ended the waiting pulls as it shut down: the lane bound again and created its consumer, not waiting out the pull's 30 s")
-		// (A server that crashes sends nothing; then the pull's heartbeats, every 5 s, end it
-		// within 10 s, as pullEndedNormally's table has it: ErrNoHeartbeat binds again.)
-		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(20 * time.Second).Should(BeEquivalentTo(2))
+		By("the server ended the waiting pull as it shut down: the lane bound again and created its consumer, sooner than the heartbeats' 10 s")
+		// (A server that crashes sends nothing, nor does a clustered consumer's; then the pull's
+		// heartbeats, every 5 s, end it within 10 s, and the next pull finds the consumer gone.)
+		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(8 * time.Second).Should(BeEquivalentTo(2))
 	})
 })
