@@ -130,7 +130,7 @@ var _ = Describe("An idle lane", func() {
 		Expect(n).To(BeZero(), "purged during the same long pull")
 	})
 
-	It("binds again at once when the server its long pull waits on restarts", Serial, func(ctx SpecContext) {
+	It("keeps its long pull across a reconnect, and binds again at once when the server restarts", Serial, func(ctx SpecContext) {
 		// Restarted on its store: the stream is back, the memory-stored consumer and the pull
 		// waiting on it are not.
 		own := startOwnNATS(ctx)
@@ -147,12 +147,19 @@ var _ = Describe("An idle lane", func() {
 		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(10 * time.Second).Should(BeEquivalentTo(1))
 		untilLongPull(pulls)
 
+		By("a reconnect: the client subscribes the pull's inbox again and the server's pull stands, so a message is mapped at once, not after the heartbeats' 10 s")
+		Expect(own.conn.ForceReconnect()).To(Succeed())
+		Eventually(own.conn.IsConnected).WithTimeout(10 * time.Second).Should(BeTrue())
+		send("reconnected")
+		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(3 * time.Second).Should(BeEquivalentTo(2))
+		untilLongPull(pulls)
+
 		own.restart()
 		Eventually(own.conn.IsConnected).WithTimeout(10 * time.Second).Should(BeTrue())
 		send("after")
 		By("the server ended the waiting pull as it shut down: the lane bound again and created its consumer, sooner than the heartbeats' 10 s")
 		// (A server that crashes sends nothing, nor does a clustered consumer's; then the pull's
 		// heartbeats, every 5 s, end it within 10 s, and the next pull finds the consumer gone.)
-		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(8 * time.Second).Should(BeEquivalentTo(2))
+		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(8 * time.Second).Should(BeEquivalentTo(3))
 	})
 })
