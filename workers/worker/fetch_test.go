@@ -151,7 +151,9 @@ var _ = Describe("An idle lane", func() {
 		Expect(own.conn.ForceReconnect()).To(Succeed())
 		Eventually(own.conn.IsConnected).WithTimeout(10 * time.Second).Should(BeTrue())
 		send("reconnected")
-		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(3 * time.Second).Should(BeEquivalentTo(2))
+		// The pull began just now, so its first heartbeat is 5 s away and a missing one would end
+		// it only 10 s after it began: within 6 s, only the standing pull can have delivered.
+		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(6 * time.Second).Should(BeEquivalentTo(2))
 		untilLongPull(pulls)
 
 		own.restart()
