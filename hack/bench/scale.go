@@ -269,31 +269,22 @@ const manyIdleSettle, manyIdleWindow = 10 * time.Second, 30 * time.Second
 // idleCPU is this process's CPU time (user and system) over d after settle, in percent of one
 // core.
 func idleCPU(ctx context.Context, settle, d time.Duration) (float64, error) {
-	if err := sleep(ctx, settle); err != nil {
-		return 0, err
+	if sleepUntil(ctx, time.Now().Add(settle)); ctx.Err() != nil {
+		return 0, ctx.Err()
 	}
 	before, err := cpuTime()
 	if err != nil {
 		return 0, err
 	}
 	start := time.Now()
-	if err := sleep(ctx, d); err != nil {
-		return 0, err
+	if sleepUntil(ctx, time.Now().Add(d)); ctx.Err() != nil {
+		return 0, ctx.Err()
 	}
 	after, err := cpuTime()
 	if err != nil {
 		return 0, err
 	}
 	return 100 * float64(after-before) / float64(time.Since(start)), nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	select {
-	case <-time.After(d):
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 func cpuTime() (time.Duration, error) {

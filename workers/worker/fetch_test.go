@@ -64,16 +64,13 @@ var _ = Describe("An idle lane", func() {
 			Expect(len(before)).To(BeNumerically("<", 10), "pulls of MaxWait, five times MaxWait, then a long one")
 		}
 	}
-	events := func(ctx context.Context, src *source.Config) int64 {
-		return queryRow(ctx, `SELECT count(*) AS n FROM tally.events WHERE tenant = $1`, src.Tenant)["n"].(int64)
-	}
 
 	It("waits in one long pull, takes a message at once, and stops without waiting the pull out", func(ctx SpecContext) {
 		src := newSource(ctx, "")
 		pulls := spyOnPulls(nc, src)
 		stop := startWorker(src, 20) // MaxWait 50 ms
 		publish(ctx, src, track("t1", "u1", "Clicked", 1, nil, nil))
-		Eventually(func() int64 { return events(ctx, src) }).Should(BeEquivalentTo(1))
+		Eventually(func() int64 { return eventCount(ctx, src) }).Should(BeEquivalentTo(1))
 
 		By("a short pull after the first empty one, then a long one, and no more pulls meanwhile")
 		before := untilLongPull(pulls)
@@ -84,7 +81,7 @@ var _ = Describe("An idle lane", func() {
 
 		By("a message arriving during the long pull is mapped at once")
 		publish(ctx, src, track("t2", "u1", "Clicked", 2, nil, nil))
-		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(5 * time.Second).Should(BeEquivalentTo(2))
+		Eventually(func() int64 { return eventCount(ctx, src) }).WithTimeout(5 * time.Second).Should(BeEquivalentTo(2))
 
 		By("stopping in a long pull does not wait it out")
 		untilLongPull(pulls)
@@ -102,7 +99,7 @@ var _ = Describe("An idle lane", func() {
 		}).Should(BeZero())
 		publish(ctx, src, track("t3", "u1", "Clicked", 3, nil, nil))
 		startWorker(src, 20)
-		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(10 * time.Second).Should(BeEquivalentTo(3))
+		Eventually(func() int64 { return eventCount(ctx, src) }).WithTimeout(10 * time.Second).Should(BeEquivalentTo(3))
 		Expect(stream.DefaultAckWait).To(BeNumerically(">", 10*time.Second))
 	})
 
@@ -114,17 +111,10 @@ var _ = Describe("An idle lane", func() {
 		for i := range 5 {
 			publish(ctx, src, track(fmt.Sprintf("t%d", i), "u1", "Clicked", float64(i), nil, nil))
 		}
-		Eventually(func() int64 { return events(ctx, src) }).Should(BeEquivalentTo(5))
+		Eventually(func() int64 { return eventCount(ctx, src) }).Should(BeEquivalentTo(5))
 		untilLongPull(pulls)
-		stored := func() uint64 {
-			s, err := js.Stream(ctx, src.Stream().StreamName())
-			Expect(err).NotTo(HaveOccurred())
-			info, err := s.Info(ctx)
-			Expect(err).NotTo(HaveOccurred())
-			return info.State.Msgs
-		}
-		Expect(stored()).To(BeEquivalentTo(5), "not purged before the long pull")
-		Eventually(stored).WithTimeout(10 * time.Second).Should(BeZero())
+		Expect(storedMessages(ctx, src)).To(BeEquivalentTo(5), "not purged before the long pull")
+		Eventually(func() uint64 { return storedMessages(ctx, src) }).WithTimeout(10 * time.Second).Should(BeZero())
 		n, _, err := pulls.Pending()
 		Expect(err).NotTo(HaveOccurred())
 		Expect(n).To(BeZero(), "purged during the same long pull")
@@ -144,7 +134,7 @@ var _ = Describe("An idle lane", func() {
 		pulls := spyOnPulls(own.conn, src)
 		own.runWorker()
 		send("before")
-		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(10 * time.Second).Should(BeEquivalentTo(1))
+		Eventually(func() int64 { return eventCount(ctx, src) }).WithTimeout(10 * time.Second).Should(BeEquivalentTo(1))
 		untilLongPull(pulls)
 
 		By("a reconnect: the client subscribes the pull's inbox again and the server's pull stands, so a message is mapped at once, not after the heartbeats' 10 s")
@@ -153,7 +143,7 @@ var _ = Describe("An idle lane", func() {
 		send("reconnected")
 		// The pull began just now, so its first heartbeat is 5 s away and a missing one would end
 		// it only 10 s after it began: within 6 s, only the standing pull can have delivered.
-		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(6 * time.Second).Should(BeEquivalentTo(2))
+		Eventually(func() int64 { return eventCount(ctx, src) }).WithTimeout(6 * time.Second).Should(BeEquivalentTo(2))
 		untilLongPull(pulls)
 
 		own.restart()
@@ -162,6 +152,6 @@ var _ = Describe("An idle lane", func() {
 		By("the long pull ended with the server (a single server tells its pulls as it shuts down; one that crashes sends nothing, and the heartbeats end the pull within 10 s): the lane bound again and created its consumer")
 		// The bound leaves room for the heartbeats' path and a loaded machine (8 s was too
 		// tight for CI); the resilience spec's restart allows 90 s.
-		Eventually(func() int64 { return events(ctx, src) }).WithTimeout(30 * time.Second).Should(BeEquivalentTo(3))
+		Eventually(func() int64 { return eventCount(ctx, src) }).WithTimeout(30 * time.Second).Should(BeEquivalentTo(3))
 	})
 })

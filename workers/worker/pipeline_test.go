@@ -42,9 +42,7 @@ var _ = Describe("Fetching ahead", func() {
 		publish(ctx, src, calls...)
 
 		stop := startWorker(src, 5)
-		Eventually(func() int64 {
-			return queryRow(ctx, `SELECT count(*) AS n FROM tally.events WHERE tenant = $1`, src.Tenant)["n"].(int64)
-		}).WithContext(ctx).Should(BeNumerically(">", 0))
+		Eventually(func() int64 { return eventCount(ctx, src) }).WithContext(ctx).Should(BeNumerically(">", 0))
 		Expect(stop()).To(Succeed())
 
 		startWorker(src, 7)

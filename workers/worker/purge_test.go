@@ -16,16 +16,6 @@ import (
 )
 
 var _ = Describe("Purging acknowledged messages", func() {
-	stored := func(ctx context.Context, src *source.Config) uint64 {
-		s, err := js.Stream(ctx, src.Stream().StreamName())
-		Expect(err).NotTo(HaveOccurred())
-		info, err := s.Info(ctx)
-		Expect(err).NotTo(HaveOccurred())
-		return info.State.Msgs
-	}
-	events := func(ctx context.Context, src *source.Config) int64 {
-		return queryRow(ctx, `SELECT count(*) AS n FROM tally.events WHERE tenant = $1`, src.Tenant)["n"].(int64)
-	}
 	tracks := func(ctx context.Context, src *source.Config, from, to int) {
 		for i := from; i < to; i++ {
 			publish(ctx, src, track(fmt.Sprintf("t%d", i), fmt.Sprintf("u%d", i%7), "Clicked", float64(i), nil, nil))
@@ -39,20 +29,20 @@ var _ = Describe("Purging acknowledged messages", func() {
 		notQuiet := func(w *Worker) { w.purgeQuiet = 0 }
 		tracks(ctx, src, 0, 50)
 		stop := startWorker(src, 20, notQuiet)
-		Eventually(func() int64 { return events(ctx, src) }).Should(BeEquivalentTo(50))
+		Eventually(func() int64 { return eventCount(ctx, src) }).Should(BeEquivalentTo(50))
 		// Within purgeAnyway: an idle lane purges after its next empty pull or while its long pull waits, not on the backlog's schedule.
-		Eventually(func() uint64 { return stored(ctx, src) }).WithTimeout(purgeAnyway/2).Should(BeZero(), "the last purge follows the last batch within seconds")
+		Eventually(func() uint64 { return storedMessages(ctx, src) }).WithTimeout(purgeAnyway/2).Should(BeZero(), "the last purge follows the last batch within seconds")
 		Eventually(purged).Should(BeEquivalentTo(50), "counted once the purge's answer is back")
 		Expect(stop()).To(Succeed())
 
 		By("keeping the messages that arrive while no worker runs")
 		tracks(ctx, src, 50, 60)
-		Consistently(func() uint64 { return stored(ctx, src) }, 2*purgeEvery).Should(BeEquivalentTo(10))
+		Consistently(func() uint64 { return storedMessages(ctx, src) }, 2*purgeEvery).Should(BeEquivalentTo(10))
 
 		By("purging them once a worker committed them, each once")
 		startWorker(src, 20, notQuiet)
-		Eventually(func() uint64 { return stored(ctx, src) }).WithTimeout(purgeAnyway / 2).Should(BeZero())
-		Expect(events(ctx, src)).To(BeEquivalentTo(60))
+		Eventually(func() uint64 { return storedMessages(ctx, src) }).WithTimeout(purgeAnyway / 2).Should(BeZero())
+		Expect(eventCount(ctx, src)).To(BeEquivalentTo(60))
 		Eventually(purged).Should(BeEquivalentTo(60))
 	})
 
@@ -94,7 +84,7 @@ var _ = Describe("Purging acknowledged messages", func() {
 		p := newPurger(w, consumer, stream.WorkerConsumer)
 		p.acknowledged(5, 5)
 		p.maybePurge(ctx, false)
-		Expect(stored(ctx, src)).To(BeEquivalentTo(10), "no pull waits: the handed-back messages may sit in the redelivery queue")
+		Expect(storedMessages(ctx, src)).To(BeEquivalentTo(10), "no pull waits: the handed-back messages may sit in the redelivery queue")
 
 		redelivered := fetch(10, time.Second) // far less than the ack wait
 		Expect(redelivered).To(HaveLen(5))
@@ -111,7 +101,7 @@ var _ = Describe("Purging acknowledged messages", func() {
 		}).Should(Equal(1))
 		p.tried = time.Time{} // the spec does not wait out purgeEvery
 		p.maybePurge(ctx, false)
-		Expect(stored(ctx, src)).To(BeZero())
+		Expect(storedMessages(ctx, src)).To(BeZero())
 		Expect(<-waiting).To(BeEmpty())
 
 		By("purging after the lane's own pull came back empty, with no pull waiting")
@@ -120,14 +110,14 @@ var _ = Describe("Purging acknowledged messages", func() {
 		p.acknowledged(12, 2)
 		p.tried = time.Time{}
 		p.maybePurge(ctx, true)
-		Expect(stored(ctx, src)).To(BeZero())
+		Expect(storedMessages(ctx, src)).To(BeZero())
 
 		By("purging anyway after purgeAnyway without a waiting pull")
 		commitNew(12, 14)
 		p.acknowledged(14, 2)
 		p.tried, p.since = time.Time{}, time.Now().Add(-purgeAnyway)
 		p.maybePurge(ctx, false)
-		Expect(stored(ctx, src)).To(BeZero())
+		Expect(storedMessages(ctx, src)).To(BeZero())
 
 		By("keeping a quiet lane's few acknowledged messages until purgeQuiet has passed since its last purge")
 		w.purgeQuiet = purgeQuiet
@@ -137,10 +127,10 @@ var _ = Describe("Purging acknowledged messages", func() {
 		p.acknowledged(16, 2)
 		p.tried = time.Time{}
 		p.maybePurge(ctx, true)
-		Expect(stored(ctx, src)).To(BeEquivalentTo(2), "two messages since the last purge, a moment ago")
+		Expect(storedMessages(ctx, src)).To(BeEquivalentTo(2), "two messages since the last purge, a moment ago")
 		p.tried, p.since = time.Time{}, time.Now().Add(-purgeQuiet)
 		p.maybePurge(ctx, true)
-		Expect(stored(ctx, src)).To(BeZero(), "purgeQuiet since the last purge")
+		Expect(storedMessages(ctx, src)).To(BeZero(), "purgeQuiet since the last purge")
 
 		By("purging a lane that acknowledged purgeBatch messages without waiting")
 		commitNew(16, 18)
@@ -148,6 +138,6 @@ var _ = Describe("Purging acknowledged messages", func() {
 		p.acknowledged(18, purgeBatch) // as if the two were a thousand: the count is what matters
 		p.tried = time.Time{}
 		p.maybePurge(ctx, true)
-		Expect(stored(ctx, src)).To(BeZero())
+		Expect(storedMessages(ctx, src)).To(BeZero())
 	})
 })

@@ -176,6 +176,21 @@ func (o *ownNATS) runWorker() {
 	DeferCleanup(func() error { stop(); return <-ran })
 }
 
+// eventCount is how many events src's tenant has in Postgres.
+func eventCount(ctx context.Context, src *source.Config) int64 {
+	return queryRow(ctx, `SELECT count(*) AS n FROM tally.events WHERE tenant = $1`, src.Tenant)["n"].(int64)
+}
+
+// storedMessages is how many messages src's stream holds (acknowledged ones until a purge).
+func storedMessages(ctx context.Context, src *source.Config) uint64 {
+	GinkgoHelper()
+	s, err := js.Stream(ctx, src.Stream().StreamName())
+	Expect(err).NotTo(HaveOccurred())
+	info, err := s.Info(ctx)
+	Expect(err).NotTo(HaveOccurred())
+	return info.State.Msgs
+}
+
 // msg is a normalised Segment message as the receiver publishes it.
 type msg map[string]any
 
