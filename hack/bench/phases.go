@@ -70,6 +70,10 @@ func (e *env) copyCeiling(ctx context.Context, res *Result) error {
 	g := newGenerator(2, "copy")
 	columns := []string{"tenant", "message_id", "type", "event", "user_id", "account_id", "properties", "context", "timestamp", "received_at", "source"}
 	deadline := time.Now().Add(e.phaseLength() / 2)
+	cpuBefore, err := sampleCPU()
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	var n int64
 	for time.Now().Before(deadline) {
@@ -88,7 +92,12 @@ func (e *env) copyCeiling(ctx context.Context, res *Result) error {
 		n += copied
 	}
 	res.CeilingPostgresCopyRowsPerS = float64(n) / time.Since(start).Seconds()
-	_, err := e.pool.Exec(ctx, `DROP TABLE public.bench_copy`)
+	cpuAfter, err := sampleCPU()
+	if err != nil {
+		return err
+	}
+	res.CeilingCopyCPUUs = cpuAfter.costPer(cpuBefore, n).machineUs
+	_, err = e.pool.Exec(ctx, `DROP TABLE public.bench_copy`)
 	return err
 }
 
@@ -102,6 +111,7 @@ func (e *env) ingestBatches(ctx context.Context, res *Result) error {
 	res.IngestBatch100EventsPerS = run.eventsPerSecond()
 	res.IngestBatch100P50Ms = percentileMs(run.latencies, 50)
 	res.IngestBatch100P99Ms = percentileMs(run.latencies, 99)
+	res.IngestBatch100CPUUs, res.IngestBatch100ProcessCPUUs = run.cpu.machineUs, run.cpu.processUs
 	res.Rejected += run.rejected
 	return nil
 }
@@ -137,12 +147,22 @@ func (e *env) endToEnd(ctx context.Context, res *Result) error {
 		return err
 	}
 	defer stop()
+	cpuBefore, err := sampleCPU()
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	run := e.closedLoop(ctx, src, batchTemplates(5, 64, e.cfg.settings.BatchSize), e.cfg.settings.BatchSize)
 	if err := e.drained(ctx, src, 10*time.Minute); err != nil {
 		return err
 	}
 	elapsed := time.Since(start)
+	cpuAfter, err := sampleCPU()
+	if err != nil {
+		return err
+	}
+	cost := cpuAfter.costPer(cpuBefore, run.accepted)
+	res.E2ECPUUs, res.E2EProcessCPUUs = cost.machineUs, cost.processUs
 	res.E2EEventsPerS = float64(run.accepted) / elapsed.Seconds()
 	res.E2EIngestEventsPerS = float64(run.accepted) / run.elapsed.Seconds()
 	res.E2EDrainMs = float64((elapsed - run.elapsed).Milliseconds())
@@ -216,6 +236,7 @@ type loadRun struct {
 	accepted, rejected int64
 	elapsed            time.Duration
 	latencies          []time.Duration
+	cpu                cpuCost // per accepted event
 }
 
 func (r loadRun) eventsPerSecond() float64 { return float64(r.accepted) / r.elapsed.Seconds() }
@@ -230,6 +251,7 @@ func (e *env) closedLoop(ctx context.Context, src *source.Config, templates []te
 	var mu sync.Mutex
 	var all []time.Duration
 	deadline := time.Now().Add(e.phaseLength())
+	cpuBefore, cpuErr := sampleCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for c := 0; c < e.cfg.settings.Concurrency; c++ {
@@ -259,7 +281,11 @@ func (e *env) closedLoop(ctx context.Context, src *source.Config, templates []te
 		}()
 	}
 	wg.Wait()
-	return loadRun{accepted: accepted.Load(), rejected: rejected.Load(), elapsed: time.Since(start), latencies: all}
+	run := loadRun{accepted: accepted.Load(), rejected: rejected.Load(), elapsed: time.Since(start), latencies: all}
+	if cpuAfter, err := sampleCPU(); err == nil && cpuErr == nil {
+		run.cpu = cpuAfter.costPer(cpuBefore, run.accepted)
+	}
+	return run
 }
 
 func (e *env) client() *http.Client {

@@ -36,6 +36,17 @@ type Result struct {
 	CeilingJetStreamPublishPerS float64 `json:"ceiling_jetstream_publish_per_s"`
 	CeilingPostgresCopyRowsPerS float64 `json:"ceiling_postgres_copy_rows_per_s"`
 
+	// CPU per event in microseconds, of the whole machine (load, receiver, NATS, workers and
+	// Postgres share its cores) and of the bench process alone (all of them but Postgres): the
+	// machine's cores divided by a phase's machine figure bound that phase's rate here, and the
+	// figures of the phases say which part an event's cost is spent in.
+	IngestBatch100CPUUs        float64 `json:"ingest_batch100_cpu_us_per_event"`
+	IngestBatch100ProcessCPUUs float64 `json:"ingest_batch100_process_cpu_us_per_event"`
+	E2ECPUUs                   float64 `json:"e2e_cpu_us_per_event"`
+	E2EProcessCPUUs            float64 `json:"e2e_process_cpu_us_per_event"`
+	// CeilingCopyCPUUs is the COPY ceiling's CPU per row, the bench building its rows included.
+	CeilingCopyCPUUs float64 `json:"ceiling_postgres_copy_cpu_us_per_row"`
+
 	Rejected int64 `json:"rejected_requests"` // non-200 answers during the ingest phases
 
 	// Of the end-to-end phase: how long its transactions waited for their users' lock slots,
@@ -174,6 +185,11 @@ func (res *Result) figures() map[string]float64 {
 		"freshness_p99_ms":                 res.FreshnessP99Ms,
 		"ceiling_jetstream_publish_per_s":  res.CeilingJetStreamPublishPerS,
 		"ceiling_postgres_copy_rows_per_s": res.CeilingPostgresCopyRowsPerS,
+		"ingest_batch100_cpu_us_per_event":         res.IngestBatch100CPUUs,
+		"ingest_batch100_process_cpu_us_per_event": res.IngestBatch100ProcessCPUUs,
+		"e2e_cpu_us_per_event":                     res.E2ECPUUs,
+		"e2e_process_cpu_us_per_event":             res.E2EProcessCPUUs,
+		"ceiling_postgres_copy_cpu_us_per_row":     res.CeilingCopyCPUUs,
 	}
 }
 
@@ -218,6 +234,12 @@ func (r *Report) WriteTable(w io.Writer) {
 	row("ceiling Postgres COPY rows/s", func(x *Result) float64 { return x.CeilingPostgresCopyRowsPerS }, "%.0f")
 	row("ingest / publish ceiling", func(x *Result) float64 { return ratio(x.IngestBatch100EventsPerS, x.CeilingJetStreamPublishPerS) }, "%.2f")
 	row("e2e / COPY ceiling", func(x *Result) float64 { return ratio(x.E2EEventsPerS, x.CeilingPostgresCopyRowsPerS) }, "%.2f")
+	row("ingest batch100 CPU µs/event, machine", func(x *Result) float64 { return x.IngestBatch100CPUUs }, "%.1f")
+	row("ingest batch100 CPU µs/event, bench process", func(x *Result) float64 { return x.IngestBatch100ProcessCPUUs }, "%.1f")
+	row("e2e CPU µs/event, machine", func(x *Result) float64 { return x.E2ECPUUs }, "%.1f")
+	row("e2e CPU µs/event, bench process", func(x *Result) float64 { return x.E2EProcessCPUUs }, "%.1f")
+	row("e2e CPU µs/event, the rest (Postgres)", func(x *Result) float64 { return x.E2ECPUUs - x.E2EProcessCPUUs }, "%.1f")
+	row("COPY ceiling CPU µs/row, machine", func(x *Result) float64 { return x.CeilingCopyCPUUs }, "%.1f")
 	row("e2e lock wait mean ms", func(x *Result) float64 { return x.LockWaitMeanMs }, "%.2f")
 	row("e2e lock wait p99 ms (bucket)", func(x *Result) float64 { return x.LockWaitP99Ms }, "%.2f")
 	for _, consumer := range consumerNames(cols) {

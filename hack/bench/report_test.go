@@ -15,6 +15,7 @@ func sampleResult(durability string) Result {
 		IngestSingleEventsPerS: 3500, IngestSingleP50Ms: 2, IngestSingleP99Ms: 12, E2EEventsPerS: 26000,
 		FreshnessP50Ms: 150, FreshnessP99Ms: 700, FreshnessRatePerS: 5000,
 		CeilingJetStreamPublishPerS: 110000, CeilingPostgresCopyRowsPerS: 80000,
+		IngestBatch100CPUUs: 30, IngestBatch100ProcessCPUUs: 28, E2ECPUUs: 75, E2EProcessCPUUs: 40, CeilingCopyCPUUs: 25,
 	}
 }
 
@@ -39,7 +40,8 @@ func TestReportJSONHasEveryKey(t *testing.T) {
 	}
 	keys := []string{"ingest_batch100_events_per_s", "ingest_batch100_p50_ms", "ingest_batch100_p99_ms",
 		"ingest_single_events_per_s", "ingest_single_p99_ms", "e2e_events_per_s", "freshness_p50_ms",
-		"freshness_p99_ms", "ceiling_jetstream_publish_per_s", "ceiling_postgres_copy_rows_per_s", "durability"}
+		"freshness_p99_ms", "ceiling_jetstream_publish_per_s", "ceiling_postgres_copy_rows_per_s", "durability",
+		"ingest_batch100_cpu_us_per_event", "e2e_cpu_us_per_event", "e2e_process_cpu_us_per_event"}
 	nested, ok := doc["sync_always"].(map[string]any)
 	if !ok {
 		t.Fatalf("sync_always run missing: %s", data)

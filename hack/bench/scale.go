@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -285,14 +284,6 @@ func idleCPU(ctx context.Context, settle, d time.Duration) (float64, error) {
 		return 0, err
 	}
 	return 100 * float64(after-before) / float64(time.Since(start)), nil
-}
-
-func cpuTime() (time.Duration, error) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, err
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
 // manyMaxWait is the fetch wait of the many-tenants phase's workers.
