@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tallyhq/tally/test/testdb"
+	"github.com/tallyhq/tally/workers/gcpolicy"
 	"github.com/tallyhq/tally/workers/source"
 )
 
@@ -31,7 +32,8 @@ func run() error {
 	var out, adminURL, modes string
 	var duration, freshDuration, manyWarmUp time.Duration
 	flag.DurationVar(&duration, "duration", 15*time.Second, "length of each closed-loop ingest phase")
-	flag.IntVar(&s.Concurrency, "concurrency", 16, "concurrent HTTP clients in the closed-loop phases")
+	flag.IntVar(&s.Concurrency, "concurrency", 0, "concurrent HTTP clients in the closed-loop phases; 0: the fewest that keep the cores busy, "+
+		"8 with the default sync and 16 with fsync always (shared atomic batches need more requests at once)")
 	flag.IntVar(&s.BatchSize, "batch-size", 100, "messages per /v1/batch request")
 	flag.IntVar(&s.FreshnessRate, "rate", 5000, "open-loop events/s of the freshness phase")
 	flag.DurationVar(&freshDuration, "freshness-duration", 30*time.Second, "length of the freshness phase")
@@ -83,6 +85,8 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// The collector as tally local sets it, whose pipeline this process runs (GOGC overrides it).
+	s.GCPercent = gcpolicy.Apply(log).GCPercent
 
 	report := Report{Machine: currentMachine(), Settings: s, StartedAt: time.Now().UTC()}
 	for _, mode := range splitModes(modes) {

@@ -254,7 +254,7 @@ func (e *env) closedLoop(ctx context.Context, src *source.Config, templates []te
 	cpuBefore, cpuErr := sampleCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
-	for c := 0; c < e.cfg.settings.Concurrency; c++ {
+	for c := 0; c < e.cfg.concurrency(); c++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -15,6 +15,8 @@ import (
 // Result is one durability mode's figures. The JSON names are the bench's public interface.
 type Result struct {
 	Durability string `json:"durability"` // "default" (JetStream's periodic sync) or "always" (fsync before ack)
+	// Concurrency is the closed-loop phases' concurrent clients.
+	Concurrency int `json:"concurrency"`
 
 	IngestBatch100EventsPerS float64 `json:"ingest_batch100_events_per_s"`
 	IngestBatch100P50Ms      float64 `json:"ingest_batch100_p50_ms"`
@@ -82,6 +84,9 @@ type ManyTenantsResult struct {
 	// IdleCPUPercent is this process's CPU (NATS, receiver, the pool worker with every small
 	// tenant, the big tenant's workers) before anyone sends, in percent of one core.
 	IdleCPUPercent float64 `json:"idle_cpu_percent"`
+	// MachineBusyPercent is how busy the machine's cores were (every process, Postgres too) while
+	// the phase measured, in percent of all of them: near 100, the phase measured a saturated machine.
+	MachineBusyPercent float64 `json:"machine_busy_percent"`
 }
 
 // Report is what `make bench` writes: the default-mode figures at the top level, the fsync-always
@@ -127,6 +132,8 @@ type Settings struct {
 	// SmallTenantsLogin is how the small tenants' pool worker logs in to Postgres: pool or tenant.
 	SmallTenantsLogin string `json:"small_tenants_login"`
 	Quick             bool   `json:"quick"`
+	// GCPercent is the process's garbage collector target: the data path's (gcpolicy), or GOGC.
+	GCPercent int `json:"gc_percent"`
 }
 
 func currentMachine() Machine {
@@ -175,16 +182,16 @@ func (r *Report) Validate() error {
 
 func (res *Result) figures() map[string]float64 {
 	return map[string]float64{
-		"ingest_batch100_events_per_s":     res.IngestBatch100EventsPerS,
-		"ingest_batch100_p50_ms":           res.IngestBatch100P50Ms,
-		"ingest_batch100_p99_ms":           res.IngestBatch100P99Ms,
-		"ingest_single_events_per_s":       res.IngestSingleEventsPerS,
-		"ingest_single_p99_ms":             res.IngestSingleP99Ms,
-		"e2e_events_per_s":                 res.E2EEventsPerS,
-		"freshness_p50_ms":                 res.FreshnessP50Ms,
-		"freshness_p99_ms":                 res.FreshnessP99Ms,
-		"ceiling_jetstream_publish_per_s":  res.CeilingJetStreamPublishPerS,
-		"ceiling_postgres_copy_rows_per_s": res.CeilingPostgresCopyRowsPerS,
+		"ingest_batch100_events_per_s":             res.IngestBatch100EventsPerS,
+		"ingest_batch100_p50_ms":                   res.IngestBatch100P50Ms,
+		"ingest_batch100_p99_ms":                   res.IngestBatch100P99Ms,
+		"ingest_single_events_per_s":               res.IngestSingleEventsPerS,
+		"ingest_single_p99_ms":                     res.IngestSingleP99Ms,
+		"e2e_events_per_s":                         res.E2EEventsPerS,
+		"freshness_p50_ms":                         res.FreshnessP50Ms,
+		"freshness_p99_ms":                         res.FreshnessP99Ms,
+		"ceiling_jetstream_publish_per_s":          res.CeilingJetStreamPublishPerS,
+		"ceiling_postgres_copy_rows_per_s":         res.CeilingPostgresCopyRowsPerS,
 		"ingest_batch100_cpu_us_per_event":         res.IngestBatch100CPUUs,
 		"ingest_batch100_process_cpu_us_per_event": res.IngestBatch100ProcessCPUUs,
 		"e2e_cpu_us_per_event":                     res.E2ECPUUs,
@@ -219,6 +226,7 @@ func (r *Report) WriteTable(w io.Writer) {
 		}
 		fmt.Fprintln(tw, line)
 	}
+	row("closed-loop clients", func(x *Result) float64 { return float64(x.Concurrency) }, "%.0f")
 	row("ingest batch100 events/s", func(x *Result) float64 { return x.IngestBatch100EventsPerS }, "%.0f")
 	row("ingest batch100 p50 ms", func(x *Result) float64 { return x.IngestBatch100P50Ms }, "%.1f")
 	row("ingest batch100 p99 ms", func(x *Result) float64 { return x.IngestBatch100P99Ms }, "%.1f")
@@ -263,9 +271,10 @@ func (r *Report) WriteTable(w io.Writer) {
 	row("many tenants: small ack p50 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallAckP50Ms }), "%.1f")
 	row("many tenants: small ack p99 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallAckP99Ms }), "%.1f")
 	row("many tenants: Postgres sessions opened", many(func(m *ManyTenantsResult) float64 { return float64(m.SessionsOpened) }), "%.0f")
+	row("many tenants: machine busy %", many(func(m *ManyTenantsResult) float64 { return m.MachineBusyPercent }), "%.0f")
 	row("many tenants: idle CPU % of a core", many(func(m *ManyTenantsResult) float64 { return m.IdleCPUPercent }), "%.1f")
 	tw.Flush()
-	fmt.Fprintf(w, "machine: %s, %d cores, %s\n", r.Machine.CPU, r.Machine.Cores, r.Machine.GoVersion)
+	fmt.Fprintf(w, "machine: %s, %d cores, %s, GOGC %d\n", r.Machine.CPU, r.Machine.Cores, r.Machine.GoVersion, r.Settings.GCPercent)
 }
 
 // consumerNames are the consumers any column reports, sorted.

@@ -94,7 +94,7 @@ func runMode(ctx context.Context, cfg modeConfig) (*Result, error) {
 	e := &env{cfg: cfg, js: p.JetStream(), pool: pool, pipeline: p, baseURL: "http://" + listener.Addr().String(),
 		writeKey: "bench-write-key-0123456789abcdef", dbURL: dbURL, registry: registry}
 
-	res := &Result{Durability: cfg.durability}
+	res := &Result{Durability: cfg.durability, Concurrency: cfg.concurrency()}
 	steps := []struct {
 		name string
 		run  func(context.Context, *Result) error
@@ -184,6 +184,21 @@ func waitForReplicas(ctx context.Context, nc *nats.Conn, n int) error {
 			return fmt.Errorf("the NATS cluster placed no stream of %d replicas in a minute: %w", n, err)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// concurrency is --concurrency, or when 0 the fewest clients that keep this machine's cores busy
+// in the mode: with the default sync, more only queue (on two cores, 16 clients ingested no more
+// than 8, at twice the latency); with fsync always, a request waits for its shared batch's fsync,
+// and 8 clients ingested a third less than 16.
+func (cfg modeConfig) concurrency() int {
+	switch {
+	case cfg.settings.Concurrency > 0:
+		return cfg.settings.Concurrency
+	case cfg.durability == "always":
+		return 16
+	default:
+		return 8
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -221,9 +222,19 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 			big = e.closedLoop(ctx, sources[0], templates, e.cfg.settings.BatchSize)
 		}
 	})
+	cpuBefore, err := sampleCPU()
+	if err != nil {
+		return err
+	}
+	measuredFrom := time.Now()
 	sendSmall(e.phaseLength(), true)
 	sends.Wait()
 	bigDone.Wait()
+	cpuAfter, err := sampleCPU()
+	if err != nil {
+		return err
+	}
+	busy := 100 * float64(cpuAfter.machine-cpuBefore.machine) / float64(time.Since(measuredFrom)) / float64(runtime.NumCPU())
 	// What the big tenant's workers had not applied when the load stopped: above zero, it
 	// sent more than they could take (saturated).
 	bigState, err := stream.Inspect(ctx, e.js, sources[0].Stream())
@@ -249,6 +260,7 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 		SmallWarmUpFreshnessP99Ms: percentileMs(watch.warmUpLatencies(), 99),
 		SmallAckP50Ms:             percentileMs(acks, 50), SmallAckP99Ms: percentileMs(acks, 99),
 		BigBacklogAtEnd: bigState.Backlog, Rejected: big.rejected + refused.Load(), IdleCPUPercent: idle,
+		MachineBusyPercent: busy,
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tallyhq/tally/workers/gcpolicy"
 	"github.com/tallyhq/tally/workers/source"
 )
 
@@ -35,6 +36,7 @@ Secret manifests you would kubectl apply. Sources naming a SegmentSourcePool of 
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			gcpolicy.Apply(o.Logger)
 			o.Out = cmd.OutOrStdout()
 			o.Version = cmd.Root().Version
 			return Run(ctx, o)

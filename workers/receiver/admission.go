@@ -5,9 +5,9 @@ import (
 )
 
 // Defaults of the admission bounds, sized for the operator's default receiver pod (256 MiB
-// memory limit): 64 MiB of bodies and normalised messages held at once, which the garbage
-// collector's headroom (GOGC=100) doubles at worst, leaves room for the runtime and the NATS
-// client.
+// memory limit): 64 MiB of bodies and normalised messages held at once. The collector's headroom
+// (gcpolicy's GOGC=200) could triple that; its soft memory limit, 90% of the pod's, has it collect
+// sooner instead, leaving room for the runtime and the NATS client.
 const (
 	DefaultMaxRequestsInFlight = 256
 	DefaultMaxBytesInFlight    = 64 << 20

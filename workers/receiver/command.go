@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/net/netutil"
 
+	"github.com/tallyhq/tally/workers/gcpolicy"
 	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/source"
 	"github.com/tallyhq/tally/workers/stream"
@@ -64,7 +65,9 @@ func NewCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runCommand(ctx, cfg, slog.New(slog.NewJSONHandler(os.Stderr, nil)), nil)
+			log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+			gcpolicy.Apply(log)
+			return runCommand(ctx, cfg, log, nil)
 		},
 	}
 	f := cmd.Flags()

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/tallyhq/tally/workers/gcpolicy"
 	"github.com/tallyhq/tally/workers/insights"
 	"github.com/tallyhq/tally/workers/natsauth"
 	"github.com/tallyhq/tally/workers/pool"
@@ -58,6 +59,7 @@ func workerCommand() *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := slog.Default()
+			gcpolicy.Apply(log)
 			if poolName != "" {
 				ref, err := pool.ParseRef(poolName)
 				if err != nil {
