@@ -9,11 +9,13 @@ import (
 	"time"
 )
 
-// cpuSample is the CPU time used so far by the whole machine (every process: Postgres too) and
-// by this process (the load, the receiver, NATS and the workers): two samples tell what a
-// phase's events cost and who paid for them.
+// cpuSample is the CPU time used so far by the whole machine (every process: Postgres too, and
+// anything else running, so the figures need an otherwise idle machine) and by this process (the
+// load, the receiver, NATS and the workers): two samples tell what a phase's events cost and who
+// paid for them.
 type cpuSample struct {
 	machine, process time.Duration
+	cpus             int // the machine's, as /proc/stat counts them
 }
 
 // cpuCost is the CPU a phase spent per event, in microseconds.
@@ -26,7 +28,7 @@ func sampleCPU() (cpuSample, error) {
 	if err != nil {
 		return cpuSample{}, err
 	}
-	machine, err := machineBusy(string(stat))
+	machine, cpus, err := machineBusy(string(stat))
 	if err != nil {
 		return cpuSample{}, err
 	}
@@ -34,7 +36,15 @@ func sampleCPU() (cpuSample, error) {
 	if err != nil {
 		return cpuSample{}, err
 	}
-	return cpuSample{machine: machine, process: process}, nil
+	return cpuSample{machine: machine, process: process, cpus: cpus}, nil
+}
+
+// busyPercent is how busy the machine's CPUs were since before, in percent of all of them.
+func (s cpuSample) busyPercent(before cpuSample, elapsed time.Duration) float64 {
+	if elapsed <= 0 || s.cpus == 0 {
+		return 0
+	}
+	return 100 * float64(s.machine-before.machine) / float64(elapsed) / float64(s.cpus)
 }
 
 // costPer spreads the CPU used since before over n events.
@@ -49,26 +59,33 @@ func (s cpuSample) costPer(before cpuSample, n int64) cpuCost {
 // userHZ is the unit of /proc/stat's counters, fixed at 100 a second by the kernel's ABI.
 const userHZ = 100
 
-// machineBusy is the busy time of every CPU from /proc/stat's first line: everything but idle
-// and iowait (guest time is already counted in user).
-func machineBusy(stat string) (time.Duration, error) {
-	line, _, _ := strings.Cut(stat, "\n")
-	fields := strings.Fields(line)
+// machineBusy is the busy time of every CPU from /proc/stat's first line, and how many CPUs the
+// lines after it name. Busy is user, nice, system, irq and softirq: not idle or iowait, nor steal
+// (a virtual machine's time its host gave to others; guest time is already counted in user).
+func machineBusy(stat string) (time.Duration, int, error) {
+	lines := strings.Split(stat, "\n")
+	fields := strings.Fields(lines[0])
 	if len(fields) < 9 || fields[0] != "cpu" {
-		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+		return 0, 0, fmt.Errorf("/proc/stat: unexpected first line %q", lines[0])
 	}
 	var ticks int64
-	for i, f := range fields[1:9] { // user nice system idle iowait irq softirq steal
+	for i, f := range fields[1:8] { // user nice system idle iowait irq softirq
 		if i == 3 || i == 4 {
 			continue
 		}
 		v, err := strconv.ParseInt(f, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("/proc/stat: %w", err)
+			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
 		}
 		ticks += v
 	}
-	return time.Duration(ticks) * time.Second / userHZ, nil
+	cpus := 0
+	for _, line := range lines[1:] {
+		if strings.HasPrefix(line, "cpu") {
+			cpus++
+		}
+	}
+	return time.Duration(ticks) * time.Second / userHZ, cpus, nil
 }
 
 // cpuTime is this process's CPU time, user and system.

@@ -7,15 +7,18 @@ import (
 
 func TestMachineBusyCountsAllButIdleAndIOWait(t *testing.T) {
 	// user nice system idle iowait irq softirq steal guest guest_nice
-	stat := "cpu  1000 20 300 9000 500 4 6 70 100 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
-	got, err := machineBusy(stat)
+	stat := "cpu  1000 20 300 9000 500 4 6 70 100 0\ncpu0 1 2 3 4 5 6 7 8 9 10\ncpu1 1 2 3 4 5 6 7 8 9 10\nintr 1 2\n"
+	got, cpus, err := machineBusy(stat)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 1400 * time.Second / userHZ; got != want { // 1000+20+300+4+6+70 ticks
+	if want := 1330 * time.Second / userHZ; got != want { // 1000+20+300+4+6 ticks
 		t.Fatalf("busy %v, want %v", got, want)
 	}
-	if _, err := machineBusy("intr 1 2 3\n"); err == nil {
+	if cpus != 2 {
+		t.Fatalf("%d CPUs, want 2", cpus)
+	}
+	if _, _, err := machineBusy("intr 1 2 3\n"); err == nil {
 		t.Fatal("a /proc/stat without its cpu line was accepted")
 	}
 }
@@ -45,6 +48,9 @@ func TestSampleCPUSeesThisProcessWork(t *testing.T) {
 	}
 	if (after.costPer(before, 0) != cpuCost{}) {
 		t.Fatal("a phase without events was given a cost")
+	}
+	if after.cpus < 1 {
+		t.Fatalf("no CPU counted in /proc/stat: %+v", after)
 	}
 }
 

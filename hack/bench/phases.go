@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -111,6 +112,9 @@ func (e *env) ingestBatches(ctx context.Context, res *Result) error {
 	res.IngestBatch100EventsPerS = run.eventsPerSecond()
 	res.IngestBatch100P50Ms = percentileMs(run.latencies, 50)
 	res.IngestBatch100P99Ms = percentileMs(run.latencies, 99)
+	if run.cpuErr != nil {
+		return run.cpuErr
+	}
 	res.IngestBatch100CPUUs, res.IngestBatch100ProcessCPUUs = run.cpu.machineUs, run.cpu.processUs
 	res.Rejected += run.rejected
 	return nil
@@ -237,6 +241,7 @@ type loadRun struct {
 	elapsed            time.Duration
 	latencies          []time.Duration
 	cpu                cpuCost // per accepted event
+	cpuErr             error   // sampling the CPU failed: no cost measured
 }
 
 func (r loadRun) eventsPerSecond() float64 { return float64(r.accepted) / r.elapsed.Seconds() }
@@ -282,7 +287,8 @@ func (e *env) closedLoop(ctx context.Context, src *source.Config, templates []te
 	}
 	wg.Wait()
 	run := loadRun{accepted: accepted.Load(), rejected: rejected.Load(), elapsed: time.Since(start), latencies: all}
-	if cpuAfter, err := sampleCPU(); err == nil && cpuErr == nil {
+	cpuAfter, err := sampleCPU()
+	if run.cpuErr = errors.Join(cpuErr, err); run.cpuErr == nil {
 		run.cpu = cpuAfter.costPer(cpuBefore, run.accepted)
 	}
 	return run

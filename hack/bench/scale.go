@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -215,6 +214,11 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	var big loadRun
 	var bigDone sync.WaitGroup
 	templates := batchTemplates(7, 64, e.cfg.settings.BatchSize)
+	cpuBefore, err := sampleCPU()
+	if err != nil {
+		return err
+	}
+	measuredFrom := time.Now()
 	bigDone.Go(func() {
 		if rate := e.cfg.settings.BigTenantRate; rate > 0 {
 			big = e.openLoop(ctx, sources[0], templates, e.cfg.settings.BatchSize, rate)
@@ -222,11 +226,6 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 			big = e.closedLoop(ctx, sources[0], templates, e.cfg.settings.BatchSize)
 		}
 	})
-	cpuBefore, err := sampleCPU()
-	if err != nil {
-		return err
-	}
-	measuredFrom := time.Now()
 	sendSmall(e.phaseLength(), true)
 	sends.Wait()
 	bigDone.Wait()
@@ -234,7 +233,7 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	busy := 100 * float64(cpuAfter.machine-cpuBefore.machine) / float64(time.Since(measuredFrom)) / float64(runtime.NumCPU())
+	busy := cpuAfter.busyPercent(cpuBefore, time.Since(measuredFrom))
 	// What the big tenant's workers had not applied when the load stopped: above zero, it
 	// sent more than they could take (saturated).
 	bigState, err := stream.Inspect(ctx, e.js, sources[0].Stream())

@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"os"
 	"runtime/debug"
 	"testing"
 
@@ -21,10 +22,17 @@ func restore(t *testing.T) {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// unsetenv removes k for the test (memlimit reads a set but empty AUTOMEMLIMIT as a bad ratio).
+func unsetenv(t *testing.T, k string) {
+	t.Setenv(k, "") // restores k's value after the test
+	os.Unsetenv(k)
+}
+
 func TestApplySetsTheTargetAndASoftLimitBelowTheContainers(t *testing.T) {
 	restore(t)
 	t.Setenv("GOGC", "")
 	t.Setenv("GOMEMLIMIT", "")
+	unsetenv(t, "AUTOMEMLIMIT")
 	debug.SetGCPercent(100)
 	got := apply(memlimit.Limit(1000<<20), quiet)
 	if got.GCPercent != GCPercent {
@@ -40,6 +48,7 @@ func TestApplyLeavesWhatTheEnvironmentSets(t *testing.T) {
 	restore(t)
 	t.Setenv("GOGC", "150")
 	t.Setenv("GOMEMLIMIT", "300MiB")
+	unsetenv(t, "AUTOMEMLIMIT")
 	debug.SetGCPercent(150)
 	debug.SetMemoryLimit(300 << 20)
 	got := apply(memlimit.Limit(1000<<20), quiet)
@@ -53,6 +62,7 @@ func TestApplyWithoutAMemoryLimit(t *testing.T) {
 	restore(t)
 	t.Setenv("GOGC", "")
 	t.Setenv("GOMEMLIMIT", "")
+	unsetenv(t, "AUTOMEMLIMIT")
 	noLimit := func() (uint64, error) { return 0, memlimit.ErrNoLimit }
 	got := apply(noLimit, quiet)
 	if got.GCPercent != GCPercent || got.MemoryLimit != math.MaxInt64 {
