@@ -22,17 +22,18 @@ func restore(t *testing.T) {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// unsetenv removes k for the test (memlimit reads a set but empty AUTOMEMLIMIT as a bad ratio).
-func unsetenv(t *testing.T, k string) {
-	t.Setenv(k, "") // restores k's value after the test
-	os.Unsetenv(k)
+// environment sets GOGC and GOMEMLIMIT for the test ("": not set), without AUTOMEMLIMIT (which
+// memlimit would read, even empty, as a ratio), and restores the collector's settings after it.
+func environment(t *testing.T, gogc, gomemlimit string) {
+	restore(t)
+	t.Setenv("GOGC", gogc)
+	t.Setenv("GOMEMLIMIT", gomemlimit)
+	t.Setenv("AUTOMEMLIMIT", "") // restores its value after the test
+	os.Unsetenv("AUTOMEMLIMIT")
 }
 
 func TestApplySetsTheTargetAndASoftLimitBelowTheContainers(t *testing.T) {
-	restore(t)
-	t.Setenv("GOGC", "")
-	t.Setenv("GOMEMLIMIT", "")
-	unsetenv(t, "AUTOMEMLIMIT")
+	environment(t, "", "")
 	debug.SetGCPercent(100)
 	got := apply(memlimit.Limit(1000<<20), quiet)
 	if got.GCPercent != GCPercent {
@@ -45,10 +46,7 @@ func TestApplySetsTheTargetAndASoftLimitBelowTheContainers(t *testing.T) {
 
 // An operator's own settings in the pod's environment win over the policy.
 func TestApplyLeavesWhatTheEnvironmentSets(t *testing.T) {
-	restore(t)
-	t.Setenv("GOGC", "150")
-	t.Setenv("GOMEMLIMIT", "300MiB")
-	unsetenv(t, "AUTOMEMLIMIT")
+	environment(t, "150", "300MiB")
 	debug.SetGCPercent(150)
 	debug.SetMemoryLimit(300 << 20)
 	got := apply(memlimit.Limit(1000<<20), quiet)
@@ -59,10 +57,7 @@ func TestApplyLeavesWhatTheEnvironmentSets(t *testing.T) {
 
 // Outside a container with a memory limit there is no soft limit: only the target changes.
 func TestApplyWithoutAMemoryLimit(t *testing.T) {
-	restore(t)
-	t.Setenv("GOGC", "")
-	t.Setenv("GOMEMLIMIT", "")
-	unsetenv(t, "AUTOMEMLIMIT")
+	environment(t, "", "")
 	noLimit := func() (uint64, error) { return 0, memlimit.ErrNoLimit }
 	got := apply(noLimit, quiet)
 	if got.GCPercent != GCPercent || got.MemoryLimit != math.MaxInt64 {
