@@ -116,22 +116,21 @@ func haveViolation(c *conn, kind, subject string) {
 		Should(ContainSubstring(strings.ToLower(violation(kind, subject))))
 }
 
-func messages(src *source.Config) uint64 {
+// inspect is src's stream state as the operator reads it, with the admin's rights.
+func inspect(src *source.Config) stream.State {
 	GinkgoHelper()
-	s, err := adminJS.Stream(ctx, src.Stream().StreamName())
+	state, err := stream.Inspect(ctx, adminJS, src.Stream())
 	Expect(err).NotTo(HaveOccurred())
-	info, err := s.Info(ctx)
-	Expect(err).NotTo(HaveOccurred())
-	return info.State.Msgs
+	return state
 }
+
+func messages(src *source.Config) uint64 { GinkgoHelper(); return inspect(src).Messages }
 
 func deadLetters(src *source.Config) uint64 {
 	GinkgoHelper()
-	s, err := adminJS.Stream(ctx, src.Stream().DeadLetterStreamName())
-	Expect(err).NotTo(HaveOccurred())
-	info, err := s.Info(ctx)
-	Expect(err).NotTo(HaveOccurred())
-	return info.State.Msgs
+	state := inspect(src)
+	Expect(state.DeadLetterStreamExists).To(BeTrue(), "the dead-letter stream")
+	return state.DeadLetters
 }
 
 func streamExists(name string) bool {

@@ -184,11 +184,9 @@ func eventCount(ctx context.Context, src *source.Config) int64 {
 // storedMessages is how many messages src's stream holds (acknowledged ones until a purge).
 func storedMessages(ctx context.Context, src *source.Config) uint64 {
 	GinkgoHelper()
-	s, err := js.Stream(ctx, src.Stream().StreamName())
+	state, err := stream.Inspect(ctx, js, src.Stream())
 	Expect(err).NotTo(HaveOccurred())
-	info, err := s.Info(ctx)
-	Expect(err).NotTo(HaveOccurred())
-	return info.State.Msgs
+	return state.Messages
 }
 
 // msg is a normalised Segment message as the receiver publishes it.
