@@ -218,7 +218,7 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	measuredFrom := time.Now()
+	measuredFrom, watchBefore := time.Now(), watch.pace.busyTime()
 	bigDone.Go(func() {
 		if rate := e.cfg.settings.BigTenantRate; rate > 0 {
 			big = e.openLoop(ctx, sources[0], templates, e.cfg.settings.BatchSize, rate)
@@ -233,7 +233,9 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	busy := cpuAfter.busyPercent(cpuBefore, time.Since(measuredFrom))
+	measured := time.Since(measuredFrom)
+	busy := cpuAfter.busyPercent(cpuBefore, measured)
+	watching := 100 * float64(watch.pace.busyTime()-watchBefore) / float64(measured)
 	// What the big tenant's workers had not applied when the load stopped: above zero, it
 	// sent more than they could take (saturated).
 	bigState, err := stream.Inspect(ctx, e.js, sources[0].Stream())
@@ -259,7 +261,7 @@ func (e *env) manyTenants(ctx context.Context, res *Result) error {
 		SmallWarmUpFreshnessP99Ms: percentileMs(watch.warmUpLatencies(), 99),
 		SmallAckP50Ms:             percentileMs(acks, 50), SmallAckP99Ms: percentileMs(acks, 99),
 		BigBacklogAtEnd: bigState.Backlog, Rejected: big.rejected + refused.Load(), IdleCPUPercent: idle,
-		MachineBusyPercent: busy,
+		MachineBusyPercent: busy, WatchLookUpPercent: watching,
 	}
 	return nil
 }
@@ -396,6 +398,7 @@ type tenantsWatch struct {
 	// found: the measured rows' latencies; warmUp: those sent during the warm-up.
 	found, warmUp []time.Duration
 	done          chan struct{}
+	pace          pollPacer
 }
 
 type sentRow struct {
@@ -452,6 +455,7 @@ func (w *tenantsWatch) poll(ctx context.Context) error {
 				continue
 			}
 		}
+		start := time.Now()
 		rows, err := w.e.pool.Query(ctx, `SELECT e.tenant, e.message_id FROM unnest($1::text[], $2::text[]) AS t(tenant, id)
 			JOIN tally.events e ON e.tenant = t.tenant AND e.message_id = t.id`, tenants, ids)
 		if err != nil {
@@ -483,7 +487,7 @@ func (w *tenantsWatch) poll(ctx context.Context) error {
 			}
 		}
 		w.mu.Unlock()
-		time.Sleep(5 * time.Millisecond)
+		w.pace.wait(ctx, time.Since(start))
 	}
 	return ctx.Err()
 }

@@ -11,7 +11,7 @@ import (
 
 // visibilityWatch records when each sent track call's row became visible in tally.events, by
 // looking up the oldest still-missing messageIds every few milliseconds (an index lookup on the
-// table's unique key, so the watch itself stays cheap).
+// table's unique key), paced so that the watch itself stays cheap (pollPacer).
 type visibilityWatch struct {
 	e       *env
 	tenant  string
@@ -19,6 +19,7 @@ type visibilityWatch struct {
 	pending []pendingRow // in send order
 	found   []time.Duration
 	done    chan struct{}
+	pace    pollPacer
 }
 
 type pendingRow struct {
@@ -74,6 +75,7 @@ func (w *visibilityWatch) poll(ctx context.Context) error {
 		for i, p := range batch {
 			ids[i] = p.id
 		}
+		start := time.Now()
 		rows, err := w.e.pool.Query(ctx, `SELECT message_id FROM tally.events WHERE tenant = $1 AND message_id = ANY($2)`, w.tenant, ids)
 		if err != nil {
 			return err
@@ -103,9 +105,38 @@ func (w *visibilityWatch) poll(ctx context.Context) error {
 		}
 		w.pending = kept
 		w.mu.Unlock()
-		time.Sleep(5 * time.Millisecond)
+		w.pace.wait(ctx, time.Since(start))
 	}
 	return ctx.Err()
+}
+
+// pollPacer spaces a watch's look-ups so that the watch never holds more than a tenth of a
+// Postgres backend, whatever it waits for: after a look-up that took d, the next starts
+// max(5 ms, 9d) later. A look-up's cost grows with the rows still pending; polled back to back,
+// a watch of a system falling behind took ever more of the cores that system needed (thousands
+// of rows pending, some 10 ms a look-up every 15 ms), and fell further behind. A row is seen at
+// most one interval after it became visible: 5 ms while few are pending, a tenth of a second or
+// so with thousands pending and freshness already in seconds.
+type pollPacer struct {
+	mu   sync.Mutex
+	busy time.Duration // the look-ups' total time, for the report
+}
+
+func (p *pollPacer) wait(ctx context.Context, took time.Duration) {
+	p.mu.Lock()
+	p.busy += took
+	p.mu.Unlock()
+	sleepUntil(ctx, time.Now().Add(pollPause(took)))
+}
+
+// pollPause is the pause after a look-up that took took.
+func pollPause(took time.Duration) time.Duration { return max(5*time.Millisecond, 9*took) }
+
+// busyTime is how long the look-ups have taken so far.
+func (p *pollPacer) busyTime() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.busy
 }
 
 // finish tells poll to return once nothing is pending.
