@@ -110,13 +110,11 @@ func (w *visibilityWatch) poll(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// pollPacer spaces a watch's look-ups so that the watch never holds more than a tenth of a
-// Postgres backend, whatever it waits for: after a look-up that took d, the next starts
-// max(5 ms, 9d) later. A look-up's cost grows with the rows still pending; polled back to back,
-// a watch of a system falling behind took ever more of the cores that system needed (thousands
-// of rows pending, some 10 ms a look-up every 15 ms), and fell further behind. A row is seen at
-// most one interval after it became visible: 5 ms while few are pending, a tenth of a second or
-// so with thousands pending and freshness already in seconds.
+// pollPacer spaces a watch's look-ups so that the watch spends at most a tenth of its time in
+// them, whatever it waits for: after a look-up that took d, the next starts max(5 ms, 9d) later.
+// A look-up's cost grows with the rows still pending, so a watch polling 5 ms after each took a
+// larger share of the cores the more the system it measures fell behind. A row is seen at most
+// one pause after it became visible: 5 ms while look-ups take half a millisecond or less.
 type pollPacer struct {
 	mu   sync.Mutex
 	busy time.Duration // the look-ups' total time, for the report
