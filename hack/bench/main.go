@@ -32,8 +32,8 @@ func run() error {
 	var out, adminURL, modes string
 	var duration, freshDuration, manyWarmUp time.Duration
 	flag.DurationVar(&duration, "duration", 15*time.Second, "length of each closed-loop ingest phase")
-	flag.IntVar(&s.Concurrency, "concurrency", 0, "concurrent HTTP clients in the closed-loop phases; 0: the fewest that keep the cores busy, "+
-		"8 with the default sync and 32 with fsync always (shared atomic batches need more requests at once)")
+	flag.IntVar(&s.Concurrency, "concurrency", 0, "concurrent HTTP clients in the closed-loop phases; 0: 8 with the default sync (the fewest that keep two cores busy) "+
+		"and 32 with fsync always (shared atomic batches grow with the requests waiting, and so does the latency)")
 	flag.IntVar(&s.BatchSize, "batch-size", 100, "messages per /v1/batch request")
 	flag.IntVar(&s.FreshnessRate, "rate", 5000, "open-loop events/s of the freshness phase")
 	flag.DurationVar(&freshDuration, "freshness-duration", 30*time.Second, "length of the freshness phase")

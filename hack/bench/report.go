@@ -88,8 +88,8 @@ type ManyTenantsResult struct {
 	// the phase measured, in percent of all of them: near 100, the phase measured a saturated machine.
 	MachineBusyPercent float64 `json:"machine_busy_percent"`
 	// WatchLookUpPercent is the share of the measured time the freshness watch spent in its
-	// look-ups (their round trips; at most a tenth, see pollPacer): an upper bound of the
-	// Postgres CPU that measuring took.
+	// look-ups (wall time on its one connection, so percent of one core, not of the machine; at
+	// most a tenth, see pollPacer): an upper bound of the Postgres CPU that measuring took.
 	WatchLookUpPercent float64 `json:"watch_look_up_percent"`
 }
 
@@ -276,7 +276,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	row("many tenants: small ack p99 ms", many(func(m *ManyTenantsResult) float64 { return m.SmallAckP99Ms }), "%.1f")
 	row("many tenants: Postgres sessions opened", many(func(m *ManyTenantsResult) float64 { return float64(m.SessionsOpened) }), "%.0f")
 	row("many tenants: machine busy %", many(func(m *ManyTenantsResult) float64 { return m.MachineBusyPercent }), "%.0f")
-	row("many tenants: watch look-ups % of the time", many(func(m *ManyTenantsResult) float64 { return m.WatchLookUpPercent }), "%.1f")
+	row("many tenants: watch look-ups % of one core", many(func(m *ManyTenantsResult) float64 { return m.WatchLookUpPercent }), "%.1f")
 	row("many tenants: idle CPU % of a core", many(func(m *ManyTenantsResult) float64 { return m.IdleCPUPercent }), "%.1f")
 	tw.Flush()
 	fmt.Fprintf(w, "machine: %s, %d cores, %s, GOGC %d\n", r.Machine.CPU, r.Machine.Cores, r.Machine.GoVersion, r.Settings.GCPercent)

@@ -187,11 +187,12 @@ func waitForReplicas(ctx context.Context, nc *nats.Conn, n int) error {
 	}
 }
 
-// concurrency is --concurrency, or when 0 the fewest clients that keep this machine's cores busy
-// in the mode: with the default sync, more only queue (on two cores, 16 clients ingested no more
-// than 8, at twice the latency); with fsync always, a request waits for its shared batch's commit,
-// and the more requests wait at once, the larger and fewer the batches: 8 clients ingested a
-// third less than 16, and 16 a fifth less than 32 (41,211-49,540 events/s, at a p99 of 110-170 ms).
+// concurrency is --concurrency, or when 0 the clients for the mode: with the default sync, the
+// fewest that keep two cores busy (16 clients ingested no more than 8, at twice the latency); with
+// fsync always, a trade of throughput against latency: a request waits for its shared batch's
+// commit, and the more requests wait at once, the larger and fewer the batches. 8 clients
+// ingested a third less than 16, 16 about a quarter less than 32 (37,208-49,540 events/s in six
+// runs, at a p99 of 110-170 ms); 48 ingested a little more than 32, at a p99 of 172-216 ms.
 func (cfg modeConfig) concurrency() int {
 	switch {
 	case cfg.settings.Concurrency > 0:

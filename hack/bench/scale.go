@@ -475,6 +475,7 @@ func (w *tenantsWatch) poll(ctx context.Context) error {
 		if err := rows.Err(); err != nil {
 			return err
 		}
+		took := time.Since(start)
 		w.mu.Lock()
 		for _, k := range visible {
 			if row, ok := w.pending[k]; ok {
@@ -487,7 +488,7 @@ func (w *tenantsWatch) poll(ctx context.Context) error {
 			}
 		}
 		w.mu.Unlock()
-		w.pace.wait(ctx, time.Since(start))
+		w.pace.wait(ctx, took)
 	}
 	return ctx.Err()
 }

@@ -94,6 +94,7 @@ func (w *visibilityWatch) poll(ctx context.Context) error {
 		if err := rows.Err(); err != nil {
 			return err
 		}
+		took := time.Since(start)
 		w.mu.Lock()
 		kept := w.pending[:0]
 		for i, p := range w.pending {
@@ -105,26 +106,34 @@ func (w *visibilityWatch) poll(ctx context.Context) error {
 		}
 		w.pending = kept
 		w.mu.Unlock()
-		w.pace.wait(ctx, time.Since(start))
+		w.pace.wait(ctx, took)
 	}
 	return ctx.Err()
 }
 
 // pollPacer spaces a watch's look-ups so that the watch spends at most a tenth of its time in
-// them, whatever it waits for: after a look-up that took d, the next starts max(5 ms, 9d) later.
-// A look-up's cost grows with the rows still pending, so a watch polling 5 ms after each took a
-// larger share of the cores the more the system it measures fell behind. A row is seen at most
-// one pause after it became visible: 5 ms while look-ups take half a millisecond or less.
+// them, whatever it waits for: after a look-up that took d (its query and its rows, not the
+// watch's own bookkeeping), the next starts max(5 ms, 9d) later. A look-up's cost grows with the
+// rows still pending, so a watch polling 5 ms after each took a larger share of the cores the
+// more the system it measures fell behind. A row that became visible is seen within a pause and
+// a look-up or two: 5 ms and a fraction while look-ups take half a millisecond or less.
 type pollPacer struct {
 	mu   sync.Mutex
-	busy time.Duration // the look-ups' total time, for the report
+	busy time.Duration // the look-ups' total time (the many-tenants phase reports its share)
+	// sleep pauses for d or until ctx ends; sleepUntil when nil (tests record the pauses).
+	sleep func(ctx context.Context, d time.Duration)
 }
 
 func (p *pollPacer) wait(ctx context.Context, took time.Duration) {
 	p.mu.Lock()
 	p.busy += took
 	p.mu.Unlock()
-	sleepUntil(ctx, time.Now().Add(pollPause(took)))
+	pause := pollPause(took)
+	if p.sleep != nil {
+		p.sleep(ctx, pause)
+		return
+	}
+	sleepUntil(ctx, time.Now().Add(pause))
 }
 
 // pollPause is the pause after a look-up that took took.

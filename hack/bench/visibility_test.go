@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 )
@@ -23,13 +24,30 @@ func TestPollPauseBoundsTheWatchsShare(t *testing.T) {
 	}
 }
 
-func TestPollPacerAddsUpTheLookUps(t *testing.T) {
+// The watch pauses as pollPause says after each look-up, and adds the look-ups up for the report.
+func TestPollPacerPausesAndAddsUpTheLookUps(t *testing.T) {
+	var pauses []time.Duration
+	p := pollPacer{sleep: func(_ context.Context, d time.Duration) { pauses = append(pauses, d) }}
+	p.wait(context.Background(), 300*time.Microsecond)
+	p.wait(context.Background(), 4*time.Millisecond)
+	if want := []time.Duration{5 * time.Millisecond, 36 * time.Millisecond}; !slices.Equal(pauses, want) {
+		t.Errorf("paused %v, want %v", pauses, want)
+	}
+	if got := p.busyTime(); got != 4300*time.Microsecond {
+		t.Errorf("busy %v, want 4.3ms", got)
+	}
+}
+
+// A watch being stopped does not sit out its pause.
+func TestPollPacerStopsPausingWithItsContext(t *testing.T) {
 	var p pollPacer
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // no pause: only the bookkeeping is under test
-	p.wait(ctx, 3*time.Millisecond)
-	p.wait(ctx, 4*time.Millisecond)
-	if got := p.busyTime(); got != 7*time.Millisecond {
-		t.Fatalf("busy %v, want 7ms", got)
+	cancel()
+	done := make(chan struct{})
+	go func() { p.wait(ctx, time.Hour); close(done) }() // a pause of nine hours unless cancelled
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the pause outlived its context")
 	}
 }
